@@ -1,0 +1,29 @@
+# Every target installs into .venv first when needed. Versions are pinned by constraints.txt
+# (torch==2.13.0 is the CPU wheel; an unpinned torch would pull a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install search test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[export,test]"
+	touch $(STAMP)
+
+search: $(STAMP)
+	$(PY) scripts/search.py --budget 0.3 $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

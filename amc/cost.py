@@ -1,0 +1,144 @@
+"""Analytic cost models: FLOPs and parameters of the model a policy produces.
+
+Costs are computed from the :class:`~amc.layers.LayerGraph` records with the shared rounding rule, so
+they equal what ``torch.utils.flop_counter.FlopCounterMode`` counts on the pruned model (per sample)
+and its parameter count, exactly. For ``granularity="weight"`` (unstructured pruning) the cost is the
+sparse cost: FLOPs of the non-zero weights and the number of non-zero parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from amc.errors import ConfigError
+from amc.layers import LayerGraph
+
+RESOURCES = ("flops", "params")
+GRANULARITIES = ("channel", "weight")
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """Cost of the model that keep ratios produce; ``base`` is the unpruned model's cost."""
+
+    resource: str
+    base: float
+
+    def cost(self, keep: Sequence[float]) -> float: ...
+
+
+class _AnalyticCost:
+    resource = ""
+
+    def __init__(self, graph: LayerGraph, *, granularity: str = "channel") -> None:
+        if granularity not in GRANULARITIES:
+            raise ConfigError(f"unknown granularity {granularity!r}: use one of {GRANULARITIES}")
+        self.graph = graph
+        self.granularity = granularity
+        recs = graph.modules
+        n_dec = len(graph.layers)
+        self._n = np.array([s.out_channels for s in graph.layers], dtype=np.float64)  # (D,)
+        self._out0 = np.array([r.out_channels for r in recs], dtype=np.float64)  # (M,)
+        self._in0 = np.array([r.in_channels if r.type != "bn" else 0 for r in recs], dtype=np.float64)
+        self._a_out = np.zeros((len(recs), n_dec))  # channels of module m lost per channel of decision d
+        self._a_in = np.zeros((len(recs), n_dec))
+        for m, rec in enumerate(recs):
+            for d, k in rec.out_deps:
+                self._a_out[m, d] += k
+            for d, k in rec.in_deps:
+                self._a_in[m, d] += k
+        is_bn = np.array([r.type == "bn" for r in recs])
+        self._flops_coef = np.array([2.0 * r.positions * r.kernel_numel for r in recs]) * ~is_bn
+        self._weight_coef = np.array([float(r.kernel_numel) for r in recs]) * ~is_bn
+        self._bias_coef = np.array([(2.0 if r.type == "bn" else 1.0) * r.has_bias for r in recs])
+        # Unstructured pruning: which decision owns each conv/linear's weights.
+        self._owner = np.full(len(recs), -1)
+        for d, spec in enumerate(graph.layers):
+            for name in spec.members:
+                m = next(i for i, r in enumerate(recs) if r.name == name)
+                if recs[m].type != "bn":
+                    self._owner[m] = d
+        self._weight_numel = np.array([float(r.weight_numel) for r in recs])
+        self.base = float(self._value_channels(self._n))
+
+    def cost(self, keep: Sequence[float]) -> float:
+        """Cost of the model that ``keep`` (one ratio per decision, in (0, 1]) produces."""
+        if self.granularity == "weight":
+            return float(self._value_weights(keep))
+        return float(self._value_channels(np.asarray(self.graph.channels(keep), dtype=np.float64)))
+
+    def cost_channels(self, channels: Sequence[int] | np.ndarray) -> float:
+        """Cost of the structured model with these channel counts (one per decision)."""
+        return float(self._value_channels(np.asarray(channels, dtype=np.float64)))
+
+    def ratio(self, keep: Sequence[float]) -> float:
+        return self.cost(keep) / self.base
+
+    def _shapes(self, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        removed = self._n - channels  # (D,)
+        return self._out0 - self._a_out @ removed, self._in0 - self._a_in @ removed  # (M,), (M,)
+
+    def _kept_weights(self, keep: Sequence[float]) -> np.ndarray:
+        if len(keep) != len(self.graph.layers):
+            raise ConfigError(f"expected {len(self.graph.layers)} keep ratios (one per layer), got {len(keep)}")
+        for k, spec in zip(keep, self.graph.layers):
+            if not (0.0 < k <= 1.0):
+                raise ConfigError(f"keep ratio of {spec.name!r} must be in (0, 1], got {k!r}")
+        kept = self._weight_numel.copy()
+        for m, d in enumerate(self._owner):
+            if d >= 0:
+                kept[m] = weights_kept(keep[d], int(self._weight_numel[m]))
+        return kept
+
+    def _value_channels(self, channels: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def _value_weights(self, keep: Sequence[float]) -> float:
+        raise NotImplementedError
+
+
+def weights_kept(keep: float, numel: int) -> int:
+    """Number of weights unstructured pruning keeps in a tensor: ``ceil(keep * numel)``, at least 1."""
+    return max(1, min(numel, math.ceil(keep * numel - 1e-9)))
+
+
+class FlopsCost(_AnalyticCost):
+    """FLOPs per sample, counted as ``FlopCounterMode`` counts them (2 per multiply-accumulate)."""
+
+    resource = "flops"
+
+    def _value_channels(self, channels: np.ndarray) -> float:
+        out, inp = self._shapes(channels)
+        return float(self._flops_coef @ (out * inp))
+
+    def _value_weights(self, keep: Sequence[float]) -> float:
+        positions = self._flops_coef / np.maximum(self._weight_coef, 1.0)  # 2 * positions
+        return float(positions @ self._kept_weights(keep))
+
+
+class ParamsCost(_AnalyticCost):
+    """Number of parameters (weights, biases and affine norm parameters)."""
+
+    resource = "params"
+
+    def _value_channels(self, channels: np.ndarray) -> float:
+        out, inp = self._shapes(channels)
+        return float(self.graph.other_params + self._weight_coef @ (out * inp) + self._bias_coef @ out)
+
+    def _value_weights(self, keep: Sequence[float]) -> float:
+        pruned = self._weight_numel - self._kept_weights(keep)
+        return float(self.graph.total_params - pruned.sum())
+
+
+COST_MODELS = {"flops": FlopsCost, "params": ParamsCost}
+
+
+def make_cost_model(resource: str, graph: LayerGraph, *, granularity: str = "channel") -> _AnalyticCost:
+    """Builds the analytic cost model for ``resource`` (``"flops"`` or ``"params"``)."""
+    if resource not in COST_MODELS:
+        raise ConfigError(f"unknown resource {resource!r}: use one of {sorted(COST_MODELS)}")
+    return COST_MODELS[resource](graph, granularity=granularity)

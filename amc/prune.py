@@ -1,0 +1,170 @@
+"""Apply per-layer keep ratios to a copy of a model.
+
+Structured (``granularity="channel"``): whole output channels of each decision's group are removed with
+Torch-Pruning, so the model is physically smaller. Unstructured (``granularity="weight"``): individual
+weights of each group's conv/linear layers are masked with ``torch.nn.utils.prune``; ``bake=True``
+makes the zeros permanent and removes the masks.
+
+Criteria (which channels or weights go first):
+
+- ``l1`` / ``l2``: magnitude of the group's weights (AMC keeps the largest-L1 channels).
+- ``random``: seeded random scores, the baseline every criterion must beat.
+- ``taylor``: first-order Taylor expansion ``|w * dL/dw|`` (Molchanov et al., 2017); needs a
+  calibration batch.
+- ``apoz``: average percentage of zeros of the channel's post-ReLU activation (Hu et al., 2016),
+  measured on a calibration batch; for weights, ``|w|`` scaled by its output channel's activity.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch.nn.utils import prune as tprune
+
+from amc.cost import GRANULARITIES, weights_kept
+from amc.errors import ConfigError
+from amc.layers import LayerGraph
+
+log = logging.getLogger(__name__)
+
+CRITERIA = ("l1", "l2", "random", "taylor", "apoz")
+_NEEDS_DATA = ("taylor", "apoz")
+
+
+def check_criterion(criterion: str, granularity: str) -> None:
+    """Raises :class:`ConfigError` for an unknown criterion or granularity."""
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown criterion {criterion!r}: use one of {CRITERIA}")
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"unknown granularity {granularity!r}: use one of {GRANULARITIES}")
+
+
+def prune_model(
+    model: nn.Module,
+    graph: LayerGraph,
+    keep: Sequence[float],
+    *,
+    criterion: str = "l1",
+    granularity: str = "channel",
+    calibration: tuple[Tensor, Tensor] | None = None,
+    seed: int = 0,
+    bake: bool = True,
+) -> nn.Module:
+    """Returns a pruned copy of ``model``; the original is not modified.
+
+    Args:
+        model: The base model that ``graph`` was discovered on.
+        graph: Its :class:`~amc.layers.LayerGraph`.
+        keep: One keep ratio in (0, 1] per decision, in ``graph`` order.
+        criterion: One of :data:`CRITERIA`.
+        granularity: ``"channel"`` (structured) or ``"weight"`` (unstructured).
+        calibration: ``(inputs, labels)`` batch; required by ``taylor`` and ``apoz``.
+        seed: Seed of the ``random`` criterion.
+        bake: Unstructured only: make the masks permanent (plain zeroed weights).
+
+    Raises:
+        ConfigError: Bad criterion, granularity, keep ratio, or a missing calibration batch.
+    """
+    check_criterion(criterion, granularity)
+    channels = graph.channels(keep)  # validates every ratio
+    if criterion in _NEEDS_DATA and calibration is None:
+        raise ConfigError(f"criterion {criterion!r} needs a calibration batch: pass calibration=(inputs, labels)")
+    pruned = copy.deepcopy(model).eval()
+    scores = _data_scores(pruned, graph, criterion, calibration)
+    generator = torch.Generator().manual_seed(seed)
+    if granularity == "channel":
+        _prune_channels(pruned, graph, channels, criterion, scores, generator)
+    else:
+        _prune_weights(pruned, graph, keep, criterion, scores, generator, bake)
+    pruned.zero_grad(set_to_none=True)
+    return pruned
+
+
+def _data_scores(model: nn.Module, graph: LayerGraph, criterion: str, calibration) -> dict[str, Tensor]:
+    """Per-decision channel scores that need data (APoZ), and gradients for Taylor."""
+    if criterion == "taylor":
+        inputs, labels = calibration
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(inputs), labels).backward()
+        return {}
+    if criterion != "apoz":
+        return {}
+    inputs, _ = calibration
+    activity: dict[str, list[Tensor]] = {spec.name: [] for spec in graph.layers}
+    handles = []
+    for spec in graph.layers:
+        # Post-BN activations of members aligned with the decision's channels; else the layer output.
+        probes = [n for n in spec.members if isinstance(model.get_submodule(n), nn.modules.batchnorm._BatchNorm)
+                  and model.get_submodule(n).num_features == spec.out_channels] or [spec.name]
+        for name in probes:
+            def hook(module, args, out, key=spec.name):
+                dims = [0, *range(2, out.dim())]
+                activity[key].append((out > 0).float().mean(dim=dims))  # (C,) share of non-zeros
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.stack(acts).mean(0) for name, acts in activity.items()}
+
+
+def _channel_scores(group, criterion: str, n: int, scores: Tensor | None, generator) -> Tensor:
+    if criterion == "random":
+        return torch.rand(n, generator=generator)
+    if criterion == "apoz":
+        return scores
+    if criterion == "taylor":
+        imp = tp.importance.GroupTaylorImportance()
+    else:
+        imp = tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+    values = imp(group)
+    if values is None:  # no weight in the group that the importance can score
+        raise ConfigError(f"criterion {criterion!r} cannot score this group; use 'l1' or 'random'")
+    return values
+
+
+def _prune_channels(model, graph, channels, criterion, scores, generator) -> None:
+    dg = tp.DependencyGraph().build_dependency(
+        model, torch.zeros(1, *graph.input_shape), verbose=False
+    )
+    for spec, n_keep in zip(graph.layers, channels):
+        if n_keep == spec.out_channels:
+            continue
+        root = model.get_submodule(spec.name)
+        prune_out = dg.get_pruner_of_module(root).prune_out_channels
+        full = dg.get_pruning_group(root, prune_out, list(range(spec.out_channels)))
+        values = _channel_scores(full, criterion, spec.out_channels, scores.get(spec.name), generator)
+        # Stable sort: equal scores are removed lowest index first, so results are reproducible.
+        drop = torch.sort(values.detach().cpu(), stable=True).indices[: spec.out_channels - n_keep]
+        dg.get_pruning_group(root, prune_out, sorted(drop.tolist())).prune()
+        assert dg.get_out_channels(root) == n_keep, (spec.name, n_keep)
+
+
+def _prune_weights(model, graph, keep, criterion, scores, generator, bake) -> None:
+    for spec, ratio in zip(graph.layers, keep):
+        for name in spec.members:
+            module = model.get_submodule(name)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                continue
+            weight = module.weight  # (out, in/groups, kh, kw) or (out, in)
+            amount = weight.numel() - weights_kept(ratio, weight.numel())
+            if criterion == "random":
+                importance = torch.rand(weight.shape, generator=generator)
+            elif criterion == "taylor":
+                importance = (weight * weight.grad).abs()
+            elif criterion == "apoz":
+                activity = scores[spec.name]
+                importance = weight.abs() * activity.view(-1, *([1] * (weight.dim() - 1)))
+            else:
+                importance = weight.abs() if criterion == "l1" else weight.pow(2)
+            tprune.l1_unstructured(module, "weight", amount=amount, importance_scores=importance.detach())
+            if bake:
+                tprune.remove(module, "weight")
