@@ -1,0 +1,159 @@
+"""The pruning policy: what a search produces and a user exports and re-applies.
+
+JSON format ``amc-policy/1``::
+
+    {"format": "amc-policy/1", "model_fingerprint": "...", "granularity": "channel", "criterion": "l1",
+     "resource": "flops", "budget": 0.3, "keep": {"features.0": 0.5, ...},
+     "channels": {"features.0": 16, ...}, "metrics": {"val_accuracy": 0.97, ...}, "meta": {...}}
+
+Loading is strict: unknown or missing fields, a wrong format version or an out-of-range value raise
+:class:`~amc.errors.PolicyError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from amc.cost import GRANULARITIES
+from amc.errors import PolicyError
+from amc.layers import LayerGraph
+
+FORMAT = "amc-policy/1"
+_REQUIRED = ("format", "model_fingerprint", "granularity", "criterion", "resource", "budget", "keep")
+_OPTIONAL = ("channels", "metrics", "meta")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-layer keep ratios for one model.
+
+    Attributes:
+        keep: ``LayerSpec.name`` -> fraction of channels (or weights) kept, in (0, 1].
+        granularity: ``"channel"`` (structured) or ``"weight"`` (unstructured).
+        criterion: Which channels/weights go first (see :data:`amc.prune.CRITERIA`).
+        model_fingerprint: :func:`amc.layers.fingerprint` of the base model; refuses a foreign model.
+        resource: ``"flops"``, ``"params"`` or ``"latency"``.
+        budget: Fraction of the base model's resource the pruned model may keep.
+        metrics: Measurements taken at search time (accuracy, cost ratio, ...).
+        channels: Channel counts the keep ratios give (informative; recomputed on load).
+        meta: Free-form provenance (strategy, seed, versions, ...).
+    """
+
+    keep: Mapping[str, float]
+    granularity: str = "channel"
+    criterion: str = "l1"
+    model_fingerprint: str = ""
+    resource: str = "flops"
+    budget: float = 1.0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    channels: Mapping[str, int] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.keep:
+            raise PolicyError("policy field 'keep' is empty: give one keep ratio per layer")
+        for name, ratio in self.keep.items():
+            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or math.isnan(ratio) \
+                    or not 0.0 < ratio <= 1.0:
+                raise PolicyError(f"policy field 'keep.{name}' must be a number in (0, 1], got {ratio!r}")
+        if self.granularity not in GRANULARITIES:
+            raise PolicyError(f"policy field 'granularity' must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if not isinstance(self.budget, (int, float)) or not 0.0 < self.budget <= 1.0:
+            raise PolicyError(f"policy field 'budget' must be in (0, 1], got {self.budget!r}")
+        for name in ("keep", "metrics", "channels", "meta"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    @classmethod
+    def from_ratios(cls, graph: LayerGraph, ratios: Sequence[float], **kwargs: Any) -> Policy:
+        """A policy for ``graph`` from one ratio per decision, in graph order."""
+        channels = graph.channels(list(ratios))
+        kwargs.setdefault("model_fingerprint", graph.fingerprint)
+        return cls(keep=dict(zip(graph.names, map(float, ratios))),
+                   channels=dict(zip(graph.names, channels)), **kwargs)
+
+    def ratios(self, graph: LayerGraph) -> list[float]:
+        """Keep ratios in ``graph`` order, after checking the policy belongs to that model.
+
+        Raises:
+            PolicyError: The fingerprint differs, or a layer is missing or unknown.
+        """
+        if self.model_fingerprint and self.model_fingerprint != graph.fingerprint:
+            raise PolicyError(
+                f"policy is for model fingerprint {self.model_fingerprint!r} but this model is "
+                f"{graph.fingerprint!r}: apply it to the model (and --model/--dataset) it was searched on"
+            )
+        missing = [n for n in graph.names if n not in self.keep]
+        unknown = [n for n in self.keep if n not in graph.names]
+        if missing or unknown:
+            raise PolicyError(f"policy field 'keep' does not match the model: missing layers {missing}, "
+                              f"unknown layers {unknown}")
+        return [float(self.keep[n]) for n in graph.names]
+
+    def with_metrics(self, **metrics: float) -> Policy:
+        """A copy with ``metrics`` added (or overwritten)."""
+        return Policy(**self._replace(metrics={**self.metrics, **metrics}))
+
+    def with_meta(self, **meta: Any) -> Policy:
+        """A copy with ``meta`` entries added (or overwritten)."""
+        return Policy(**self._replace(meta={**self.meta, **meta}))
+
+    def _replace(self, **changes: Any) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in
+                  ("keep", "granularity", "criterion", "model_fingerprint", "resource", "budget",
+                   "metrics", "channels", "meta")}
+        values.update(changes)
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "model_fingerprint": self.model_fingerprint, "granularity": self.granularity,
+                "criterion": self.criterion, "resource": self.resource, "budget": self.budget,
+                "keep": dict(self.keep), "channels": dict(self.channels), "metrics": dict(self.metrics),
+                "meta": dict(self.meta)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Policy:
+        if not isinstance(data, dict):
+            raise PolicyError(f"a policy must be a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise PolicyError(f"policy field 'format' must be {FORMAT!r}, got {data.get('format')!r}")
+        missing = [k for k in _REQUIRED if k not in data]
+        unknown = [k for k in data if k not in _REQUIRED + _OPTIONAL]
+        if missing:
+            raise PolicyError(f"policy misses field(s) {missing}")
+        if unknown:
+            raise PolicyError(f"policy has unknown field(s) {unknown}; remove them")
+        if not isinstance(data["keep"], dict):
+            raise PolicyError("policy field 'keep' must be an object of layer name -> keep ratio")
+        return cls(**{k: v for k, v in data.items() if k != "format"})
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"policy is not valid JSON ({exc}); pass a policy.json written by a search") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Policy:
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyError(f"policy file {str(path)!r} does not exist")
+        return cls.from_json(path.read_text())

@@ -1,0 +1,233 @@
+"""Training of base models, with an on-disk cache keyed by model, data, seed and training config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from amc.data import DataSplits
+from amc.errors import ConfigError, ModelError
+from amc.layers import fingerprint
+from amc.models import build_model
+from amc.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD with momentum, cosine learning-rate schedule and random-shift augmentation."""
+
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    shift: int = 1  # random translation of up to this many pixels (0 = no augmentation)
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    val_accuracy: float
+    test_accuracy: float
+    seconds: float
+    cached: bool
+    checkpoint: str | None
+
+
+def default_cache_dir() -> Path:
+    """``$AMC_CACHE_DIR`` or ``~/.cache/amc-search``."""
+    return Path(os.environ.get("AMC_CACHE_DIR") or Path.home() / ".cache" / "amc-search")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on a tensor dataset."""
+    inputs, labels = dataset.tensors
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(inputs[start : start + batch_size])
+        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    model.train(was_training)
+    return correct / len(labels)
+
+
+def _shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Random translation by up to ``max_shift`` pixels, zero padded (one shift per batch)."""
+    if max_shift == 0:
+        return x
+    dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+    return torch.roll(F.pad(x, [max_shift] * 4), shifts=(dy, dx), dims=(2, 3))[
+        ..., max_shift : max_shift + x.shape[2], max_shift : max_shift + x.shape[3]
+    ]
+
+
+def train(
+    model: nn.Module,
+    train_set: TensorDataset,
+    config: TrainConfig = TrainConfig(),
+    *,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> nn.Module:
+    """Trains ``model`` in place and returns it (in eval mode).
+
+    Args:
+        model: The model to train.
+        train_set: Tensor dataset of (inputs, labels).
+        config: Optimiser settings.
+        seed: Seeds shuffling, augmentation and initial state, for reproducible training.
+        teacher: Optional model to distil from (KL on soft targets, Hinton et al., 2015).
+        progress: Show a progress bar.
+    """
+    inputs, labels = train_set.tensors
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=True)
+    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=max(1, config.epochs * steps_per_epoch), pct_start=0.15
+    )
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task(description, total=config.epochs, status="")
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(labels), generator=generator)
+            total_loss = 0.0
+            for start in range(0, len(labels), config.batch_size):
+                idx = order[start : start + config.batch_size]
+                x = _shift(inputs[idx], config.shift, generator)
+                logits = model(x)
+                loss = F.cross_entropy(logits, labels[idx], label_smoothing=config.label_smoothing)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = F.softmax(teacher(x) / 4.0, dim=1)
+                    loss = 0.5 * loss + 0.5 * 16.0 * F.kl_div(F.log_softmax(logits / 4.0, 1), soft, reduction="batchmean")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item() * len(idx)
+            bar.update(task, advance=1, status=f"loss {total_loss / len(labels):.4f}")
+    return model.eval()
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Loads a ``state_dict`` checkpoint (``weights_only=True``) into ``model``.
+
+    Raises:
+        ModelError: The file is missing, unreadable or belongs to another architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {str(path)!r} does not exist; pass the path of a saved state_dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or non-weights files
+        raise ModelError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"checkpoint {str(path)!r} holds {type(state).__name__}, not a state_dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            f"{label}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong))
+            if keys
+        )
+        raise ModelError(
+            f"checkpoint {str(path)!r} is for another architecture than {type(model).__name__} ({details}); "
+            "pass the --model that the checkpoint was trained with"
+        )
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _cache_key(model_name: str, data: DataSplits, seed: int, config: TrainConfig, model_kwargs: dict) -> str:
+    payload = json.dumps(
+        {"model": model_name, "kwargs": model_kwargs, "data": data.fingerprint(), "seed": seed,
+         "train": asdict(config), "torch": torch.__version__.split("+")[0]},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_or_train(
+    model_name: str,
+    data: DataSplits,
+    *,
+    seed: int = 0,
+    config: TrainConfig = TrainConfig(),
+    cache_dir: str | os.PathLike | None = None,
+    model_kwargs: dict | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, TrainResult]:
+    """Returns a trained base model, from the cache when the same model, data, seed and config exist.
+
+    The cache file is ``<cache_dir>/<model>-<key>.pt`` (a ``state_dict``, loaded with
+    ``weights_only=True``); a corrupt or foreign file is retrained and overwritten, never trusted.
+    """
+    model_kwargs = dict(model_kwargs or {})
+    c, _, _ = data.input_shape
+    torch.manual_seed(seed)
+    model = build_model(model_name, in_channels=c, num_classes=data.num_classes, **model_kwargs)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    safe_name = model_name.replace(":", "_").replace("/", "_")
+    path = cache / f"{safe_name}-{_cache_key(model_name, data, seed, config, model_kwargs)}.pt"
+    start = time.perf_counter()
+    if path.is_file():
+        try:
+            load_checkpoint(model, path)
+            log.info("loaded cached base model %s", path)
+            return model, _result(model, data, time.perf_counter() - start, True, path)
+        except ModelError as exc:
+            log.warning("ignoring unusable cached model (%s); retraining", exc)
+    log.info("training %s on %s (seed %d, %d epochs)", model_name, data.name, seed, config.epochs)
+    train(model, data.train, config, seed=seed, progress=progress, description=f"training {model_name}")
+    seconds = time.perf_counter() - start
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
+    return model, _result(model, data, seconds, False, path)
+
+
+def _result(model: nn.Module, data: DataSplits, seconds: float, cached: bool, path: Path) -> TrainResult:
+    return TrainResult(
+        val_accuracy=accuracy(model, data.val), test_accuracy=accuracy(model, data.test),
+        seconds=seconds, cached=cached, checkpoint=str(path),
+    )
+
+
+__all__ = ["TrainConfig", "TrainResult", "accuracy", "default_cache_dir", "fingerprint", "load_checkpoint",
+           "load_or_train", "train"]
