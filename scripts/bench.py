@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Benchmarks. ``python scripts/bench.py overhead`` (more subcommands: see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+
+def _overhead(args: argparse.Namespace, console: Console) -> int:
+    from search.bench_core import OverheadRow, overhead
+
+    table = Table(title="evaluate(policy) vs the forward passes it contains (BN recalibration + validation)")
+    for col in ("setup", "val samples", "evaluate ms", "forward ms", "not forward"):
+        table.add_column(col, justify="right")
+    for row in overhead(policies=args.policies, seed=args.seed, fashion_dir=args.data_dir):
+        if isinstance(row, OverheadRow):
+            table.add_row(row.setup, str(row.val_samples), f"{row.evaluate_ms:.1f}", f"{row.forward_ms:.1f}",
+                          f"{100 * row.overhead:.1f}%")
+        else:
+            console.print(row)
+    console.print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser("overhead", help="evaluation time vs its bare forward passes")
+    p.add_argument("--policies", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
+    p.set_defaults(run=_overhead)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    return args.run(args, Console())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Shared fixtures: the digits splits, one trained cnn per session, and small built-in models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from amc.data import DataSplits, load_dataset
+from amc.models import build_model
+from amc.train import TrainResult, load_or_train
+
+# name -> (input shape (C, H, W), extra factory kwargs): small enough for a 2-core CPU.
+SMALL_MODELS: dict[str, tuple[tuple[int, int, int], dict]] = {
+    "cnn": ((1, 8, 8), {}),
+    "resnet20": ((1, 16, 16), {}),
+    "resnet56": ((3, 8, 8), {}),
+    "mobilenetv2": ((3, 16, 16), {"width_mult": 0.35}),
+}
+
+
+def build_small_model(name: str, *, seed: int = 0, batch: int = 2) -> tuple[nn.Module, Tensor]:
+    """A seeded built-in model (eval mode) and a random input batch ``(batch, C, H, W)`` for it."""
+    shape, kwargs = SMALL_MODELS[name]
+    with torch.random.fork_rng():  # leave the global RNG as the test found it
+        torch.manual_seed(seed)
+        model = build_model(name, in_channels=shape[0], num_classes=10, **kwargs).eval()
+        example = torch.randn(batch, *shape)
+    return model, example
+
+
+@pytest.fixture(scope="session")
+def small_model() -> Callable[..., tuple[nn.Module, Tensor]]:
+    """``small_model(name)`` -> (model, example input) for each name in :data:`SMALL_MODELS`."""
+    return build_small_model
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataSplits:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits: DataSplits, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, TrainResult]:
+    """The default cnn trained on digits with the default config, into a fresh session cache dir.
+
+    Its result is the first (uncached) call, so tests can check training time and accuracy on it.
+    """
+    cache = tmp_path_factory.mktemp("amc-cache")
+    return load_or_train("cnn", digits, cache_dir=cache, progress=False)
