@@ -78,6 +78,49 @@ class _AnalyticCost:
     def ratio(self, keep: Sequence[float]) -> float:
         return self.cost(keep) / self.base
 
+    def costs_varying(self, keep: np.ndarray, t: int, candidates: np.ndarray) -> np.ndarray:
+        """Costs when decision ``t`` takes each of ``candidates`` and the others keep ``keep``.
+
+        Vectorised (no Python loop over layers or candidates): the environment calls it on every step.
+        ``keep`` and ``candidates`` are keep ratios assumed valid (in (0, 1]).
+        """
+        keep = np.asarray(keep, dtype=np.float64)
+        candidates = np.asarray(candidates, dtype=np.float64)
+        if self.granularity == "weight":
+            kept = self._kept_weights_fast(keep)  # (M,)
+            owned = self._owner == t
+            numel = self._weight_numel[owned][:, None]  # (m, 1)
+            cand = np.clip(np.ceil(candidates[None, :] * numel - 1e-9), 1, numel)  # (m, C)
+            per_weight = self._per_weight[owned][:, None]
+            return self._value_weights_fast(kept) + (per_weight * (cand - kept[owned][:, None])).sum(0)
+        channels = self.round_channels(keep)
+        cand = self.round_channels(candidates, self._n[t])  # (C,)
+        out, inp = self._shapes(channels)  # (M,)
+        delta = cand - channels[t]  # (C,)
+        out_c = out[:, None] + self._a_out[:, t, None] * delta[None, :]  # (M, C)
+        in_c = inp[:, None] + self._a_in[:, t, None] * delta[None, :]
+        return self._curve(out_c, in_c)
+
+    def cost_of(self, keep: np.ndarray) -> float:
+        """Fast :meth:`cost` for a valid numpy vector of keep ratios (no validation)."""
+        if self.granularity == "weight":
+            return self._value_weights_fast(self._kept_weights_fast(np.asarray(keep, dtype=np.float64)))
+        return float(self._value_channels(self.round_channels(np.asarray(keep, dtype=np.float64))))
+
+    def round_channels(self, keep: np.ndarray, n: np.ndarray | float | None = None) -> np.ndarray:
+        """Vectorised :func:`amc.layers.channels_for`."""
+        n = self._n if n is None else n
+        r = self.graph.round_to
+        wanted = np.ceil(keep * n / r - 1e-9) * r
+        return np.minimum(n, np.maximum(r, wanted))
+
+    def _kept_weights_fast(self, keep: np.ndarray) -> np.ndarray:
+        kept = self._weight_numel.copy()
+        owned = self._owner >= 0
+        ratio = keep[self._owner[owned]]
+        kept[owned] = np.clip(np.ceil(ratio * self._weight_numel[owned] - 1e-9), 1, self._weight_numel[owned])
+        return kept
+
     def _shapes(self, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         removed = self._n - channels  # (D,)
         return self._out0 - self._a_out @ removed, self._in0 - self._a_in @ removed  # (M,), (M,)
@@ -111,13 +154,22 @@ class FlopsCost(_AnalyticCost):
 
     resource = "flops"
 
+    def __init__(self, graph: LayerGraph, *, granularity: str = "channel") -> None:
+        super().__init__(graph, granularity=granularity)
+        self._per_weight = self._flops_coef / np.maximum(self._weight_coef, 1.0)  # 2 * positions
+
     def _value_channels(self, channels: np.ndarray) -> float:
         out, inp = self._shapes(channels)
         return float(self._flops_coef @ (out * inp))
 
+    def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
+        return self._flops_coef @ (out * inp)
+
     def _value_weights(self, keep: Sequence[float]) -> float:
-        positions = self._flops_coef / np.maximum(self._weight_coef, 1.0)  # 2 * positions
-        return float(positions @ self._kept_weights(keep))
+        return self._value_weights_fast(self._kept_weights(keep))
+
+    def _value_weights_fast(self, kept: np.ndarray) -> float:
+        return float(self._per_weight @ kept)
 
 
 class ParamsCost(_AnalyticCost):
@@ -125,13 +177,22 @@ class ParamsCost(_AnalyticCost):
 
     resource = "params"
 
+    def __init__(self, graph: LayerGraph, *, granularity: str = "channel") -> None:
+        super().__init__(graph, granularity=granularity)
+        self._per_weight = np.ones(len(graph.modules))
+
     def _value_channels(self, channels: np.ndarray) -> float:
         out, inp = self._shapes(channels)
         return float(self.graph.other_params + self._weight_coef @ (out * inp) + self._bias_coef @ out)
 
+    def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
+        return self.graph.other_params + self._weight_coef @ (out * inp) + self._bias_coef @ out
+
     def _value_weights(self, keep: Sequence[float]) -> float:
-        pruned = self._weight_numel - self._kept_weights(keep)
-        return float(self.graph.total_params - pruned.sum())
+        return self._value_weights_fast(self._kept_weights(keep))
+
+    def _value_weights_fast(self, kept: np.ndarray) -> float:
+        return float(self.graph.total_params - (self._weight_numel - kept).sum())
 
 
 COST_MODELS = {"flops": FlopsCost, "params": ParamsCost}

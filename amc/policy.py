@@ -18,7 +18,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from amc.cost import GRANULARITIES
@@ -67,8 +66,8 @@ class Policy:
             raise PolicyError(f"policy field 'granularity' must be one of {GRANULARITIES}, got {self.granularity!r}")
         if not isinstance(self.budget, (int, float)) or not 0.0 < self.budget <= 1.0:
             raise PolicyError(f"policy field 'budget' must be in (0, 1], got {self.budget!r}")
-        for name in ("keep", "metrics", "channels", "meta"):
-            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        for name in ("keep", "metrics", "channels", "meta"):  # private copies: callers' dicts may change
+            object.__setattr__(self, name, dict(getattr(self, name)))
 
     @classmethod
     def from_ratios(cls, graph: LayerGraph, ratios: Sequence[float], **kwargs: Any) -> Policy:

@@ -1,0 +1,55 @@
+"""Gymnasium environment for layer-by-layer pruning decisions.
+
+``amc/ChannelPruning-v0`` is registered on import. Build it from names (this trains and caches the
+base model on first use)::
+
+    import envs
+    env = envs.make_env(model="cnn", dataset="digits", budget=0.3)   # max_episode_steps = #layers
+
+or with ``gymnasium.make("amc/ChannelPruning-v0", model="cnn", dataset="digits", budget=0.3,
+max_episode_steps=N)``, or from parts you built yourself
+(``gymnasium.make(ENV_ID, graph=graph, cost_model=cost, evaluator=evaluator, budget=0.3)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from envs.projection import BudgetProjector, check_budget
+from envs.pruning_env import OBS_FEATURES, PruningEnv
+from envs.rewards import REWARDS, RewardInput, get_reward
+
+ENV_ID = "amc/ChannelPruning-v0"
+
+
+def _entry_point(**kwargs: Any) -> PruningEnv:
+    """Gymnasium entry point: from ready parts (``graph=...``) or from names (``model=...``)."""
+    if "graph" in kwargs:
+        return PruningEnv(**kwargs)
+    from amc.context import ContextConfig, build_context
+    from amc.evaluate import EvalConfig
+
+    env_keys = ("budget", "min_keep", "max_keep", "reward", "clip")
+    env_kwargs = {k: kwargs.pop(k) for k in env_keys if k in kwargs}
+    eval_cfg = EvalConfig(**{k: kwargs.pop(k) for k in ("criterion", "granularity") if k in kwargs})
+    ctx = build_context(ContextConfig(eval=eval_cfg, **kwargs), progress=False)
+    return PruningEnv(ctx.graph, ctx.cost_model(), ctx.evaluator, criterion=eval_cfg.criterion,
+                      granularity=eval_cfg.granularity, **env_kwargs)
+
+
+def make_env(**kwargs: Any) -> gym.Env:
+    """``gymnasium.make(ENV_ID, ...)`` with ``max_episode_steps`` set to the number of layers."""
+    env = _entry_point(**kwargs)
+    return gym.make(ENV_ID, graph=env.graph, cost_model=env.cost_model, evaluator=env.evaluator,
+                    budget=env.budget, min_keep=env.min_keep, max_keep=env.max_keep, reward=env.reward_name,
+                    clip=env.clip, criterion=env.criterion, granularity=env.granularity,
+                    max_episode_steps=env.n_layers)
+
+
+if ENV_ID not in gym.registry:
+    gym.register(id=ENV_ID, entry_point="envs:_entry_point")
+
+__all__ = ["ENV_ID", "OBS_FEATURES", "REWARDS", "BudgetProjector", "PruningEnv", "RewardInput", "check_budget",
+           "get_reward", "make_env"]

@@ -30,6 +30,18 @@ def _overhead(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace, console: Console) -> int:
+    from search.bench_env import env_speed
+
+    table = Table(title="PruningEnv steps/s with a stub evaluator (budget clipping on)")
+    for col in ("model", "granularity", "layers", "steps", "steps/s"):
+        table.add_column(col, justify="right")
+    for row in env_speed(args.model, steps=args.steps):
+        table.add_row(row.model, row.granularity, str(row.layers), str(row.steps), f"{row.steps_per_second:,.0f}")
+    console.print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -38,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
     p.set_defaults(run=_overhead)
+    p = sub.add_parser("env", help="environment steps per second with a stub evaluator")
+    p.add_argument("--model", default="resnet56")
+    p.add_argument("--steps", type=int, default=20000)
+    p.set_defaults(run=_env)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return args.run(args, Console())

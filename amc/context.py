@@ -1,0 +1,101 @@
+"""The evaluation context: everything a search needs, built once from names.
+
+Search strategies, the Gymnasium registration and Ray actors all build their model, data, layer graph,
+cost model and evaluator through :func:`build_context`, so every process sees the same problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from amc.cost import make_cost_model
+from amc.data import DataSplits, load_dataset
+from amc.errors import ConfigError
+from amc.evaluate import EvalConfig, PolicyEvaluator
+from amc.layers import LayerGraph, discover
+from amc.train import TrainConfig, TrainResult, accuracy, load_checkpoint, load_or_train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """What to prune and how candidates are evaluated.
+
+    Attributes:
+        model: Built-in model name or ``package.module:factory``.
+        dataset: Built-in dataset name (see :data:`amc.data.DATASETS`).
+        data_dir: Directory of file-based datasets (fashion-mnist, mnist, cifar10).
+        checkpoint: A trained ``state_dict`` for ``model``; None trains (and caches) a base model.
+        seed: Seeds data splits, base-model training and evaluation.
+        resource: ``"flops"`` or ``"params"``.
+        round_to: Channel counts are multiples of this.
+        val_size: Validation samples carved from the training set (None: the dataset's default).
+        train_limit: Use at most this many training samples (None: all).
+        eval: How candidates are evaluated.
+        train: How the base model is trained when no checkpoint is given.
+        cache_dir: Base-model cache (None: ``$AMC_CACHE_DIR`` or ``~/.cache/amc-search``).
+    """
+
+    model: str = "cnn"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    seed: int = 0
+    resource: str = "flops"
+    round_to: int = 1
+    val_size: int | float | None = None
+    train_limit: int | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache_dir: str | None = None
+    model_kwargs: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.round_to < 1:
+            raise ConfigError(f"round_to must be a positive integer, got {self.round_to}")
+
+
+@dataclass
+class Context:
+    """A built evaluation context (not frozen: it holds a model and tensors)."""
+
+    config: ContextConfig
+    model: nn.Module
+    data: DataSplits
+    graph: LayerGraph
+    evaluator: PolicyEvaluator
+    base: TrainResult | None
+
+    def cost_model(self, resource: str | None = None):
+        return make_cost_model(resource or self.config.resource, self.graph, granularity=self.config.eval.granularity)
+
+    @property
+    def base_val_accuracy(self) -> float:
+        return self.base.val_accuracy if self.base else accuracy(self.model, self.data.val)
+
+
+def build_context(config: ContextConfig, *, progress: bool = True) -> Context:
+    """Loads data, loads or trains the base model, discovers its layers and builds the evaluator."""
+    data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed, val_size=config.val_size,
+                        train_limit=config.train_limit)
+    model_kwargs = dict(config.model_kwargs)
+    if config.checkpoint:
+        from amc.models import build_model
+
+        model = build_model(config.model, in_channels=data.input_shape[0], num_classes=data.num_classes,
+                            **model_kwargs)
+        load_checkpoint(model, config.checkpoint)
+        base = None
+    else:
+        model, base = load_or_train(config.model, data, seed=config.seed, config=config.train,
+                                    cache_dir=config.cache_dir, model_kwargs=model_kwargs, progress=progress)
+    model.eval()
+    graph = discover(model, data.val.tensors[0][:1], round_to=config.round_to)
+    evaluator = PolicyEvaluator(model, graph, data, config.eval)
+    log.info("context: %s on %s, %d decisions, pid %d", config.model, config.dataset, len(graph), os.getpid())
+    return Context(config=config, model=model, data=data, graph=graph, evaluator=evaluator, base=base)

@@ -1,0 +1,108 @@
+"""Budget projection: AMC's resource-constrained action clipping, for one layer or a whole policy.
+
+Before layer ``t`` gets keep ratio ``a_t``, ``a_t`` is lowered (if needed) to the largest value for which
+the budget is still reachable when every later layer is cut to ``min_keep`` (AMC's ``_action_wall``).
+Because the first layer starts from a reachable state and every step keeps it reachable, every
+projected policy meets the budget. The environment clips one step at a time; non-sequential strategies
+(Optuna, random search) call :meth:`BudgetProjector.project` on a whole policy, which runs the very
+same clipping in layer order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from amc.errors import BudgetError, ConfigError
+
+
+def check_budget(budget: object, *, name: str = "budget") -> float:
+    """Validates a budget fraction; returns it as float."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or math.isnan(budget) \
+            or not 0.0 < budget <= 1.0:
+        raise ConfigError(f"{name} must be a fraction in (0, 1] of the base model's cost, got {budget!r}")
+    return float(budget)
+
+
+class BudgetProjector:
+    """Clips keep ratios so the pruned model costs at most ``budget * cost_model.base``.
+
+    Args:
+        cost_model: An analytic cost model with ``costs_varying`` (see :mod:`amc.cost`).
+        budget: Fraction of the base cost the pruned model may keep, in (0, 1].
+        min_keep: Lowest keep ratio of any layer.
+        max_keep: Highest keep ratio of any layer.
+
+    Raises:
+        ConfigError: A bad budget or keep range.
+        BudgetError: The budget is below the cost of the model with every layer at ``min_keep``;
+            the message gives that smallest reachable budget.
+    """
+
+    def __init__(self, cost_model, budget: float, *, min_keep: float = 0.2, max_keep: float = 1.0,
+                 grid: int = 1000) -> None:
+        self.budget = check_budget(budget)
+        for name, value in (("min_keep", min_keep), ("max_keep", max_keep)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+                    or not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
+        if min_keep > max_keep:
+            raise ConfigError(f"min_keep ({min_keep}) must not exceed max_keep ({max_keep})")
+        self.cost_model = cost_model
+        self.min_keep = float(min_keep)
+        self.max_keep = float(max_keep)
+        self.n_layers = len(cost_model.graph.layers)
+        self.target = self.budget * cost_model.base
+        self._floor = np.full(self.n_layers, self.min_keep)
+        smallest = cost_model.cost(self._floor.tolist()) / cost_model.base
+        if smallest > self.budget + 1e-12:
+            raise BudgetError(
+                f"budget {budget} is unreachable: with every layer at min_keep={min_keep} the model keeps "
+                f"{smallest:.4f} of its {cost_model.resource}; use a budget >= {math.ceil(smallest * 1e4) / 1e4} "
+                "or a lower min_keep"
+            )
+        self.smallest_budget = smallest
+        self._candidates = [self._layer_candidates(t, grid) for t in range(self.n_layers)]
+
+    def _layer_candidates(self, t: int, grid: int) -> np.ndarray:
+        """Keep ratios layer ``t`` can really take in [min_keep, max_keep], ascending."""
+        if self.cost_model.granularity == "weight":
+            return np.linspace(self.min_keep, self.max_keep, grid + 1)
+        n = self.cost_model.graph.layers[t].out_channels
+        lo, hi = self.cost_model.round_channels(np.array([self.min_keep, self.max_keep]), n)
+        counts = np.unique(self.cost_model.round_channels(np.arange(lo, hi + 1) / n, n))
+        return counts / n
+
+    def max_keep_at(self, t: int, keep: Sequence[float] | np.ndarray) -> float:
+        """The largest keep ratio of layer ``t`` that keeps the budget reachable.
+
+        ``keep[:t]`` are the decided layers; the layers after ``t`` are assumed at ``min_keep``.
+        """
+        state = self._floor.copy()
+        state[:t] = np.asarray(keep, dtype=np.float64)[:t]
+        candidates = self._candidates[t]
+        costs = self.cost_model.costs_varying(state, t, candidates)
+        feasible = np.nonzero(costs <= self.target * (1 + 1e-12))[0]
+        # The smallest candidate is always feasible when the prefix was produced by this projector.
+        return float(candidates[feasible[-1]]) if len(feasible) else float(candidates[0])
+
+    def clip(self, t: int, keep: Sequence[float] | np.ndarray, action: float) -> float:
+        """Action ``action`` of layer ``t`` clipped to ``[min_keep, max_keep_at(t, keep)]``."""
+        bounded = min(max(float(action), self.min_keep), self.max_keep)
+        return min(bounded, self.max_keep_at(t, keep))
+
+    def project(self, keep: Sequence[float]) -> list[float]:
+        """A feasible policy from any keep ratios: the environment's clipping, applied in layer order."""
+        if len(keep) != self.n_layers:
+            raise ConfigError(f"expected {self.n_layers} keep ratios (one per layer), got {len(keep)}")
+        out = np.zeros(self.n_layers)
+        for t, value in enumerate(keep):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or math.isnan(value):
+                raise ConfigError(f"keep ratio {t} must be a number, got {value!r}")
+            out[t] = self.clip(t, out, value)
+        return out.tolist()
+
+    def feasible(self, keep: Sequence[float]) -> bool:
+        return self.cost_model.cost(list(keep)) <= self.target * (1 + 1e-12)

@@ -1,0 +1,171 @@
+"""The AMC pruning environment: one step per prunable layer group, one keep ratio per step."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from amc.errors import ConfigError
+from amc.evaluate import Evaluator
+from amc.layers import LayerGraph
+from amc.policy import Policy
+from envs.projection import BudgetProjector
+from envs.rewards import RewardInput, get_reward
+
+_KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
+OBS_FEATURES = (
+    "t", "kind", "in_channels", "out_channels", "h", "w", "stride", "kernel", "layer_cost",
+    "reduced", "rest", "prev_action",
+)
+
+
+class PruningEnv(gym.Env):
+    """Layer-by-layer channel (or weight) pruning under a resource budget (He et al., AMC, ECCV 2018).
+
+    The environment owns no data and no model: it receives the layer graph, a cost model and an
+    evaluator, and evaluates the finished policy once, at the last step.
+
+    ## Action Space
+
+    ``Box(-1, 1, (1,), float32)``: mapped linearly to a keep ratio in ``[min_keep, max_keep]`` for the
+    current layer. With ``clip=True`` (default) the ratio is then lowered, if needed, so the budget stays
+    reachable with every later layer at ``min_keep``. An action outside the space raises ``ValueError``.
+
+    ## Observation Space
+
+    ``Box(0, 1, (12,), float32)``, AMC's layer embedding, each feature scaled to [0, 1] by the base
+    model's range over layers:
+
+    | index | feature        | meaning                                                       |
+    |-------|----------------|---------------------------------------------------------------|
+    | 0     | t              | layer index / (layers - 1)                                    |
+    | 1     | kind           | 0 conv, 0.5 group with a depthwise conv, 1 linear             |
+    | 2-3   | in/out_channels| of the group's leading layer                                  |
+    | 4-5   | h, w           | input spatial size of the leading layer                       |
+    | 6-7   | stride, kernel | of the leading layer                                          |
+    | 8     | layer_cost     | resource of this layer group in the base model                |
+    | 9     | reduced        | share of the base cost removed by the decided layers          |
+    | 10    | rest           | share of the layers' cost that lies after this layer          |
+    | 11    | prev_action    | keep ratio chosen at the previous step (1 at t = 0)           |
+
+    ## Rewards
+
+    0 until the last step; then the named reward (:mod:`envs.rewards`) of the evaluated policy:
+    ``acc`` (default), ``acc_log_flops``, ``acc_log_params``, or ``acc_penalty`` (for ``clip=False``).
+
+    ## Episode End
+
+    Terminates after the last layer (``len(graph)`` steps); never truncates by itself. ``info`` at
+    the last step holds ``policy`` (a :class:`~amc.policy.Policy`), ``accuracy``, ``cost``,
+    ``base_cost``, ``cost_ratio``, ``keep`` and ``eval`` (the :class:`~amc.evaluate.EvalResult`).
+
+    ## Version History
+
+    * v0: first version.
+
+    Args:
+        graph: The base model's :class:`~amc.layers.LayerGraph`.
+        cost_model: Cost model of the constrained resource (``FlopsCost``, ``ParamsCost``, ...).
+        evaluator: Evaluates the finished policy.
+        budget: Fraction of the base cost the pruned model may keep, in (0, 1].
+        min_keep, max_keep: Range of keep ratios (AMC: 0.2 .. 1.0).
+        reward: Name of the reward in :data:`envs.rewards.REWARDS`.
+        clip: Apply AMC's budget clipping (every episode feasible).
+        criterion, granularity: Recorded in the produced :class:`~amc.policy.Policy`.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, graph: LayerGraph, cost_model, evaluator: Evaluator, *, budget: float,
+                 min_keep: float = 0.2, max_keep: float = 1.0, reward: str = "acc", clip: bool = True,
+                 criterion: str = "l1", granularity: str = "channel") -> None:
+        super().__init__()
+        if cost_model.granularity != granularity:
+            raise ConfigError(f"cost model granularity {cost_model.granularity!r} differs from {granularity!r}")
+        self.graph = graph
+        self.cost_model = cost_model
+        self.evaluator = evaluator
+        self.projector = BudgetProjector(cost_model, budget, min_keep=min_keep, max_keep=max_keep)
+        self.budget = self.projector.budget
+        self.min_keep, self.max_keep = self.projector.min_keep, self.projector.max_keep
+        self.reward_name = reward
+        self._reward = get_reward(reward, resource=cost_model.resource)
+        self.clip = clip
+        self.criterion = criterion
+        self.granularity = granularity
+        self.n_layers = len(graph.layers)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(len(OBS_FEATURES),), dtype=np.float32)
+        self._static = self._static_features()  # (L, 9)
+        layer_costs = np.array([s.params if cost_model.resource == "params" else s.flops for s in graph.layers],
+                               dtype=np.float64)
+        self._rest = np.cumsum(layer_costs[::-1])[::-1] - layer_costs  # cost after layer t
+        self._rest /= max(layer_costs.sum(), 1.0)
+        self._keep = np.ones(self.n_layers)
+        self._t = 0
+
+    def _static_features(self) -> np.ndarray:
+        cost_attr = "params" if self.cost_model.resource == "params" else "flops"
+        rows = [
+            [t, _KIND_CODE[s.kind], s.in_channels, s.out_channels, s.in_hw[0], s.in_hw[1], s.stride, s.kernel,
+             getattr(s, cost_attr)]
+            for t, s in enumerate(self.graph.layers)
+        ]
+        table = np.array(rows, dtype=np.float64)
+        # Column 1 (kind) is already in [0, 1] and stays unscaled: its codes mean the same in every model.
+        for col in (0, *range(2, table.shape[1])):
+            lo, hi = table[:, col].min(), table[:, col].max()
+            table[:, col] = (table[:, col] - lo) / (hi - lo) if hi > lo else 0.0
+        return table
+
+    def _observation(self) -> np.ndarray:
+        t = self._t
+        decided = self._keep.copy()
+        decided[t:] = 1.0
+        reduced = 1.0 - self.cost_model.cost_of(decided) / self.cost_model.base
+        prev = self._keep[t - 1] if t > 0 else 1.0
+        obs = np.concatenate([self._static[t], [reduced, self._rest[t], prev]])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._keep = np.ones(self.n_layers)
+        self._t = 0
+        return self._observation(), {}
+
+    def keep_of_action(self, action: float) -> float:
+        """The keep ratio an action in [-1, 1] stands for, before budget clipping."""
+        return self.min_keep + (float(action) + 1.0) / 2.0 * (self.max_keep - self.min_keep)
+
+    def step(self, action):
+        if self._t >= self.n_layers:
+            raise RuntimeError("the episode is over: call reset() before step()")
+        value = np.asarray(action, dtype=np.float64).reshape(-1)
+        if value.shape != (1,) or not math.isfinite(value[0]) or not -1.0 - 1e-6 <= value[0] <= 1.0 + 1e-6:
+            raise ValueError(f"action must be one number in [-1, 1] (Box(-1, 1, (1,))), got {action!r}")
+        keep = self.keep_of_action(min(max(value[0], -1.0), 1.0))
+        if self.clip:
+            keep = self.projector.clip(self._t, self._keep, keep)
+        self._keep[self._t] = keep
+        self._t += 1
+        if self._t < self.n_layers:
+            return self._observation(), 0.0, False, False, {}
+        return self._finish()
+
+    def _finish(self):
+        keep = self._keep.tolist()
+        cost = self.cost_model.cost(keep)
+        policy = Policy.from_ratios(self.graph, keep, granularity=self.granularity, criterion=self.criterion,
+                                    resource=self.cost_model.resource, budget=self.budget)
+        result = self.evaluator.evaluate(policy)
+        reward = self._reward(RewardInput(result.accuracy, cost, self.cost_model.base, self.budget,
+                                          self.cost_model.resource))
+        info = {"policy": policy, "accuracy": result.accuracy, "cost": cost, "base_cost": self.cost_model.base,
+                "cost_ratio": cost / self.cost_model.base, "keep": keep, "eval": result}
+        obs = np.zeros(self.observation_space.shape, dtype=np.float32)
+        obs[0] = 1.0
+        return obs, float(reward), True, False, info

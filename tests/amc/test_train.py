@@ -1,0 +1,92 @@
+"""Tests for amc.train.
+
+Acceptance: the default cnn on digits trains to >= 98% test accuracy in under 60 s on this machine, and
+a second call hits the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from amc.errors import ConfigError
+from amc.models import build_model
+from amc.train import TrainConfig, accuracy, load_checkpoint, load_or_train
+
+QUICK = TrainConfig(epochs=1)  # enough for cache behaviour; accuracy is not the point there
+
+
+def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_default_cnn_trains_fast_and_accurately(trained_cnn, digits) -> None:
+    """``trained_cnn`` is the first call into a fresh cache dir with the default TrainConfig."""
+    model, result = trained_cnn
+    assert not result.cached
+    assert result.seconds < 60, f"training took {result.seconds:.1f} s"
+    assert result.test_accuracy >= 0.98
+    assert result.val_accuracy >= 0.95
+    assert result.test_accuracy == accuracy(model, digits.test)
+    assert Path(result.checkpoint).is_file()
+    assert not model.training
+
+
+def test_second_call_hits_the_cache(trained_cnn, digits) -> None:
+    model, result = trained_cnn
+    again, cached = load_or_train("cnn", digits, cache_dir=Path(result.checkpoint).parent, progress=False)
+    assert cached.cached
+    assert cached.checkpoint == result.checkpoint
+    assert cached.seconds < 5
+    assert states_equal(again, model)
+    assert (cached.val_accuracy, cached.test_accuracy) == (result.val_accuracy, result.test_accuracy)
+
+
+def test_seeded_training_is_deterministic_and_keyed(digits, tmp_path: Path) -> None:
+    first, r1 = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path / "a", progress=False)
+    second, r2 = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path / "b", progress=False)
+    assert not r1.cached and not r2.cached
+    assert states_equal(first, second)
+    assert Path(r1.checkpoint).name == Path(r2.checkpoint).name
+
+    other, r3 = load_or_train("cnn", digits, config=QUICK, seed=1, cache_dir=tmp_path / "a", progress=False)
+    longer = TrainConfig(epochs=2)
+    _, r4 = load_or_train("cnn", digits, config=longer, cache_dir=tmp_path / "a", progress=False)
+    assert not r3.cached and not r4.cached
+    assert len({r1.checkpoint, r3.checkpoint, r4.checkpoint}) == 3
+    assert not states_equal(first, other)
+
+
+def test_corrupt_cache_file_is_retrained(digits, tmp_path: Path) -> None:
+    trained, result = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path, progress=False)
+    path = Path(result.checkpoint)
+    path.write_bytes(b"\x00garbage, not a state_dict")
+
+    retrained, again = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path, progress=False)
+
+    assert not again.cached
+    assert again.checkpoint == result.checkpoint
+    assert states_equal(retrained, trained)
+    reloaded = load_checkpoint(build_model("cnn", in_channels=1, num_classes=10), path)  # overwritten, valid
+    assert states_equal(reloaded, trained)
+    _, third = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path, progress=False)
+    assert third.cached
+
+
+def test_foreign_cache_file_is_retrained(digits, tmp_path: Path) -> None:
+    trained, result = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path, progress=False)
+    torch.save(build_model("resnet20", in_channels=1, num_classes=10).state_dict(), result.checkpoint)
+
+    retrained, again = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path, progress=False)
+
+    assert not again.cached
+    assert states_equal(retrained, trained)
+
+
+@pytest.mark.parametrize("field, bad", [("epochs", -1), ("batch_size", 0), ("lr", 0.0)])
+def test_bad_train_config(field: str, bad: float) -> None:
+    with pytest.raises(ConfigError, match=rf"{field} must be .*got {bad}"):
+        TrainConfig(**{field: bad})
