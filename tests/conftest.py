@@ -12,6 +12,11 @@ from amc.data import DataSplits, load_dataset
 from amc.models import build_model
 from amc.train import TrainResult, load_or_train
 
+# Intra-op threads spin-wait for each other: on this 2-core machine, with other jobs running, the default
+# (2 threads) made one epoch of the digits cnn 20x slower (16.6 s vs 0.8 s with 1 thread). One thread
+# costs ~1.4x when the machine is idle and keeps timings (and the 60 s training bound) meaningful.
+torch.set_num_threads(1)
+
 # name -> (input shape (C, H, W), extra factory kwargs): small enough for a 2-core CPU.
 SMALL_MODELS: dict[str, tuple[tuple[int, int, int], dict]] = {
     "cnn": ((1, 8, 8), {}),

@@ -53,9 +53,11 @@ def test_ratios_follow_graph_order(graph: LayerGraph, policy: Policy) -> None:
     assert Policy.from_dict(data).ratios(graph) == policy.ratios(graph)
 
 
-def test_policy_is_immutable(policy: Policy) -> None:
-    with pytest.raises(TypeError):
-        policy.keep["features.0"] = 0.1  # type: ignore[index]
+def test_policy_copies_its_inputs(graph: LayerGraph) -> None:
+    keep = {name: 0.5 for name in graph.names}
+    policy = Policy(keep=keep, metrics={"val_accuracy": 0.93})
+    keep["features.0"] = 0.1
+    assert policy.keep["features.0"] == 0.5
     richer = policy.with_metrics(val_accuracy=0.5).with_meta(note="x")
     assert richer.metrics["val_accuracy"] == 0.5 and richer.meta["note"] == "x"
     assert policy.metrics["val_accuracy"] == 0.93 and "note" not in policy.meta

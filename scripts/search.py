@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Search per-layer pruning ratios that keep the most accuracy under a resource budget.
+
+    python scripts/search.py --budget 0.3                      # keep <= 30% of the base model's FLOPs
+    python scripts/search.py --budget 0.5 --strategy optuna --sampler tpe --evaluations 200
+    python scripts/search.py --config run.toml --resume --out runs/my-run
+
+Options given on the command line override those of ``--config`` (a TOML file whose keys are the
+long option names, e.g. ``budget = 0.3``, ``strategy = "optuna"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULTS = {
+    "budget": 0.3, "resource": "flops", "strategy": "ddpg", "sampler": "tpe", "evaluations": 300, "warmup": None,
+    "model": "cnn", "checkpoint": None, "dataset": "digits", "data_dir": None, "criterion": "l1",
+    "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
+    "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
+    "workers": 1, "no_export": False, "quiet": False,
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument on one line (exit code 2), without the usage block."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if math.isnan(value) or not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] (fraction of the base cost kept), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from amc.data import DATASETS
+    from amc.prune import CRITERIA
+    from envs.rewards import REWARDS
+    from search.config import RESOURCES, SAMPLERS, STRATEGIES
+
+    p = OneLineParser(prog="search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      argument_default=argparse.SUPPRESS)
+    p.add_argument("--budget", type=_budget, help="fraction of the base model's resource to keep, in (0, 1] (0.3)")
+    p.add_argument("--resource", choices=RESOURCES, help="constrained resource (flops)")
+    p.add_argument("--strategy", choices=STRATEGIES, help="search strategy (ddpg)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (tpe)")
+    p.add_argument("--evaluations", type=_positive_int, help="policies to evaluate (300)")
+    p.add_argument("--warmup", type=int, help="RL warm-up episodes (a quarter of --evaluations, at most 100)")
+    p.add_argument("--model", help="built-in model or package.module:factory (cnn)")
+    p.add_argument("--checkpoint", help="trained state_dict of --model (default: train and cache one)")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset (digits)")
+    p.add_argument("--data-dir", dest="data_dir", help="folder of fashion-mnist / mnist / cifar10 files")
+    p.add_argument("--criterion", choices=CRITERIA, help="which channels go first (l1)")
+    p.add_argument("--granularity", choices=("channel", "weight"), help="structured or unstructured (channel)")
+    p.add_argument("--seed", type=int, help="seed of data splits, training and search (0)")
+    p.add_argument("--out", help="run folder (runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--min-keep", dest="min_keep", type=float, help="lowest keep ratio of a layer (0.2)")
+    p.add_argument("--max-keep", dest="max_keep", type=float, help="highest keep ratio of a layer (1.0)")
+    p.add_argument("--reward", choices=sorted(REWARDS), help="episode reward (acc)")
+    p.add_argument("--round-to", dest="round_to", type=_positive_int, help="channel counts are multiples of this (1)")
+    p.add_argument("--val-size", dest="val_size", type=int, help="validation samples carved from train")
+    p.add_argument("--train-limit", dest="train_limit", type=_positive_int, help="use at most N training samples")
+    p.add_argument("--storage", help="Optuna RDB URL (sqlite:///<out>/study.db)")
+    p.add_argument("--threads", type=_positive_int, help="torch threads of this process")
+    p.add_argument("--workers", type=_positive_int, help="parallel evaluation workers (1)")
+    p.add_argument("--no-export", dest="no_export", action="store_true", help="do not write pruned.pt2")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--config", help="TOML file of option values")
+    return p
+
+
+def load_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise SystemExit(f"search.py: error: cannot read --config {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SystemExit(f"search.py: error: --config {path!r} is not valid TOML: {exc}") from None
+    values = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(values) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"search.py: error: unknown key(s) {unknown} in --config {path!r}; use long option names")
+    return values
+
+
+def resolve_options(argv: list[str] | None) -> dict:
+    """Defaults, then --config, then the command line."""
+    args = vars(build_parser().parse_args(argv))
+    options = dict(DEFAULTS)
+    if "config" in args:
+        options.update(load_toml(args.pop("config")))
+    options.update(args)
+    if options["out"] is None:
+        options["out"] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    return options
+
+
+def build_config(options: dict):
+    """Frozen configs from the resolved options (the only place that reads them)."""
+    from amc.context import ContextConfig
+    from amc.evaluate import EvalConfig
+    from search.config import SearchConfig
+
+    context = ContextConfig(
+        model=options["model"], dataset=options["dataset"], data_dir=options["data_dir"],
+        checkpoint=options["checkpoint"], seed=options["seed"], resource=options["resource"],
+        round_to=options["round_to"], val_size=options["val_size"], train_limit=options["train_limit"],
+        eval=EvalConfig(criterion=options["criterion"], granularity=options["granularity"], seed=options["seed"]),
+    )
+    return SearchConfig(
+        budget=options["budget"], strategy=options["strategy"], sampler=options["sampler"],
+        evaluations=options["evaluations"], warmup=options["warmup"], min_keep=options["min_keep"],
+        max_keep=options["max_keep"], reward=options["reward"], out=options["out"], resume=options["resume"],
+        storage=options["storage"], context=context, progress=not options["quiet"], export=not options["no_export"],
+        workers=options["workers"],
+    )
+
+
+def summary_table(result):
+    from rich.table import Table
+
+    table = Table(title=f"{result.policy.meta['strategy']} search: {result.out}")
+    table.add_column("", style="bold")
+    table.add_column("val acc", justify="right")
+    table.add_column("test acc", justify="right")
+    table.add_column("cost ratio", justify="right")
+    table.add_row("base model", f"{result.base_val_accuracy:.4f}", f"{result.base_test_accuracy:.4f}", "1.0000")
+    table.add_row("searched policy", f"{result.best.accuracy:.4f}", f"{result.test_accuracy:.4f}",
+                  f"{result.best.cost_ratio:.4f}")
+    table.add_row("uniform policy", f"{result.uniform.accuracy:.4f}", f"{result.uniform_test_accuracy:.4f}",
+                  f"{result.uniform.cost_ratio:.4f}")
+    layers = Table(title="per-layer keep ratios (channels)")
+    layers.add_column("layer")
+    layers.add_column("searched", justify="right")
+    layers.add_column("uniform", justify="right")
+    for name, keep, uni in zip(result.layer_names, result.best.keep, result.uniform.keep):
+        layers.add_row(name, f"{keep:.3f} ({result.policy.channels[name]})", f"{uni:.3f}")
+    return table, layers
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = resolve_options(argv)
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    from amc.errors import AmcError
+
+    console = Console(stderr=True)
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)],
+                        format="%(message)s")
+    try:
+        config = build_config(options)
+        if options["threads"]:
+            import torch
+
+            torch.set_num_threads(options["threads"])
+        from search.runner import run_search
+
+        result = run_search(config)
+    except AmcError as exc:
+        print(f"search.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("search.py: interrupted before any policy was evaluated; nothing written", file=sys.stderr)
+        return 130
+    out = Console()
+    for table in summary_table(result):
+        out.print(table)
+    out.print(f"wrote {result.out}/policy.json, history.csv, report.png"
+              + (", pruned.pt2" if config.export else "") + f" in {result.seconds:.1f} s"
+              + (" (interrupted: best so far)" if result.interrupted else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Baselines every benchmark reports beside the searches.
+
+- ``uniform``: the same keep ratio in every layer, the largest that meets the budget.
+- ``random``: EagleEye-style random search (Li et al., 2020): random per-layer ratios, scaled to use
+  the budget, projected to be feasible, each evaluated with adaptive BN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from search.problem import SearchProblem
+
+
+def _largest_feasible(problem: SearchProblem, make, lo: float, hi: float, iters: int = 40) -> float:
+    """Largest x in [lo, hi] with ``make(x)`` feasible (``make`` monotone in x); lo must be feasible."""
+    if problem.projector.feasible(make(hi)):
+        return hi
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if problem.projector.feasible(make(mid)) else (lo, mid)
+    return lo
+
+
+def uniform_keep(problem: SearchProblem) -> list[float]:
+    """The largest uniform keep ratio in [min_keep, max_keep] that meets the budget."""
+    p = problem.projector
+    ratio = _largest_feasible(problem, lambda r: [r] * p.n_layers, p.min_keep, p.max_keep)
+    return p.project([ratio] * p.n_layers)  # no-op for a feasible uniform policy; guards rounding
+
+
+def random_keep(problem: SearchProblem, rng: np.random.Generator) -> list[float]:
+    """A random feasible policy that uses the budget: ``clip(s * u)`` with the largest feasible scale s."""
+    p = problem.projector
+    u = rng.uniform(p.min_keep, p.max_keep, p.n_layers)
+
+    def make(s: float) -> list[float]:
+        return np.clip(s * u, p.min_keep, p.max_keep).tolist()
+
+    scale = _largest_feasible(problem, make, 0.0, p.max_keep / p.min_keep)
+    return p.project(make(scale))
+
+
+class UniformStrategy:
+    name = "uniform"
+
+    def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
+        """Evaluates the uniform policy once (more evaluations would repeat it)."""
+        if evaluations > 0:
+            problem.evaluate_keeps([uniform_keep(problem)], steps=[problem.count])
+
+
+class RandomStrategy:
+    name = "random"
+
+    def __init__(self, batch_size: int = 1) -> None:
+        self.batch_size = batch_size
+
+    def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
+        start = problem.count
+        for first in range(start, start + evaluations, self.batch_size):
+            steps = list(range(first, min(first + self.batch_size, start + evaluations)))
+            # One generator per sample index: a resumed run draws exactly the samples it had not reached.
+            keeps = [random_keep(problem, np.random.default_rng([seed, i])) for i in steps]
+            problem.evaluate_keeps(keeps, steps=steps)

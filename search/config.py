@@ -1,0 +1,73 @@
+"""Search configuration: one frozen dataclass, validated once, built at the CLI edge."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from amc.context import ContextConfig
+from amc.errors import ConfigError
+
+STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform")
+SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
+RESOURCES = ("flops", "params")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search run.
+
+    Attributes:
+        budget: Fraction of the base model's resource the pruned model may keep, in (0, 1].
+        strategy: One of :data:`STRATEGIES`.
+        sampler: Optuna sampler (``optuna`` strategy only), one of :data:`SAMPLERS`.
+        evaluations: Policies to evaluate (episodes for RL, trials for Optuna).
+        warmup: RL warm-up episodes with random actions (None: a quarter of ``evaluations``, <= 100).
+        min_keep, max_keep: Range of per-layer keep ratios.
+        reward: Reward name (:data:`envs.rewards.REWARDS`).
+        out: Run folder.
+        resume: Continue the run in ``out`` (keeps every evaluated result).
+        storage: Optuna RDB URL (None: ``sqlite:///<out>/study.db``).
+        context: Model, data and evaluation settings.
+        progress: Show progress bars.
+        export: Write ``pruned.pt2`` for the best policy.
+    """
+
+    budget: float = 0.3
+    strategy: str = "ddpg"
+    sampler: str = "tpe"
+    evaluations: int = 300
+    warmup: int | None = None
+    min_keep: float = 0.2
+    max_keep: float = 1.0
+    reward: str = "acc"
+    out: str = "runs/latest"
+    resume: bool = False
+    storage: str | None = None
+    context: ContextConfig = field(default_factory=ContextConfig)
+    progress: bool = True
+    export: bool = True
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or math.isnan(self.budget) \
+                or not 0.0 < self.budget <= 1.0:
+            raise ConfigError(f"--budget must be a fraction in (0, 1] of the base model's cost, got {self.budget!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown --strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown --sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.context.resource not in RESOURCES:
+            raise ConfigError(f"unknown --resource {self.context.resource!r}: choose one of {', '.join(RESOURCES)}")
+        if not isinstance(self.evaluations, int) or self.evaluations < 1:
+            raise ConfigError(f"--evaluations must be a positive integer, got {self.evaluations!r}")
+        if self.warmup is not None and not 0 <= self.warmup:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup!r}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be a positive integer, got {self.workers!r}")
+
+    @property
+    def warmup_episodes(self) -> int:
+        if self.warmup is not None:
+            return min(self.warmup, self.evaluations)
+        return min(100, self.evaluations // 4)

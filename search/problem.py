@@ -1,0 +1,102 @@
+"""The search problem every strategy talks to: evaluate policies, record them, keep the best.
+
+:class:`SearchProblem` is itself an :class:`~amc.evaluate.Evaluator`, so the Gymnasium environment
+(RL strategies) and whole-policy strategies (Optuna, random, uniform) go through the same recording
+path: every evaluation lands in ``history.csv`` at once and updates the best policy and progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from amc.evaluate import EvalResult, Evaluator
+from amc.layers import LayerGraph
+from amc.policy import Policy
+from envs import BudgetProjector, RewardInput, get_reward
+from search.history import HistoryWriter, Record
+
+log = logging.getLogger(__name__)
+
+
+class SearchProblem:
+    """Budget-constrained policy evaluation with recording.
+
+    Args:
+        graph: The base model's layer graph.
+        cost_model: Cost model of the constrained resource.
+        projector: The budget projection shared with the environment.
+        evaluator: The evaluator doing the work (local or a Ray pool).
+        history: Where records go.
+        strategy: Name written into each record.
+        reward: Reward name used for the records' ``reward`` column.
+        criterion, granularity: Recorded in every policy.
+        previous: Records of an earlier, interrupted run (``--resume``).
+        on_record: Called after every record (progress bars).
+    """
+
+    def __init__(self, *, graph: LayerGraph, cost_model, projector: BudgetProjector, evaluator: Evaluator,
+                 history: HistoryWriter | None, strategy: str, reward: str = "acc", criterion: str = "l1",
+                 granularity: str = "channel", previous: Sequence[Record] = (),
+                 on_record: Callable[[Record], None] | None = None) -> None:
+        self.graph = graph
+        self.cost_model = cost_model
+        self.projector = projector
+        self.evaluator = evaluator
+        self.history = history
+        self.strategy = strategy
+        self.criterion = criterion
+        self.granularity = granularity
+        self._reward = get_reward(reward, resource=cost_model.resource)
+        self.records: list[Record] = list(previous)
+        self.best: Record | None = max(self.records, key=lambda r: r.reward, default=None)
+        self.on_record = on_record
+        self._start = time.perf_counter() - (self.records[-1].wall_time if self.records else 0.0)
+
+    @property
+    def budget(self) -> float:
+        return self.projector.budget
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    def policy(self, keep: Sequence[float]) -> Policy:
+        return Policy.from_ratios(self.graph, list(keep), granularity=self.granularity, criterion=self.criterion,
+                                  resource=self.cost_model.resource, budget=self.budget)
+
+    # The Evaluator contract, for the environment.
+    def evaluate(self, policy: Policy) -> EvalResult:
+        return self.evaluate_many([policy])[0]
+
+    def evaluate_many(self, policies: Sequence[Policy], *, steps: Sequence[int] | None = None) -> list[EvalResult]:
+        results = self.evaluator.evaluate_many(list(policies))
+        for i, (policy, result) in enumerate(zip(policies, results)):
+            self._record(policy.ratios(self.graph), result, steps[i] if steps is not None else self.count)
+        return results
+
+    def evaluate_keeps(self, keeps: Sequence[Sequence[float]], *, steps: Sequence[int] | None = None) -> list[Record]:
+        """Evaluates keep-ratio vectors (already feasible) and returns their records."""
+        n = self.count
+        self.evaluate_many([self.policy(k) for k in keeps], steps=steps)
+        return self.records[n:]
+
+    def _record(self, keep: list[float], result: EvalResult, step: int) -> Record:
+        cost = self.cost_model.cost(keep)
+        reward = self._reward(RewardInput(result.accuracy, cost, self.cost_model.base, self.budget,
+                                          self.cost_model.resource))
+        record = Record(
+            index=self.count, strategy=self.strategy, step=step, accuracy=result.accuracy, loss=result.loss,
+            cost=cost, cost_ratio=cost / self.cost_model.base, reward=reward, cached=result.cached,
+            seconds=result.seconds, wall_time=time.perf_counter() - self._start, keep=tuple(keep),
+        )
+        self.records.append(record)
+        if self.history is not None:
+            self.history.append(record)
+        if self.best is None or record.reward > self.best.reward:
+            self.best = record
+            log.debug("new best %.4f at evaluation %d", record.accuracy, record.index)
+        if self.on_record is not None:
+            self.on_record(record)
+        return record

@@ -1,0 +1,230 @@
+"""One loop for every strategy: build the context, search, record, write the run's outputs.
+
+``runs/<name>/``: ``config.json``, ``history.csv`` (every evaluation, written as it happens),
+``policy.json`` (the best policy), ``pruned.pt2``, ``report.png``, ``run.log`` and, for Optuna,
+``study.db`` (and ``pareto.json`` for NSGA-II). Ctrl-C stops the search and still writes the outputs
+for the best policy so far; ``--resume`` continues a run from its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from amc.context import Context, build_context
+from amc.errors import AmcError, ConfigError
+from amc.evaluate import Evaluator
+from amc.export import export_pt2
+from amc.policy import Policy
+from amc.progress import progress_bar
+from amc.train import accuracy
+from envs import BudgetProjector
+from search.baselines import RandomStrategy, UniformStrategy, uniform_keep
+from search.config import SearchConfig
+from search.history import HistoryWriter, Record, read_history
+from search.problem import SearchProblem
+
+log = logging.getLogger(__name__)
+_RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward")
+_RESUME_CONTEXT_KEYS = ("model", "dataset", "seed", "resource", "round_to", "checkpoint")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a run produced (also on disk in ``out``)."""
+
+    out: Path
+    policy: Policy
+    best: Record
+    uniform: Record
+    base_val_accuracy: float
+    base_test_accuracy: float
+    test_accuracy: float
+    uniform_test_accuracy: float
+    evaluations: int
+    seconds: float
+    interrupted: bool
+    layer_names: tuple[str, ...]
+
+
+def prepare_out(config: SearchConfig) -> Path:
+    """Creates (or checks, with ``--resume``) the run folder before any work is done.
+
+    Raises:
+        ConfigError: The folder is not writable, or already holds a run and ``--resume`` is not set,
+            or holds a run with other settings.
+    """
+    out = Path(config.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r} is not writable ({exc.strerror}); choose another folder") from exc
+    saved = out / "config.json"
+    if config.resume:
+        if saved.exists():
+            _check_same_run(json.loads(saved.read_text()), config, out)
+    elif (out / "history.csv").exists():
+        raise ConfigError(f"--out {str(out)!r} already holds a search; pass --resume to continue it or choose "
+                          "another --out")
+    return out
+
+
+def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
+    now = _config_dict(config)
+    diffs = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    diffs += [f"context.{k}" for k in _RESUME_CONTEXT_KEYS if saved["context"].get(k) != now["context"].get(k)]
+    if diffs:
+        raise ConfigError(f"--resume of {str(out)!r} with different settings {diffs}; use the run's original "
+                          "settings (see its config.json) or another --out")
+
+
+def _config_dict(config: SearchConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1):
+    if config.strategy in ("ddpg", "td3", "sac"):
+        from search.ddpg import RLStrategy
+
+        return RLStrategy(config.strategy, warmup_episodes=config.warmup_episodes, min_keep=config.min_keep,
+                          max_keep=config.max_keep, reward=config.reward, n_envs=batch_size)
+    if config.strategy == "optuna":
+        from search.optuna_search import OptunaStrategy
+
+        storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+        return OptunaStrategy(sampler=config.sampler, storage=storage, batch_size=batch_size, out=out)
+    if config.strategy == "random":
+        return RandomStrategy(batch_size=batch_size)
+    return UniformStrategy()
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("amc-search", "torch", "torch-pruning", "stable-baselines3", "optuna", "gymnasium", "numpy", "ray"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def run_search(config: SearchConfig, *, context: Context | None = None, evaluator: Evaluator | None = None,
+               batch_size: int = 1) -> SearchResult:
+    """Runs one search and writes its outputs.
+
+    Args:
+        config: The run's settings.
+        context: A prebuilt context (tests, benchmarks); None builds it from ``config.context``.
+        evaluator: Evaluator of candidate policies (e.g. a Ray pool); None uses the context's.
+        batch_size: Policies evaluated together (parallel workers).
+    """
+    created = not Path(config.out).exists()
+    out = prepare_out(config)
+    handler = logging.FileHandler(out / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        return _run(config, out, context, evaluator, batch_size)
+    except AmcError:
+        if created and not (out / "history.csv").exists():
+            shutil.rmtree(out, ignore_errors=True)  # failed before any evaluation: leave nothing behind
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evaluator | None,
+         batch_size: int) -> SearchResult:
+    start = time.perf_counter()
+    torch.manual_seed(config.context.seed)
+    ctx = ctx or build_context(config.context, progress=config.progress)
+    (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
+    cost = ctx.cost_model()
+    projector = BudgetProjector(cost, config.budget, min_keep=config.min_keep, max_keep=config.max_keep)
+    previous = read_history(out / "history.csv") if config.resume else []
+    remaining = max(0, config.evaluations - len(previous))
+    if config.strategy == "uniform":
+        remaining = min(remaining, 1)
+    log.info("search %s, budget %.3f %s, %d evaluations (%d done before)", config.strategy, config.budget,
+             config.context.resource, config.evaluations, len(previous))
+    history = HistoryWriter(out / "history.csv")
+    interrupted = False
+    with progress_bar(enabled=config.progress) as bar:
+        task = bar.add_task(f"{config.strategy} search", total=len(previous) + remaining,
+                            completed=len(previous), status="")
+
+        def on_record(record: Record) -> None:
+            bar.update(task, advance=1, status=f"best acc {problem.best.accuracy:.4f}")
+
+        problem = SearchProblem(graph=ctx.graph, cost_model=cost, projector=projector,
+                                evaluator=evaluator or ctx.evaluator, history=history, strategy=config.strategy,
+                                reward=config.reward, criterion=config.context.eval.criterion,
+                                granularity=config.context.eval.granularity, previous=previous,
+                                on_record=on_record)
+        try:
+            strategy = make_strategy(config, out, batch_size=batch_size)
+            strategy.run(problem, remaining, seed=config.context.seed)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted after %d evaluations; writing the best policy so far", problem.count)
+        finally:
+            history.close()
+    if problem.best is None:
+        raise KeyboardInterrupt("interrupted before the first evaluation finished; nothing to write")
+    return _finish(config, out, ctx, problem, projector, start, interrupted)
+
+
+def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchResult:
+    best = problem.best
+    uniform = uniform_keep(problem)
+    uniform_eval = ctx.evaluator.evaluate(problem.policy(uniform))
+    uniform_record = Record(-1, "uniform", 0, uniform_eval.accuracy, uniform_eval.loss, problem.cost_model.cost(uniform),
+                            problem.cost_model.cost(uniform) / problem.cost_model.base, uniform_eval.accuracy,
+                            uniform_eval.cached, uniform_eval.seconds, 0.0, tuple(uniform))
+    pruned = ctx.evaluator.prune(problem.policy(best.keep))
+    test_acc = accuracy(pruned, ctx.data.test)
+    uniform_test = accuracy(ctx.evaluator.prune(problem.policy(uniform)), ctx.data.test)
+    base_val, base_test = accuracy(ctx.model, ctx.data.val), accuracy(ctx.model, ctx.data.test)
+    other = ctx.cost_model("params" if problem.cost_model.resource == "flops" else "flops")
+    seconds = time.perf_counter() - start
+    policy = problem.policy(best.keep).with_metrics(
+        val_accuracy=best.accuracy, test_accuracy=test_acc, cost=best.cost, base_cost=problem.cost_model.base,
+        cost_ratio=best.cost_ratio, **{f"{other.resource}_ratio": other.ratio(list(best.keep))},
+        base_val_accuracy=base_val, base_test_accuracy=base_test,
+        uniform_val_accuracy=uniform_eval.accuracy, uniform_test_accuracy=uniform_test,
+    ).with_meta(
+        strategy=config.strategy, sampler=config.sampler if config.strategy == "optuna" else None,
+        seed=config.context.seed, model=config.context.model, dataset=config.context.dataset,
+        evaluations=problem.count, best_evaluation=best.index, duration_s=round(seconds, 3),
+        interrupted=interrupted, round_to=config.context.round_to, min_keep=config.min_keep,
+        max_keep=config.max_keep, versions=_versions(),
+    )
+    policy.save(out / "policy.json")
+    if config.export:
+        export_pt2(pruned, ctx.data.val.tensors[0][:2], out / "pruned.pt2")
+    from search.report import write_report
+
+    write_report(out / "report.png", problem.records, ctx.graph, best=best, uniform_keep=uniform,
+                 budget=config.budget,
+                 title=f"{config.strategy} on {config.context.model}/{config.context.dataset}, budget {config.budget:g} "
+                       f"{config.context.resource}")
+    log.info("best policy: val %.4f test %.4f cost ratio %.4f (%s)", best.accuracy, test_acc, best.cost_ratio, out)
+    return SearchResult(out=out, policy=policy, best=best, uniform=uniform_record, base_val_accuracy=base_val,
+                        base_test_accuracy=base_test, test_accuracy=test_acc, uniform_test_accuracy=uniform_test,
+                        evaluations=problem.count, seconds=seconds, interrupted=interrupted,
+                        layer_names=ctx.graph.names)
