@@ -212,7 +212,7 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
         seed=config.context.seed, model=config.context.model, dataset=config.context.dataset,
         evaluations=problem.count, best_evaluation=best.index, duration_s=round(seconds, 3),
         interrupted=interrupted, round_to=config.context.round_to, min_keep=config.min_keep,
-        max_keep=config.max_keep, versions=_versions(),
+        max_keep=config.max_keep, context=_config_dict(config)["context"], versions=_versions(),
     )
     policy.save(out / "policy.json")
     if config.export:
