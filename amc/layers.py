@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -135,8 +136,9 @@ def channels_for(keep: float, out_channels: int, round_to: int = 1, *, name: str
     Raises:
         ConfigError: ``keep`` is not in (0, 1].
     """
-    if not (isinstance(keep, (int, float)) and 0.0 < keep <= 1.0) or math.isnan(keep):
-        raise ConfigError(f"keep ratio of {name!r} must be in (0, 1], got {keep!r}")
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or math.isnan(keep) or not 0.0 < keep <= 1.0:
+        raise ConfigError(f"keep ratio of {name!r} must be a number in (0, 1], got {keep!r}")
+    keep = float(keep)
     if round_to < 1:
         raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
     # The epsilon stops 0.3 * 10 = 3.0000000000000004 from rounding up to 4.

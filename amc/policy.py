@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from typing import Any
 from amc.cost import GRANULARITIES
 from amc.errors import PolicyError
 from amc.layers import LayerGraph
+from amc.prune import CRITERIA
+
+RESOURCES = ("flops", "params", "latency")
 
 FORMAT = "amc-policy/1"
 _REQUIRED = ("format", "model_fingerprint", "granularity", "criterion", "resource", "budget", "keep")
@@ -41,7 +45,8 @@ class Policy:
         resource: ``"flops"``, ``"params"`` or ``"latency"``.
         budget: Fraction of the base model's resource the pruned model may keep.
         metrics: Measurements taken at search time (accuracy, cost ratio, ...).
-        channels: Channel counts the keep ratios give (informative; recomputed on load).
+        channels: Channel counts the keep ratios give when written (informative: pruning always derives
+            the channels from ``keep`` with the rounding rule, so an edited count has no effect).
         meta: Free-form provenance (strategy, seed, versions, ...).
     """
 
@@ -56,15 +61,19 @@ class Policy:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.keep:
+        if not isinstance(self.keep, Mapping) or not self.keep:
             raise PolicyError("policy field 'keep' is empty: give one keep ratio per layer")
         for name, ratio in self.keep.items():
-            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or math.isnan(ratio) \
+            if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool) or math.isnan(ratio) \
                     or not 0.0 < ratio <= 1.0:
                 raise PolicyError(f"policy field 'keep.{name}' must be a number in (0, 1], got {ratio!r}")
         if self.granularity not in GRANULARITIES:
             raise PolicyError(f"policy field 'granularity' must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if not isinstance(self.budget, (int, float)) or not 0.0 < self.budget <= 1.0:
+        if self.criterion not in CRITERIA:
+            raise PolicyError(f"policy field 'criterion' must be one of {CRITERIA}, got {self.criterion!r}")
+        if self.resource not in RESOURCES:
+            raise PolicyError(f"policy field 'resource' must be one of {RESOURCES}, got {self.resource!r}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0.0 < self.budget <= 1.0:
             raise PolicyError(f"policy field 'budget' must be in (0, 1], got {self.budget!r}")
         for name in ("keep", "metrics", "channels", "meta"):  # private copies: callers' dicts may change
             object.__setattr__(self, name, dict(getattr(self, name)))

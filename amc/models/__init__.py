@@ -59,13 +59,22 @@ def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs: obje
     """
     factory = _resolve_factory(name)
     wanted = {"in_channels": in_channels, "num_classes": num_classes, **kwargs}
-    params = inspect.signature(factory).parameters
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot inspect the factory of model {name!r} ({exc}); name a Python function") from exc
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     args = {k: v for k, v in wanted.items() if takes_any or k in params}
     unused = set(kwargs) - set(args)
     if unused:
         raise ModelError(f"model {name!r} does not accept {sorted(unused)}; remove them")
-    model = factory(**args)
+    try:
+        model = factory(**args)
+    except TypeError as exc:
+        raise ModelError(
+            f"calling the factory of model {name!r} with {sorted(args)} failed ({exc}); a factory takes "
+            "in_channels and/or num_classes keyword arguments"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"factory of model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -146,3 +146,34 @@ def test_negative_epochs() -> None:
     with pytest.raises(ConfigError) as info:
         TrainConfig(epochs=-1)
     assert_message(info.value, "epochs", "-1", ">= 0")
+
+
+# Regressions found in review: numpy scalars are valid ratios; factory failures are ModelErrors;
+# a policy names a bad criterion or resource at load time.
+def test_numpy_and_tensor_scalars_are_valid_keep_ratios() -> None:
+    import numpy as np
+
+    from amc.layers import channels_for
+
+    assert channels_for(np.float32(0.5), 10) == 5
+    assert channels_for(torch.tensor(0.5).item(), 10) == 5
+    with pytest.raises(ConfigError, match="True"):
+        channels_for(True, 10)
+
+
+@pytest.mark.parametrize("name", ["torch.nn:Linear", "collections:OrderedDict", "math:sqrt"])
+def test_factory_failures_are_model_errors(name: str) -> None:
+    from amc.errors import ModelError
+    from amc.models import build_model
+
+    with pytest.raises(ModelError, match=name.replace(".", r"\.")):
+        build_model(name, in_channels=1, num_classes=3)
+
+
+@pytest.mark.parametrize(("field", "value"), [("criterion", "bogus"), ("resource", "watts"), ("budget", True)])
+def test_policy_refuses_bad_criterion_resource_budget(field: str, value: object) -> None:
+    from amc.errors import PolicyError
+    from amc.policy import Policy
+
+    with pytest.raises(PolicyError, match=field):
+        Policy(keep={"a": 0.5}, **{field: value})

@@ -61,7 +61,7 @@ def smallest_budget(cost_model, min_keep: float = MIN_KEEP) -> float:
 def measured_cost(model: nn.Module, graph: LayerGraph, resource: str) -> int:
     if resource == "params":
         return sum(p.numel() for p in model.parameters())
-    with FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *graph.input_shape))  # a batch of 1: FLOPs per sample
     return counter.get_total_flops()
 
@@ -197,7 +197,7 @@ def test_project_agrees_with_the_env_exactly(name, granularity, model_graph) -> 
     _, graph = model_graph(name)
     cost_model = FlopsCost(graph, granularity=granularity)
     rng = np.random.default_rng(5)
-    for budget in (0.2, 0.5):
+    for budget in (0.25, 0.5):
         env = PruningEnv(graph, cost_model, StubEvaluator(), budget=budget, granularity=granularity)
         projector = BudgetProjector(FlopsCost(graph, granularity=granularity), budget)  # independent of the env
         actions = random_actions(rng, 40, len(graph))
@@ -241,7 +241,13 @@ def test_weight_granularity_episodes_meet_the_sparse_budget(name, model_graph) -
     rng = np.random.default_rng(6)
     for cost_cls in (FlopsCost, ParamsCost):
         cost_model = cost_cls(graph, granularity="weight")
-        for budget in (0.1, 0.3, 0.6):
+        # Sparse costs stay above min_keep: ceil(0.2 * numel) weights per tensor; biases, BN and the
+        # layers that are no decision stay dense.
+        smallest = smallest_budget(cost_model)
+        assert 0.2 < smallest < 0.3
+        with pytest.raises(BudgetError, match=f"{smallest:.4f}"):
+            PruningEnv(graph, cost_model, StubEvaluator(), budget=smallest * (1 - 1e-6), granularity="weight")
+        for budget in (0.3, 0.45, 0.6):
             env = PruningEnv(graph, cost_model, StubEvaluator(), budget=budget, granularity="weight")
             policies = run_episodes(env, random_actions(rng, 100, len(graph)))
             ratios = check_feasible(policies, cost_model, budget)
