@@ -42,6 +42,27 @@ def _env(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _quality(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from search.bench_quality import quality, quality_markdown, update_section
+
+    torch.set_num_threads(args.threads)
+    budgets = tuple(float(b) for b in args.budgets.split(","))
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+
+    def on_cell(cell, seconds):
+        console.print(f"budget {cell.budget:g} {cell.label:<11} seed {cell.seed}: val {cell.val_accuracy:.4f} "
+                      f"test {cell.test_accuracy:.4f} ratio {cell.cost_ratio:.3f} ({seconds / 60:.1f} min)")
+
+    cells = quality(Path(args.root), budgets=budgets, seeds=seeds, evaluations=args.evaluations, on_cell=on_cell)
+    command = "python scripts/bench.py quality " + " ".join(sys.argv[2:])
+    body = quality_markdown(cells, evaluations=args.evaluations, command=command.strip())
+    console.print(body)
+    update_section(Path(args.markdown), "quality", body, title="Search quality: cnn / digits, no fine-tuning")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -54,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet56")
     p.add_argument("--steps", type=int, default=20000)
     p.set_defaults(run=_env)
+    p = sub.add_parser("quality", help="strategies at equal evaluation counts (cnn/digits)")
+    p.add_argument("--budgets", default="0.2,0.3")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--evaluations", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--root", default="runs/bench", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_quality)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return args.run(args, Console())
