@@ -79,17 +79,23 @@ class Context:
         return self.base.val_accuracy if self.base else accuracy(self.model, self.data.val)
 
 
-def build_context(config: ContextConfig, *, progress: bool = True) -> Context:
-    """Loads data, loads or trains the base model, discovers its layers and builds the evaluator."""
+def build_context(config: ContextConfig, *, progress: bool = True, state_dict: dict | None = None) -> Context:
+    """Loads data, loads or trains the base model, discovers its layers and builds the evaluator.
+
+    ``state_dict`` (e.g. shipped to a Ray worker on another node) replaces the checkpoint/cache lookup.
+    """
     data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed, val_size=config.val_size,
                         train_limit=config.train_limit)
     model_kwargs = dict(config.model_kwargs)
-    if config.checkpoint:
+    if config.checkpoint or state_dict is not None:
         from amc.models import build_model
 
         model = build_model(config.model, in_channels=data.input_shape[0], num_classes=data.num_classes,
                             **model_kwargs)
-        load_checkpoint(model, config.checkpoint)
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+        else:
+            load_checkpoint(model, config.checkpoint)
         base = None
     else:
         model, base = load_or_train(config.model, data, seed=config.seed, config=config.train,

@@ -141,7 +141,7 @@ class PruningEnv(gym.Env):
         """The keep ratio an action in [-1, 1] stands for, before budget clipping."""
         return self.min_keep + (float(action) + 1.0) / 2.0 * (self.max_keep - self.min_keep)
 
-    def step(self, action):
+    def _keep_for(self, action) -> float:
         if self._t >= self.n_layers:
             raise RuntimeError("the episode is over: call reset() before step()")
         value = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -150,6 +150,25 @@ class PruningEnv(gym.Env):
         keep = self.keep_of_action(min(max(value[0], -1.0), 1.0))
         if self.clip:
             keep = self.projector.clip(self._t, self._keep, keep)
+        return keep
+
+    def _policy(self, keep: list[float]) -> Policy:
+        return Policy.from_ratios(self.graph, keep, granularity=self.granularity, criterion=self.criterion,
+                                  resource=self.cost_model.resource, budget=self.budget)
+
+    def preview(self, action) -> Policy | None:
+        """The policy ``action`` would finish (None before the last step); changes nothing.
+
+        Lets a vectorised wrapper evaluate the terminal policies of many environments in one batch.
+        """
+        if self._t != self.n_layers - 1:
+            return None
+        keep = self._keep.copy()
+        keep[self._t] = self._keep_for(action)
+        return self._policy(keep.tolist())
+
+    def step(self, action):
+        keep = self._keep_for(action)
         self._keep[self._t] = keep
         self._t += 1
         if self._t < self.n_layers:
@@ -159,8 +178,7 @@ class PruningEnv(gym.Env):
     def _finish(self):
         keep = self._keep.tolist()
         cost = self.cost_model.cost(keep)
-        policy = Policy.from_ratios(self.graph, keep, granularity=self.granularity, criterion=self.criterion,
-                                    resource=self.cost_model.resource, budget=self.budget)
+        policy = self._policy(keep)
         result = self.evaluator.evaluate(policy)
         reward = self._reward(RewardInput(result.accuracy, cost, self.cost_model.base, self.budget,
                                           self.cost_model.resource))

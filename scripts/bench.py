@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_quality)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     return args.run(args, Console())
 
 

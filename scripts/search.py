@@ -25,7 +25,7 @@ DEFAULTS = {
     "model": "cnn", "checkpoint": None, "dataset": "digits", "data_dir": None, "criterion": "l1",
     "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
-    "workers": 1, "no_export": False, "quiet": False,
+    "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
 }
 
 
@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", dest="train_limit", type=_positive_int, help="use at most N training samples")
     p.add_argument("--storage", help="Optuna RDB URL (sqlite:///<out>/study.db)")
     p.add_argument("--threads", type=_positive_int, help="torch threads of this process")
-    p.add_argument("--workers", type=_positive_int, help="parallel evaluation workers (1)")
+    p.add_argument("--workers", type=_positive_int,
+                   help="parallel evaluation workers on Ray (1: no Ray; with --ray-address: the cluster's CPUs)")
+    p.add_argument("--threads-per-worker", dest="threads_per_worker", type=_positive_int,
+                   help="torch threads of each worker (1)")
+    p.add_argument("--ray-address", dest="ray_address", help="join a Ray cluster: auto or host:port")
     p.add_argument("--no-export", dest="no_export", action="store_true", help="do not write pruned.pt2")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--config", help="TOML file of option values")
@@ -142,7 +146,8 @@ def build_config(options: dict):
         evaluations=options["evaluations"], warmup=options["warmup"], min_keep=options["min_keep"],
         max_keep=options["max_keep"], reward=options["reward"], out=options["out"], resume=options["resume"],
         storage=options["storage"], context=context, progress=not options["quiet"], export=not options["no_export"],
-        workers=options["workers"],
+        workers=options["workers"] if options["workers"] is not None else (None if options["ray_address"] else 1),
+        threads_per_worker=options["threads_per_worker"], ray_address=options["ray_address"],
     )
 
 
@@ -176,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     from amc.errors import AmcError
 
     console = Console(stderr=True)
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)],
-                        format="%(message)s")
+    console_handler = RichHandler(console=console, show_path=False, level=logging.INFO)
+    logging.basicConfig(level=logging.WARNING, handlers=[console_handler], format="%(message)s")
     try:
         config = build_config(options)
         if options["threads"]:

@@ -31,6 +31,11 @@ class SearchConfig:
         context: Model, data and evaluation settings.
         progress: Show progress bars.
         export: Write ``pruned.pt2`` for the best policy.
+        workers: Parallel evaluation workers (Ray actors); None with ``ray_address``: one per
+            ``threads_per_worker`` CPUs of the cluster.
+        threads_per_worker: Torch threads (and CPUs reserved) per worker.
+        ray_address: Ray cluster to join (``auto`` or ``host:port``); None: a local Ray instance is started
+            only when ``workers > 1``.
     """
 
     budget: float = 0.3
@@ -47,7 +52,9 @@ class SearchConfig:
     context: ContextConfig = field(default_factory=ContextConfig)
     progress: bool = True
     export: bool = True
-    workers: int = 1
+    workers: int | None = 1
+    threads_per_worker: int = 1
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or math.isnan(self.budget) \
@@ -63,8 +70,15 @@ class SearchConfig:
             raise ConfigError(f"--evaluations must be a positive integer, got {self.evaluations!r}")
         if self.warmup is not None and not 0 <= self.warmup:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup!r}")
-        if self.workers < 1:
+        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
             raise ConfigError(f"--workers must be a positive integer, got {self.workers!r}")
+        if self.threads_per_worker < 1:
+            raise ConfigError(f"--threads-per-worker must be a positive integer, got {self.threads_per_worker!r}")
+
+    @property
+    def parallel(self) -> bool:
+        """Evaluations go to a Ray pool: more than one worker, or a cluster to join."""
+        return self.ray_address is not None or (self.workers or 1) > 1
 
     @property
     def warmup_episodes(self) -> int:

@@ -26,7 +26,9 @@ from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import DummyVecEnv
 
+from amc.evaluate import EvalResult
 from envs import PruningEnv
 from search.problem import SearchProblem
 
@@ -92,7 +94,7 @@ class TruncatedNormalNoise(ActionNoise):
     def __call__(self) -> np.ndarray:  # ActionNoise API: plain zero-mean noise (unused by AMCDDPG)
         return self._rng.normal(0.0, self.sigma, size=1).astype(np.float32)
 
-    def reset(self) -> None:
+    def reset(self, indices=None) -> None:  # SB3 passes indices=[i] per finished env with several envs
         self.episodes += 1
         if self.episodes > self.warmup_episodes:
             self.sigma *= self.decay
@@ -126,15 +128,19 @@ class AMCTD3(_AMCMixin, TD3):
     """TD3 with AMC's episode reward, exploration and learning rates."""
 
 
-def build_agent(kind: str, env, *, n_layers: int, warmup_episodes: int, seed: int) -> Any:
-    """The SB3 agent for ``kind`` in ("ddpg", "td3", "sac") on ``env``, configured as AMC."""
+def build_agent(kind: str, env, *, n_layers: int, warmup_episodes: int, seed: int, n_envs: int = 1) -> Any:
+    """The SB3 agent for ``kind`` in ("ddpg", "td3", "sac") on ``env``, configured as AMC.
+
+    With several environments (which all finish their episodes together, after ``n_layers`` steps) SB3
+    refuses episodic ``train_freq``; ``n_layers`` steps is the same schedule.
+    """
     common = dict(
         buffer_size=100 * n_layers,
         learning_starts=warmup_episodes * n_layers,
         batch_size=64,
         tau=0.01,
         gamma=1.0,
-        train_freq=(1, "episode"),
+        train_freq=(1, "episode") if n_envs == 1 else (n_layers, "step"),
         gradient_steps=-1,  # one update per transition collected, at each episode end
         replay_buffer_class=EpisodeRewardBuffer,
         seed=seed,
@@ -147,6 +153,57 @@ def build_agent(kind: str, env, *, n_layers: int, warmup_episodes: int, seed: in
     cls = AMCDDPG if kind == "ddpg" else AMCTD3
     return cls("MlpPolicy", env, learning_rate=ACTOR_LR, action_noise=noise,
                policy_kwargs=dict(net_arch=dict(pi=[300, 300], qf=[300, 300])), **common)
+
+
+class PrefetchEvaluator:
+    """The evaluator of N parallel environments: their terminal policies are evaluated in one batch.
+
+    :class:`BatchedVecEnv` hands over the policies the current actions will finish; they are evaluated
+    together (e.g. on a Ray pool) before the environments step, and each environment then picks up its
+    own result. Policies beyond the evaluation budget (the last round of a run whose count is not a
+    multiple of N) are not evaluated or recorded; their episodes get the batch's mean accuracy.
+    """
+
+    def __init__(self, problem: SearchProblem, limit: int) -> None:
+        self.problem = problem
+        self.limit = limit  # evaluations this strategy may still record
+        self._ready: dict[tuple[float, ...], list[EvalResult]] = {}
+
+    def prefetch(self, policies: list) -> None:
+        evaluated = policies[: self.limit]
+        results = self.problem.evaluate_many(evaluated) if evaluated else []
+        self.limit -= len(evaluated)
+        if len(policies) > len(evaluated):
+            mean = float(np.mean([r.accuracy for r in results])) if results else 0.0
+            results = results + [EvalResult(mean, float("nan"), (), 0.0, 0.0, cached=True)] * (
+                len(policies) - len(evaluated))
+        for policy, result in zip(policies, results):
+            self._ready.setdefault(tuple(policy.keep.values()), []).append(result)
+
+    def evaluate(self, policy) -> EvalResult:
+        waiting = self._ready.get(tuple(policy.keep.values()))
+        if waiting:
+            return waiting.pop(0)
+        self.limit -= 1
+        return self.problem.evaluate(policy)
+
+    def evaluate_many(self, policies) -> list[EvalResult]:
+        return [self.evaluate(p) for p in policies]
+
+
+class BatchedVecEnv(DummyVecEnv):
+    """``DummyVecEnv`` that evaluates all environments' finished policies in one batch per step."""
+
+    def __init__(self, env_fns, prefetch: PrefetchEvaluator) -> None:
+        super().__init__(env_fns)
+        self.prefetch = prefetch
+
+    def step_wait(self):
+        previews = [env.unwrapped.preview(action) for env, action in zip(self.envs, self.actions)]
+        finished = [p for p in previews if p is not None]
+        if finished:
+            self.prefetch.prefetch(finished)
+        return super().step_wait()
 
 
 class RLStrategy:
@@ -162,11 +219,20 @@ class RLStrategy:
 
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
         torch.manual_seed(seed)
-        env = PruningEnv(problem.graph, problem.cost_model, problem, budget=problem.budget,
-                         min_keep=self.min_keep, max_keep=self.max_keep, reward=self.reward,
-                         criterion=problem.criterion, granularity=problem.granularity)
+
+        def make_env(evaluator) -> PruningEnv:
+            return PruningEnv(problem.graph, problem.cost_model, evaluator, budget=problem.budget,
+                              min_keep=self.min_keep, max_keep=self.max_keep, reward=self.reward,
+                              criterion=problem.criterion, granularity=problem.granularity)
+
         n_layers = len(problem.graph)
         warmup = min(self.warmup_episodes, evaluations)
-        agent = build_agent(self.kind, env, n_layers=n_layers, warmup_episodes=warmup, seed=seed)
+        if self.n_envs == 1:
+            env = make_env(problem)
+        else:
+            prefetch = PrefetchEvaluator(problem, evaluations)
+            env = BatchedVecEnv([lambda: make_env(prefetch)] * self.n_envs, prefetch)
+        agent = build_agent(self.kind, env, n_layers=n_layers, warmup_episodes=warmup, seed=seed,
+                            n_envs=self.n_envs)
         agent.learn(total_timesteps=evaluations * n_layers)
         self.agent = agent

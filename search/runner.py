@@ -133,10 +133,14 @@ def run_search(config: SearchConfig, *, context: Context | None = None, evaluato
     out = prepare_out(config)
     handler = logging.FileHandler(out / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
+    handler.setLevel(logging.INFO)
+    # run.log gets this project's INFO records; what the console shows stays the caller's choice.
+    loggers = [logging.getLogger(name) for name in ("amc", "envs", "search")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
     try:
         return _run(config, out, context, evaluator, batch_size)
     except AmcError:
@@ -144,7 +148,9 @@ def run_search(config: SearchConfig, *, context: Context | None = None, evaluato
             shutil.rmtree(out, ignore_errors=True)  # failed before any evaluation: leave nothing behind
         raise
     finally:
-        root.removeHandler(handler)
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
         handler.close()
 
 
@@ -153,6 +159,35 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
     start = time.perf_counter()
     torch.manual_seed(config.context.seed)
     ctx = ctx or build_context(config.context, progress=config.progress)
+    pool = None
+    if evaluator is None and config.parallel:
+        pool = make_pool(config, ctx)
+        evaluator, batch_size = pool, pool.workers
+    try:
+        return _search(config, out, ctx, evaluator, batch_size, start)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def make_pool(config: SearchConfig, ctx: Context):
+    """The Ray evaluator pool for ``config`` (workers build the same context, with the driver's weights)."""
+    from search.parallel import RayEvaluatorPool, init_ray
+
+    workers = config.workers
+    if config.ray_address is not None and workers is None:
+        import ray
+
+        init_ray(address=config.ray_address, num_cpus=None)
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // config.threads_per_worker)
+    state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    return RayEvaluatorPool(config.context, workers=workers or 1, threads_per_worker=config.threads_per_worker,
+                            address=config.ray_address, state_dict=state,
+                            key=lambda policy: ctx.evaluator.key(policy.ratios(ctx.graph)))
+
+
+def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator | None, batch_size: int,
+            start: float) -> SearchResult:
     (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
     cost = ctx.cost_model()
     projector = BudgetProjector(cost, config.budget, min_keep=config.min_keep, max_keep=config.max_keep)

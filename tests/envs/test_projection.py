@@ -178,7 +178,7 @@ def test_project_gives_feasible_policies_for_any_keep_vector(name, model_graph) 
     rng = np.random.default_rng(4)
     for budget in (0.15, 0.4, 0.8):
         projector = BudgetProjector(cost_model, budget)
-        raw = rng.uniform(0.0, 1.0, size=(200, len(graph)))
+        raw = rng.uniform(0.0, 1.0, size=(100, len(graph)))
         raw[:20] = 1.0  # the greediest requests
         raw[20:40] = 0.0  # below min_keep everywhere
         projected = [projector.project(list(map(float, row))) for row in raw]

@@ -1,0 +1,204 @@
+"""Parallel evaluation on Ray: a pool of actors that each hold the model and data once.
+
+:class:`RayEvaluatorPool` implements the :class:`~amc.evaluate.Evaluator` contract. Only policies (a
+few hundred bytes) go out and :class:`~amc.evaluate.EvalResult` objects come back. An actor that dies
+is replaced, and the policies it had not answered are evaluated again, so a batch always returns one
+result per policy, in order.
+
+Ray is started locally (quietly, in its own temp dir, shut down by :meth:`close`) only when no
+``address`` is given; with ``address="auto"`` or ``"host:port"`` the pool joins that cluster, leaves
+it running, and lets the cluster's resources decide where actors go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from amc.context import ContextConfig
+from amc.errors import ConfigError
+from amc.evaluate import EvalResult
+from amc.policy import Policy
+
+log = logging.getLogger(__name__)
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+
+
+def check_address(address: str, *, timeout: float = 5.0) -> None:
+    """Fails fast (within ``timeout``) with a clear error when a ``host:port`` Ray address is unreachable."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--ray-address must be 'auto' or host:port, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach a Ray cluster at --ray-address {address!r} ({exc.strerror or exc}); start one with "
+            "'ray start --head' and pass the address it prints, or drop --ray-address to run locally"
+        ) from None
+
+
+def init_ray(*, address: str | None, num_cpus: int | None) -> bool:
+    """Connects to (``address``) or starts a local Ray instance; returns True when this call started it."""
+    import ray
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return False
+    # Ray workers import this project by module name: make sure they find it from any directory.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    if address is not None:
+        check_address(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise ConfigError(f"cannot join a Ray cluster at --ray-address {address!r}: {exc}; start one with "
+                              "'ray start --head' or drop --ray-address") from None
+        return False
+    temp_dir = tempfile.mkdtemp(prefix="amc-ray-")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             logging_level=logging.WARNING, _temp_dir=temp_dir)
+    return True
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(num_cpus=1, max_restarts=0)
+    class EvaluatorActor:
+        """Builds the evaluation context once; then only evaluates policies."""
+
+        def __init__(self, config: ContextConfig, threads: int, state_dict: dict | None) -> None:
+            import torch
+
+            from amc.context import build_context
+
+            torch.set_num_threads(threads)
+            self.context = build_context(config, progress=False, state_dict=state_dict)
+
+        def evaluate(self, policy: Policy) -> EvalResult:
+            return self.context.evaluator.evaluate(policy)
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return EvaluatorActor
+
+
+class RayEvaluatorPool:
+    """An :class:`~amc.evaluate.Evaluator` whose evaluations run on a pool of Ray actors.
+
+    Args:
+        config: How each actor builds its context (model, checkpoint, data, evaluator). The base model
+            should already be in the cache (or given as a checkpoint) so actors do not each train it.
+        workers: Number of actors.
+        threads_per_worker: Torch threads of each actor (and the CPUs it reserves).
+        address: Ray cluster to join (``"auto"`` or ``host:port``); None starts a local instance.
+        key: Cache key of a policy (e.g. ``PolicyEvaluator.key``); repeated keys are not re-evaluated.
+        state_dict: Base-model weights shipped to every actor (instead of each loading or training it).
+    """
+
+    def __init__(self, config: ContextConfig, *, workers: int = 2, threads_per_worker: int = 1,
+                 address: str | None = None, key: Callable[[Policy], Any] | None = None,
+                 state_dict: dict | None = None) -> None:
+        if workers < 1:
+            raise ConfigError(f"--workers must be a positive integer, got {workers!r}")
+        if threads_per_worker < 1:
+            raise ConfigError(f"--threads-per-worker must be a positive integer, got {threads_per_worker!r}")
+        import ray
+
+        self._ray = ray
+        self.config = config
+        self.threads = threads_per_worker
+        self.started_ray = init_ray(address=address, num_cpus=None if address else workers * threads_per_worker)
+        self._cls = _actor_class().options(num_cpus=threads_per_worker)
+        # The base weights go to the object store once; every actor (on any node) reads them from there.
+        self._state = ray.put(state_dict) if state_dict is not None else None
+        self.actors = [self._new_actor() for _ in range(workers)]
+        self.restarts = 0
+        self._key = key
+        self._cache: dict[Any, EvalResult] = {}
+        ray.get([a.pid.remote() for a in self.actors])  # wait until every actor has built its context
+        log.info("Ray pool ready: %d workers x %d threads%s", workers, threads_per_worker,
+                 f" on {address}" if address else " (local)")
+
+    def _new_actor(self):
+        return self._cls.remote(self.config, self.threads, self._state)
+
+    @property
+    def workers(self) -> int:
+        return len(self.actors)
+
+    def evaluate(self, policy: Policy) -> EvalResult:
+        return self.evaluate_many([policy])[0]
+
+    def evaluate_many(self, policies: Sequence[Policy]) -> list[EvalResult]:
+        """One result per policy, in order; an actor that dies is replaced and its work redone."""
+        ray = self._ray
+        results: list[EvalResult | None] = [None] * len(policies)
+        todo: list[int] = []
+        keys = [self._key(p) if self._key else None for p in policies]
+        first_of_key: dict[Any, int] = {}
+        for i, k in enumerate(keys):
+            if k is not None and k in self._cache:
+                hit = self._cache[k]
+                results[i] = EvalResult(hit.accuracy, hit.loss, hit.key, 0.0, 0.0, cached=True)
+            elif k is not None and k in first_of_key:
+                continue  # the same candidate twice in one batch: evaluated once, below
+            else:
+                if k is not None:
+                    first_of_key[k] = i
+                todo.append(i)
+        idle = list(range(len(self.actors)))
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (policy index, actor slot)
+        while todo or running:
+            while todo and idle:
+                slot, i = idle.pop(0), todo.pop(0)
+                running[self.actors[slot].evaluate.remote(policies[i])] = (i, slot)
+            done, _ = ray.wait(list(running), num_returns=1)
+            i, slot = running.pop(done[0])
+            try:
+                results[i] = ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                log.warning("evaluation worker %d died (%s); replacing it and re-running its policy",
+                            slot, type(exc).__name__)
+                self.actors[slot] = self._new_actor()
+                self.restarts += 1
+                todo.insert(0, i)
+            idle.append(slot)
+            if keys[i] is not None and results[i] is not None:
+                self._cache[keys[i]] = results[i]
+        for i, k in enumerate(keys):  # duplicates within the batch
+            if results[i] is None:
+                hit = self._cache[k]
+                results[i] = EvalResult(hit.accuracy, hit.loss, hit.key, 0.0, 0.0, cached=True)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Kills the actors; shuts Ray down only if this pool started it."""
+        ray = self._ray
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception as exc:  # an actor already gone is fine; anything else is logged
+                log.debug("could not kill actor: %s", exc)
+        self.actors = []
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def __enter__(self) -> RayEvaluatorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,42 @@
+"""Helpers shared by the search and script tests: one trained base model per session, subprocess runs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amc.context import ContextConfig, build_context
+
+REPO = Path(__file__).resolve().parents[2]
+SEARCH_SCRIPT = REPO / "scripts" / "search.py"
+APPLY_SCRIPT = REPO / "scripts" / "apply_policy.py"
+
+
+def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base-model cache in this session's temp folder holding the default cnn trained on digits.
+
+    Every conftest that calls this gets the same folder; the first call trains (~10 s), later calls load.
+    """
+    cache = tmp_path_factory.getbasetemp() / "amc-cache-search"
+    build_context(ContextConfig(cache_dir=str(cache)), progress=False)
+    return cache
+
+
+def subprocess_env(cache: Path) -> dict[str, str]:
+    """Environment of a script run: the session cache and one torch thread (the machine has 2 cores)."""
+    return {**os.environ, "AMC_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_script(script: Path, *args: str, cache: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=subprocess_env(cache),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def history_rows(path: Path) -> list[dict[str, str]]:
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,226 @@
+"""The search loop: determinism, resume after a kill, Ctrl-C, and re-applying the policy it writes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from amc.apply import apply_policy
+from amc.context import ContextConfig, build_context
+from amc.errors import PolicyError
+from amc.evaluate import EvalResult
+from amc.models import build_model
+from amc.policy import Policy
+from search.config import SearchConfig
+from search.history import read_history
+from search.optuna_search import STUDY_NAME
+from search.runner import run_search
+from tests.search.helpers import APPLY_SCRIPT, REPO, SEARCH_SCRIPT, history_rows, run_script, subprocess_env
+
+torch.set_num_threads(1)
+
+BUDGET = 0.3
+TIMING_COLUMNS = ("seconds", "wall_time")
+
+
+def _config(out: Path, context_config: ContextConfig, **kwargs) -> SearchConfig:
+    values = dict(budget=BUDGET, evaluations=12, warmup=4, out=str(out), progress=False, context=context_config)
+    values.update(kwargs)
+    return SearchConfig(**values)
+
+
+# --- determinism (acceptance 6) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", ["ddpg", "optuna"])
+def test_same_seed_same_history(strategy: str, tmp_path: Path, context_config: ContextConfig) -> None:
+    runs = []
+    for name in ("a", "b"):
+        # No shared context: each run builds its own evaluator, as a fresh process would.
+        run_search(_config(tmp_path / name, context_config, strategy=strategy, sampler="tpe", export=False))
+        rows = history_rows(tmp_path / name / "history.csv")
+        runs.append([{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows])
+    assert len(runs[0]) == 12
+    assert runs[0] == runs[1]
+    assert len({row["keep"] for row in runs[0]}) > 1
+    policies = [Policy.load(tmp_path / name / "policy.json") for name in ("a", "b")]
+    assert policies[0].keep == policies[1].keep
+    assert policies[0].metrics["val_accuracy"] == policies[1].metrics["val_accuracy"]
+
+
+# --- resume after a kill (acceptance 4) -----------------------------------------------------------
+
+def _completed_trials(out: Path) -> int:
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def test_killed_optuna_search_resumes(tmp_path: Path, amc_cache: Path) -> None:
+    out = tmp_path / "run"
+    args = ["--budget", "0.3", "--strategy", "optuna", "--evaluations", "40", "--out", str(out), "--quiet",
+            "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, str(SEARCH_SCRIPT), *args], cwd=REPO, env=subprocess_env(amc_cache),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(read_history(out / "history.csv")) < 8:
+            assert proc.poll() is None, f"search ended before it was killed: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "search did not evaluate 8 policies in 180 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    lines_before = (out / "history.csv").read_text().splitlines()
+    before = len(lines_before) - 1
+    assert 8 <= before < 40
+    assert not (out / "policy.json").exists()
+
+    done = run_script(SEARCH_SCRIPT, *args, "--resume", cache=amc_cache)
+    assert done.returncode == 0, done.stderr
+
+    lines_after = (out / "history.csv").read_text().splitlines()
+    assert lines_after[:len(lines_before)] == lines_before  # every row written before the kill, unchanged
+    records = read_history(out / "history.csv")
+    assert len(records) == 40
+    assert sorted(r.index for r in records) == list(range(40))
+    assert all(r.cost_ratio <= BUDGET + 1e-9 for r in records)
+    # A kill between writing a row and telling the study loses that trial in the study, never in history.csv.
+    assert _completed_trials(out) >= before
+    assert _completed_trials(out) in (39, 40)
+    policy = Policy.load(out / "policy.json")
+    assert policy.meta["evaluations"] == 40
+    assert policy.metrics["val_accuracy"] == max(r.accuracy for r in records)
+
+    # Without --resume the run folder is refused, and nothing in it changes.
+    again = run_script(SEARCH_SCRIPT, *args, cache=amc_cache)
+    assert again.returncode == 2
+    assert "--resume" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    # --resume with another budget names the setting.
+    other = run_script(SEARCH_SCRIPT, *[a if a != "0.3" else "0.5" for a in args], "--resume", cache=amc_cache)
+    assert other.returncode == 2
+    assert "budget" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    assert (out / "history.csv").read_text().splitlines() == lines_after
+
+
+# --- Ctrl-C (acceptance 4) ------------------------------------------------------------------------
+
+class InterruptingEvaluator:
+    """Wraps an evaluator; the ``interrupt_at``-th call of ``evaluate_many`` raises KeyboardInterrupt."""
+
+    def __init__(self, inner, interrupt_at: int) -> None:
+        self.inner = inner
+        self.interrupt_at = interrupt_at
+        self.calls = 0
+
+    def evaluate(self, policy: Policy) -> EvalResult:
+        return self.evaluate_many([policy])[0]
+
+    def evaluate_many(self, policies: Sequence[Policy]) -> list[EvalResult]:
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        return self.inner.evaluate_many(policies)
+
+
+@pytest.mark.parametrize("strategy", ["random", "optuna", "ddpg"])
+def test_ctrl_c_writes_the_best_policy_so_far(strategy: str, tmp_path: Path, context_config: ContextConfig) -> None:
+    ctx = build_context(context_config, progress=False)
+    evaluator = InterruptingEvaluator(ctx.evaluator, interrupt_at=6)
+    config = _config(tmp_path / "run", context_config, strategy=strategy, export=False)
+    try:
+        result = run_search(config, context=ctx, evaluator=evaluator)
+    except KeyboardInterrupt:  # escaping would stop the whole pytest session
+        pytest.fail("run_search let the KeyboardInterrupt escape")
+    assert result.interrupted
+    assert result.evaluations == 5
+    rows = history_rows(tmp_path / "run" / "history.csv")
+    assert len(rows) == 5
+    policy = Policy.load(tmp_path / "run" / "policy.json")
+    assert policy.metrics["val_accuracy"] == max(float(r["accuracy"]) for r in rows)
+    assert policy.meta["interrupted"] is True
+    assert policy.meta["evaluations"] == 5
+    assert (tmp_path / "run" / "report.png").exists()
+    if strategy == "optuna":
+        with sqlite3.connect(tmp_path / "run" / "study.db") as db:
+            states = dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+        assert states == {"COMPLETE": 5, "FAIL": 1}
+
+
+# --- the policy it writes: re-apply, fingerprint (acceptance 2, 3) --------------------------------
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory, amc_cache: Path) -> Path:
+    """A finished random search (its policy.json) on the digits cnn."""
+    out = tmp_path_factory.mktemp("searched") / "run"
+    run_search(_config(out, ContextConfig(cache_dir=str(amc_cache)), strategy="random", evaluations=10))
+    return out / "policy.json"
+
+
+@pytest.fixture(scope="module")
+def resnet20_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained) resnet20 state_dict for digits: enough to build the model without training it."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("resnet20") / "resnet20.pt"
+    torch.save(build_model("resnet20", in_channels=1, num_classes=10).state_dict(), path)
+    return path
+
+
+def test_policy_of_another_model_is_refused(searched: Path, resnet20_checkpoint: Path) -> None:
+    with pytest.raises(PolicyError, match="fingerprint"):
+        apply_policy(searched, model="resnet20", checkpoint=str(resnet20_checkpoint), export=False, progress=False)
+
+
+def test_apply_policy_script_refuses_another_model(searched: Path, resnet20_checkpoint: Path, tmp_path: Path,
+                                                   amc_cache: Path) -> None:
+    done = run_script(APPLY_SCRIPT, str(searched), "--model", "resnet20", "--checkpoint", str(resnet20_checkpoint),
+                      "--out", str(tmp_path / "x"), "--quiet", cache=amc_cache)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("apply_policy.py: error:") and "fingerprint" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x" / "pruned.pt2").exists()
+
+
+def test_apply_policy_reproduces_the_search(searched: Path, tmp_path: Path) -> None:
+    policy = Policy.load(searched)
+    applied = apply_policy(searched, out=tmp_path, progress=False)
+    assert applied.val_accuracy == policy.metrics["val_accuracy"]
+    assert applied.test_accuracy == policy.metrics["test_accuracy"]
+    assert applied.cost_ratio == pytest.approx(policy.metrics["cost_ratio"], abs=1e-12)
+
+
+def test_apply_policy_script_exports_a_model_within_budget(searched: Path, tmp_path: Path, amc_cache: Path) -> None:
+    policy = Policy.load(searched)
+    out = tmp_path / "x"
+    done = run_script(APPLY_SCRIPT, str(searched), "--out", str(out), "--quiet", cache=amc_cache)
+    assert done.returncode == 0, done.stderr
+    recorded = next(line for line in done.stdout.splitlines() if "recorded by the search" in line)
+    reapplied = next(line for line in done.stdout.splitlines() if "re-applied now" in line)
+    assert recorded.split()[-3:] == reapplied.split()[-3:]  # val acc, test acc, cost ratio (4 decimals)
+    assert f"{policy.metrics['val_accuracy']:.4f}" in reapplied
+
+    model = torch.export.load(out / "pruned.pt2").module()
+    x = torch.randn(5, 1, 8, 8)
+    assert model(x).shape == (5, 10)
+    with FlopCounterMode(display=False) as counter:
+        model(x[:1])
+    flops = counter.get_total_flops()
+    assert flops == policy.metrics["cost"]
+    assert flops <= BUDGET * policy.metrics["base_cost"]
+    assert json.loads(searched.read_text())["budget"] == BUDGET
