@@ -13,9 +13,12 @@ max_episode_steps=N)``, or from parts you built yourself
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import gymnasium as gym
+
+from amc.errors import ConfigError
 
 from envs.projection import BudgetProjector, check_budget
 from envs.pruning_env import OBS_FEATURES, PruningEnv
@@ -33,7 +36,14 @@ def _entry_point(**kwargs: Any) -> PruningEnv:
 
     env_keys = ("budget", "min_keep", "max_keep", "reward", "clip")
     env_kwargs = {k: kwargs.pop(k) for k in env_keys if k in kwargs}
-    eval_cfg = EvalConfig(**{k: kwargs.pop(k) for k in ("criterion", "granularity") if k in kwargs})
+    eval_fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    eval_cfg = kwargs.pop("eval", None) or EvalConfig()
+    eval_cfg = dataclasses.replace(eval_cfg, **{k: kwargs.pop(k) for k in list(kwargs) if k in eval_fields})
+    context_fields = {f.name for f in dataclasses.fields(ContextConfig)}
+    unknown = sorted(set(kwargs) - context_fields)
+    if unknown:
+        raise ConfigError(f"unknown argument(s) {unknown} for {ENV_ID}; use PruningEnv, ContextConfig or "
+                          "EvalConfig field names")
     ctx = build_context(ContextConfig(eval=eval_cfg, **kwargs), progress=False)
     return PruningEnv(ctx.graph, ctx.cost_model(), ctx.evaluator, criterion=eval_cfg.criterion,
                       granularity=eval_cfg.granularity, **env_kwargs)

@@ -11,6 +11,7 @@ same clipping in layer order.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from amc.errors import BudgetError, ConfigError
 
 def check_budget(budget: object, *, name: str = "budget") -> float:
     """Validates a budget fraction; returns it as float."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or math.isnan(budget) \
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or math.isnan(budget) \
             or not 0.0 < budget <= 1.0:
         raise ConfigError(f"{name} must be a fraction in (0, 1] of the base model's cost, got {budget!r}")
     return float(budget)
@@ -45,7 +46,7 @@ class BudgetProjector:
                  grid: int = 1000) -> None:
         self.budget = check_budget(budget)
         for name, value in (("min_keep", min_keep), ("max_keep", max_keep)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) \
                     or not 0.0 < value <= 1.0:
                 raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
         if min_keep > max_keep:

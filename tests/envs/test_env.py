@@ -306,3 +306,26 @@ def test_stub_evaluator_meets_the_evaluator_protocol() -> None:
     from amc.evaluate import Evaluator
 
     assert isinstance(StubEvaluator(), Evaluator)
+
+
+def test_make_env_takes_evaluation_settings_by_name(tmp_path) -> None:
+    import envs
+    from amc.errors import ConfigError
+    from amc.evaluate import EvalConfig
+    from amc.train import TrainConfig
+
+    env = envs.make_env(model="cnn", dataset="digits", budget=0.3, cache_dir=str(tmp_path),
+                        train=TrainConfig(epochs=1), eval=EvalConfig(bn_batches=2), val_limit=64)
+    evaluator = env.unwrapped.evaluator
+    assert evaluator.config.val_limit == 64 and evaluator.config.bn_batches == 2 and evaluator.val_size == 64
+    with pytest.raises(ConfigError, match="bogus"):
+        envs.make_env(model="cnn", dataset="digits", budget=0.3, bogus=1)
+
+
+def test_numpy_scalar_budgets_are_accepted() -> None:
+    import numpy as np
+
+    from envs import check_budget
+
+    assert check_budget(np.float32(0.5)) == 0.5
+    assert check_budget(np.int64(1)) == 1.0

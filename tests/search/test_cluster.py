@@ -1,0 +1,47 @@
+"""A search on a two-node Ray cluster (both nodes on this machine), joined through --ray-address."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amc.context import ContextConfig, build_context
+from search.history import read_history
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    assert not ray.is_initialized()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()  # stops exactly the two nodes this test started
+
+
+def test_search_through_ray_address_uses_both_nodes(cluster, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    build_context(ContextConfig(cache_dir=str(cache)), progress=False)  # the base model, trained once
+    out = tmp_path / "run"
+    env = {**os.environ, "AMC_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "random", "--evaluations", "10",
+         "--ray-address", cluster.address, "--out", str(out), "--quiet", "--no-export"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_history(out / "history.csv")
+    assert len(records) == 10 and sorted(r.index for r in records) == list(range(10))
+    log = (out / "run.log").read_text()
+    assert "Ray pool ready: 2 workers" in log  # one worker per cluster CPU, one CPU on each node

@@ -1,0 +1,152 @@
+"""The Ray evaluator pool: same results as local evaluation, actor replacement, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from amc.context import ContextConfig, build_context
+from amc.errors import ConfigError
+from search.config import SearchConfig
+from search.history import read_history
+from search.parallel import RayEvaluatorPool, check_address
+from search.runner import run_search
+
+ROOT = Path(__file__).resolve().parents[2]
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("amc-cache"))
+    os.environ["AMC_CACHE_DIR"] = path  # actors read the cache through the environment
+    return path
+
+
+@pytest.fixture(scope="module")
+def context(cache_dir):
+    return build_context(ContextConfig(cache_dir=cache_dir), progress=False)
+
+
+@pytest.fixture(scope="module")
+def pool(context):
+    """One pool for the module; it starts (and at the end stops) its own local Ray instance."""
+    state = {k: v.clone() for k, v in context.model.state_dict().items()}
+    pool = RayEvaluatorPool(context.config, workers=2, state_dict=state,
+                            key=lambda p: context.evaluator.key(p.ratios(context.graph)))
+    yield pool
+    pool.close()
+
+
+def _policies(context, n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    keeps = (0.2 + 0.8 * torch.rand(n, len(context.graph), generator=gen)).tolist()
+    return [_policy(context, k) for k in keeps]
+
+
+def _policy(context, keep):
+    from amc.policy import Policy
+
+    return Policy.from_ratios(context.graph, keep)
+
+
+def test_pool_gives_the_local_results_in_order(pool, context) -> None:
+    policies = _policies(context, 6)
+    remote = pool.evaluate_many(policies)
+    local = [context.evaluator.evaluate(p) for p in policies]
+    assert [r.accuracy for r in remote] == [r.accuracy for r in local]
+    assert [r.key for r in remote] == [r.key for r in local]
+    again = pool.evaluate_many(policies[:2] + policies[:1])  # cached, and a duplicate within the batch
+    assert all(r.cached for r in again)
+    assert [r.accuracy for r in again] == [local[0].accuracy, local[1].accuracy, local[0].accuracy]
+
+
+def test_killed_actor_is_replaced_and_its_work_redone(pool, context, tmp_path) -> None:
+    import ray
+
+    pids = ray.get([a.pid.remote() for a in pool.actors])
+    restarts = pool.restarts
+    out = tmp_path / "run"
+    killed = threading.Event()
+
+    def kill_when_running() -> None:
+        while len(read_history(out / "history.csv")) < 4:
+            time.sleep(0.05)
+        os.kill(pids[0], signal.SIGKILL)  # mid-search: the actor dies with work in flight or queued
+        killed.set()
+
+    threading.Thread(target=kill_when_running, daemon=True).start()
+    config = SearchConfig(budget=0.3, strategy="random", evaluations=30, out=str(out), progress=False,
+                          export=False, context=context.config)
+    result = run_search(config, context=context, evaluator=pool, batch_size=2)
+    assert killed.is_set()
+    assert pool.restarts >= restarts + 1
+    records = read_history(out / "history.csv")
+    assert result.evaluations == 30 and len(records) == 30
+    assert sorted(r.index for r in records) == list(range(30))  # no loss, no duplicates
+
+
+@pytest.mark.parametrize("strategy", ["optuna", "ddpg"])
+def test_batched_strategies_account_for_every_evaluation(pool, context, tmp_path, strategy) -> None:
+    config = SearchConfig(budget=0.3, strategy=strategy, evaluations=15, warmup=4, out=str(tmp_path / strategy),
+                          progress=False, export=False, context=context.config)
+    run_search(config, context=context, evaluator=pool, batch_size=pool.workers)
+    records = read_history(tmp_path / strategy / "history.csv")
+    assert len(records) == 15
+    assert sorted(r.index for r in records) == list(range(15))
+    assert all(r.cost_ratio <= 0.3 + 1e-9 for r in records)
+
+
+def _ray_processes() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()[1:]
+            if any(tag in line for tag in ("ray::", "raylet", "gcs_server", "ray/dashboard", "default_worker.py"))}
+
+
+def test_cli_with_two_workers_completes_and_leaves_no_ray_process(cache_dir, tmp_path, pool) -> None:
+    before = _ray_processes()  # the module pool's own processes
+    out = tmp_path / "cli"
+    env = {**os.environ, "AMC_CACHE_DIR": cache_dir}
+    proc = subprocess.run(
+        [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "optuna", "--workers", "2",
+         "--evaluations", "8", "--out", str(out), "--quiet", "--no-export"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(read_history(out / "history.csv")) == 8
+    deadline = time.monotonic() + 30  # Ray's processes exit shortly after ray.shutdown() returns
+    while not _ray_processes() <= before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _ray_processes() <= before, f"the search left Ray processes running: {_ray_processes() - before}"
+
+
+def test_unreachable_address_fails_fast() -> None:
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="127.0.0.1:1"):
+        check_address("127.0.0.1:1")
+    with pytest.raises(ConfigError, match="host:port"):
+        check_address("nonsense")
+    assert time.perf_counter() - start < 30
+
+
+def test_cli_refuses_bad_workers_and_unreachable_address(cache_dir, tmp_path) -> None:
+    env = {**os.environ, "AMC_CACHE_DIR": cache_dir}
+    for args, needle in ((["--workers", "0"], "'0'"), (["--workers", "-2"], "'-2'"),
+                         (["--ray-address", "127.0.0.1:1"], "127.0.0.1:1")):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "scripts/search.py", "--budget", "0.3", "--quiet",
+                               "--out", str(tmp_path / "x"), *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+        assert time.perf_counter() - start < 30
+        assert not (tmp_path / "x").exists()
