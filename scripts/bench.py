@@ -20,13 +20,23 @@ def _overhead(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="evaluate(policy) vs the forward passes it contains (BN recalibration + validation)")
     for col in ("setup", "val samples", "evaluate ms", "forward ms", "not forward"):
         table.add_column(col, justify="right")
+    from search.bench_quality import update_section
+
+    lines = [f"Command: `python scripts/bench.py overhead --policies {args.policies}`  ",
+             "Mean of random policies (keep 0.3-1.0); 'forward' = BN recalibration (8 x 128 train images) + "
+             "validation passes of the same pruned model; the rest is copying, pruning and bookkeeping.", "",
+             "| setup | val samples | evaluate ms | forward ms | not forward |", "|---|---|---|---|---|"]
     for row in overhead(policies=args.policies, seed=args.seed, fashion_dir=args.data_dir):
         if isinstance(row, OverheadRow):
-            table.add_row(row.setup, str(row.val_samples), f"{row.evaluate_ms:.1f}", f"{row.forward_ms:.1f}",
-                          f"{100 * row.overhead:.1f}%")
+            cells = (row.setup, str(row.val_samples), f"{row.evaluate_ms:.1f}", f"{row.forward_ms:.1f}",
+                     f"{100 * row.overhead:.1f}%")
+            table.add_row(*cells)
+            lines.append("| " + " | ".join(cells) + " |")
         else:
             console.print(row)
+            lines.append(f"\n{row}\n")
     console.print(table)
+    update_section(Path(args.markdown), "overhead", "\n".join(lines) + "\n", title="Evaluation overhead")
     return 0
 
 
@@ -36,9 +46,17 @@ def _env(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="PruningEnv steps/s with a stub evaluator (budget clipping on)")
     for col in ("model", "granularity", "layers", "steps", "steps/s"):
         table.add_column(col, justify="right")
+    from search.bench_quality import update_section
+
+    lines = [f"Command: `python scripts/bench.py env --model {args.model} --steps {args.steps}`  ",
+             "Random actions, budget 0.5 FLOPs with AMC clipping on every step, a stub evaluator (instant).", "",
+             "| model | granularity | layers | steps | steps/s |", "|---|---|---|---|---|"]
     for row in env_speed(args.model, steps=args.steps):
-        table.add_row(row.model, row.granularity, str(row.layers), str(row.steps), f"{row.steps_per_second:,.0f}")
+        cells = (row.model, row.granularity, str(row.layers), str(row.steps), f"{row.steps_per_second:,.0f}")
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
     console.print(table)
+    update_section(Path(args.markdown), "env", "\n".join(lines) + "\n", title="Environment speed")
     return 0
 
 
@@ -63,6 +81,29 @@ def _quality(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _scaling(args: argparse.Namespace, console: Console) -> int:
+    from search.bench_quality import update_section
+    from search.bench_scaling import scaling
+
+    label, rows = scaling(Path(args.root), evaluations=args.evaluations, fashion_dir=args.data_dir)
+    table = Table(title=f"evaluations per second: {label}")
+    lines = [f"Command: `python scripts/bench.py scaling --evaluations {args.evaluations}`  ",
+             f"Setup: {label}; random search, budget 0.5 FLOPs, seed 0, {args.evaluations} evaluations per mode; "
+             "context and Ray pool built before timing.", "",
+             "| mode | evals/s | speedup vs 1 worker | mean evaluation s | pool overhead ms/eval |", "|---|---|---|---|---|"]
+    for col in ("mode", "evals/s", "vs 1 worker", "eval s", "overhead ms/eval"):
+        table.add_column(col, justify="right")
+    one = next(r for r in rows if r.mode.startswith("1 worker"))
+    for row in rows:
+        overhead = f"{row.overhead_ms:.1f}" if "worker" in row.mode else "-"
+        speed = f"{row.per_second / one.per_second:.2f}x"
+        table.add_row(row.mode, f"{row.per_second:.2f}", speed, f"{row.eval_seconds:.3f}", overhead)
+        lines.append(f"| {row.mode} | {row.per_second:.2f} | {speed} | {row.eval_seconds:.3f} | {overhead} |")
+    console.print(table)
+    update_section(Path(args.markdown), "scaling", "\n".join(lines) + "\n", title="Parallel evaluation on Ray")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -70,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_overhead)
     p = sub.add_parser("env", help="environment steps per second with a stub evaluator")
     p.add_argument("--model", default="resnet56")
     p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_env)
     p = sub.add_parser("quality", help="strategies at equal evaluation counts (cnn/digits)")
     p.add_argument("--budgets", default="0.2,0.3")
@@ -83,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_quality)
+    p = sub.add_parser("scaling", help="evaluations/s: local vs 1 and 2 Ray workers")
+    p.add_argument("--evaluations", type=int, default=24)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--root", default="runs/bench-scaling")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_scaling)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

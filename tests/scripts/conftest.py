@@ -17,7 +17,10 @@ def amc_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_cache_dir(tmp_path_factory)
 
 
-@pytest.fixture(autouse=True)
-def _cache_env(amc_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anything that falls back to ``$AMC_CACHE_DIR`` finds the session cache, never ``~/.cache``."""
+@pytest.fixture
+def cache_env(amc_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything that falls back to ``$AMC_CACHE_DIR`` finds the session cache, never ``~/.cache``.
+
+    Opt-in (``pytestmark = pytest.mark.usefixtures("cache_env")``) so other modules here keep their own caches.
+    """
     monkeypatch.setenv("AMC_CACHE_DIR", str(amc_cache))

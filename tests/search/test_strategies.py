@@ -22,6 +22,7 @@ from search.runner import run_search
 from tests.search.helpers import history_rows
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("cache_env")
 
 BUDGET = 0.3
 MIN_KEEP, MAX_KEEP = 0.2, 1.0
