@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULTS = {
-    "budget": 0.3, "resource": "flops", "strategy": "ddpg", "sampler": "tpe", "evaluations": 300, "warmup": None,
+    "budget": 0.3, "resource": "flops", "strategy": "optuna", "sampler": "tpe", "evaluations": 300, "warmup": None,
     "model": "cnn", "checkpoint": None, "dataset": "digits", "data_dir": None, "criterion": "l1",
     "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                       argument_default=argparse.SUPPRESS)
     p.add_argument("--budget", type=_budget, help="fraction of the base model's resource to keep, in (0, 1] (0.3)")
     p.add_argument("--resource", choices=RESOURCES, help="constrained resource (flops)")
-    p.add_argument("--strategy", choices=STRATEGIES, help="search strategy (ddpg)")
+    p.add_argument("--strategy", choices=STRATEGIES, help="search strategy (optuna: best in BENCHMARKS.md; ddpg is AMC's agent)")
     p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (tpe)")
     p.add_argument("--evaluations", type=_positive_int, help="policies to evaluate (300)")
     p.add_argument("--warmup", type=int, help="RL warm-up episodes (a quarter of --evaluations, at most 100)")

@@ -39,7 +39,7 @@ class SearchConfig:
     """
 
     budget: float = 0.3
-    strategy: str = "ddpg"
+    strategy: str = "optuna"
     sampler: str = "tpe"
     evaluations: int = 300
     warmup: int | None = None
