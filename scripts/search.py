@@ -107,14 +107,19 @@ def load_toml(path: str) -> dict:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as exc:
-        raise SystemExit(f"search.py: error: cannot read --config {path!r}: {exc.strerror}") from None
+        raise ConfigFileError(f"cannot read --config {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise SystemExit(f"search.py: error: --config {path!r} is not valid TOML: {exc}") from None
+        raise ConfigFileError(f"--config {path!r} is not valid TOML: {exc}") from None
     values = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(values) - set(DEFAULTS))
     if unknown:
-        raise SystemExit(f"search.py: error: unknown key(s) {unknown} in --config {path!r}; use long option names")
+        raise ConfigFileError(f"unknown key(s) {unknown} in --config {path!r}; use the long option names "
+                              f"({', '.join(sorted(DEFAULTS))})")
     return values
+
+
+class ConfigFileError(Exception):
+    """A --config file that cannot be used (reported like any bad argument: one line, exit code 2)."""
 
 
 def resolve_options(argv: list[str] | None) -> dict:
@@ -174,14 +179,19 @@ def summary_table(result):
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = resolve_options(argv)
+    try:
+        options = resolve_options(argv)
+    except ConfigFileError as exc:
+        print(f"search.py: error: {exc}", file=sys.stderr)
+        return 2
     from rich.console import Console
     from rich.logging import RichHandler
 
     from amc.errors import AmcError
 
     console = Console(stderr=True)
-    console_handler = RichHandler(console=console, show_path=False, level=logging.INFO)
+    # The console shows warnings and errors; the run's INFO log goes to runs/<name>/run.log.
+    console_handler = RichHandler(console=console, show_path=False, level=logging.WARNING)
     logging.basicConfig(level=logging.WARNING, handlers=[console_handler], format="%(message)s")
     try:
         config = build_config(options)

@@ -85,6 +85,7 @@ class TruncatedNormalNoise(ActionNoise):
         self.decay = decay
         self.warmup_episodes = warmup_episodes
         self.episodes = 0
+        self._learning = False
         self._rng = np.random.default_rng(seed)
 
     def sample_around(self, mean: np.ndarray) -> np.ndarray:
@@ -95,6 +96,10 @@ class TruncatedNormalNoise(ActionNoise):
         return self._rng.normal(0.0, self.sigma, size=1).astype(np.float32)
 
     def reset(self, indices=None) -> None:  # SB3 passes indices=[i] per finished env with several envs
+        if not self._learning:
+            # SB3's learn() calls reset() once before the first step: that is no episode end.
+            self._learning = True
+            return
         self.episodes += 1
         if self.episodes > self.warmup_episodes:
             self.sigma *= self.decay

@@ -143,9 +143,9 @@ def run_search(config: SearchConfig, *, context: Context | None = None, evaluato
             lg.setLevel(logging.INFO)
     try:
         return _run(config, out, context, evaluator, batch_size)
-    except AmcError:
-        if created and not (out / "history.csv").exists():
-            shutil.rmtree(out, ignore_errors=True)  # failed before any evaluation: leave nothing behind
+    except (AmcError, KeyboardInterrupt):
+        if created and not read_history(out / "history.csv"):
+            shutil.rmtree(out, ignore_errors=True)  # stopped before any evaluation: leave nothing behind
         raise
     finally:
         for lg, level in zip(loggers, levels):

@@ -31,7 +31,8 @@ BAD_ARGS: dict[str, tuple[list[str], str]] = {
 
 
 @pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory: pytest.TempPathFactory, amc_cache: Path) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+def bad_runs(tmp_path_factory: pytest.TempPathFactory,
+             amc_cache: Path) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Every case of :data:`BAD_ARGS`, run two at a time (each pays Python + torch start-up)."""
     root = tmp_path_factory.mktemp("bad-cli")
     toml = root / "unknown.toml"
@@ -57,18 +58,7 @@ def _check_clean_failure(case: str, bad_runs) -> list[str]:
     return done.stderr.strip().splitlines()
 
 
-@pytest.mark.parametrize("case", [
-    c if c not in ("model", "budget-unreachable", "toml-unknown-key") else pytest.param(c, marks=pytest.mark.xfail(
-        strict=True, reason={
-            "model": "library bug: run_search sets the root logger to INFO before build_context fails, so the "
-                     "CLI's RichHandler prints 'Loaded digits ...' on stderr above the error line",
-            "budget-unreachable": "library bug: as for 'model', INFO lines of the context build precede the "
-                                  "BudgetError line on stderr",
-            "toml-unknown-key": "library bug: scripts/search.py load_toml raises SystemExit(message), which "
-                                "exits with code 1, not 2",
-        }[c]))
-    for c in BAD_ARGS
-])
+@pytest.mark.parametrize("case", BAD_ARGS)
 def test_bad_argument_is_one_line_and_exit_code_2(case: str, bad_runs) -> None:
     lines = _check_clean_failure(case, bad_runs)
     assert len(lines) == 1, lines
@@ -78,16 +68,15 @@ def test_bad_argument_is_one_line_and_exit_code_2(case: str, bad_runs) -> None:
 @pytest.mark.parametrize(("case", "start"), [("model", "search.py: error: unknown model 'nosuchmodel'"),
                                            ("budget-unreachable", "search.py: error: budget 0.01 is unreachable")])
 def test_late_errors_fail_cleanly_apart_from_log_lines(case: str, start: str, bad_runs) -> None:
-    """What already holds when the error comes after the context build: exit 2, the error last, no folder left."""
+    """An error that comes after the context build: exit 2, the error alone, no folder left."""
     lines = _check_clean_failure(case, bad_runs)
     assert lines[-1].startswith(start)
 
 
 def test_unknown_toml_key_is_one_line_naming_the_key(bad_runs) -> None:
-    """What already holds for an unknown --config key (its exit code is 1, see the xfail above)."""
     out, done = bad_runs["toml-unknown-key"]
     lines = done.stderr.strip().splitlines()
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert len(lines) == 1 and "nosuchkey" in lines[0] and "Traceback" not in done.stderr
     assert not out.exists()
 

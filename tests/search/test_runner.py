@@ -173,9 +173,6 @@ class InterruptAtOnce:
         raise KeyboardInterrupt
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: search/runner.py _run leaves history.csv (header only), "
-                   "config.json and run.log behind when interrupted before the first evaluation; the CLI says "
-                   "'nothing written', yet the next run with the same --out is refused ('pass --resume')")
 def test_ctrl_c_before_any_evaluation_leaves_the_folder_reusable(tmp_path: Path,
                                                                  context_config: ContextConfig) -> None:
     ctx = build_context(context_config, progress=False)

@@ -206,8 +206,6 @@ def test_build_agent_ddpg_is_configured_as_amc(context_config: ContextConfig) ->
     assert all(r.cost_ratio <= BUDGET + 1e-9 for r in problem.records)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: SB3's learn() calls action_noise.reset() once in _setup_learn, "
-                   "which TruncatedNormalNoise counts as an episode, so exploration decays one episode early")
 def test_ddpg_exploration_starts_at_full_sigma_after_warmup(context_config: ContextConfig) -> None:
     """AMC: the k-th episode after the warm-up explores with sigma * 0.95**k (k = 0, 1, ...)."""
     ctx = build_context(context_config, progress=False)
