@@ -168,6 +168,8 @@ def test_truncated_normal_noise_has_the_requested_sigma() -> None:
 
 def test_truncated_normal_noise_decays_after_warmup() -> None:
     noise = TruncatedNormalNoise(sigma=1.0, decay=0.95, warmup_episodes=3, seed=0)
+    noise.reset()  # SB3's learn() resets the noise once before the first step: not an episode end
+    assert noise.sigma == 1.0 and noise.episodes == 0
     for _ in range(3):
         noise.reset()
         assert noise.sigma == 1.0
