@@ -48,7 +48,7 @@ class EvalConfig:
     granularity: str = "channel"
     bn_batches: int = 8
     bn_batch_size: int = 128
-    batch_size: int = 1024
+    batch_size: int = 256  # larger batches spill activations out of the CPU caches (1024 is ~30% slower)
     val_limit: int | None = None
     calibration_size: int = 256
     seed: int = 0

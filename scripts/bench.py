@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_quality)
     p = sub.add_parser("scaling", help="evaluations/s: local vs 1 and 2 Ray workers")
-    p.add_argument("--evaluations", type=int, default=24)
+    p.add_argument("--evaluations", type=int, default=32)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--root", default="runs/bench-scaling")
     p.add_argument("--markdown", default="BENCHMARKS.md")

@@ -65,7 +65,7 @@ def _run(root: Path, name: str, config: ContextConfig, evaluations: int, seed: i
     return records[-1].wall_time, statistics.mean(r.seconds for r in records)
 
 
-def scaling(root: Path, *, evaluations: int = 24, seed: int = 0, fashion_dir: str | None = None,
+def scaling(root: Path, *, evaluations: int = 32, seed: int = 0, fashion_dir: str | None = None,
             local_threads: int = 2) -> tuple[str, list[ScalingRow]]:
     label, config = scaling_context(fashion_dir, seed)
     ctx = build_context(config, progress=False)

@@ -86,6 +86,8 @@ def _actor_class():
 
             torch.set_num_threads(threads)
             self.context = build_context(config, progress=False, state_dict=state_dict)
+            # Warm-up (allocator, kernels) before the first real policy, so it is not slower than the rest.
+            self.context.evaluator.evaluate([1.0] * len(self.context.graph))
 
         def evaluate(self, policy: Policy) -> EvalResult:
             return self.context.evaluator.evaluate(policy)
@@ -143,8 +145,15 @@ class RayEvaluatorPool:
     def evaluate(self, policy: Policy) -> EvalResult:
         return self.evaluate_many([policy])[0]
 
-    def evaluate_many(self, policies: Sequence[Policy]) -> list[EvalResult]:
-        """One result per policy, in order; an actor that dies is replaced and its work redone."""
+    streams_results = True  # evaluate_many calls on_result as each result arrives
+
+    def evaluate_many(self, policies: Sequence[Policy], *,
+                      on_result: Callable[[int, EvalResult], None] | None = None) -> list[EvalResult]:
+        """One result per policy, in order; an actor that dies is replaced and its work redone.
+
+        ``on_result(i, result)`` is called as soon as policy ``i`` is done (cache hits first), so a
+        caller can record results of a long batch without waiting for its slowest member.
+        """
         ray = self._ray
         results: list[EvalResult | None] = [None] * len(policies)
         todo: list[int] = []
@@ -154,6 +163,8 @@ class RayEvaluatorPool:
             if k is not None and k in self._cache:
                 hit = self._cache[k]
                 results[i] = EvalResult(hit.accuracy, hit.loss, hit.key, 0.0, 0.0, cached=True)
+                if on_result is not None:
+                    on_result(i, results[i])
             elif k is not None and k in first_of_key:
                 continue  # the same candidate twice in one batch: evaluated once, below
             else:
@@ -177,12 +188,17 @@ class RayEvaluatorPool:
                 self.restarts += 1
                 todo.insert(0, i)
             idle.append(slot)
-            if keys[i] is not None and results[i] is not None:
-                self._cache[keys[i]] = results[i]
+            if results[i] is not None:
+                if keys[i] is not None:
+                    self._cache[keys[i]] = results[i]
+                if on_result is not None:
+                    on_result(i, results[i])
         for i, k in enumerate(keys):  # duplicates within the batch
             if results[i] is None:
                 hit = self._cache[k]
                 results[i] = EvalResult(hit.accuracy, hit.loss, hit.key, 0.0, 0.0, cached=True)
+                if on_result is not None:
+                    on_result(i, results[i])
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

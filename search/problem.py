@@ -71,9 +71,18 @@ class SearchProblem:
         return self.evaluate_many([policy])[0]
 
     def evaluate_many(self, policies: Sequence[Policy], *, steps: Sequence[int] | None = None) -> list[EvalResult]:
-        results = self.evaluator.evaluate_many(list(policies))
-        for i, (policy, result) in enumerate(zip(policies, results)):
-            self._record(policy.ratios(self.graph), result, steps[i] if steps is not None else self.count)
+        policies = list(policies)
+        steps = list(steps) if steps is not None else list(range(self.count, self.count + len(policies)))
+
+        def record(i: int, result: EvalResult) -> None:
+            self._record(policies[i].ratios(self.graph), result, steps[i])
+
+        if getattr(self.evaluator, "streams_results", False):
+            # Each result is recorded the moment it arrives: an interrupt loses only unfinished work.
+            return self.evaluator.evaluate_many(policies, on_result=record)
+        results = self.evaluator.evaluate_many(policies)
+        for i, result in enumerate(results):
+            record(i, result)
         return results
 
     def evaluate_keeps(self, keeps: Sequence[Sequence[float]], *, steps: Sequence[int] | None = None) -> list[Record]:

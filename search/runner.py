@@ -105,7 +105,9 @@ def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1):
         storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
         return OptunaStrategy(sampler=config.sampler, storage=storage, batch_size=batch_size, out=out)
     if config.strategy == "random":
-        return RandomStrategy(batch_size=batch_size)
+        # Random samples are independent and the pool records each result as it arrives: big batches keep
+        # every worker busy instead of waiting at each batch's slowest evaluation.
+        return RandomStrategy(batch_size=batch_size * 16 if batch_size > 1 else 1)
     return UniformStrategy()
 
 
