@@ -55,3 +55,20 @@ def trained_cnn(digits: DataSplits, tmp_path_factory: pytest.TempPathFactory) ->
     """
     cache = tmp_path_factory.mktemp("amc-cache")
     return load_or_train("cnn", digits, cache_dir=cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def amc_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A session cache holding the default cnn trained on digits (for tests that run whole searches)."""
+    from tests.search.helpers import shared_cache_dir
+
+    return shared_cache_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def cache_env(amc_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything that falls back to ``$AMC_CACHE_DIR`` finds the session cache, never ``~/.cache``.
+
+    Opt-in (``pytestmark = pytest.mark.usefixtures("cache_env")``) so other modules keep their own caches.
+    """
+    monkeypatch.setenv("AMC_CACHE_DIR", str(amc_cache))

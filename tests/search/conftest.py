@@ -1,30 +1,12 @@
-"""Fixtures of the search tests: the session's trained base model, kept off the home cache."""
+"""Fixtures of the search tests (``amc_cache`` and ``cache_env`` come from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 
 from amc.context import ContextConfig
-from tests.search.helpers import shared_cache_dir
-
-torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def amc_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_cache_dir(tmp_path_factory)
-
-
-@pytest.fixture
-def cache_env(amc_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anything that falls back to ``$AMC_CACHE_DIR`` finds the session cache, never ``~/.cache``.
-
-    Opt-in (``pytestmark = pytest.mark.usefixtures("cache_env")``) so other modules here keep their own caches.
-    """
-    monkeypatch.setenv("AMC_CACHE_DIR", str(amc_cache))
 
 
 @pytest.fixture
