@@ -56,8 +56,10 @@ class ContextConfig:
     model_kwargs: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.round_to < 1:
-            raise ConfigError(f"round_to must be a positive integer, got {self.round_to}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"--round-to must be a positive integer, got {self.round_to!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,5 +21,23 @@ def export_pt2(model: nn.Module, example: Tensor, path: str | os.PathLike) -> Pa
     path = Path(path)
     tmp = path.with_suffix(".tmp.pt2")
     torch.export.save(program, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike, *, opset: int = 17) -> Path:
+    """Saves ``model`` as ONNX (input ``input``, output ``logits``, dynamic batch dimension).
+
+    Uses the TorchScript-based exporter, which needs no extra package; onnxruntime runs the file.
+    """
+    model = model.eval()
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():
+        # Deliberate: the torch.export-based exporter needs the onnxscript package; this one does not.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
     os.replace(tmp, path)
     return path

@@ -226,7 +226,7 @@ def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1
     names = {module: name for name, module in model.named_modules()}
     types = {module: _module_type(module) for module in order}
 
-    output_modules = {m for m in order if not dg.module2node[m].outputs} if order else set()
+    output_modules = {m for m in order if _feeds_output(dg, m)}
     covered: set[nn.Module] = set()
     groups: list[tuple[nn.Module, dict[tuple[nn.Module, bool], int]]] = []
     for root in order:
@@ -256,6 +256,27 @@ def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1
             "output channels do not feed the model output directly"
         )
     return _build_graph(model, example_input, order, shapes, types, names, groups, round_to)
+
+
+def _feeds_output(dg, module: nn.Module) -> bool:
+    """True when ``module``'s output channels reach the model output without a channel-mixing layer.
+
+    Follows the graph through parameter-free ops (softmax, flatten, pooling, add) and channel-wise layers
+    (batch norm, depthwise conv), so ``fc -> log_softmax`` still marks ``fc`` as the classifier.
+    """
+    stack, seen = [dg.module2node[module]], set()
+    while stack:
+        node = stack.pop()
+        if not node.outputs:
+            return True
+        for nxt in node.outputs:
+            if id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            if _module_type(nxt.module) in ("conv", "linear", "grouped"):
+                continue  # a channel-mixing layer consumes these channels: the output is its business
+            stack.append(nxt)
+    return False
 
 
 def _group_problem(counts: dict, types: dict, output_modules: set, names: dict) -> str | None:

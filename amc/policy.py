@@ -147,8 +147,9 @@ class Policy:
             raise PolicyError(f"policy misses field(s) {missing}")
         if unknown:
             raise PolicyError(f"policy has unknown field(s) {unknown}; remove them")
-        if not isinstance(data["keep"], dict):
-            raise PolicyError("policy field 'keep' must be an object of layer name -> keep ratio")
+        for name in ("keep", "channels", "metrics", "meta"):
+            if name in data and not isinstance(data[name], dict):
+                raise PolicyError(f"policy field {name!r} must be a JSON object, got {type(data[name]).__name__}")
         return cls(**{k: v for k, v in data.items() if k != "format"})
 
     @classmethod

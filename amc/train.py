@@ -36,6 +36,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     shift: int = 1  # random translation of up to this many pixels (0 = no augmentation)
     label_smoothing: float = 0.1
+    schedule: str = "onecycle"  # "onecycle" (warm-up, then cosine) or "cosine" (fine-tuning)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -44,6 +45,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in ("onecycle", "cosine"):
+            raise ConfigError(f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,12 @@ def train(
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=max(1, config.epochs * steps_per_epoch), pct_start=0.15
-    )
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
+                                                        pct_start=0.15)
     model.train()
     if teacher is not None:
         teacher.eval()

@@ -49,7 +49,7 @@ class PruningEnv(gym.Env):
     | 6-7   | stride, kernel | of the leading layer                                          |
     | 8     | layer_cost     | resource of this layer group in the base model                |
     | 9     | reduced        | share of the base cost removed by the decided layers          |
-    | 10    | rest           | share of the layers' cost that lies after this layer          |
+    | 10    | rest           | share of the base cost in the layers after this one           |
     | 11    | prev_action    | keep ratio chosen at the previous step (1 at t = 0)           |
 
     ## Rewards
@@ -104,7 +104,7 @@ class PruningEnv(gym.Env):
         layer_costs = np.array([s.params if cost_model.resource == "params" else s.flops for s in graph.layers],
                                dtype=np.float64)
         self._rest = np.cumsum(layer_costs[::-1])[::-1] - layer_costs  # cost after layer t
-        self._rest /= max(layer_costs.sum(), 1.0)
+        self._rest /= cost_model.base  # AMC scales "rest" and "reduced" by the same total
         self._keep = np.ones(self.n_layers)
         self._t = 0
 

@@ -122,12 +122,33 @@ class ConfigFileError(Exception):
     """A --config file that cannot be used (reported like any bad argument: one line, exit code 2)."""
 
 
+_FLAGS = ("resume", "no_export", "quiet")
+
+
+def toml_argv(values: dict, path: str) -> list[str]:
+    """The command line a --config file stands for, so its values pass the same checks as options."""
+    argv = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if key in _FLAGS:
+            if not isinstance(value, bool):
+                raise ConfigFileError(f"{key} in --config {path!r} must be true or false, got {value!r}")
+            argv += [flag] if value else []
+        elif isinstance(value, (bool, dict, list)):
+            raise ConfigFileError(f"{key} in --config {path!r} must be a number or a string, got {value!r}")
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def resolve_options(argv: list[str] | None) -> dict:
     """Defaults, then --config, then the command line."""
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     options = dict(DEFAULTS)
     if "config" in args:
-        options.update(load_toml(args.pop("config")))
+        path = args.pop("config")
+        options.update(vars(parser.parse_args(toml_argv(load_toml(path), path))))
     options.update(args)
     if options["out"] is None:
         options["out"] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -206,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("search.py: interrupted before any policy was evaluated; nothing written", file=sys.stderr)
+        print(f"search.py: interrupted; every evaluated policy is in {options['out']}/history.csv "
+              "(if any); continue with --resume", file=sys.stderr)
         return 130
     out = Console()
     for table in summary_table(result):

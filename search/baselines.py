@@ -57,9 +57,11 @@ class RandomStrategy:
         self.batch_size = batch_size
 
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
-        start = problem.count
-        for first in range(start, start + evaluations, self.batch_size):
-            steps = list(range(first, min(first + self.batch_size, start + evaluations)))
-            # One generator per sample index: a resumed run draws exactly the samples it had not reached.
+        # One generator per sample index, and the indices already recorded are skipped: a resumed run
+        # draws exactly the samples it had not evaluated (a parallel batch may finish out of order).
+        done = {r.step for r in problem.records}
+        todo = [i for i in range(len(done) + evaluations) if i not in done][:evaluations]
+        for first in range(0, len(todo), self.batch_size):
+            steps = todo[first : first + self.batch_size]
             keeps = [random_keep(problem, np.random.default_rng([seed, i])) for i in steps]
             problem.evaluate_keeps(keeps, steps=steps)

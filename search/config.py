@@ -68,6 +68,15 @@ class SearchConfig:
             raise ConfigError(f"unknown --resource {self.context.resource!r}: choose one of {', '.join(RESOURCES)}")
         if not isinstance(self.evaluations, int) or self.evaluations < 1:
             raise ConfigError(f"--evaluations must be a positive integer, got {self.evaluations!r}")
+        for name, value in (("--min-keep", self.min_keep), ("--max-keep", self.max_keep)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+                    or not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
+        if self.min_keep > self.max_keep:
+            raise ConfigError(f"--min-keep ({self.min_keep}) must not exceed --max-keep ({self.max_keep})")
+        from envs.rewards import get_reward  # the registry; checks the reward fits the resource
+
+        get_reward(self.reward, resource=self.context.resource)
         if self.warmup is not None and not 0 <= self.warmup:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup!r}")
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):

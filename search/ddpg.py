@@ -24,7 +24,7 @@ import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -105,6 +105,27 @@ class TruncatedNormalNoise(ActionNoise):
             self.sigma *= self.decay
 
 
+class SharedNoise(VectorizedActionNoise):
+    """One :class:`TruncatedNormalNoise` stream for N environments.
+
+    SB3 would wrap the noise in a ``VectorizedActionNoise`` of N deep copies: identical random streams
+    (every environment exploring the same way) and a decay counted per copy. Here all environments draw
+    from one generator and every finished episode, in any environment, counts once, as in AMC.
+    """
+
+    def __init__(self, noise: TruncatedNormalNoise, n_envs: int) -> None:  # no deep copies: see above
+        self.n_envs = n_envs
+        self.base_noise = noise
+        self._noises = [noise] * n_envs  # not through SB3's setter, which resets each noise it is given
+
+    def reset(self, indices=None) -> None:
+        for _ in range(1 if indices is None else len(indices)):
+            self.base_noise.reset()
+
+    def __call__(self) -> np.ndarray:
+        return np.stack([self.base_noise() for _ in range(self.n_envs)])
+
+
 class _AMCMixin:
     """Separate actor/critic learning rates and truncated-normal exploration for SB3's TD3 family."""
 
@@ -116,11 +137,12 @@ class _AMCMixin:
             group["lr"] = CRITIC_LR
 
     def _sample_action(self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1):
-        if not isinstance(action_noise, TruncatedNormalNoise):
+        noise = action_noise.base_noise if isinstance(action_noise, SharedNoise) else action_noise
+        if not isinstance(noise, TruncatedNormalNoise):
             return super()._sample_action(learning_starts, action_noise, n_envs)
         action, buffer_action = super()._sample_action(learning_starts, None, n_envs)
         if self.num_timesteps >= learning_starts:
-            buffer_action = action_noise.sample_around(buffer_action)
+            buffer_action = noise.sample_around(buffer_action)  # (n_envs, 1): one draw per environment
             action = self.policy.unscale_action(buffer_action)
         return action, buffer_action
 
@@ -155,6 +177,8 @@ def build_agent(kind: str, env, *, n_layers: int, warmup_episodes: int, seed: in
     if kind == "sac":
         return SAC("MlpPolicy", env, learning_rate=CRITIC_LR, policy_kwargs=dict(net_arch=[300, 300]), **common)
     noise = TruncatedNormalNoise(warmup_episodes=warmup_episodes, seed=seed)
+    if n_envs > 1:
+        noise = SharedNoise(noise, n_envs)
     cls = AMCDDPG if kind == "ddpg" else AMCTD3
     return cls("MlpPolicy", env, learning_rate=ACTOR_LR, action_noise=noise,
                policy_kwargs=dict(net_arch=dict(pi=[300, 300], qf=[300, 300])), **common)

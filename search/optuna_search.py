@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 
+from amc.errors import ConfigError
 from search.problem import SearchProblem
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,26 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 class OptunaStrategy:
     name = "optuna"
 
-    def __init__(self, *, sampler: str = "tpe", storage: str, batch_size: int = 1, out: str | Path | None = None) -> None:
+    def __init__(self, *, sampler: str = "tpe", storage: str, batch_size: int = 1, out: str | Path | None = None,
+                 study_name: str = STUDY_NAME) -> None:
         self.sampler = sampler
         self.storage = storage
         self.batch_size = batch_size
         self.out = Path(out) if out is not None else None
+        self.study_name = study_name  # one study per run folder, also in a shared RDB storage
 
     def load_study(self, seed: int) -> optuna.Study:
         directions = ["maximize", "minimize"] if self.sampler == "nsga2" else ["maximize"]
-        study = optuna.create_study(study_name=STUDY_NAME, storage=self.storage, directions=directions,
-                                    sampler=make_sampler(self.sampler, seed), load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=self.storage, directions=directions,
+                                        sampler=make_sampler(self.sampler, seed), load_if_exists=True)
+        except (ValueError, ImportError, RuntimeError) as exc:  # bad URL, missing driver, other directions
+            raise ConfigError(f"cannot open Optuna study {self.study_name!r} in --storage {self.storage!r}: "
+                              f"{exc}; pass a valid RDB URL such as sqlite:///study.db") from exc
+        except Exception as exc:  # SQLAlchemy's errors (unreachable database, bad credentials)
+            if type(exc).__module__.startswith("sqlalchemy"):
+                raise ConfigError(f"cannot open --storage {self.storage!r}: {exc}") from exc
+            raise
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # Trials of a run that died mid-evaluation: their result never came back.
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
@@ -53,11 +64,11 @@ class OptunaStrategy:
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = self.load_study(seed)
-        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        # history.csv and the study agree on what finished; resume from the smaller count.
-        remaining = evaluations
         names = problem.graph.names
         p = problem.projector
+        self._sync(study, problem)
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        remaining = evaluations
         while remaining > 0:
             trials = [study.ask() for _ in range(min(self.batch_size, remaining))]
             keeps = []
@@ -67,18 +78,39 @@ class OptunaStrategy:
                 trial.set_user_attr("keep", keep)
                 keeps.append(keep)
             try:
-                records = problem.evaluate_keeps(keeps, steps=[t.number for t in trials])
-            except BaseException:
-                for trial in trials:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                raise
-            for trial, record in zip(trials, records):
-                values = [record.reward, record.cost_ratio] if self.sampler == "nsga2" else record.reward
-                study.tell(trial, values)
+                problem.evaluate_keeps(keeps, steps=[t.number for t in trials])
+            finally:
+                # Tell every trial whose result was recorded (also when interrupted mid-batch), fail the rest.
+                for i, trial in enumerate(trials):
+                    record = problem.last_batch.get(i)
+                    if record is None:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    else:
+                        study.tell(trial, self._values(record))
+                if self.sampler == "nsga2" and self.out is not None:
+                    write_pareto(study, self.out / "pareto.json")
             remaining -= len(trials)
         log.info("study has %d completed trials (%d before this run)", done + evaluations, done)
-        if self.sampler == "nsga2" and self.out is not None:
-            write_pareto(study, self.out / "pareto.json")
+
+    def _sync(self, study: optuna.Study, problem: SearchProblem) -> None:
+        """Adds to the study every recorded evaluation it lacks (a run killed between the two writes)."""
+        complete = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+        missing = [r for r in problem.records if r.step not in complete]
+        if not missing:
+            return
+        p = problem.projector
+        distributions = {f"keep:{n}": optuna.distributions.FloatDistribution(p.min_keep, p.max_keep)
+                         for n in problem.graph.names}
+        for record in missing:
+            params = {f"keep:{n}": min(max(k, p.min_keep), p.max_keep) for n, k in zip(problem.graph.names, record.keep)}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                      values=self._values(record) if self.sampler == "nsga2"
+                                                      else [self._values(record)],
+                                                      user_attrs={"keep": list(record.keep)}))
+        log.info("added %d recorded evaluations the study had lost", len(missing))
+
+    def _values(self, record):
+        return [record.reward, record.cost_ratio] if self.sampler == "nsga2" else record.reward
 
 
 def write_pareto(study: optuna.Study, path: Path) -> None:

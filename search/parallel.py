@@ -21,12 +21,24 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from amc.context import ContextConfig
-from amc.errors import ConfigError
+from amc.errors import AmcError, ConfigError
 from amc.evaluate import EvalResult
 from amc.policy import Policy
 
 log = logging.getLogger(__name__)
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+
+
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class WorkerError(AmcError):
+    """Evaluation workers cannot be started or keep dying."""
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
 
 
 def check_address(address: str, *, timeout: float = 5.0) -> None:
@@ -46,17 +58,17 @@ def check_address(address: str, *, timeout: float = 5.0) -> None:
         ) from None
 
 
-def init_ray(*, address: str | None, num_cpus: int | None) -> bool:
-    """Connects to (``address``) or starts a local Ray instance; returns True when this call started it."""
+def init_ray(*, address: str | None, num_cpus: int | None) -> str | None:
+    """Connects to (``address``) or starts a local Ray instance.
+
+    Returns the temp dir of the instance this call started (None when it joined or found one running).
+    """
     import ray
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
-        return False
-    # Ray workers import this project by module name: make sure they find it from any directory.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        return None
     if address is not None:
         check_address(address)
         try:
@@ -65,11 +77,14 @@ def init_ray(*, address: str | None, num_cpus: int | None) -> bool:
         except ConnectionError as exc:
             raise ConfigError(f"cannot join a Ray cluster at --ray-address {address!r}: {exc}; start one with "
                               "'ray start --head' or drop --ray-address") from None
-        return False
+        return None
     temp_dir = tempfile.mkdtemp(prefix="amc-ray-")
+    # Local workers import this project by module name: let them find it from any working directory.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             logging_level=logging.WARNING, _temp_dir=temp_dir)
-    return True
+             logging_level=logging.WARNING, _temp_dir=temp_dir, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    return temp_dir
 
 
 def _actor_class():
@@ -123,15 +138,29 @@ class RayEvaluatorPool:
         self._ray = ray
         self.config = config
         self.threads = threads_per_worker
-        self.started_ray = init_ray(address=address, num_cpus=None if address else workers * threads_per_worker)
+        self._temp_dir = init_ray(address=address, num_cpus=None if address else workers * threads_per_worker)
+        self.started_ray = self._temp_dir is not None
+        if address is not None:
+            cpus = ray.cluster_resources().get("CPU", 0)
+            if workers * threads_per_worker > cpus:
+                raise ConfigError(
+                    f"--workers {workers} x --threads-per-worker {threads_per_worker} needs "
+                    f"{workers * threads_per_worker} CPUs but the cluster at {address!r} has {cpus:g}; "
+                    "use fewer workers or add nodes"
+                )
         self._cls = _actor_class().options(num_cpus=threads_per_worker)
         # The base weights go to the object store once; every actor (on any node) reads them from there.
         self._state = ray.put(state_dict) if state_dict is not None else None
         self.actors = [self._new_actor() for _ in range(workers)]
         self.restarts = 0
+        self._failures = [0] * workers  # consecutive deaths per slot without a finished evaluation
         self._key = key
         self._cache: dict[Any, EvalResult] = {}
-        ray.get([a.pid.remote() for a in self.actors])  # wait until every actor has built its context
+        try:
+            ray.get([a.pid.remote() for a in self.actors])  # wait until every actor has built its context
+        except ray.exceptions.RayError as exc:
+            self.close()
+            raise WorkerError(f"evaluation workers failed to start: {_cause(exc)}") from None
         log.info("Ray pool ready: %d workers x %d threads%s", workers, threads_per_worker,
                  f" on {address}" if address else " (local)")
 
@@ -181,12 +210,20 @@ class RayEvaluatorPool:
             i, slot = running.pop(done[0])
             try:
                 results[i] = ray.get(done[0])
+                self._failures[slot] = 0
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-                log.warning("evaluation worker %d died (%s); replacing it and re-running its policy",
-                            slot, type(exc).__name__)
+                self._failures[slot] += 1
+                if self._failures[slot] > MAX_CONSECUTIVE_FAILURES:
+                    raise WorkerError(f"evaluation worker {slot} died {self._failures[slot]} times in a row without "
+                                      f"finishing a policy; last cause: {_cause(exc)}") from None
+                log.warning("evaluation worker %d died (%s); replacing it and re-running its policy", slot,
+                            _cause(exc))
                 self.actors[slot] = self._new_actor()
                 self.restarts += 1
                 todo.insert(0, i)
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else None
+                raise (cause if cause is not None else exc) from None  # the evaluation's own error, unwrapped
             idle.append(slot)
             if results[i] is not None:
                 if keys[i] is not None:
@@ -212,6 +249,9 @@ class RayEvaluatorPool:
         self.actors = []
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
+            import shutil
+
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
 
     def __enter__(self) -> RayEvaluatorPool:
         return self

@@ -50,7 +50,8 @@ class SearchProblem:
         self.granularity = granularity
         self._reward = get_reward(reward, resource=cost_model.resource)
         self.records: list[Record] = list(previous)
-        self.best: Record | None = max(self.records, key=lambda r: r.reward, default=None)
+        self.best: Record | None = max(self.records, key=lambda r: (r.reward, -r.cost, -r.step), default=None)
+        self.last_batch: dict[int, Record] = {}
         self.on_record = on_record
         self._start = time.perf_counter() - (self.records[-1].wall_time if self.records else 0.0)
 
@@ -73,9 +74,10 @@ class SearchProblem:
     def evaluate_many(self, policies: Sequence[Policy], *, steps: Sequence[int] | None = None) -> list[EvalResult]:
         policies = list(policies)
         steps = list(steps) if steps is not None else list(range(self.count, self.count + len(policies)))
+        self.last_batch: dict[int, Record] = {}  # batch position -> record, filled as results arrive
 
         def record(i: int, result: EvalResult) -> None:
-            self._record(policies[i].ratios(self.graph), result, steps[i])
+            self.last_batch[i] = self._record(policies[i].ratios(self.graph), result, steps[i])
 
         if getattr(self.evaluator, "streams_results", False):
             # Each result is recorded the moment it arrives: an interrupt loses only unfinished work.
@@ -86,10 +88,12 @@ class SearchProblem:
         return results
 
     def evaluate_keeps(self, keeps: Sequence[Sequence[float]], *, steps: Sequence[int] | None = None) -> list[Record]:
-        """Evaluates keep-ratio vectors (already feasible) and returns their records."""
-        n = self.count
+        """Evaluates keep-ratio vectors (already feasible); returns their records in the order of ``keeps``.
+
+        (Records land in ``history.csv`` in the order results arrive, which a parallel pool decides.)
+        """
         self.evaluate_many([self.policy(k) for k in keeps], steps=steps)
-        return self.records[n:]
+        return [self.last_batch[i] for i in range(len(keeps))]
 
     def _record(self, keep: list[float], result: EvalResult, step: int) -> Record:
         cost = self.cost_model.cost(keep)
@@ -103,7 +107,9 @@ class SearchProblem:
         self.records.append(record)
         if self.history is not None:
             self.history.append(record)
-        if self.best is None or record.reward > self.best.reward:
+        # Ties (common on small validation sets) go to the cheaper, then the earlier policy: no timing luck.
+        if self.best is None or (record.reward, -record.cost, -record.step) > \
+                (self.best.reward, -self.best.cost, -self.best.step):
             self.best = record
             log.debug("new best %.4f at evaluation %d", record.accuracy, record.index)
         if self.on_record is not None:

@@ -1,4 +1,7 @@
-"""``report.png``: the search curve, the chosen per-layer keep ratios, accuracy against cost."""
+"""Run reports: ``report.png`` (three panels) and ``report.html`` (the panels and the comparison table).
+
+``report.html`` embeds its images (base64 PNG), so it opens in any browser without network access.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,10 @@ def write_report(path: Path, records: Sequence[Record], graph: LayerGraph, *, be
                  uniform_keep: Sequence[float] | None, budget: float, title: str) -> Path:
     """Three panels: reward per evaluation with the best so far; keep ratios (and channels) of the
     best policy against the uniform one, AMC-style; accuracy against cost ratio of every policy."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig = Figure(figsize=(17, 4.8))
+    axes = fig.subplots(1, 3)
     index = [r.index for r in records]
     rewards = [r.reward for r in records]
     best_so_far = [max(rewards[: i + 1]) for i in range(len(rewards))]
@@ -42,6 +43,9 @@ def write_report(path: Path, records: Sequence[Record], graph: LayerGraph, *, be
 
     ax = axes[2]
     ax.scatter([r.cost_ratio for r in records], [r.accuracy for r in records], s=10, alpha=0.5)
+    front = pareto_front(records)
+    ax.step([r.cost_ratio for r in front], [r.accuracy for r in front], where="post", color="C2", linewidth=1.2,
+            label="Pareto front")
     ax.scatter([best.cost_ratio], [best.accuracy], color="C3", s=60, marker="*", label="best")
     ax.axvline(budget, color="k", linestyle="--", linewidth=1, label=f"budget {budget:g}")
     ax.set(xlabel="cost ratio", ylabel="validation accuracy", title="accuracy vs cost")
@@ -49,5 +53,46 @@ def write_report(path: Path, records: Sequence[Record], graph: LayerGraph, *, be
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
+
+
+def pareto_front(records: Sequence[Record]) -> list[Record]:
+    """Records no other record beats in both accuracy (higher) and cost ratio (lower), by cost."""
+    front: list[Record] = []
+    for record in sorted(records, key=lambda r: (r.cost_ratio, -r.accuracy)):
+        if not front or record.accuracy > front[-1].accuracy:
+            front.append(record)
+    return front
+
+
+def write_html(path: Path, png: Path, *, title: str, summary: Sequence[tuple[str, str]],
+               comparison: Sequence | None) -> Path:
+    """``report.html``: a summary, the search figure and the base/pruned comparison table, self-contained."""
+    import base64
+    import html
+
+    image = base64.b64encode(png.read_bytes()).decode()
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
+    table = ""
+    if comparison:
+        head = "<tr><th>model</th><th>params</th><th>FLOPs</th><th>size KiB</th><th>latency b1 ms</th>" \
+               "<th>latency b64 ms</th><th>test acc</th></tr>"
+        body = "".join(
+            f"<tr><td>{html.escape(s.name)}</td><td>{s.params:,}</td><td>{s.flops:,}</td>"
+            f"<td>{s.size_bytes / 1024:.1f}</td><td>{s.latency_ms[1]:.3f}</td><td>{s.latency_ms[64]:.3f}</td>"
+            f"<td>{s.test_accuracy:.4f}</td></tr>" for s in comparison)
+        table = f"<h2>Base vs pruned</h2><table>{head}{body}</table>" \
+                "<p>Size: saved state_dict. Latency: median of torch.utils.benchmark runs on this machine's CPU.</p>"
+    path.write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1800px}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} img{{max-width:100%}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<table>{rows}</table>
+<h2>Search curve, per-layer widths, accuracy vs cost (with the Pareto front)</h2>
+<img alt="search report" src="data:image/png;base64,{image}">
+{table}
+</body></html>
+""")
+    return path
+

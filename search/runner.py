@@ -33,8 +33,9 @@ from search.history import HistoryWriter, Record, read_history
 from search.problem import SearchProblem
 
 log = logging.getLogger(__name__)
-_RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward")
-_RESUME_CONTEXT_KEYS = ("model", "dataset", "seed", "resource", "round_to", "checkpoint")
+# Settings a resumed run must share with the original: everything that changes what is evaluated.
+_RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward", "warmup", "storage")
+_RESUME_IGNORED_CONTEXT = ("cache_dir", "data_dir")  # where things are, not what they are
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,13 @@ def prepare_out(config: SearchConfig) -> Path:
     saved = out / "config.json"
     if config.resume:
         if saved.exists():
-            _check_same_run(json.loads(saved.read_text()), config, out)
+            try:
+                original = json.loads(saved.read_text())
+                original["context"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ConfigError(f"{str(saved)!r} is not a config.json of this tool ({exc}); "
+                                  "resume only folders written by scripts/search.py") from None
+            _check_same_run(original, config, out)
     elif (out / "history.csv").exists():
         raise ConfigError(f"--out {str(out)!r} already holds a search; pass --resume to continue it or choose "
                           "another --out")
@@ -83,7 +90,8 @@ def prepare_out(config: SearchConfig) -> Path:
 def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
     now = _config_dict(config)
     diffs = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
-    diffs += [f"context.{k}" for k in _RESUME_CONTEXT_KEYS if saved["context"].get(k) != now["context"].get(k)]
+    diffs += [f"context.{k}" for k in sorted(set(saved["context"]) | set(now["context"]))
+              if k not in _RESUME_IGNORED_CONTEXT and saved["context"].get(k) != now["context"].get(k)]
     if diffs:
         raise ConfigError(f"--resume of {str(out)!r} with different settings {diffs}; use the run's original "
                           "settings (see its config.json) or another --out")
@@ -103,7 +111,8 @@ def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1):
         from search.optuna_search import OptunaStrategy
 
         storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-        return OptunaStrategy(sampler=config.sampler, storage=storage, batch_size=batch_size, out=out)
+        return OptunaStrategy(sampler=config.sampler, storage=storage, batch_size=batch_size, out=out,
+                              study_name=f"amc-search/{out.resolve().name}")
     if config.strategy == "random":
         # Random samples are independent and the pool records each result as it arrives: big batches keep
         # every worker busy instead of waiting at each batch's slowest evaluation.
@@ -162,10 +171,10 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
     torch.manual_seed(config.context.seed)
     ctx = ctx or build_context(config.context, progress=config.progress)
     pool = None
-    if evaluator is None and config.parallel:
-        pool = make_pool(config, ctx)
-        evaluator, batch_size = pool, pool.workers
     try:
+        if evaluator is None and config.parallel:
+            pool = make_pool(config, ctx)
+            evaluator, batch_size = pool, pool.workers
         return _search(config, out, ctx, evaluator, batch_size, start)
     finally:
         if pool is not None:
@@ -190,7 +199,8 @@ def make_pool(config: SearchConfig, ctx: Context):
 
 def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator | None, batch_size: int,
             start: float) -> SearchResult:
-    (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
+    if not (config.resume and (out / "config.json").exists()):  # a resumed run keeps the original record
+        (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
     cost = ctx.cost_model()
     projector = BudgetProjector(cost, config.budget, min_keep=config.min_keep, max_keep=config.max_keep)
     previous = read_history(out / "history.csv") if config.resume else []
@@ -254,12 +264,24 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
     policy.save(out / "policy.json")
     if config.export:
         export_pt2(pruned, ctx.data.val.tensors[0][:2], out / "pruned.pt2")
-    from search.report import write_report
+    from search.report import write_html, write_report
 
-    write_report(out / "report.png", problem.records, ctx.graph, best=best, uniform_keep=uniform,
-                 budget=config.budget,
-                 title=f"{config.strategy} on {config.context.model}/{config.context.dataset}, budget {config.budget:g} "
-                       f"{config.context.resource}")
+    title = (f"{config.strategy} on {config.context.model}/{config.context.dataset}, budget {config.budget:g} "
+             f"{config.context.resource}")
+    png = write_report(out / "report.png", problem.records, ctx.graph, best=best, uniform_keep=uniform,
+                       budget=config.budget, title=title)
+    from amc.compare import model_stats
+
+    comparison = [model_stats("base", ctx.model, ctx.data.test, min_run_time=0.2),
+                  model_stats("pruned", pruned, ctx.data.test, min_run_time=0.2)]
+    summary = [("evaluations", str(problem.count)), ("best evaluation", str(best.index)),
+               ("validation accuracy (base / best / uniform)",
+                f"{base_val:.4f} / {best.accuracy:.4f} / {uniform_eval.accuracy:.4f}"),
+               ("test accuracy (base / best / uniform)", f"{base_test:.4f} / {test_acc:.4f} / {uniform_test:.4f}"),
+               (f"{problem.cost_model.resource} ratio", f"{best.cost_ratio:.4f} (budget {config.budget:g})"),
+               ("per-layer keep ratios", ", ".join(f"{n}: {k:.2f}" for n, k in zip(ctx.graph.names, best.keep))),
+               ("duration", f"{seconds:.1f} s" + (" (interrupted)" if interrupted else ""))]
+    write_html(out / "report.html", png, title=title, summary=summary, comparison=comparison)
     log.info("best policy: val %.4f test %.4f cost ratio %.4f (%s)", best.accuracy, test_acc, best.cost_ratio, out)
     return SearchResult(out=out, policy=policy, best=best, uniform=uniform_record, base_val_accuracy=base_val,
                         base_test_accuracy=base_test, test_accuracy=test_acc, uniform_test_accuracy=uniform_test,

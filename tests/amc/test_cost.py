@@ -131,3 +131,22 @@ def test_unknown_resource_is_refused() -> None:
     graph = discover(model, torch.zeros(1, *shape))
     with pytest.raises(ConfigError, match="'energy'.*flops"):
         make_cost_model("energy", graph)
+
+
+class LogSoftmaxNet(nn.Module):
+    """The classifier's output goes through log_softmax: it must still never be pruned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.c(x))).flatten(1)
+        return torch.log_softmax(self.fc(y), dim=1)
+
+
+def test_classifier_behind_log_softmax_is_never_a_decision() -> None:
+    graph = discover(LogSoftmaxNet().eval(), torch.zeros(1, 1, 4, 4))
+    assert graph.names == ("c",)

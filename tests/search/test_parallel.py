@@ -150,3 +150,27 @@ def test_cli_refuses_bad_workers_and_unreachable_address(cache_dir, tmp_path) ->
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
         assert time.perf_counter() - start < 30
         assert not (tmp_path / "x").exists()
+
+
+def test_optuna_trials_get_their_own_results_with_a_pool(pool, context, tmp_path) -> None:
+    """Results arrive in completion order; each trial must still be told its own policy's accuracy."""
+    import optuna
+
+    out = tmp_path / "optuna"
+    config = SearchConfig(budget=0.3, strategy="optuna", evaluations=12, out=str(out), progress=False,
+                          export=False, context=context.config)
+    run_search(config, context=context, evaluator=pool, batch_size=4)
+    by_step = {r.step: r for r in read_history(out / "history.csv")}
+    study = optuna.load_study(study_name=f"amc-search/{out.name}", storage=f"sqlite:///{out / 'study.db'}")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 12
+    for trial in trials:
+        record = by_step[trial.number]
+        assert trial.value == record.reward and trial.user_attrs["keep"] == list(record.keep)
+
+
+def test_workers_that_cannot_start_give_a_clear_error(pool, context) -> None:
+    from search.parallel import WorkerError
+
+    with pytest.raises(WorkerError, match="failed to start"):
+        RayEvaluatorPool(context.config, workers=1, state_dict={"not.a.weight": torch.zeros(1)})

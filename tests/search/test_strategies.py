@@ -268,3 +268,15 @@ def test_random_keep_is_feasible_and_uses_the_budget(base_context, budget: float
     assert len({tuple(k) for k in keeps}) == len(keeps)
     # Same generator seed, same policy: a resumed random search draws what it had not reached.
     assert random_keep(problem, np.random.default_rng([0, 3])) == keeps[3]
+
+
+def test_shared_noise_gives_each_environment_its_own_draw_and_counts_every_episode() -> None:
+    from search.ddpg import SharedNoise
+
+    noise = SharedNoise(TruncatedNormalNoise(sigma=0.5, warmup_episodes=0, seed=0), n_envs=3)
+    draws = noise.base_noise.sample_around(np.zeros((3, 1)))
+    assert draws.shape == (3, 1) and len({float(d) for d in draws.ravel()}) == 3
+    noise.reset()  # SB3's learn-start reset
+    noise.reset(indices=[0, 1, 2])  # three episodes ended
+    assert noise.base_noise.episodes == 3
+    assert noise.base_noise.sigma == pytest.approx(0.5 * 0.95**3)

@@ -1,0 +1,105 @@
+"""Deployable models: ONNX and torch.export files, fine-tuning, and the base/pruned comparison."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from amc.apply import apply_policy
+from amc.compare import model_stats
+from amc.context import ContextConfig, build_context
+from amc.errors import ConfigError
+from amc.export import export_onnx, export_pt2
+from amc.policy import Policy
+
+KEEP = [0.3, 0.3, 0.4, 0.4, 0.5, 0.5]  # an aggressive policy for the 6 decisions of the default cnn
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    return build_context(ContextConfig(cache_dir=str(tmp_path_factory.mktemp("cache"))), progress=False)
+
+
+@pytest.fixture(scope="module")
+def policy_path(ctx, tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy") / "policy.json"
+    policy = Policy.from_ratios(ctx.graph, KEEP, budget=0.5,
+                                meta={"context": {"model": "cnn", "dataset": "digits", "seed": 0,
+                                                  "cache_dir": ctx.config.cache_dir}})
+    policy.save(path)
+    return path
+
+
+def test_onnx_matches_pytorch(ctx, tmp_path) -> None:
+    import onnxruntime as ort
+
+    pruned = ctx.evaluator.prune(KEEP)
+    path = export_onnx(pruned, ctx.data.val.tensors[0][:2], tmp_path / "m.onnx")
+    batch = ctx.data.test.tensors[0][:37]  # another batch size than the export example
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": batch.numpy()})[0]
+    with torch.no_grad():
+        want = pruned(batch).numpy()
+    assert got.shape == want.shape == (37, 10)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_pt2_loads_in_a_process_that_does_not_import_the_project(ctx, tmp_path) -> None:
+    pruned = ctx.evaluator.prune(KEEP)
+    path = export_pt2(pruned, ctx.data.val.tensors[0][:2], tmp_path / "pruned.pt2")
+    batch = ctx.data.test.tensors[0][:5]
+    torch.save(batch, tmp_path / "batch.pt")
+    with torch.no_grad():
+        torch.save(pruned(batch), tmp_path / "want.pt")
+    code = (
+        "import sys, torch\n"
+        f"m = torch.export.load({str(path)!r}).module()\n"
+        f"x = torch.load({str(tmp_path / 'batch.pt')!r}); want = torch.load({str(tmp_path / 'want.pt')!r})\n"
+        "assert torch.allclose(m(x), want, atol=1e-5)\n"
+        "assert not [n for n in sys.modules if n.split('.')[0] in ('amc', 'envs', 'search')], 'project imported'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_finetuning_recovers_accuracy_and_exports_both_formats(policy_path, tmp_path) -> None:
+    plain = apply_policy(policy_path, out=tmp_path / "a", export=False, progress=False)
+    tuned = apply_policy(policy_path, out=tmp_path / "b", export=("pt2", "onnx"), progress=False,
+                         finetune_epochs=3, distill=True)
+    assert tuned.val_accuracy == plain.val_accuracy  # the search's measurement, before fine-tuning
+    assert tuned.finetuned_test_accuracy > plain.test_accuracy + 0.02
+    assert set(tuned.exported) == {"pt2", "onnx"} and all(p.exists() for p in tuned.exported.values())
+
+
+def test_apply_refuses_bad_export_and_epochs(policy_path) -> None:
+    with pytest.raises(ConfigError, match="tflite"):
+        apply_policy(policy_path, export=("tflite",), progress=False)
+    with pytest.raises(ConfigError, match="-1"):
+        apply_policy(policy_path, finetune_epochs=-1, progress=False)
+
+
+def test_comparison_shows_a_smaller_model(ctx) -> None:
+    pruned = ctx.evaluator.prune(KEEP)
+    base, small = (model_stats(n, m, ctx.data.test, min_run_time=0.05) for n, m in (("base", ctx.model),
+                                                                                   ("pruned", pruned)))
+    assert small.params < base.params and small.flops < base.flops and small.size_bytes < base.size_bytes
+    assert set(base.latency_ms) == {1, 64} and all(v > 0 for v in base.latency_ms.values())
+    assert 0.0 <= small.test_accuracy <= 1.0
+
+
+def test_finetuning_keeps_unstructured_zeros(ctx, tmp_path) -> None:
+    path = tmp_path / "weight.json"
+    Policy.from_ratios(ctx.graph, KEEP, granularity="weight", budget=0.5,
+                       meta={"context": {"cache_dir": ctx.config.cache_dir}}).save(path)
+    before = apply_policy(path, export=False, progress=False)
+    after = apply_policy(path, export=False, progress=False, finetune_epochs=1)
+    zeros = [int((m.weight == 0).sum()) for m in before.model.modules() if isinstance(m, (torch.nn.Conv2d,))]
+    kept = [int((m.weight == 0).sum()) for m in after.model.modules() if isinstance(m, (torch.nn.Conv2d,))]
+    assert sum(zeros) > 0 and kept == zeros  # no pruned weight regrew
+    assert not any(n.endswith("weight_orig") for n, _ in after.model.named_parameters())
