@@ -30,6 +30,7 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_D
 
 
 MAX_CONSECUTIVE_FAILURES = 3
+START_TIMEOUT_S = 600
 
 
 class WorkerError(AmcError):
@@ -140,13 +141,13 @@ class RayEvaluatorPool:
         self.threads = threads_per_worker
         self._temp_dir = init_ray(address=address, num_cpus=None if address else workers * threads_per_worker)
         self.started_ray = self._temp_dir is not None
-        if address is not None:
-            cpus = ray.cluster_resources().get("CPU", 0)
+        if not self.started_ray:  # joined a cluster or a running instance: its free CPUs must fit the pool
+            cpus = ray.available_resources().get("CPU", 0)
             if workers * threads_per_worker > cpus:
                 raise ConfigError(
                     f"--workers {workers} x --threads-per-worker {threads_per_worker} needs "
-                    f"{workers * threads_per_worker} CPUs but the cluster at {address!r} has {cpus:g}; "
-                    "use fewer workers or add nodes"
+                    f"{workers * threads_per_worker} CPUs but the Ray instance {address or 'in this process'!r} "
+                    f"has {cpus:g} free; use fewer workers or add nodes"
                 )
         self._cls = _actor_class().options(num_cpus=threads_per_worker)
         # The base weights go to the object store once; every actor (on any node) reads them from there.
@@ -156,8 +157,12 @@ class RayEvaluatorPool:
         self._failures = [0] * workers  # consecutive deaths per slot without a finished evaluation
         self._key = key
         self._cache: dict[Any, EvalResult] = {}
-        try:
-            ray.get([a.pid.remote() for a in self.actors])  # wait until every actor has built its context
+        try:  # wait until every actor has built its context
+            ray.get([a.pid.remote() for a in self.actors], timeout=START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise WorkerError(f"evaluation workers did not start within {START_TIMEOUT_S} s (not enough free "
+                              "CPUs, or a slow node); check 'ray status'") from None
         except ray.exceptions.RayError as exc:
             self.close()
             raise WorkerError(f"evaluation workers failed to start: {_cause(exc)}") from None

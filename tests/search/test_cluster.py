@@ -15,6 +15,19 @@ from search.history import read_history
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_workers_that_cannot_start_give_a_clear_error(tmp_path) -> None:
+    import ray
+
+    from search.parallel import RayEvaluatorPool, WorkerError
+
+    assert not ray.is_initialized()
+    config = ContextConfig(cache_dir=str(tmp_path))
+    build_context(config, progress=False)
+    with pytest.raises(WorkerError, match="failed to start"):
+        RayEvaluatorPool(config, workers=1, state_dict={"not.a.weight": __import__("torch").zeros(1)})
+    assert not ray.is_initialized()  # the pool shut down the instance it had started
+
+
 @pytest.fixture()
 def cluster():
     import ray

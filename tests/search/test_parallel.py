@@ -169,8 +169,6 @@ def test_optuna_trials_get_their_own_results_with_a_pool(pool, context, tmp_path
         assert trial.value == record.reward and trial.user_attrs["keep"] == list(record.keep)
 
 
-def test_workers_that_cannot_start_give_a_clear_error(pool, context) -> None:
-    from search.parallel import WorkerError
-
-    with pytest.raises(WorkerError, match="failed to start"):
-        RayEvaluatorPool(context.config, workers=1, state_dict={"not.a.weight": torch.zeros(1)})
+def test_a_pool_that_does_not_fit_the_free_cpus_is_refused(pool, context) -> None:
+    with pytest.raises(ConfigError, match="needs 1 CPUs"):  # the module's pool holds both CPUs
+        RayEvaluatorPool(context.config, workers=1)
