@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Console()
     for table in summary_table(result):
         out.print(table)
-    out.print(f"wrote {result.out}/policy.json, history.csv, report.png"
+    out.print(f"wrote {result.out}/policy.json, history.csv, report.png, report.html"
               + (", pruned.pt2" if config.export else "") + f" in {result.seconds:.1f} s"
               + (" (interrupted: best so far)" if result.interrupted else ""))
     return 0

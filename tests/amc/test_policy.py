@@ -117,7 +117,7 @@ def test_other_value_out_of_range(policy: Policy, field: str, bad: object) -> No
 def test_keep_must_be_an_object(policy: Policy) -> None:
     data = policy_dict(policy)
     data["keep"] = [0.5, 0.5]
-    with pytest.raises(PolicyError, match="'keep' must be an object"):
+    with pytest.raises(PolicyError, match="'keep' must be a JSON object"):
         Policy.from_dict(data)
 
 
