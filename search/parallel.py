@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
