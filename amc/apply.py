@@ -21,6 +21,7 @@ from amc.cost import make_cost_model
 from amc.evaluate import EvalConfig
 from amc.errors import ConfigError
 from amc.export import export_onnx, export_pt2
+from amc.latency import LatencyConfig
 from amc.policy import Policy
 from amc.train import TrainConfig, accuracy, train
 
@@ -52,6 +53,7 @@ def context_config_of(policy: Policy, **overrides: Any) -> ContextConfig:
     saved = dict(policy.meta.get("context") or {})
     eval_saved = dict(saved.pop("eval", None) or {})
     train_saved = dict(saved.pop("train", None) or {})
+    latency_saved = dict(saved.pop("latency", None) or {})
     fields = {f.name for f in dataclasses.fields(ContextConfig)}
     values = {k: v for k, v in saved.items() if k in fields}
     values["model_kwargs"] = tuple(tuple(kv) for kv in values.get("model_kwargs", ()))
@@ -62,6 +64,11 @@ def context_config_of(policy: Policy, **overrides: Any) -> ContextConfig:
     values["eval"] = EvalConfig(**eval_values)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values["train"] = TrainConfig(**{k: v for k, v in train_saved.items() if k in train_fields})
+    latency_fields = {f.name for f in dataclasses.fields(LatencyConfig)}
+    latency_values = {k: v for k, v in latency_saved.items() if k in latency_fields}
+    if "calibration_keeps" in latency_values:
+        latency_values["calibration_keeps"] = tuple(latency_values["calibration_keeps"])
+    values["latency"] = LatencyConfig(**latency_values)
     return ContextConfig(**values)
 
 

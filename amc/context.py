@@ -6,6 +6,7 @@ cost model and evaluator through :func:`build_context`, so every process sees th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from amc.cost import make_cost_model
 from amc.data import DataSplits, load_dataset
 from amc.errors import ConfigError
 from amc.evaluate import EvalConfig, PolicyEvaluator
+from amc.latency import LatencyConfig
 from amc.layers import LayerGraph, discover
 from amc.train import TrainConfig, TrainResult, accuracy, load_checkpoint, load_or_train
 
@@ -32,12 +34,13 @@ class ContextConfig:
         data_dir: Directory of file-based datasets (fashion-mnist, mnist, cifar10).
         checkpoint: A trained ``state_dict`` for ``model``; None trains (and caches) a base model.
         seed: Seeds data splits, base-model training and evaluation.
-        resource: ``"flops"`` or ``"params"``.
+        resource: ``"flops"``, ``"params"`` or ``"latency"`` (measured, see :mod:`amc.latency`).
         round_to: Channel counts are multiples of this.
         val_size: Validation samples carved from the training set (None: the dataset's default).
         train_limit: Use at most this many training samples (None: all).
         eval: How candidates are evaluated.
         train: How the base model is trained when no checkpoint is given.
+        latency: How the latency table is measured (``resource="latency"`` only).
         cache_dir: Base-model cache (None: ``$AMC_CACHE_DIR`` or ``~/.cache/amc-search``).
     """
 
@@ -52,6 +55,7 @@ class ContextConfig:
     train_limit: int | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     cache_dir: str | None = None
     model_kwargs: tuple[tuple[str, object], ...] = ()
 
@@ -72,9 +76,29 @@ class Context:
     graph: LayerGraph
     evaluator: PolicyEvaluator
     base: TrainResult | None
+    _costs: dict = field(default_factory=dict, repr=False)
 
-    def cost_model(self, resource: str | None = None):
-        return make_cost_model(resource or self.config.resource, self.graph, granularity=self.config.eval.granularity)
+    def cost_model(self, resource: str | None = None, *, progress: bool = True):
+        """The cost model of ``resource`` (default: the configured one), built once per context.
+
+        ``"latency"`` loads the cached latency table or measures it here, on this machine.
+        """
+        resource = resource or self.config.resource
+        granularity = self.config.eval.granularity
+        if resource not in self._costs:
+            if resource == "latency":
+                from amc.latency import build_latency_cost
+
+                if granularity != "channel":
+                    raise ConfigError("a latency budget needs --granularity channel: unstructured sparsity "
+                                      "leaves dense kernels as slow as before")
+                latency = self.config.latency
+                if latency.cache_dir is None and self.config.cache_dir is not None:
+                    latency = dataclasses.replace(latency, cache_dir=self.config.cache_dir)
+                self._costs[resource] = build_latency_cost(self.model, self.graph, latency, progress=progress)
+            else:
+                self._costs[resource] = make_cost_model(resource, self.graph, granularity=granularity)
+        return self._costs[resource]
 
     @property
     def base_val_accuracy(self) -> float:

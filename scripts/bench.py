@@ -104,6 +104,43 @@ def _scaling(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _latency(args: argparse.Namespace, console: Console) -> int:
+    from search.bench_latency import latency_accuracy
+    from search.bench_quality import update_section
+
+    models = tuple(args.models.split(","))
+    batches = tuple(int(b) for b in args.batches.split(","))
+
+    def on_policy(model, batch, row):
+        console.print(f"{model} batch {batch}: budget {row.budget:.2f} predicted {row.predicted_ms:.3f} ms "
+                      f"measured {row.measured_ms:.3f} ms ({100 * row.error:+.1f}%), ratio {row.predicted_ratio:.3f} "
+                      f"vs {row.measured_ratio:.3f} ({100 * row.ratio_error:+.1f}%)")
+
+    command = "python scripts/bench.py latency " + " ".join(sys.argv[2:])
+    lines = [f"Command: `{command.strip()}`  ",
+             f"{args.policies} random feasible policies per row (random budget, random keep ratios projected onto "
+             f"it), {args.threads} thread(s), round_to {args.round_to}, untrained weights, 1x28x28 inputs. Each "
+             f"pruned model is timed interleaved with the base model, median of {args.repeats} repeats. "
+             "'ms error': predicted vs measured latency; 'ratio error': predicted vs measured latency ratio (pruned / base), what a budget "
+             "constrains. Build: the table measured from scratch; cached: loading it again.", "",
+             "| model | batch | decisions | build s | cached s | base ms | ms error median | ms error worst "
+             "| ratio error median | ratio error worst |", "|---|---|---|---|---|---|---|---|---|---|"]
+    table = Table(title="latency lookup table: predicted vs measured")
+    for col in ("model", "batch", "build s", "cached s", "base ms", "median err", "worst err", "median ratio err",
+                "worst ratio err"):
+        table.add_column(col, justify="right")
+    for row in latency_accuracy(models, batches, policies=args.policies, threads=args.threads, repeats=args.repeats,
+                                round_to=args.round_to, on_policy=on_policy):
+        cells = (row.model, str(row.batch_size), f"{row.build_seconds:.1f}", f"{row.cached_seconds:.2f}",
+                 f"{row.base_measured_ms:.2f}", f"{100 * row.median_error:.1f}%", f"{100 * row.worst_error:.1f}%",
+                 f"{100 * row.median_ratio_error:.1f}%", f"{100 * row.worst_ratio_error:.1f}%")
+        table.add_row(*(c for i, c in enumerate(cells) if i != 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+    update_section(Path(args.markdown), "latency", "\n".join(lines) + "\n", title="Latency lookup table accuracy")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -132,6 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-scaling")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_scaling)
+    p = sub.add_parser("latency", help="latency table: build time and predicted vs measured latency")
+    p.add_argument("--models", default="resnet20,mobilenetv2")
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--policies", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_latency)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

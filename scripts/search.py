@@ -26,6 +26,7 @@ DEFAULTS = {
     "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
     "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
+    "latency_batch": 1,
 }
 
 
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                       argument_default=argparse.SUPPRESS)
     p.add_argument("--budget", type=_budget, help="fraction of the base model's resource to keep, in (0, 1] (0.3)")
     p.add_argument("--resource", choices=RESOURCES, help="constrained resource (flops)")
+    p.add_argument("--latency-batch", dest="latency_batch", type=_positive_int,
+                   help="batch size the latency budget is measured at (--resource latency; 1)")
     p.add_argument("--strategy", choices=STRATEGIES, help="search strategy (optuna: best in BENCHMARKS.md; ddpg is AMC's agent)")
     p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (tpe)")
     p.add_argument("--evaluations", type=_positive_int, help="policies to evaluate (300)")
@@ -159,6 +162,7 @@ def build_config(options: dict):
     """Frozen configs from the resolved options (the only place that reads them)."""
     from amc.context import ContextConfig
     from amc.evaluate import EvalConfig
+    from amc.latency import LatencyConfig
     from search.config import SearchConfig
 
     context = ContextConfig(
@@ -166,6 +170,7 @@ def build_config(options: dict):
         checkpoint=options["checkpoint"], seed=options["seed"], resource=options["resource"],
         round_to=options["round_to"], val_size=options["val_size"], train_limit=options["train_limit"],
         eval=EvalConfig(criterion=options["criterion"], granularity=options["granularity"], seed=options["seed"]),
+        latency=LatencyConfig(batch_size=options["latency_batch"], threads=options["threads"]),
     )
     return SearchConfig(
         budget=options["budget"], strategy=options["strategy"], sampler=options["sampler"],
@@ -233,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Console()
     for table in summary_table(result):
         out.print(table)
+    metrics = result.policy.metrics
+    if "latency_ratio_measured" in metrics:
+        out.print(f"FLOPs ratio {metrics['flops_ratio']:.4f}, latency ratio predicted "
+                  f"{metrics['latency_ratio_predicted']:.4f}, measured {metrics['latency_ratio_measured']:.4f} "
+                  f"({metrics['latency_ms_measured']:.3f} ms vs {metrics['base_latency_ms_measured']:.3f} ms)")
     out.print(f"wrote {result.out}/policy.json, history.csv, report.png, report.html"
               + (", pruned.pt2" if config.export else "") + f" in {result.seconds:.1f} s"
               + (" (interrupted: best so far)" if result.interrupted else ""))

@@ -10,7 +10,7 @@ from amc.errors import ConfigError
 
 STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform")
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
-RESOURCES = ("flops", "params")
+RESOURCES = ("flops", "params", "latency")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,9 @@ class SearchConfig:
             raise ConfigError(f"unknown --sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.context.resource not in RESOURCES:
             raise ConfigError(f"unknown --resource {self.context.resource!r}: choose one of {', '.join(RESOURCES)}")
+        if self.context.resource == "latency" and self.context.eval.granularity != "channel":
+            raise ConfigError("--resource latency needs --granularity channel: unstructured sparsity leaves "
+                              "dense kernels as slow as before")
         if not isinstance(self.evaluations, int) or self.evaluations < 1:
             raise ConfigError(f"--evaluations must be a positive integer, got {self.evaluations!r}")
         for name, value in (("--min-keep", self.min_keep), ("--max-keep", self.max_keep)):

@@ -170,6 +170,7 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
     start = time.perf_counter()
     torch.manual_seed(config.context.seed)
     ctx = ctx or build_context(config.context, progress=config.progress)
+    ctx.cost_model(progress=config.progress)  # a latency table is timed now, before workers load the CPUs
     pool = None
     try:
         if evaluator is None and config.parallel:
@@ -179,6 +180,21 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
     finally:
         if pool is not None:
             pool.close()
+
+
+def _measured_latency(ctx: Context, pruned, predicted_ratio: float) -> dict[str, float]:
+    """Base and pruned model timed interleaved (median of 5), as the latency table was measured."""
+    from amc.latency import compare_latency
+
+    cfg = ctx.config.latency
+    measured = compare_latency({"base": ctx.model, "pruned": pruned}, ctx.graph.input_shape,
+                               batch_size=cfg.batch_size, threads=cfg.resolved_threads(), device=cfg.device,
+                               repeats=5, min_run_time=0.2)
+    log.info("latency: predicted ratio %.4f, measured %.4f (%.3f / %.3f ms)", predicted_ratio,
+             measured["pruned"] / measured["base"], measured["pruned"], measured["base"])
+    return {"latency_ratio_predicted": predicted_ratio,
+            "latency_ratio_measured": measured["pruned"] / measured["base"],
+            "latency_ms_measured": measured["pruned"], "base_latency_ms_measured": measured["base"]}
 
 
 def make_pool(config: SearchConfig, ctx: Context):
@@ -247,11 +263,18 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
     test_acc = accuracy(pruned, ctx.data.test)
     uniform_test = accuracy(ctx.evaluator.prune(problem.policy(uniform)), ctx.data.test)
     base_val, base_test = accuracy(ctx.model, ctx.data.val), accuracy(ctx.model, ctx.data.test)
-    other = ctx.cost_model("params" if problem.cost_model.resource == "flops" else "flops")
+    ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
+    latency_rows = []
+    if problem.cost_model.resource == "latency":
+        ratios.update(_measured_latency(ctx, pruned, best.cost_ratio))
+        measured, lat = ratios["latency_ratio_measured"], ctx.config.latency
+        latency_rows = [("FLOPs ratio / latency ratio predicted / measured",
+                         f"{ratios['flops_ratio']:.4f} / {best.cost_ratio:.4f} / {measured:.4f} "
+                         f"(batch {lat.batch_size}, {lat.resolved_threads()} thread(s))")]
     seconds = time.perf_counter() - start
     policy = problem.policy(best.keep).with_metrics(
         val_accuracy=best.accuracy, test_accuracy=test_acc, cost=best.cost, base_cost=problem.cost_model.base,
-        cost_ratio=best.cost_ratio, **{f"{other.resource}_ratio": other.ratio(list(best.keep))},
+        cost_ratio=best.cost_ratio, **ratios,
         base_val_accuracy=base_val, base_test_accuracy=base_test,
         uniform_val_accuracy=uniform_eval.accuracy, uniform_test_accuracy=uniform_test,
     ).with_meta(
@@ -279,6 +302,7 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
                 f"{base_val:.4f} / {best.accuracy:.4f} / {uniform_eval.accuracy:.4f}"),
                ("test accuracy (base / best / uniform)", f"{base_test:.4f} / {test_acc:.4f} / {uniform_test:.4f}"),
                (f"{problem.cost_model.resource} ratio", f"{best.cost_ratio:.4f} (budget {config.budget:g})"),
+               *latency_rows,
                ("per-layer keep ratios", ", ".join(f"{n}: {k:.2f}" for n, k in zip(ctx.graph.names, best.keep))),
                ("duration", f"{seconds:.1f} s" + (" (interrupted)" if interrupted else ""))]
     write_html(out / "report.html", png, title=title, summary=summary, comparison=comparison)

@@ -1,0 +1,458 @@
+"""Measured latency as a cost model: a per-layer lookup table, timed on the device the search runs on.
+
+Each prunable module (conv, depthwise conv, linear, batch norm) is timed alone with
+``torch.utils.benchmark`` on a grid of its (output, input) channel counts, at the input size it sees in
+the model, the chosen batch size and thread count (NetAdapt's and HALP's lookup tables). Modules with the
+same configuration share measurements. Between grid points the table is interpolated bilinearly.
+
+What the table does not time (activations, residual additions, pooling, the forward pass's fixed
+overhead) is calibrated on whole models: the base model, two uniformly pruned ones and a few random ones
+are timed, and ``latency = gamma * sum(table) + alpha`` is fitted by non-negative least squares.
+
+The prediction is made monotone (removing a channel never adds predicted latency): the grid is
+replaced by its running maximum along both axes and ``gamma, alpha >= 0``. The budget projection needs that to
+guarantee every clipped policy meets the budget; it also means the search does not chase the
+occasional real speed-up of an odd channel count (use ``round_to`` for kernel-friendly counts).
+
+Tables are cached as JSON in the base-model cache, keyed by device, torch version, threads, batch size,
+model fingerprint, input shape and grid; a corrupt or foreign file is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+from amc.cost import _AnalyticCost
+from amc.errors import ConfigError
+from amc.layers import LayerGraph, ModuleRecord
+from amc.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+FORMAT = "amc-latency/1"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+_MEMORY_KEPT = False
+_CALLS = 10  # module calls per timed run of a table entry
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How the latency table is measured.
+
+    Attributes:
+        batch_size: Batch size the latency is measured (and the budget meant) at.
+        threads: CPU threads while timing (None: ``torch.get_num_threads()`` when the table is built).
+        device: ``"cpu"`` or ``"cuda"``.
+        grid: Grid points per channel dimension (every count when fewer are reachable).
+        min_run_time: Seconds of timing per table entry.
+        model_run_time: Seconds of timing per whole-model calibration measurement.
+        calibration_keeps: Uniform keep ratios of calibration models (the base model is always one).
+        calibration_random: Calibration models with random keep ratios in [0.2, 1] (seeded).
+        cache_dir: Where tables are cached (None: the base-model cache).
+    """
+
+    batch_size: int = 1
+    threads: int | None = None
+    device: str = "cpu"
+    grid: int = 8
+    min_run_time: float = 0.04
+    model_run_time: float = 0.4
+    calibration_keeps: tuple[float, ...] = (0.6, 0.3)
+    calibration_random: int = 8
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"latency batch size must be a positive integer, got {self.batch_size!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ConfigError(f"latency threads must be a positive integer or None, got {self.threads!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown latency device {self.device!r}: use one of {DEVICES}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("latency device 'cuda' is not available on this machine: use device 'cpu'")
+        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 2:
+            raise ConfigError(f"latency grid must be an integer >= 2, got {self.grid!r}")
+        if not self.min_run_time > 0 or not self.model_run_time > 0:
+            raise ConfigError("latency min_run_time and model_run_time must be > 0 seconds")
+        if any(not 0 < k <= 1 for k in self.calibration_keeps):
+            raise ConfigError(f"calibration keep ratios must be in (0, 1], got {self.calibration_keeps!r}")
+        if self.calibration_random < 0:
+            raise ConfigError(f"calibration_random must be >= 0, got {self.calibration_random!r}")
+
+    def resolved_threads(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+
+def keep_freed_memory() -> bool:
+    """Stops glibc from returning large freed blocks to the OS after every operator (Linux only).
+
+    By default each large activation is ``mmap``-ed and unmapped again, so every forward pass pays page
+    faults: on this project's 2-core VM that made batch-64 latency bimodal (50-75 ms for a model that
+    runs in 33-41 ms without them). PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for the
+    same reason; this is the equivalent of ``MALLOC_MMAP_THRESHOLD_=1G MALLOC_TRIM_THRESHOLD_=1G``.
+    Deploy the pruned model with one of them to see the measured latency. Returns whether it applied.
+    """
+    global _MEMORY_KEPT
+    if _MEMORY_KEPT or platform.system() != "Linux":
+        return _MEMORY_KEPT
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _MEMORY_KEPT = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        log.debug("mallopt unavailable; latency measurements may include page-fault noise")
+    return _MEMORY_KEPT
+
+
+def device_name(device: str = "cpu") -> str:
+    """A description of the timing device that goes into the cache key."""
+    if device == "cuda":
+        return f"cuda:{torch.cuda.get_device_name()}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"cpu:{model}:{os.cpu_count()} cores"
+
+
+def measure_model_latency(model: nn.Module, input_shape: Sequence[int], *, batch_size: int = 1,
+                          threads: int | None = None, device: str = "cpu", min_run_time: float = 0.4) -> float:
+    """Median forward latency of ``model`` in ms on a random ``(batch_size, *input_shape)`` input."""
+    keep_freed_memory()
+    model = model.eval().to(device)
+    x = torch.randn(batch_size, *input_shape, device=device)
+    return 1e3 * _timer(lambda: model(x), threads).blocked_autorange(min_run_time=min_run_time).median
+
+
+def compare_latency(models: dict[str, nn.Module], input_shape: Sequence[int], *, batch_size: int = 1,
+                    threads: int | None = None, device: str = "cpu", repeats: int = 5,
+                    min_run_time: float = 0.4) -> dict[str, float]:
+    """Median over ``repeats`` interleaved measurements of each model (ms), so drift hits all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            samples[name].append(measure_model_latency(model, input_shape, batch_size=batch_size, threads=threads,
+                                                       device=device, min_run_time=min_run_time))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _timer(fn, threads: int | None, calls: int = 1) -> benchmark.Timer:
+    """Times ``calls`` calls of ``fn`` per run (more calls amortise the timer's own overhead)."""
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(calls):
+                fn()
+
+    return benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads or torch.get_num_threads())
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One module's table: latency (ms) on a grid of (output, input) channel counts."""
+
+    name: str
+    config: tuple  # what decides the latency besides channel counts (shared between modules)
+    out_grid: tuple[int, ...]
+    in_grid: tuple[int, ...]
+
+
+class LatencyCost(_AnalyticCost):
+    """Predicted latency in ms of the model that keep ratios produce (channel granularity only).
+
+    Build it with :func:`build_latency_cost`. ``base`` is the prediction for the unpruned model, so
+    ratios are fractions of the base model's latency. ``measured_base`` is the base model's measured
+    latency and ``calibration`` the whole-model measurements the remainder was fitted on.
+    """
+
+    resource = "latency"
+
+    def __init__(self, graph: LayerGraph, table: dict, *, config: LatencyConfig) -> None:
+        self.config = config
+        self.table = table
+        self.alpha = float(table["alpha"])
+        self.gamma = float(table["gamma"])
+        self.measured_base = float(table["measured_base_ms"])
+        self.calibration = table["calibration"]
+        recs = graph.modules
+        # Dense, monotone tables over every reachable (out, in) count, flattened into one array.
+        dense, offsets, lo_out, lo_in, strides, hi_out, hi_in = [], [], [], [], [], [], []
+        size = 0
+        for rec, entry in zip(recs, table["modules"]):
+            grid = _monotone(np.asarray(entry["ms"], dtype=np.float64))
+            outs = np.asarray(entry["out_grid"], dtype=np.float64)
+            ins = np.asarray(entry["in_grid"], dtype=np.float64)
+            out_range = np.arange(int(outs[0]), int(outs[-1]) + 1)
+            in_range = np.arange(int(ins[0]), int(ins[-1]) + 1)
+            full = _bilinear(grid, outs, ins, out_range, in_range)
+            dense.append(full.ravel())
+            offsets.append(size)
+            size += full.size
+            lo_out.append(out_range[0])
+            hi_out.append(out_range[-1])
+            lo_in.append(in_range[0])
+            hi_in.append(in_range[-1])
+            strides.append(len(in_range))
+        self._dense = np.concatenate(dense)
+        self._offsets = np.array(offsets)
+        self._lo_out, self._hi_out = np.array(lo_out, dtype=np.float64), np.array(hi_out, dtype=np.float64)
+        self._lo_in, self._hi_in = np.array(lo_in, dtype=np.float64), np.array(hi_in, dtype=np.float64)
+        self._strides = np.array(strides)
+        super().__init__(graph, granularity="channel")  # sets ``base`` from the tables above
+
+    def _value_channels(self, channels: np.ndarray) -> float:
+        out, inp = self._shapes(channels)
+        return float(self._curve(out[:, None], inp[:, None])[0])
+
+    def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
+        o = np.clip(np.rint(out), self._lo_out[:, None], self._hi_out[:, None]) - self._lo_out[:, None]
+        i = np.clip(np.rint(inp), self._lo_in[:, None], self._hi_in[:, None]) - self._lo_in[:, None]
+        index = self._offsets[:, None] + o.astype(np.int64) * self._strides[:, None] + i.astype(np.int64)
+        return self.gamma * self._dense[index].sum(0) + self.alpha
+
+    def table_sum(self, channels: Sequence[int]) -> float:
+        """Sum of the per-module table entries alone (no calibrated remainder)."""
+        out, inp = self._shapes(np.asarray(channels, dtype=np.float64))
+        return float((self._curve(out[:, None], inp[:, None])[0] - self.alpha) / self.gamma)
+
+
+def _monotone(grid: np.ndarray) -> np.ndarray:
+    """Running maximum along both axes: more channels never predict less latency."""
+    return np.maximum.accumulate(np.maximum.accumulate(grid, axis=0), axis=1)
+
+
+def _bilinear(grid: np.ndarray, outs: np.ndarray, ins: np.ndarray, out_q: np.ndarray, in_q: np.ndarray) -> np.ndarray:
+    """``grid`` (len(outs), len(ins)) interpolated at every (out_q, in_q) pair."""
+    rows = np.stack([np.interp(in_q, ins, row) for row in grid]) if len(ins) > 1 else np.repeat(grid, len(in_q), 1)
+    if len(outs) == 1:
+        return np.repeat(rows, len(out_q), 0)
+    return np.stack([np.interp(out_q, outs, rows[:, j]) for j in range(rows.shape[1])], axis=1)
+
+
+def _grid(lo: int, hi: int, points: int) -> tuple[int, ...]:
+    if hi - lo + 1 <= points:
+        return tuple(range(lo, hi + 1))
+    return tuple(int(v) for v in np.unique(np.rint(np.linspace(lo, hi, points)).astype(int)))
+
+
+def _reachable(base: int, deps: tuple[tuple[int, int], ...], graph: LayerGraph) -> int:
+    """The fewest channels a module can be left with (every decision at one rounding step)."""
+    lost = sum(k * (graph.layers[d].out_channels - min(graph.round_to, graph.layers[d].out_channels))
+               for d, k in deps)
+    return max(1, base - lost)
+
+
+def _entries(model: nn.Module, graph: LayerGraph, points: int) -> tuple[list[_Entry], dict[str, nn.Module]]:
+    """One table entry per module record, with each module's configuration and channel grids."""
+    modules = dict(model.named_modules())
+    inputs: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            inputs.setdefault(name, tuple(args[0].shape[1:]))
+        return record
+
+    handles = [modules[r.name].register_forward_hook(hook(r.name)) for r in graph.modules]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *graph.input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    entries = []
+    for rec in graph.modules:
+        module = modules[rec.name]
+        out_grid = _grid(_reachable(rec.out_channels, rec.out_deps, graph), rec.out_channels, points)
+        if rec.type in ("conv", "linear"):
+            total_in = rec.in_channels * getattr(module, "groups", 1)
+            in_grid = _grid(_reachable(total_in, rec.in_deps, graph), total_in, points)
+        else:  # batch norm and depthwise convs: the input follows the output
+            in_grid = (0,)
+        entries.append(_Entry(rec.name, _module_config(rec, module, inputs[rec.name]), out_grid, in_grid))
+    return entries, modules
+
+
+def _module_config(rec: ModuleRecord, module: nn.Module, input_shape: tuple[int, ...]) -> tuple:
+    spatial = tuple(input_shape[1:])
+    if isinstance(module, nn.Conv2d):
+        return (rec.type, module.kernel_size, module.stride, module.padding, module.dilation,
+                module.groups if rec.type == "grouped" else 1, module.bias is not None, module.padding_mode,
+                spatial)
+    if isinstance(module, nn.Linear):
+        return (rec.type, module.bias is not None, tuple(input_shape[:-1]))
+    return (rec.type, type(module).__name__, spatial)
+
+
+def _standalone(config: tuple, out: int, inp: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """A fresh module of this configuration and channel counts, and its per-sample input shape."""
+    kind = config[0]
+    if kind in ("conv", "grouped", "depthwise"):
+        _, kernel, stride, padding, dilation, groups, bias, padding_mode, spatial = config
+        channels_in = out if kind == "depthwise" else inp
+        module = nn.Conv2d(channels_in, out, kernel, stride, padding, dilation,
+                           groups=out if kind == "depthwise" else groups, bias=bias, padding_mode=padding_mode)
+        return module, (channels_in, *spatial)
+    if kind == "linear":
+        _, bias, lead = config
+        return nn.Linear(inp, out, bias=bias), (*lead, inp)
+    _, cls_name, spatial = config
+    module = getattr(nn, cls_name)(out)
+    return module, (out, *spatial)
+
+
+def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: bool) -> list[dict]:
+    keep_freed_memory()
+    threads = config.resolved_threads()
+    points = {(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid}
+    timed: dict[tuple, float] = {}
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task(f"latency table (batch {config.batch_size})", total=len(points), status="")
+        for key in sorted(points, key=repr):
+            module, shape = _standalone(*key)
+            module = module.eval().to(config.device)
+            x = torch.randn(config.batch_size, *shape, device=config.device)
+            timer = _timer(lambda m=module, x=x: m(x), threads, calls=_CALLS)
+            timed[key] = 1e3 * timer.blocked_autorange(min_run_time=config.min_run_time).median / _CALLS
+            bar.advance(task)
+    return [{"name": e.name, "out_grid": list(e.out_grid), "in_grid": list(e.in_grid),
+             "ms": [[timed[(e.config, o, i)] for i in e.in_grid] for o in e.out_grid]} for e in entries]
+
+
+def _calibrate(model: nn.Module, graph: LayerGraph, modules_table: list[dict], config: LatencyConfig,
+               progress: bool) -> dict:
+    """Times the base and uniformly pruned models; fits the remainder the table does not see."""
+    from amc.prune import prune_model
+
+    raw = LatencyCost(graph, {"modules": modules_table, "alpha": 0.0, "gamma": 1.0, "measured_base_ms": 0.0,
+                              "calibration": []}, config=config)
+    points = []
+    rng = np.random.default_rng(0)
+    policies = [[k] * len(graph) for k in (1.0, *config.calibration_keeps)]
+    policies += rng.uniform(0.2, 1.0, (config.calibration_random, len(graph))).tolist()
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task("latency calibration", total=len(policies), status="")
+        for ratios in policies:
+            pruned = model if min(ratios) == 1.0 else prune_model(model, graph, ratios)
+            channels = graph.channels(ratios)
+            ms = measure_model_latency(copy.deepcopy(pruned), graph.input_shape, batch_size=config.batch_size,
+                                       threads=config.resolved_threads(), device=config.device,
+                                       min_run_time=config.model_run_time)
+            points.append({"keep": ratios, "measured_ms": ms, "table_ms": raw.table_sum(channels)})
+            bar.advance(task)
+    alpha, gamma = _fit_remainder(points)
+    return {"alpha": alpha, "gamma": gamma, "measured_base_ms": points[0]["measured_ms"], "calibration": points}
+
+
+def _fit_remainder(points: list[dict]) -> tuple[float, float]:
+    """Non-negative least squares for ``measured = gamma * table + alpha``; returns (alpha, gamma).
+
+    ``gamma`` corrects what timing modules alone misses in a whole forward pass (activations, residual
+    additions, caches); ``alpha`` is the fixed cost of a forward pass. Both are >= 0, so the prediction
+    stays monotone. With few, noisy measurements two terms fit more robustly than more would (an extra
+    activation-count term overfitted the noise of this project's VM).
+    """
+    from scipy.optimize import nnls
+
+    measured = np.array([p["measured_ms"] for p in points])
+    table = np.array([p["table_ms"] for p in points])
+    (gamma, alpha), _ = nnls(np.stack([table, np.ones_like(table)], axis=1), measured)
+    if gamma <= 0:  # degenerate (measurements all alike): fall back to the table's own scale
+        gamma, alpha = float(np.median(measured / table)), 0.0
+    return float(alpha), float(gamma)
+
+
+def _cache_key(graph: LayerGraph, config: LatencyConfig) -> dict:
+    return {"format": FORMAT, "device": device_name(config.device), "torch": torch.__version__,
+            "threads": config.resolved_threads(), "batch_size": config.batch_size, "model": graph.fingerprint,
+            "input_shape": list(graph.input_shape), "round_to": graph.round_to, "grid": config.grid,
+            "min_run_time": config.min_run_time, "model_run_time": config.model_run_time,
+            "calibration_keeps": list(config.calibration_keeps), "calibration_random": config.calibration_random}
+
+
+def cache_path(graph: LayerGraph, config: LatencyConfig) -> Path:
+    from amc.train import default_cache_dir
+
+    key = _cache_key(graph, config)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    return root / f"latency-{digest}.json"
+
+
+def _load(path: Path, key: dict, entries: list[_Entry]) -> dict | None:
+    """The cached table when it is intact and was measured for exactly this key; None otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text())
+        if not isinstance(table, dict) or table.get("key") != key:
+            raise ValueError("it was measured for another device, model or setting")
+        modules = table["modules"]
+        if [m["name"] for m in modules] != [e.name for e in entries]:
+            raise ValueError("its modules do not match the model")
+        for m, e in zip(modules, entries):
+            if m["out_grid"] != list(e.out_grid) or m["in_grid"] != list(e.in_grid):
+                raise ValueError(f"the grid of {e.name!r} does not match")
+            ms = np.asarray(m["ms"], dtype=np.float64)
+            if ms.shape != (len(e.out_grid), len(e.in_grid)) or not np.all(np.isfinite(ms)) or np.any(ms < 0):
+                raise ValueError(f"the entries of {e.name!r} are malformed")
+        for field in ("alpha", "gamma", "measured_base_ms"):
+            if not math.isfinite(float(table[field])):
+                raise ValueError(f"{field} is not a finite number")
+        if float(table["alpha"]) < 0 or float(table["gamma"]) <= 0 or not isinstance(table["calibration"], list):
+            raise ValueError("its calibration is malformed")
+        return table
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring latency table %s (%s); rebuilding it", path, exc)
+        return None
+
+
+def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfig = LatencyConfig(), *,
+                       progress: bool = True, use_cache: bool = True) -> LatencyCost:
+    """Loads the cached latency table of ``model`` or measures it (with a progress bar), then builds the cost.
+
+    The model is timed as it is: call it on an otherwise idle machine, with the thread count and device
+    the pruned model will run with.
+    """
+    key = _cache_key(graph, config)
+    path = cache_path(graph, config)
+    entries, _ = _entries(model, graph, config.grid)
+    table = _load(path, key, entries) if use_cache else None
+    if table is not None:
+        log.info("loaded latency table %s", path)
+        return LatencyCost(graph, table, config=config)
+    start = time.perf_counter()
+    log.info("measuring the latency table of %s at batch %d with %d thread(s) on %s", graph.fingerprint,
+             config.batch_size, config.resolved_threads(), key["device"])
+    modules_table = _measure_entries(entries, config, progress)
+    table = {"key": key, "modules": modules_table, **_calibrate(model, graph, modules_table, config, progress)}
+    table["seconds"] = time.perf_counter() - start
+    log.info("latency table built in %.1f s (base model %.3f ms measured)", table["seconds"],
+             table["measured_base_ms"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(table))
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written table
+    return LatencyCost(graph, table, config=config)
+
+
+__all__ = ["LatencyConfig", "LatencyCost", "build_latency_cost", "cache_path", "compare_latency", "device_name",
+           "measure_model_latency"]

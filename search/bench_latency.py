@@ -1,0 +1,105 @@
+"""Latency-model accuracy (``scripts/bench.py latency``): predicted against measured whole-model latency.
+
+For each model and batch size the lookup table is built from scratch (timed; then loaded again from the
+cache, timed), and random feasible policies are pruned and timed. Each pruned model is measured
+interleaved with the base model (median of repeats), so slow drift of the machine hits both alike.
+Two errors are reported per policy: of the predicted latency in ms, and of the predicted latency
+*ratio* (what the budget constrains) against the measured ratio pruned / base.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from amc.latency import LatencyConfig, build_latency_cost, compare_latency
+from amc.layers import discover
+from amc.models import build_model
+from amc.prune import prune_model
+from envs.projection import BudgetProjector
+
+
+@dataclass(frozen=True)
+class PolicyLatency:
+    budget: float
+    predicted_ms: float
+    measured_ms: float
+    predicted_ratio: float
+    measured_ratio: float
+
+    @property
+    def error(self) -> float:
+        return self.predicted_ms / self.measured_ms - 1
+
+    @property
+    def ratio_error(self) -> float:
+        return self.predicted_ratio / self.measured_ratio - 1
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    model: str
+    batch_size: int
+    threads: int
+    decisions: int
+    build_seconds: float
+    cached_seconds: float
+    base_measured_ms: float
+    policies: tuple[PolicyLatency, ...]
+
+    @property
+    def median_error(self) -> float:
+        return statistics.median(abs(p.error) for p in self.policies)
+
+    @property
+    def worst_error(self) -> float:
+        return max(abs(p.error) for p in self.policies)
+
+    @property
+    def median_ratio_error(self) -> float:
+        return statistics.median(abs(p.ratio_error) for p in self.policies)
+
+    @property
+    def worst_ratio_error(self) -> float:
+        return max(abs(p.ratio_error) for p in self.policies)
+
+
+def latency_accuracy(models: tuple[str, ...] = ("resnet20", "mobilenetv2"), batches: tuple[int, ...] = (1, 64), *,
+                     policies: int = 20, threads: int = 1, repeats: int = 5, round_to: int = 1, seed: int = 0,
+                     on_policy: Callable[[str, int, PolicyLatency], None] | None = None) -> Iterator[LatencyRow]:
+    """Yields one :class:`LatencyRow` per (model, batch size); tables go to a fresh temporary cache."""
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="amc-latency-bench-") as cache_dir:
+        for name in models:
+            torch.manual_seed(seed)
+            model = build_model(name, in_channels=1, num_classes=10).eval()
+            graph = discover(model, torch.zeros(1, 1, 28, 28), round_to=round_to)
+            for batch in batches:
+                config = LatencyConfig(batch_size=batch, threads=threads, cache_dir=cache_dir)
+                start = time.perf_counter()
+                build_latency_cost(model, graph, config)
+                built = time.perf_counter() - start
+                start = time.perf_counter()
+                cost = build_latency_cost(model, graph, config)  # from the cache
+                cached = time.perf_counter() - start
+                rng = np.random.default_rng(seed + 1)  # not the calibration's seed
+                smallest = BudgetProjector(cost, 1.0).smallest_budget
+                rows = []
+                for _ in range(policies):
+                    budget = float(rng.uniform(min(smallest + 0.02, 0.95), 0.95))
+                    keep = BudgetProjector(cost, budget).project(rng.uniform(0.2, 1.0, len(graph)).tolist())
+                    pruned = prune_model(model, graph, keep)
+                    measured = compare_latency({"base": model, "pruned": pruned}, graph.input_shape,
+                                               batch_size=batch, threads=threads, repeats=repeats, min_run_time=0.2)
+                    row = PolicyLatency(budget, cost.cost(keep), measured["pruned"], cost.ratio(keep),
+                                        measured["pruned"] / measured["base"])
+                    rows.append(row)
+                    if on_policy:
+                        on_policy(name, batch, row)
+                yield LatencyRow(name, batch, threads, len(graph), built, cached, cost.measured_base, tuple(rows))

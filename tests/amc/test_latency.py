@@ -1,0 +1,182 @@
+"""The latency cost model: table mechanics, cache trust, monotonicity, calibration fit, search integration.
+
+Timings here use tiny run times: the tests check mechanisms, never speed (the accuracy of the
+prediction is measured by ``scripts/bench.py latency``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import amc.latency as latency
+from amc.context import ContextConfig, build_context
+from amc.errors import BudgetError, ConfigError
+from amc.latency import LatencyConfig, LatencyCost, build_latency_cost, cache_path
+from amc.layers import discover
+from envs.projection import BudgetProjector
+
+FAST = dict(grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2)
+
+
+@pytest.fixture(scope="module")
+def resnet(small_model):
+    model, example = small_model("resnet20")
+    return model, discover(model, example[:1])
+
+
+@pytest.fixture(scope="module")
+def table_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("latency")
+
+
+@pytest.fixture(scope="module")
+def cost(resnet, table_dir) -> LatencyCost:
+    model, graph = resnet
+    return build_latency_cost(model, graph, LatencyConfig(cache_dir=str(table_dir), **FAST), progress=False)
+
+
+def test_table_has_one_entry_per_module_and_base_is_the_unpruned_prediction(cost, resnet):
+    _, graph = resnet
+    assert [m["name"] for m in cost.table["modules"]] == [r.name for r in graph.modules]
+    assert cost.base == pytest.approx(cost.cost([1.0] * len(graph)))
+    assert cost.ratio([1.0] * len(graph)) == pytest.approx(1.0)
+    assert cost.measured_base > 0 and cost.gamma > 0 and cost.alpha >= 0
+    assert len(cost.calibration) == 1 + 1 + 2  # base, one uniform, two random models
+
+
+def test_second_build_reads_the_cache_without_timing(cost, resnet, table_dir, monkeypatch):
+    model, graph = resnet
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the cached table was measured again")
+
+    monkeypatch.setattr(latency, "_measure_entries", no_timing)
+    again = build_latency_cost(model, graph, LatencyConfig(cache_dir=str(table_dir), **FAST), progress=False)
+    assert again.base == cost.base
+    assert again.table["modules"] == cost.table["modules"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "foreign-device", "foreign-threads", "negative", "wrong-grid",
+                                    "missing-field"])
+def test_corrupt_or_foreign_cache_is_rebuilt(cost, resnet, table_dir, damage, caplog, monkeypatch):
+    model, graph = resnet
+    config = LatencyConfig(cache_dir=str(table_dir), **FAST)
+    path = cache_path(graph, config)
+    table = json.loads(path.read_text())
+    if damage == "garbage":
+        path.write_text("{not json")
+    else:
+        if damage == "foreign-device":
+            table["key"]["device"] = "cpu:some other machine"
+        elif damage == "foreign-threads":
+            table["key"]["threads"] += 7
+        elif damage == "negative":
+            table["modules"][0]["ms"][0][0] = -1.0
+        elif damage == "wrong-grid":
+            table["modules"][1]["out_grid"] = table["modules"][1]["out_grid"][:-1]
+        else:
+            del table["gamma"]
+        path.write_text(json.dumps(table))
+    measured = []
+    original = latency._measure_entries
+    monkeypatch.setattr(latency, "_measure_entries", lambda *a, **k: measured.append(1) or original(*a, **k))
+    with caplog.at_level(logging.WARNING, logger="amc.latency"):
+        rebuilt = build_latency_cost(model, graph, config, progress=False)
+    assert measured == [1], "the damaged table was trusted"
+    assert "rebuilding" in caplog.text
+    assert json.loads(path.read_text())["key"] == latency._cache_key(graph, config)  # overwritten with a good one
+    assert rebuilt.base > 0
+
+
+def test_cache_key_names_device_torch_threads_batch_and_model(resnet):
+    _, graph = resnet
+    key = latency._cache_key(graph, LatencyConfig(batch_size=64, threads=2))
+    assert key["device"].startswith("cpu:") and key["torch"] and key["threads"] == 2
+    assert key["batch_size"] == 64 and key["model"] == graph.fingerprint and key["input_shape"] == [1, 16, 16]
+    assert cache_path(graph, LatencyConfig(batch_size=1)) != cache_path(graph, LatencyConfig(batch_size=64))
+    assert cache_path(graph, LatencyConfig(threads=1)) != cache_path(graph, LatencyConfig(threads=2))
+
+
+def test_prediction_is_monotone_and_vectorised_paths_agree(cost, resnet):
+    _, graph = resnet
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        keep = rng.uniform(0.2, 1.0, len(graph))
+        assert cost.cost_of(keep) == pytest.approx(cost.cost(keep.tolist()))
+        t = int(rng.integers(len(graph)))
+        candidates = np.linspace(0.05, 1.0, 25)
+        curve = cost.costs_varying(keep, t, candidates)
+        assert np.all(np.diff(curve) >= -1e-12), "removing channels must never add predicted latency"
+        probe = keep.copy()
+        probe[t] = candidates[7]
+        assert curve[7] == pytest.approx(cost.cost(probe.tolist()))
+
+
+def test_bilinear_interpolation_is_exact_on_a_plane():
+    outs, ins = np.array([2.0, 5.0, 9.0]), np.array([1.0, 4.0])
+    plane = 0.5 * outs[:, None] + 2.0 * ins[None, :] + 1.0
+    out_q, in_q = np.arange(2, 10), np.arange(1, 5)
+    full = latency._bilinear(plane, outs, ins, out_q, in_q)
+    assert np.allclose(full, 0.5 * out_q[:, None] + 2.0 * in_q[None, :] + 1.0)
+
+
+def test_monotone_envelope_is_the_running_maximum():
+    grid = np.array([[1.0, 0.5, 2.0], [0.2, 3.0, 1.0]])
+    assert latency._monotone(grid).tolist() == [[1.0, 1.0, 2.0], [1.0, 3.0, 3.0]]
+
+
+def test_calibration_fit_recovers_scale_and_overhead():
+    table = np.array([1.0, 2.0, 3.5, 5.0, 8.0])
+    points = [{"measured_ms": 1.5 * t + 0.25, "table_ms": t} for t in table]
+    alpha, gamma = latency._fit_remainder(points)
+    assert gamma == pytest.approx(1.5) and alpha == pytest.approx(0.25)
+    # A negative intercept is not allowed (it would let a tiny model cost less than nothing).
+    alpha, gamma = latency._fit_remainder([{"measured_ms": 2 * t - 1, "table_ms": t} for t in table])
+    assert alpha == 0.0 and gamma > 0
+
+
+def test_unreachable_latency_budget_names_the_smallest(cost):
+    smallest = BudgetProjector(cost, 1.0).smallest_budget
+    assert 0 < smallest < 1
+    with pytest.raises(BudgetError, match=r"use a budget >= 0\.\d+") as info:
+        BudgetProjector(cost, smallest / 2)
+    assert "latency" in str(info.value)
+    projector = BudgetProjector(cost, min(1.0, smallest + 0.05))
+    keep = projector.project(np.random.default_rng(1).uniform(0.2, 1, len(cost.graph)).tolist())
+    assert cost.ratio(keep) <= smallest + 0.05 + 1e-9
+
+
+def test_bad_latency_settings_are_refused():
+    with pytest.raises(ConfigError, match="batch size"):
+        LatencyConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="threads"):
+        LatencyConfig(threads=0)
+    with pytest.raises(ConfigError, match="device"):
+        LatencyConfig(device="tpu")
+    with pytest.raises(ConfigError, match="grid"):
+        LatencyConfig(grid=1)
+
+
+def test_weight_granularity_has_no_latency_budget(digits, amc_cache):
+    from amc.evaluate import EvalConfig
+
+    ctx = build_context(ContextConfig(cache_dir=str(amc_cache), resource="latency",
+                                      eval=EvalConfig(granularity="weight")), progress=False)
+    with pytest.raises(ConfigError, match="granularity channel"):
+        ctx.cost_model()
+
+
+def test_context_builds_the_latency_cost_once(amc_cache, tmp_path):
+    ctx = build_context(ContextConfig(cache_dir=str(amc_cache), resource="latency",
+                                      latency=LatencyConfig(cache_dir=str(tmp_path), **FAST)), progress=False)
+    first = ctx.cost_model(progress=False)
+    assert isinstance(first, LatencyCost) and ctx.cost_model() is first
+    assert ctx.cost_model("flops").resource == "flops"
+
+
+def test_keep_freed_memory_applies_on_linux():
+    assert latency.keep_freed_memory() is True

@@ -1,0 +1,69 @@
+"""``--resource latency`` through the search: every strategy gets the measured-latency cost model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from amc.apply import context_config_of
+from amc.context import ContextConfig
+from amc.errors import BudgetError
+from amc.latency import LatencyConfig
+from amc.policy import Policy
+from search.config import SearchConfig
+from search.history import read_history
+from search.runner import run_search
+
+pytestmark = pytest.mark.usefixtures("cache_env")
+BUDGET = 0.9
+
+# Batch 64: the digits cnn at batch 1 is mostly fixed overhead (a budget near 0.9 can be out of reach).
+FAST = LatencyConfig(batch_size=64, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,),
+                     calibration_random=2)
+
+
+@pytest.fixture(scope="module")
+def latency_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("latency-tables")
+
+
+def _config(out: Path, amc_cache: Path, latency_dir: Path, **kwargs) -> SearchConfig:
+    context = ContextConfig(cache_dir=str(amc_cache), resource="latency",
+                            latency=dataclasses.replace(FAST, cache_dir=str(latency_dir)))
+    values = dict(budget=BUDGET, evaluations=6, warmup=2, out=str(out), progress=False, context=context)
+    values.update(kwargs)
+    return SearchConfig(**values)
+
+
+@pytest.mark.parametrize("strategy", ["optuna", "random", "ddpg"])
+def test_latency_search_meets_the_predicted_budget_and_reports_all_three_ratios(
+        strategy, tmp_path, amc_cache, latency_dir):
+    result = run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy=strategy))
+    rows = read_history(tmp_path / "run" / "history.csv")
+    assert len(rows) == 6
+    assert all(row.cost_ratio <= BUDGET + 1e-9 for row in rows)
+    metrics = Policy.load(tmp_path / "run" / "policy.json").metrics
+    assert metrics["latency_ratio_predicted"] == pytest.approx(result.best.cost_ratio)
+    assert result.best.cost_ratio <= BUDGET + 1e-9
+    assert 0 < metrics["flops_ratio"] < 1 and 0 < metrics["latency_ratio_measured"]
+    assert metrics["latency_ms_measured"] > 0 and metrics["base_latency_ms_measured"] > 0
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "latency ratio predicted / measured" in html
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["context"]["resource"] == "latency" and saved["context"]["latency"]["batch_size"] == 64
+
+
+def test_policy_remembers_its_latency_settings(tmp_path, amc_cache, latency_dir):
+    run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
+    policy = Policy.load(tmp_path / "run" / "policy.json")
+    assert policy.resource == "latency"
+    assert context_config_of(policy).latency == dataclasses.replace(FAST, cache_dir=str(latency_dir))
+
+
+def test_unreachable_latency_budget_is_refused_before_searching(tmp_path, amc_cache, latency_dir):
+    with pytest.raises(BudgetError, match=r"unreachable.*latency; use a budget >= 0\.\d+"):
+        run_search(_config(tmp_path / "run", amc_cache, latency_dir, budget=0.01))
+    assert not (tmp_path / "run").exists()  # nothing left behind
