@@ -9,10 +9,10 @@ What the table does not time (activations, residual additions, pooling, the forw
 overhead) is calibrated on whole models: the base model, two uniformly pruned ones and a few random ones
 are timed, and ``latency = gamma * sum(table) + alpha`` is fitted by non-negative least squares.
 
-The prediction is made monotone (removing a channel never adds predicted latency): the grid is
-replaced by its running maximum along both axes and ``gamma, alpha >= 0``. The budget projection needs that to
-guarantee every clipped policy meets the budget; it also means the search does not chase the
-occasional real speed-up of an odd channel count (use ``round_to`` for kernel-friendly counts).
+The prediction is not forced to grow with every channel: on CPUs an odd channel count can run slower
+than a larger, aligned one, and the table keeps what it measured (the budget projection checks the
+channel count asked for, so every clipped policy still meets the budget). ``gamma, alpha >= 0``.
+With ``round_to`` 8 every reachable count is aligned and, for small layers, timed exactly.
 
 Tables are cached as JSON in the base-model cache, keyed by device, torch version, threads, batch size,
 model fingerprint, input shape and grid; a corrupt or foreign file is rebuilt, never trusted.
@@ -66,6 +66,8 @@ class LatencyConfig:
         model_run_time: Seconds of timing per whole-model calibration measurement.
         calibration_keeps: Uniform keep ratios of calibration models (the base model is always one).
         calibration_random: Calibration models with random keep ratios in [0.2, 1] (seeded).
+        passes: Timing passes over the table (the fastest counts) and over the calibration models
+            (the median counts).
         cache_dir: Where tables are cached (None: the base-model cache).
     """
 
@@ -77,6 +79,7 @@ class LatencyConfig:
     model_run_time: float = 0.4
     calibration_keeps: tuple[float, ...] = (0.6, 0.3)
     calibration_random: int = 8
+    passes: int = 2
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -95,6 +98,8 @@ class LatencyConfig:
             raise ConfigError("latency min_run_time and model_run_time must be > 0 seconds")
         if any(not 0 < k <= 1 for k in self.calibration_keeps):
             raise ConfigError(f"calibration keep ratios must be in (0, 1], got {self.calibration_keeps!r}")
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+            raise ConfigError(f"latency passes must be a positive integer, got {self.passes!r}")
         if self.calibration_random < 0:
             raise ConfigError(f"calibration_random must be >= 0, got {self.calibration_random!r}")
 
@@ -194,11 +199,11 @@ class LatencyCost(_AnalyticCost):
         self.measured_base = float(table["measured_base_ms"])
         self.calibration = table["calibration"]
         recs = graph.modules
-        # Dense, monotone tables over every reachable (out, in) count, flattened into one array.
+        # Dense tables over every reachable (out, in) count, flattened into one array.
         dense, offsets, lo_out, lo_in, strides, hi_out, hi_in = [], [], [], [], [], [], []
         size = 0
         for rec, entry in zip(recs, table["modules"]):
-            grid = _monotone(np.asarray(entry["ms"], dtype=np.float64))
+            grid = np.asarray(entry["ms"], dtype=np.float64)
             outs = np.asarray(entry["out_grid"], dtype=np.float64)
             ins = np.asarray(entry["in_grid"], dtype=np.float64)
             out_range = np.arange(int(outs[0]), int(outs[-1]) + 1)
@@ -233,11 +238,6 @@ class LatencyCost(_AnalyticCost):
         """Sum of the per-module table entries alone (no calibrated remainder)."""
         out, inp = self._shapes(np.asarray(channels, dtype=np.float64))
         return float((self._curve(out[:, None], inp[:, None])[0] - self.alpha) / self.gamma)
-
-
-def _monotone(grid: np.ndarray) -> np.ndarray:
-    """Running maximum along both axes: more channels never predict less latency."""
-    return np.maximum.accumulate(np.maximum.accumulate(grid, axis=0), axis=1)
 
 
 def _bilinear(grid: np.ndarray, outs: np.ndarray, ins: np.ndarray, out_q: np.ndarray, in_q: np.ndarray) -> np.ndarray:
@@ -322,17 +322,24 @@ def _standalone(config: tuple, out: int, inp: int) -> tuple[nn.Module, tuple[int
 def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: bool) -> list[dict]:
     keep_freed_memory()
     threads = config.resolved_threads()
-    points = {(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid}
+    points = sorted({(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid}, key=repr)
     timed: dict[tuple, float] = {}
+    rng = np.random.default_rng(0)
     with progress_bar(enabled=progress) as bar:
-        task = bar.add_task(f"latency table (batch {config.batch_size})", total=len(points), status="")
-        for key in sorted(points, key=repr):
-            module, shape = _standalone(*key)
-            module = module.eval().to(config.device)
-            x = torch.randn(config.batch_size, *shape, device=config.device)
-            timer = _timer(lambda m=module, x=x: m(x), threads, calls=_CALLS)
-            timed[key] = 1e3 * timer.blocked_autorange(min_run_time=config.min_run_time).median / _CALLS
-            bar.advance(task)
+        task = bar.add_task(f"latency table (batch {config.batch_size})", total=len(points) * config.passes,
+                            status="")
+        # Each pass visits the points in a new random order, so a slow spell of the machine spreads over
+        # many configurations instead of inflating one; the fastest pass counts (interference only adds).
+        for _ in range(config.passes):
+            for index in rng.permutation(len(points)):
+                key = points[index]
+                module, shape = _standalone(*key)
+                module = module.eval().to(config.device)
+                x = torch.randn(config.batch_size, *shape, device=config.device)
+                timer = _timer(lambda m=module, x=x: m(x), threads, calls=_CALLS)
+                ms = 1e3 * timer.blocked_autorange(min_run_time=config.min_run_time).median / _CALLS
+                timed[key] = min(ms, timed.get(key, math.inf))
+                bar.advance(task)
     return [{"name": e.name, "out_grid": list(e.out_grid), "in_grid": list(e.in_grid),
              "ms": [[timed[(e.config, o, i)] for i in e.in_grid] for o in e.out_grid]} for e in entries]
 
@@ -348,16 +355,19 @@ def _calibrate(model: nn.Module, graph: LayerGraph, modules_table: list[dict], c
     rng = np.random.default_rng(0)
     policies = [[k] * len(graph) for k in (1.0, *config.calibration_keeps)]
     policies += rng.uniform(0.2, 1.0, (config.calibration_random, len(graph))).tolist()
+    models = [copy.deepcopy(model) if min(r) == 1.0 else prune_model(model, graph, r) for r in policies]
+    samples: list[list[float]] = [[] for _ in models]
     with progress_bar(enabled=progress) as bar:
-        task = bar.add_task("latency calibration", total=len(policies), status="")
-        for ratios in policies:
-            pruned = model if min(ratios) == 1.0 else prune_model(model, graph, ratios)
-            channels = graph.channels(ratios)
-            ms = measure_model_latency(copy.deepcopy(pruned), graph.input_shape, batch_size=config.batch_size,
-                                       threads=config.resolved_threads(), device=config.device,
-                                       min_run_time=config.model_run_time)
-            points.append({"keep": ratios, "measured_ms": ms, "table_ms": raw.table_sum(channels)})
-            bar.advance(task)
+        task = bar.add_task("latency calibration", total=len(models) * config.passes, status="")
+        for _ in range(config.passes):  # interleaved rounds: drift hits every model alike
+            for i, pruned in enumerate(models):
+                samples[i].append(measure_model_latency(
+                    pruned, graph.input_shape, batch_size=config.batch_size, threads=config.resolved_threads(),
+                    device=config.device, min_run_time=config.model_run_time))
+                bar.advance(task)
+    for ratios, values in zip(policies, samples):
+        points.append({"keep": ratios, "measured_ms": statistics.median(values),
+                       "table_ms": raw.table_sum(graph.channels(ratios))})
     alpha, gamma = _fit_remainder(points)
     return {"alpha": alpha, "gamma": gamma, "measured_base_ms": points[0]["measured_ms"], "calibration": points}
 
@@ -366,8 +376,8 @@ def _fit_remainder(points: list[dict]) -> tuple[float, float]:
     """Non-negative least squares for ``measured = gamma * table + alpha``; returns (alpha, gamma).
 
     ``gamma`` corrects what timing modules alone misses in a whole forward pass (activations, residual
-    additions, caches); ``alpha`` is the fixed cost of a forward pass. Both are >= 0, so the prediction
-    stays monotone. With few, noisy measurements two terms fit more robustly than more would (an extra
+    additions, caches); ``alpha`` is the fixed cost of a forward pass. Both are >= 0 (a negative overhead
+    would let a tiny model cost less than nothing). With few, noisy measurements two terms fit more robustly than more would (an extra
     activation-count term overfitted the noise of this project's VM).
     """
     from scipy.optimize import nnls
@@ -385,7 +395,8 @@ def _cache_key(graph: LayerGraph, config: LatencyConfig) -> dict:
             "threads": config.resolved_threads(), "batch_size": config.batch_size, "model": graph.fingerprint,
             "input_shape": list(graph.input_shape), "round_to": graph.round_to, "grid": config.grid,
             "min_run_time": config.min_run_time, "model_run_time": config.model_run_time,
-            "calibration_keeps": list(config.calibration_keeps), "calibration_random": config.calibration_random}
+            "calibration_keeps": list(config.calibration_keeps), "calibration_random": config.calibration_random,
+            "passes": config.passes}
 
 
 def cache_path(graph: LayerGraph, config: LatencyConfig) -> Path:

@@ -90,9 +90,29 @@ class BudgetProjector:
         return float(candidates[feasible[-1]]) if len(feasible) else float(candidates[0])
 
     def clip(self, t: int, keep: Sequence[float] | np.ndarray, action: float) -> float:
-        """Action ``action`` of layer ``t`` clipped to ``[min_keep, max_keep_at(t, keep)]``."""
+        """Action ``action`` of layer ``t``, bounded to ``[min_keep, max_keep]`` and lowered (if needed) to
+        the largest keep ratio at or below it that keeps the budget reachable.
+
+        For a cost that grows with every channel (FLOPs, params) that is ``min(action, max_keep_at)``.
+        A measured latency need not grow (an odd channel count can run slower than a larger, aligned one),
+        so the action's own channel count is checked, and the next feasible count below it taken if needed.
+        """
         bounded = min(max(float(action), self.min_keep), self.max_keep)
-        return min(bounded, self.max_keep_at(t, keep))
+        state = self._floor.copy()
+        state[:t] = np.asarray(keep, dtype=np.float64)[:t]
+        candidates = self._candidates[t]
+        ok = self.cost_model.costs_varying(state, t, candidates) <= self.target * (1 + 1e-12)
+        if self.cost_model.granularity == "weight":  # a grid of ratios; sparse costs grow with every weight
+            feasible = np.nonzero(ok)[0]
+            return min(bounded, float(candidates[feasible[-1]]) if len(feasible) else float(candidates[0]))
+        n = self.cost_model.graph.layers[t].out_channels
+        own = int(np.searchsorted(candidates, self.cost_model.round_channels(np.array([bounded]), n)[0] / n - 1e-9))
+        own = min(own, len(candidates) - 1)
+        if ok[own]:
+            return bounded
+        below = np.nonzero(ok[:own])[0]
+        # The smallest candidate is always feasible when the prefix was produced by this projector.
+        return float(candidates[below[-1]]) if len(below) else float(candidates[0])
 
     def project(self, keep: Sequence[float]) -> list[float]:
         """A feasible policy from any keep ratios: the environment's clipping, applied in layer order."""

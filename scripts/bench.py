@@ -126,18 +126,38 @@ def _latency(args: argparse.Namespace, console: Console) -> int:
              "| model | batch | decisions | build s | cached s | base ms | ms error median | ms error worst "
              "| ratio error median | ratio error worst |", "|---|---|---|---|---|---|---|---|---|---|"]
     table = Table(title="latency lookup table: predicted vs measured")
-    for col in ("model", "batch", "build s", "cached s", "base ms", "median err", "worst err", "median ratio err",
-                "worst ratio err"):
+    for col in ("model", "batch", "decisions", "build s", "cached s", "base ms", "median err", "worst err",
+                "median ratio err", "worst ratio err"):
         table.add_column(col, justify="right")
     for row in latency_accuracy(models, batches, policies=args.policies, threads=args.threads, repeats=args.repeats,
                                 round_to=args.round_to, on_policy=on_policy):
-        cells = (row.model, str(row.batch_size), f"{row.build_seconds:.1f}", f"{row.cached_seconds:.2f}",
+        cells = (row.model, str(row.batch_size), str(row.decisions), f"{row.build_seconds:.1f}", f"{row.cached_seconds:.2f}",
                  f"{row.base_measured_ms:.2f}", f"{100 * row.median_error:.1f}%", f"{100 * row.worst_error:.1f}%",
                  f"{100 * row.median_ratio_error:.1f}%", f"{100 * row.worst_ratio_error:.1f}%")
-        table.add_row(*(c for i, c in enumerate(cells) if i != 2))
+        table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.print(table)
-    update_section(Path(args.markdown), "latency", "\n".join(lines) + "\n", title="Latency lookup table accuracy")
+    update_section(Path(args.markdown), f"latency-r{args.round_to}", "\n".join(lines) + "\n",
+                   title=f"Latency lookup table accuracy, round_to {args.round_to}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from search.bench_common import machine
+    from search.bench_finetune import finetune_bench, finetune_markdown
+    from search.bench_quality import update_section
+
+    torch.set_num_threads(args.threads)
+    result = finetune_bench(Path(args.root), budget=args.budget, evaluations=args.evaluations, epochs=args.epochs,
+                            round_to=args.round_to, data_dir=args.data_dir, log=console.print)
+    command = "python scripts/bench.py finetune " + " ".join(sys.argv[2:])
+    body = finetune_markdown(result, command=command.strip(), machine=machine())
+    console.print(body)
+    update_section(Path(args.markdown), f"finetune-r{args.round_to}", body,
+                   title=f"Deployable model: resnet20 / fashion-mnist, budget {args.budget:g} FLOPs, "
+                         f"round_to {args.round_to}")
     return 0
 
 
@@ -178,6 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_latency)
+    p = sub.add_parser("finetune", help="resnet20/fashion-mnist: exported model's latency and fine-tuned accuracy")
+    p.add_argument("--budget", type=float, default=0.3)
+    p.add_argument("--evaluations", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--root", default="runs/bench-finetune", help="search and fine-tuning results are kept here")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_finetune)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

@@ -36,6 +36,8 @@ class SearchConfig:
         threads_per_worker: Torch threads (and CPUs reserved) per worker.
         ray_address: Ray cluster to join (``auto`` or ``host:port``); None: a local Ray instance is started
             only when ``workers > 1``.
+        seed: Seed of the search strategy (None: ``context.seed``, which also seeds the data splits and
+            the base model; set this to repeat a search on the same base model).
     """
 
     budget: float = 0.3
@@ -55,6 +57,7 @@ class SearchConfig:
     workers: int | None = 1
     threads_per_worker: int = 1
     ray_address: str | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or math.isnan(self.budget) \
@@ -84,8 +87,15 @@ class SearchConfig:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup!r}")
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
             raise ConfigError(f"--workers must be a positive integer, got {self.workers!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**32):
+            raise ConfigError(f"search seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be a positive integer, got {self.threads_per_worker!r}")
+
+    @property
+    def search_seed(self) -> int:
+        return self.context.seed if self.seed is None else self.seed
 
     @property
     def parallel(self) -> bool:

@@ -168,7 +168,7 @@ def run_search(config: SearchConfig, *, context: Context | None = None, evaluato
 def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evaluator | None,
          batch_size: int) -> SearchResult:
     start = time.perf_counter()
-    torch.manual_seed(config.context.seed)
+    torch.manual_seed(config.search_seed)
     ctx = ctx or build_context(config.context, progress=config.progress)
     ctx.cost_model(progress=config.progress)  # a latency table is timed now, before workers load the CPUs
     pool = None
@@ -241,7 +241,7 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
                                 on_record=on_record)
         try:
             strategy = make_strategy(config, out, batch_size=batch_size)
-            strategy.run(problem, remaining, seed=config.context.seed)
+            strategy.run(problem, remaining, seed=config.search_seed)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted after %d evaluations; writing the best policy so far", problem.count)
@@ -279,7 +279,7 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
         uniform_val_accuracy=uniform_eval.accuracy, uniform_test_accuracy=uniform_test,
     ).with_meta(
         strategy=config.strategy, sampler=config.sampler if config.strategy == "optuna" else None,
-        seed=config.context.seed, model=config.context.model, dataset=config.context.dataset,
+        seed=config.search_seed, model=config.context.model, dataset=config.context.dataset,
         evaluations=problem.count, best_evaluation=best.index, duration_s=round(seconds, 3),
         interrupted=interrupted, round_to=config.context.round_to, min_keep=config.min_keep,
         max_keep=config.max_keep, context=_config_dict(config)["context"], versions=_versions(),

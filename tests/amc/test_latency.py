@@ -19,7 +19,7 @@ from amc.latency import LatencyConfig, LatencyCost, build_latency_cost, cache_pa
 from amc.layers import discover
 from envs.projection import BudgetProjector
 
-FAST = dict(grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2)
+FAST = dict(passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_cache_key_names_device_torch_threads_batch_and_model(resnet):
     assert cache_path(graph, LatencyConfig(threads=1)) != cache_path(graph, LatencyConfig(threads=2))
 
 
-def test_prediction_is_monotone_and_vectorised_paths_agree(cost, resnet):
+def test_vectorised_paths_agree(cost, resnet):
     _, graph = resnet
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -110,7 +110,6 @@ def test_prediction_is_monotone_and_vectorised_paths_agree(cost, resnet):
         t = int(rng.integers(len(graph)))
         candidates = np.linspace(0.05, 1.0, 25)
         curve = cost.costs_varying(keep, t, candidates)
-        assert np.all(np.diff(curve) >= -1e-12), "removing channels must never add predicted latency"
         probe = keep.copy()
         probe[t] = candidates[7]
         assert curve[7] == pytest.approx(cost.cost(probe.tolist()))
@@ -122,11 +121,6 @@ def test_bilinear_interpolation_is_exact_on_a_plane():
     out_q, in_q = np.arange(2, 10), np.arange(1, 5)
     full = latency._bilinear(plane, outs, ins, out_q, in_q)
     assert np.allclose(full, 0.5 * out_q[:, None] + 2.0 * in_q[None, :] + 1.0)
-
-
-def test_monotone_envelope_is_the_running_maximum():
-    grid = np.array([[1.0, 0.5, 2.0], [0.2, 3.0, 1.0]])
-    assert latency._monotone(grid).tolist() == [[1.0, 1.0, 2.0], [1.0, 3.0, 3.0]]
 
 
 def test_calibration_fit_recovers_scale_and_overhead():

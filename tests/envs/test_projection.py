@@ -191,6 +191,49 @@ def test_project_gives_feasible_policies_for_any_keep_vector(name, model_graph) 
             assert graph.channels(keep) == graph.channels([MIN_KEEP] * len(graph))
 
 
+class OddChannelsAreSlow(FlopsCost):
+    """A cost that does not grow with every channel, like measured latency: each layer with an odd channel
+    count adds 3% of the model's FLOPs (oneDNN's slow unaligned kernels, exaggerated)."""
+
+    @property
+    def _step(self) -> float:
+        return 0.03 * sum(spec.flops for spec in self.graph.layers)
+
+    def _penalty(self, channels: np.ndarray) -> np.ndarray:
+        return self._step * (np.mod(channels, 2) == 1)
+
+    def _value_channels(self, channels: np.ndarray) -> float:
+        return super()._value_channels(channels) + float(self._penalty(channels).sum())
+
+    def costs_varying(self, keep, t, candidates):
+        base = super().costs_varying(keep, t, candidates)
+        channels = self.round_channels(np.asarray(keep, dtype=np.float64))
+        others = self._penalty(channels).sum() - self._penalty(channels)[t]
+        cand = self.round_channels(np.asarray(candidates, dtype=np.float64), self._n[t])
+        return base + others + self._step * (np.mod(cand, 2) == 1)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet20"])
+def test_projection_stays_feasible_when_cost_does_not_grow_with_channels(name, model_graph) -> None:
+    _, graph = model_graph(name)
+    cost_model = OddChannelsAreSlow(graph)
+    rng = np.random.default_rng(7)
+    keep = rng.uniform(0.2, 1.0, len(graph))
+    t = 0
+    curve = cost_model.costs_varying(keep, t, np.arange(1, graph[t].out_channels + 1) / graph[t].out_channels)
+    assert np.any(np.diff(curve) < 0), "the test cost must really be non-monotone"
+    lowered = 0
+    smallest = BudgetProjector(cost_model, 1.0).smallest_budget
+    for budget in (smallest + 0.05, (smallest + 1) / 2):
+        projector = BudgetProjector(cost_model, budget)
+        for raw in rng.uniform(0.0, 1.0, size=(200, len(graph))):
+            projected = projector.project(raw.tolist())
+            assert cost_model.cost(projected) <= budget * cost_model.base * (1 + 1e-12)
+            assert all(p <= max(r, MIN_KEEP) + 1e-12 for p, r in zip(projected, raw))  # only ever lowered
+            lowered += sum(p < max(r, MIN_KEEP) - 1e-9 for p, r in zip(projected, raw))
+    assert lowered > 0
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("granularity", ["channel", "weight"])
 def test_project_agrees_with_the_env_exactly(name, granularity, model_graph) -> None:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("cache_env")
 BUDGET = 0.9
 
 # Batch 64: the digits cnn at batch 1 is mostly fixed overhead (a budget near 0.9 can be out of reach).
-FAST = LatencyConfig(batch_size=64, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,),
+FAST = LatencyConfig(batch_size=64, passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,),
                      calibration_random=2)
 
 

@@ -1,0 +1,42 @@
+"""The benchmark setting shared by ``scripts/bench.py finetune`` and ``headline``: resnet20 on fashion-mnist.
+
+The base model is trained once (15 epochs on 55,000 images, about 30-40 min on the 2-core machine) and
+cached like any base model; every later benchmark run loads it.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from amc.context import ContextConfig
+from amc.data import DEFAULT_FASHION_MNIST_DIR
+from amc.evaluate import EvalConfig
+from amc.train import TrainConfig
+
+BASE_EPOCHS = 15
+VAL_SIZE = 5000  # carved from the 60,000 training images; the search sees the first VAL_LIMIT of them
+VAL_LIMIT = 1000
+
+
+def fashion_resnet20(*, data_dir: str | None = None, round_to: int = 8, val_limit: int | None = VAL_LIMIT,
+                     **kwargs) -> ContextConfig:
+    """The benchmark context. ``round_to`` 8 (AMC's choice): oneDNN runs channel counts that are
+    multiples of 8 much faster than odd ones (see BENCHMARKS.md, latency sections)."""
+    return ContextConfig(model="resnet20", dataset="fashion-mnist", data_dir=data_dir or DEFAULT_FASHION_MNIST_DIR,
+                         seed=0, val_size=VAL_SIZE, round_to=round_to, train=TrainConfig(epochs=BASE_EPOCHS),
+                         eval=EvalConfig(val_limit=val_limit), **kwargs)
+
+
+def machine() -> str:
+    import optuna
+    import ray
+    import stable_baselines3
+    import torch_pruning
+
+    from amc.latency import device_name
+
+    return (f"{device_name()}, {torch.get_num_threads()} torch thread(s); Python {platform.python_version()}, "
+            f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, optuna {optuna.__version__}, "
+            f"stable-baselines3 {stable_baselines3.__version__}, ray {ray.__version__}")

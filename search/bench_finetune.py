@@ -1,0 +1,139 @@
+"""Policy to deployable model (``scripts/bench.py finetune``): real speed-up and accuracy after fine-tuning.
+
+resnet20 / fashion-mnist at a FLOPs budget: an Optuna search picks the policy, the pruned model is
+exported with ``torch.export`` and loaded back, and the exported base and pruned programs are timed
+interleaved at batch 64 (median of repeats). Then the pruned model is fine-tuned for a few epochs and
+evaluated on the test split. The search and the fine-tuned result are kept under ``root``: a rerun
+reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from amc.apply import apply_policy
+from amc.context import build_context
+from amc.export import export_pt2
+from amc.latency import compare_latency
+from amc.policy import Policy
+from search.bench_common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20
+from search.config import SearchConfig
+from search.runner import run_search
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    budget: float
+    round_to: int
+    evaluations: int
+    search_seconds: float
+    flops_ratio: float  # FlopCounterMode on the exported program, pruned / base
+    params_ratio: float
+    latency_ms: dict  # batch size -> {"base": ms, "pruned": ms}
+    base_test: float
+    pruned_test: float  # right after pruning (BN recalibrated), no fine-tuning
+    finetuned_test: float
+    finetune_epochs: int
+    finetune_seconds: float
+
+    def latency_ratio(self, batch: int) -> float:
+        ms = self.latency_ms[str(batch)]
+        return ms["pruned"] / ms["base"]
+
+
+def _flops(module: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(torch.zeros(1, *shape))
+    return counter.get_total_flops()
+
+
+def finetune_bench(root: Path, *, budget: float = 0.3, evaluations: int = 200, epochs: int = 5,
+                   round_to: int = 8, data_dir: str | None = None, batches: tuple[int, ...] = (1, 64),
+                   repeats: int = 7, log=print) -> FinetuneResult:
+    root.mkdir(parents=True, exist_ok=True)
+    context = fashion_resnet20(data_dir=data_dir, round_to=round_to)
+    run = root / f"search-{budget:g}-r{round_to}"
+    start = time.perf_counter()
+    if not (run / "policy.json").exists():
+        log(f"searching: optuna, {evaluations} evaluations, budget {budget:g} FLOPs, round_to {round_to}")
+        run_search(SearchConfig(budget=budget, strategy="optuna", evaluations=evaluations, out=str(run),
+                                resume=run.exists(), context=context))
+    search_seconds = time.perf_counter() - start
+    policy = Policy.load(run / "policy.json")
+    ctx = build_context(context, progress=False)
+    shape = ctx.graph.input_shape
+    example = ctx.data.val.tensors[0][:2]
+
+    result_file = root / f"finetuned-{budget:g}-r{round_to}-e{epochs}.json"
+    if result_file.exists():
+        tuned = json.loads(result_file.read_text())
+    else:
+        log(f"fine-tuning the pruned model for {epochs} epochs")
+        t = time.perf_counter()
+        applied = apply_policy(policy, out=root / "export", export=("pt2",), finetune_epochs=epochs,
+                               progress=True)
+        tuned = {"pruned_test": applied.test_accuracy, "finetuned_test": applied.finetuned_test_accuracy,
+                 "seconds": time.perf_counter() - t}
+        result_file.write_text(json.dumps(tuned))
+    # Time what would be deployed: both models exported with torch.export and loaded back.
+    base_file = export_pt2(ctx.model, example, root / "export" / "base.pt2")
+    pruned_file = root / "export" / "pruned.pt2"
+    if not pruned_file.exists():
+        apply_policy(policy, out=root / "export", export=("pt2",), progress=False)
+    base_prog = torch.export.load(base_file).module()
+    pruned_prog = torch.export.load(pruned_file).module()
+    flops_ratio = _flops(pruned_prog, shape) / _flops(base_prog, shape)
+    params = [sum(p.numel() for p in m.parameters()) for m in (base_prog, pruned_prog)]
+    latency = {}
+    for batch in batches:
+        log(f"timing base and pruned programs at batch {batch} ({repeats} interleaved repeats)")
+        latency[str(batch)] = compare_latency({"base": base_prog, "pruned": pruned_prog}, shape, batch_size=batch,
+                                              threads=torch.get_num_threads(), repeats=repeats, min_run_time=0.5)
+    return FinetuneResult(
+        budget=budget, round_to=round_to, evaluations=int(policy.meta["evaluations"]),
+        search_seconds=float(policy.meta.get("duration_s", search_seconds)), flops_ratio=flops_ratio,
+        params_ratio=params[1] / params[0], latency_ms=latency, base_test=float(policy.metrics["base_test_accuracy"]),
+        pruned_test=tuned["pruned_test"], finetuned_test=tuned["finetuned_test"], finetune_epochs=epochs,
+        finetune_seconds=tuned["seconds"])
+
+
+def finetune_markdown(result: FinetuneResult, *, command: str, machine: str) -> str:
+    b64 = result.latency_ratio(64) if "64" in result.latency_ms else float("nan")
+    drop = 100 * (result.base_test - result.finetuned_test)
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine}  ",
+        f"resnet20 / fashion-mnist (base: {BASE_EPOCHS} epochs on 55,000 images, cached), Optuna TPE, "
+        f"{result.evaluations} evaluations on {VAL_LIMIT:,} validation images, budget {result.budget:g} FLOPs, "
+        f"round_to {result.round_to}. Search {result.search_seconds / 60:.1f} min; fine-tuning "
+        f"{result.finetune_epochs} epochs (SGD, cosine, lr 0.01) {result.finetune_seconds / 60:.1f} min. "
+        "FLOPs and latency are measured on the `torch.export` programs loaded back from `.pt2` files "
+        "(base and pruned timed interleaved, median of repeats).", "",
+        "| | value | target |", "|---|---|---|",
+        f"| FLOPs ratio (measured) | {result.flops_ratio:.4f} | <= {result.budget:g} |",
+        f"| params ratio | {result.params_ratio:.4f} | |",
+    ]
+    for batch, ms in result.latency_ms.items():
+        ratio = ms["pruned"] / ms["base"]
+        target = f"<= 1.25 x FLOPs ratio = {1.25 * result.flops_ratio:.4f}" if batch == "64" else ""
+        lines.append(f"| latency batch {batch}: base / pruned ms, ratio | {ms['base']:.2f} / {ms['pruned']:.2f}, "
+                     f"**{ratio:.4f}** ({ratio / result.flops_ratio:.2f} x FLOPs ratio) | {target} |")
+    lines += [
+        f"| test accuracy: base | {100 * result.base_test:.2f}% | |",
+        f"| test accuracy: pruned, no fine-tuning | {100 * result.pruned_test:.2f}% | |",
+        f"| test accuracy: after {result.finetune_epochs} epochs of fine-tuning | **{100 * result.finetuned_test:.2f}%** "
+        f"({drop:+.2f} points below base) | within 2 points |",
+        "",
+        f"Latency target {'met' if b64 <= 1.25 * result.flops_ratio else 'missed'}; accuracy target "
+        f"{'met' if drop <= 2 else 'missed'}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["FinetuneResult", "finetune_bench", "finetune_markdown"]
