@@ -39,7 +39,7 @@ class EvalConfig:
         bn_batch_size: Size of those batches.
         batch_size: Batch size of the validation pass.
         val_limit: Evaluate on the first ``val_limit`` validation samples only (None = all).
-        calibration_size: Samples of the calibration batch (``taylor``/``apoz`` criteria).
+        calibration_size: Samples of the calibration batch (``taylor``, ``apoz``, ``obd`` criteria).
         seed: Seeds the random criterion and the choice of BN/calibration batches.
         cache: Remember results by channel counts.
     """

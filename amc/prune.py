@@ -13,6 +13,9 @@ Criteria (which channels or weights go first):
   calibration batch.
 - ``apoz``: average percentage of zeros of the channel's post-ReLU activation (Hu et al., 2016),
   measured on a calibration batch; for weights, ``|w|`` scaled by its output channel's activity.
+- ``obd``: Optimal Brain Damage (LeCun et al., 1990), saliency ``h * w^2 / 2`` with the Hessian's
+  diagonal ``h`` approximated by the empirical Fisher (mean squared gradient over micro-batches of the
+  calibration batch); channels sum their weights' saliencies (Torch-Pruning's grouped OBD).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from amc.layers import LayerGraph
 
 log = logging.getLogger(__name__)
 
-CRITERIA = ("l1", "l2", "random", "taylor", "apoz")
-_NEEDS_DATA = ("taylor", "apoz")
+CRITERIA = ("l1", "l2", "random", "taylor", "apoz", "obd")
+_NEEDS_DATA = ("taylor", "apoz", "obd")
+OBD_MICRO_BATCH = 8  # samples per gradient in the empirical Fisher
 
 
 def check_criterion(criterion: str, granularity: str) -> None:
@@ -87,7 +91,10 @@ def prune_model(
 
 
 def _data_scores(model: nn.Module, graph: LayerGraph, criterion: str, calibration) -> dict[str, Tensor]:
-    """Per-decision channel scores that need data (APoZ), and gradients for Taylor."""
+    """Per-decision channel scores that need data (APoZ); gradients (Taylor) or Fisher diagonals (OBD)."""
+    if criterion == "obd":
+        _fisher_into_grad(model, *calibration)
+        return {}
     if criterion == "taylor":
         inputs, labels = calibration
         model.zero_grad(set_to_none=True)
@@ -116,6 +123,22 @@ def _data_scores(model: nn.Module, graph: LayerGraph, criterion: str, calibratio
     return {name: torch.stack(acts).mean(0) for name, acts in activity.items()}
 
 
+def _fisher_into_grad(model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
+    """Sets each parameter's ``.grad`` to its diagonal empirical Fisher: the mean of squared gradients of
+    micro-batches (an estimate of the loss Hessian's diagonal that is never negative)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fisher = [torch.zeros_like(p) for p in params]
+    chunks = list(zip(inputs.split(OBD_MICRO_BATCH), labels.split(OBD_MICRO_BATCH)))
+    for x, y in chunks:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        for f, p in zip(fisher, params):
+            if p.grad is not None:
+                f += p.grad.detach().pow(2)
+    for f, p in zip(fisher, params):
+        p.grad = f / len(chunks)
+
+
 def _channel_scores(group, criterion: str, n: int, scores: Tensor | None, generator) -> Tensor:
     if criterion == "random":
         return torch.rand(n, generator=generator)
@@ -123,6 +146,8 @@ def _channel_scores(group, criterion: str, n: int, scores: Tensor | None, genera
         return scores
     if criterion == "taylor":
         imp = tp.importance.GroupTaylorImportance()
+    elif criterion == "obd":
+        imp = tp.importance.GroupHessianImportance()  # w^2 * .grad, and .grad holds the Fisher diagonal
     else:
         imp = tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
     values = imp(group)
@@ -160,6 +185,8 @@ def _prune_weights(model, graph, keep, criterion, scores, generator, bake) -> No
                 importance = torch.rand(weight.shape, generator=generator)
             elif criterion == "taylor":
                 importance = (weight * weight.grad).abs()
+            elif criterion == "obd":
+                importance = 0.5 * weight.grad * weight.pow(2)
             elif criterion == "apoz":
                 activity = scores[spec.name]
                 importance = weight.abs() * activity.view(-1, *([1] * (weight.dim() - 1)))

@@ -1,11 +1,14 @@
 """Baselines every benchmark reports beside the searches.
 
 - ``uniform``: the same keep ratio in every layer, the largest that meets the budget.
+- ``sensitivity``: greedy keep ratios from per-layer sensitivity curves (:mod:`amc.sensitivity`).
 - ``random``: EagleEye-style random search (Li et al., 2020): random per-layer ratios, scaled to use
   the budget, projected to be feasible, each evaluated with adaptive BN.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +51,40 @@ class UniformStrategy:
         """Evaluates the uniform policy once (more evaluations would repeat it)."""
         if evaluations > 0:
             problem.evaluate_keeps([uniform_keep(problem)], steps=[problem.count])
+
+
+class SensitivityStrategy:
+    """Greedy keep ratios from per-layer sensitivity curves (:mod:`amc.sensitivity`), one recorded policy.
+
+    The curves (one evaluation per layer and keep ratio, not recorded in the history: they break the
+    budget) are written to ``sensitivity.csv`` and ``sensitivity.png`` in the run folder; a resumed run
+    reads them back.
+    """
+
+    name = "sensitivity"
+
+    def __init__(self, out: Path, keeps=None, *, batch_size: int = 16) -> None:
+        self.out = Path(out)
+        self.keeps = keeps
+        self.batch_size = batch_size
+
+    def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
+        from amc.sensitivity import DEFAULT_KEEPS, greedy_allocation, plot_curves, read_csv, sensitivity_curves
+        from amc.sensitivity import write_csv
+
+        if evaluations <= 0:
+            return
+        path = self.out / "sensitivity.csv"
+        if path.exists():
+            curves = read_csv(path, problem.graph)
+        else:
+            curves = sensitivity_curves(problem.evaluator, problem.graph, self.keeps or DEFAULT_KEEPS,
+                                        batch=self.batch_size, to_policy=problem.policy,
+                                        progress=False)
+            write_csv(curves, path)
+            plot_curves(curves, self.out / "sensitivity.png")
+        keep = greedy_allocation(curves, problem.cost_model, problem.projector)
+        problem.evaluate_keeps([keep], steps=[problem.count])
 
 
 class RandomStrategy:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from amc.context import ContextConfig
 from amc.errors import ConfigError
 
-STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform")
+STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform", "sensitivity")
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
 RESOURCES = ("flops", "params", "latency")
 

@@ -27,7 +27,7 @@ from amc.policy import Policy
 from amc.progress import progress_bar
 from amc.train import accuracy
 from envs import BudgetProjector
-from search.baselines import RandomStrategy, UniformStrategy, uniform_keep
+from search.baselines import RandomStrategy, SensitivityStrategy, UniformStrategy, uniform_keep
 from search.config import SearchConfig
 from search.history import HistoryWriter, Record, read_history
 from search.problem import SearchProblem
@@ -117,6 +117,8 @@ def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1):
         # Random samples are independent and the pool records each result as it arrives: big batches keep
         # every worker busy instead of waiting at each batch's slowest evaluation.
         return RandomStrategy(batch_size=batch_size * 16 if batch_size > 1 else 1)
+    if config.strategy == "sensitivity":
+        return SensitivityStrategy(out, batch_size=max(16, batch_size * 4))
     return UniformStrategy()
 
 
@@ -221,7 +223,7 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
     projector = BudgetProjector(cost, config.budget, min_keep=config.min_keep, max_keep=config.max_keep)
     previous = read_history(out / "history.csv") if config.resume else []
     remaining = max(0, config.evaluations - len(previous))
-    if config.strategy == "uniform":
+    if config.strategy in ("uniform", "sensitivity"):  # one policy each (sensitivity's curves are not rows)
         remaining = min(remaining, 1)
     log.info("search %s, budget %.3f %s, %d evaluations (%d done before)", config.strategy, config.budget,
              config.context.resource, config.evaluations, len(previous))

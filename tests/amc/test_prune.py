@@ -216,12 +216,61 @@ def test_magnitude_keeps_the_largest_filters(small_model, criterion: str, p: int
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
-@pytest.mark.parametrize("criterion", ["taylor", "apoz"])
+@pytest.mark.parametrize("criterion", ["taylor", "apoz", "obd"])
 def test_data_criteria_need_calibration(base, criterion: str, granularity: str) -> None:
     model, _, graph = base("cnn")
     with pytest.raises(ConfigError, match="calibration") as info:
         prune_model(model, graph, [0.5] * len(graph), criterion=criterion, granularity=granularity)
     assert repr(criterion) in str(info.value)
+
+
+# ---------------------------------------------------------------- Optimal Brain Damage on hand-built layers
+
+class TwoLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, 4)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+def _calibration(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 2, generator=g) + 0.5, torch.randint(0, 3, (n,), generator=g)
+
+
+def test_obd_prunes_the_weight_without_curvature_first() -> None:
+    model = TwoLayer()
+    with torch.no_grad():
+        model.fc1.weight.fill_(0.5)  # every weight the same magnitude: l1 cannot tell them apart
+        model.fc1.bias.zero_()
+    inputs, labels = _calibration()
+    inputs[:, 0] = 0.0  # input 0 is always zero: the loss has no curvature along fc1.weight[:, 0]
+    graph = discover(model, inputs[:1])
+    pruned = prune_model(model, graph, [0.5], criterion="obd", granularity="weight",
+                         calibration=(inputs, labels))
+    assert torch.all(pruned.fc1.weight[:, 0] == 0)  # zero curvature: saliency 0, removed
+    assert torch.all(pruned.fc1.weight[:, 1] == 0.5)  # large curvature: kept
+
+
+def test_obd_prunes_dead_channels_that_magnitude_would_keep() -> None:
+    model = TwoLayer()
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.tensor([[2.0, 2.0], [2.0, 2.0], [0.5, 0.5], [0.5, 0.5]]))
+        model.fc1.bias.copy_(torch.tensor([-100.0, -100.0, 0.0, 0.0]))  # units 0, 1 never fire
+        model.fc2.weight.copy_(torch.tensor([[2.0, 2.0, 0.5, -0.5]] * 3) * torch.tensor([[1.0], [-1.0], [0.5]]))
+    inputs, labels = _calibration()
+    graph = discover(model, inputs[:1])
+    calibration = (inputs, labels)
+    by_obd = prune_model(model, graph, [0.5], criterion="obd", calibration=calibration)
+    by_l1 = prune_model(model, graph, [0.5], criterion="l1")
+    assert by_obd.fc1.bias.tolist() == [0.0, 0.0]  # kept the live units 2 and 3
+    assert by_l1.fc1.bias.tolist() == [-100.0, -100.0]  # magnitude keeps the large, dead ones
+    with torch.no_grad():
+        assert torch.equal(by_obd(inputs), model(inputs))  # removing dead units changes nothing
 
 
 # ---------------------------------------------------------------- the evaluator on the trained cnn

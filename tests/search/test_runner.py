@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from amc.apply import apply_policy
 from amc.context import ContextConfig, build_context
-from amc.errors import PolicyError
+from amc.errors import ConfigError, PolicyError
 from amc.evaluate import EvalResult
 from amc.models import build_model
 from amc.policy import Policy
@@ -244,3 +244,16 @@ def test_apply_policy_script_exports_a_model_within_budget(searched: Path, tmp_p
     assert flops == policy.metrics["cost"]
     assert flops <= BUDGET * policy.metrics["base_cost"]
     assert json.loads(searched.read_text())["budget"] == BUDGET
+
+
+# --- search seed: repeat a search on the same base model ------------------------------------------
+
+def test_search_seed_repeats_a_search_on_the_same_base_model(tmp_path: Path, context_config: ContextConfig) -> None:
+    results = [run_search(_config(tmp_path / f"s{seed}", context_config, strategy="random", evaluations=4,
+                                  seed=seed, export=False)) for seed in (1, 2)]
+    assert results[0].base_val_accuracy == results[1].base_val_accuracy  # one base model, one data split
+    keeps = [[r.keep for r in read_history(tmp_path / f"s{seed}" / "history.csv")] for seed in (1, 2)]
+    assert keeps[0] != keeps[1]
+    assert Policy.load(tmp_path / "s1" / "policy.json").meta["seed"] == 1
+    with pytest.raises(ConfigError, match="search seed"):
+        _config(tmp_path / "bad", context_config, seed=-1)
