@@ -8,7 +8,9 @@ same BatchNorm recalibration batches). Any of them can be overridden.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from amc.export import export_onnx, export_pt2
 from amc.latency import LatencyConfig
 from amc.policy import Policy
 from amc.train import TrainConfig, accuracy, train
+
+log = logging.getLogger(__name__)
 
 
 EXPORT_FORMATS = ("pt2", "onnx")
@@ -83,9 +87,75 @@ def _freeze_zeros(model: nn.Module) -> list[nn.Module]:
     return masked
 
 
+SCHEDULES = ("oneshot", "iterative")
+RAMPS = ("linear", "agp")
+
+
+def schedule_keeps(final: Sequence[float], steps: int, ramp: str = "linear") -> list[list[float]]:
+    """Keep ratios after each of ``steps`` rounds, the last one ``final``.
+
+    ``linear`` removes the same share in every round; ``agp`` is Zhu & Gupta's (2017) automated gradual
+    pruning, cubic: ``1 - (1 - keep) * (1 - (1 - i / steps) ** 3)``, most of the pruning early.
+    """
+    if ramp not in RAMPS:
+        raise ConfigError(f"unknown --ramp {ramp!r}: use one of {RAMPS}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--steps must be a positive integer, got {steps!r}")
+    rounds = []
+    for i in range(1, steps + 1):
+        done = i / steps if ramp == "linear" else 1 - (1 - i / steps) ** 3
+        rounds.append([1 - (1 - k) * done for k in final])
+    rounds[-1] = [float(k) for k in final]
+    return rounds
+
+
+def _epochs_per_round(total: int, steps: int) -> list[int]:
+    """``total`` epochs over ``steps`` rounds, the remainder going to the last rounds."""
+    return [total // steps + (1 if i >= steps - total % steps else 0) for i in range(steps)]
+
+
+def _iterative(ctx: Context, policy: Policy, *, steps: int, ramp: str, epochs: int, config: TrainConfig,
+               distill: bool, progress: bool) -> nn.Module:
+    """Reaches ``policy`` in ``steps`` prune / fine-tune rounds, ``epochs`` epochs in all."""
+    from amc.evaluate import recalibrate_bn
+    from amc.layers import discover
+    from amc.prune import prune_model
+
+    evaluator = ctx.evaluator
+    example = ctx.data.val.tensors[0][:1]
+    current = ctx.model
+    target = policy.ratios(ctx.graph)
+    for i, (keeps, round_epochs) in enumerate(zip(schedule_keeps(target, steps, ramp),
+                                                  _epochs_per_round(epochs, steps))):
+        if policy.granularity == "weight":  # sparsity relative to the whole tensor; zeros go first
+            current = prune_model(current, ctx.graph, keeps, criterion=policy.criterion, granularity="weight",
+                                  calibration=evaluator._calibration, seed=ctx.config.seed)
+        else:  # channel counts relative to the base model, cut from the current (smaller) model
+            wanted = ctx.graph.channels(keeps)
+            graph = discover(current, example)
+            if graph.names != ctx.graph.names:
+                raise ConfigError("iterative pruning lost track of the model's layers after round "
+                                  f"{i}: use --schedule oneshot for this model")
+            relative = [w / spec.out_channels for w, spec in zip(wanted, graph)]
+            current = prune_model(current, graph, relative, criterion=policy.criterion,
+                                  calibration=evaluator._calibration, seed=ctx.config.seed)
+            assert discover(current, example).channels([1.0] * len(graph)) == tuple(wanted)
+        recalibrate_bn(current, evaluator._bn_batches)
+        log.info("round %d/%d: keep %s, %d epoch(s)", i + 1, steps, [round(k, 3) for k in keeps], round_epochs)
+        if round_epochs:
+            masked = _freeze_zeros(current) if policy.granularity == "weight" else []
+            train(current, ctx.data.train, dataclasses.replace(config, epochs=round_epochs),
+                  seed=ctx.config.seed + i, teacher=ctx.model if distill else None, progress=progress,
+                  description=f"round {i + 1}/{steps}")
+            for module in masked:
+                prune.remove(module, "weight")
+    return current.eval()
+
+
 def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike | None = None,
                  export: bool | tuple[str, ...] = True, progress: bool = True, finetune_epochs: int = 0,
-                 finetune_lr: float = 0.01, distill: bool = False, **overrides: Any) -> AppliedPolicy:
+                 finetune_lr: float = 0.01, distill: bool = False, schedule: str = "oneshot", steps: int = 1,
+                 ramp: str = "linear", **overrides: Any) -> AppliedPolicy:
     """Rebuilds the base model, prunes it with ``policy``, evaluates, optionally fine-tunes, exports.
 
     Args:
@@ -95,6 +165,9 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
         finetune_epochs: Epochs of SGD with a cosine schedule on the training split after pruning.
         finetune_lr: Initial learning rate of fine-tuning.
         distill: Fine-tune with knowledge distillation from the base model (Hinton et al., 2015).
+        schedule: ``"oneshot"`` (prune, then fine-tune) or ``"iterative"``: reach the policy in ``steps``
+            prune / fine-tune rounds (``ramp`` ``linear`` or ``agp``), ``finetune_epochs`` in all.
+            ``val_accuracy``/``test_accuracy`` stay the one-shot numbers (what the search measured).
         **overrides: :class:`ContextConfig` fields replacing those recorded in the policy.
 
     Raises:
@@ -107,6 +180,12 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
         raise ConfigError(f"unknown export format(s) {unknown}: use {EXPORT_FORMATS}")
     if finetune_epochs < 0:
         raise ConfigError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown --schedule {schedule!r}: use one of {SCHEDULES}")
+    schedule_keeps([1.0], steps, ramp)  # validates steps and ramp
+    if schedule == "iterative" and finetune_epochs < steps:
+        raise ConfigError(f"--schedule iterative needs --finetune-epochs >= --steps (one epoch per round at "
+                          f"least), got {finetune_epochs} epochs for {steps} steps")
     if not isinstance(policy, Policy):
         policy = Policy.load(policy)
     ctx = build_context(context_config_of(policy, **overrides), progress=progress)
@@ -117,9 +196,13 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
     cost = make_cost_model(policy.resource if policy.resource in ("flops", "params") else "flops", ctx.graph,
                            granularity=policy.granularity)
     tuned_val = tuned_test = None
-    if finetune_epochs:
-        config = TrainConfig(epochs=finetune_epochs, lr=finetune_lr, schedule="cosine",
-                             batch_size=ctx.config.train.batch_size, shift=ctx.config.train.shift)
+    config = TrainConfig(epochs=max(1, finetune_epochs), lr=finetune_lr, schedule="cosine",
+                         batch_size=ctx.config.train.batch_size, shift=ctx.config.train.shift)
+    if schedule == "iterative":
+        pruned = _iterative(ctx, policy, steps=steps, ramp=ramp, epochs=finetune_epochs, config=config,
+                            distill=distill, progress=progress)
+        tuned_val, tuned_test = accuracy(pruned, ctx.data.val), accuracy(pruned, ctx.data.test)
+    elif finetune_epochs:
         masked = _freeze_zeros(pruned) if policy.granularity == "weight" else []
         train(pruned, ctx.data.train, config, seed=ctx.config.seed, teacher=ctx.model if distill else None,
               progress=progress, description="fine-tuning")

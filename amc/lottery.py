@@ -79,7 +79,7 @@ class LotteryConfig:
     rounds: int = 5
     prune_per_round: float = 0.2
     rewind_epoch: int = 0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15))
     global_pruning: bool = True
     output_layer_rate: float = 0.5
     seed: int = 0
@@ -104,10 +104,6 @@ class LotteryConfig:
                               "0.5 prunes the final classifier at half the rate, 0 keeps it dense")
         if not _is_int(self.seed):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-
-    def target_sparsity(self, rounds: int) -> float:
-        """Sparsity of the globally pruned layers after ``rounds`` rounds: ``1 - (1 - p)^rounds``."""
-        return 1.0 - (1.0 - self.prune_per_round) ** rounds
 
 
 def _is_int(value: object) -> bool:

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune the pruned model (SGD, cosine schedule) for N epochs (0)")
     p.add_argument("--finetune-lr", dest="finetune_lr", type=float, default=0.01)
     p.add_argument("--distill", action="store_true", help="fine-tune with knowledge distillation from the base")
+    p.add_argument("--schedule", choices=("oneshot", "iterative"), default="oneshot",
+                   help="prune at once, or in --steps prune/fine-tune rounds sharing --finetune-epochs")
+    p.add_argument("--steps", type=int, default=3, help="rounds of --schedule iterative (3)")
+    p.add_argument("--ramp", choices=("linear", "agp"), default="linear",
+                   help="iterative keep-ratio schedule: linear or AGP cubic (linear)")
     p.add_argument("--export", action="append", choices=("pt2", "onnx"),
                    help="export format, repeatable (pt2; pruned.pt2 is always written unless --no-export)")
     p.add_argument("--no-export", dest="no_export", action="store_true")
@@ -80,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         formats = () if args.no_export else tuple(dict.fromkeys(["pt2", *(args.export or [])]))
         applied = apply_policy(args.policy, out=out, export=formats, progress=not args.quiet,
                                finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-                               distill=args.distill, model=args.model, checkpoint=args.checkpoint,
+                               distill=args.distill, schedule=args.schedule,
+                               steps=args.steps if args.schedule == "iterative" else 1, ramp=args.ramp,
+                               model=args.model, checkpoint=args.checkpoint,
                                dataset=args.dataset, data_dir=args.data_dir, seed=args.seed)
     except AmcError as exc:
         print(f"apply_policy.py: error: {exc}", file=sys.stderr)
@@ -96,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("re-applied now", f"{applied.val_accuracy:.4f}", f"{applied.test_accuracy:.4f}",
                   f"{applied.cost_ratio:.4f}")
     if applied.finetuned_val_accuracy is not None:
-        table.add_row(f"after {args.finetune_epochs} fine-tuning epochs" + (" (distilled)" if args.distill else ""),
+        how = f" in {args.steps} {args.ramp} rounds" if args.schedule == "iterative" else ""
+        table.add_row(f"after {args.finetune_epochs} fine-tuning epochs{how}" + (" (distilled)" if args.distill else ""),
                       f"{applied.finetuned_val_accuracy:.4f}", f"{applied.finetuned_test_accuracy:.4f}",
                       f"{applied.cost_ratio:.4f}")
     console = Console()

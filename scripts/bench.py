@@ -161,6 +161,25 @@ def _finetune(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _iterative(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from search.bench_common import machine
+    from search.bench_iterative import iterative_bench, iterative_markdown
+    from search.bench_quality import update_section
+
+    torch.set_num_threads(args.threads)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    cells = iterative_bench(Path(args.root), budget=args.budget, seeds=seeds, epochs=args.epochs, steps=args.steps,
+                            on_cell=lambda c: console.print(f"seed {c.seed} {c.variant}: test {c.test:.4f}"))
+    command = "python scripts/bench.py iterative " + " ".join(sys.argv[2:])
+    body = iterative_markdown(cells, budget=args.budget, epochs=args.epochs, steps=args.steps,
+                              command=command.strip(), machine=machine())
+    console.print(body)
+    update_section(Path(args.markdown), "iterative", body, title="One-shot vs iterative pruning: cnn / digits")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -208,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-finetune", help="search and fine-tuning results are kept here")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_finetune)
+    p = sub.add_parser("iterative", help="one-shot vs iterative pruning, same policy and fine-tuning epochs")
+    p.add_argument("--budget", type=float, default=0.2)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--root", default="runs/bench", help="policies (quality cells) and results are cached here")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_iterative)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

@@ -91,18 +91,16 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from amc.data import DATASETS
-
     p = OneLineParser(prog="lottery.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cnn", help="built-in model or package.module:factory (cnn)")
-    p.add_argument("--dataset", default="digits", choices=DATASETS, help="dataset (digits)")
+    p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, mnist or cifar10 (digits)")
     p.add_argument("--data-dir", default=None, help="folder of fashion-mnist / mnist / cifar10 files")
     p.add_argument("--rounds", type=_int_at_least(1), default=5, help="pruning rounds after the dense round (5)")
     p.add_argument("--prune-per-round", type=_fraction, default=0.2,
                    help="fraction of the remaining weights removed per round, in (0, 1) (0.2)")
     p.add_argument("--rewind-epoch", type=_int_at_least(0), default=0,
                    help="0: rewind to the initial weights; k: to those after k epochs (0)")
-    p.add_argument("--epochs", type=_int_at_least(1), default=12, help="training epochs of every round (12)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=15, help="training epochs of every round (15)")
     p.add_argument("--lr", type=_positive_float, default=0.05, help="peak learning rate (0.05)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="batch size (64)")
     p.add_argument("--output-layer-rate", type=_unit, default=0.5,
@@ -185,14 +183,14 @@ def markdown_body(args: argparse.Namespace, lines: list[tuple[str, ...]], second
     pruning = "per layer" if args.per_layer else "one global magnitude threshold over all conv/linear weights"
     return "\n".join([
         f"Command: `{command_of(args)}`  ",
-        f"Seeds {', '.join(map(str, args.seeds))}; {args.model} on {args.dataset}; {args.rounds} rounds removing "
+        (f"Seeds {', '.join(map(str, args.seeds))}; {args.model} on {args.dataset}; {args.rounds} rounds removing "
         f"{100 * args.prune_per_round:g}% of the remaining weights each ({pruning}; the final classifier at "
         f"{args.output_layer_rate:g}x that rate); survivors rewound to {rewind} (biases and BatchNorm too) and "
         f"retrained for {args.epochs - args.rewind_epoch} epochs (SGD, one-cycle schedule of {args.epochs} epochs, "
         f"lr {args.lr:g}, batch {args.batch_size}). Random re-init: the same mask on a fresh, differently seeded "
         f"init, trained identically; round 0 is the dense network (its control: another init). Test accuracy "
         f"in %, mean ± sample std over the seeds; sparsity = zero fraction of all conv/linear weights. "
-        f"{seconds / 60:.1f} min of compute with {args.threads} torch thread(s).",
+        f"{seconds / 60:.1f} min of compute with {args.threads} torch thread(s)."),
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),

@@ -103,3 +103,51 @@ def test_finetuning_keeps_unstructured_zeros(ctx, tmp_path) -> None:
     kept = [int((m.weight == 0).sum()) for m in after.model.modules() if isinstance(m, (torch.nn.Conv2d,))]
     assert sum(zeros) > 0 and kept == zeros  # no pruned weight regrew
     assert not any(n.endswith("weight_orig") for n, _ in after.model.named_parameters())
+
+
+# ---------------------------------------------------------------- iterative pruning (issue 8)
+
+def test_schedules_end_at_the_policy_and_agp_prunes_early() -> None:
+    from amc.apply import schedule_keeps
+
+    linear = schedule_keeps([0.4, 1.0], 3, "linear")
+    agp = schedule_keeps([0.4, 1.0], 3, "agp")
+    assert linear[-1] == agp[-1] == [0.4, 1.0]
+    assert linear[0] == pytest.approx([0.8, 1.0]) and linear[1] == pytest.approx([0.6, 1.0])
+    assert agp[0][0] == pytest.approx(1 - 0.6 * (1 - (2 / 3) ** 3))  # 0.578: most of the cut in round 1
+    assert agp[0][0] < linear[0][0]
+    assert all(a[0] >= b[0] for a, b in zip(agp, agp[1:]))  # keep ratios only go down
+
+
+@pytest.mark.parametrize("ramp", ["linear", "agp"])
+def test_iterative_reaches_the_policy_channels(policy_path, ctx, ramp) -> None:
+    done = apply_policy(policy_path, export=False, progress=False, schedule="iterative", steps=3,
+                        finetune_epochs=3, ramp=ramp)
+    from amc.layers import discover
+
+    graph = discover(done.model, ctx.data.val.tensors[0][:1])
+    assert graph.channels([1.0] * len(graph)) == ctx.graph.channels(KEEP)
+    assert done.finetuned_test_accuracy > done.test_accuracy  # fine-tuned beats the one-shot, un-tuned prune
+
+
+def test_iterative_unstructured_masks_only_grow(ctx, tmp_path) -> None:
+    from amc.cost import weights_kept
+
+    path = tmp_path / "weight.json"
+    Policy.from_ratios(ctx.graph, KEEP, granularity="weight", budget=0.5,
+                       meta={"context": {"cache_dir": ctx.config.cache_dir}}).save(path)
+    done = apply_policy(path, export=False, progress=False, schedule="iterative", steps=2, finetune_epochs=2)
+    for spec, keep in zip(ctx.graph, KEEP):
+        module = done.model.get_submodule(spec.name)
+        assert int((module.weight != 0).sum()) == weights_kept(keep, module.weight.numel())
+    assert not any(n.endswith("weight_orig") for n, _ in done.model.named_parameters())
+
+
+def test_iterative_refuses_bad_settings(policy_path) -> None:
+    with pytest.raises(ConfigError, match="finetune-epochs >= --steps"):
+        apply_policy(policy_path, export=False, progress=False, schedule="iterative", steps=4, finetune_epochs=2)
+    with pytest.raises(ConfigError, match="ramp"):
+        apply_policy(policy_path, export=False, progress=False, schedule="iterative", steps=2, finetune_epochs=2,
+                     ramp="cosine")
+    with pytest.raises(ConfigError, match="schedule"):
+        apply_policy(policy_path, export=False, progress=False, schedule="gradual")
