@@ -30,13 +30,10 @@ def fashion_resnet20(*, data_dir: str | None = None, round_to: int = 8, val_limi
 
 
 def machine() -> str:
-    import optuna
-    import ray
-    import stable_baselines3
-    import torch_pruning
+    from importlib import metadata
 
     from amc.latency import device_name
 
-    return (f"{device_name()}, {torch.get_num_threads()} torch thread(s); Python {platform.python_version()}, "
-            f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, optuna {optuna.__version__}, "
-            f"stable-baselines3 {stable_baselines3.__version__}, ray {ray.__version__}")
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in
+                         ("torch", "torch-pruning", "optuna", "stable-baselines3", "ray"))
+    return f"{device_name()}, {torch.get_num_threads()} torch thread(s); Python {platform.python_version()}, {versions}"
