@@ -22,9 +22,8 @@ at the full rate. Without ``global_pruning`` every layer is pruned at ``prune_pe
 
 Sparsity is the fraction of all these weights (the output layer included) that are zero.
 
-Training mirrors :func:`amc.train.train` step for step (same optimiser, schedule, augmentation and loss;
-a test checks that both give identical weights) but can stop at the rewind epoch and resume the schedule
-from it, which ``train`` cannot.
+Training is :func:`amc.train.train`; its ``start_epoch`` and ``on_epoch`` let a round snapshot the
+rewind epoch and resume the schedule from it.
 """
 
 from __future__ import annotations
@@ -32,12 +31,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
@@ -46,11 +43,7 @@ from amc.data import DataSplits
 from amc.errors import ConfigError, ModelError
 from amc.models import build_model
 from amc.progress import progress_bar
-from amc.train import (  # _shift: the same augmentation as amc.train.train
-    TrainConfig,
-    _shift,
-    accuracy,
-)
+from amc.train import TrainConfig, accuracy, train
 
 log = logging.getLogger(__name__)
 
@@ -221,54 +214,22 @@ def _clone_state(model: nn.Module) -> dict[str, Tensor]:
 def train_span(model: nn.Module, train_set: TensorDataset, config: TrainConfig, *, seed: int, start_epoch: int = 0,
                snapshot_epoch: int | None = None, on_epoch: Callable[[int, float], None] | None = None
                ) -> dict[str, Tensor] | None:
-    """Trains ``model`` in place over epochs ``start_epoch .. config.epochs`` of the schedule of
-    :func:`amc.train.train` (identical to it for ``start_epoch=0``); returns the model's ``state_dict`` after
-    ``snapshot_epoch`` epochs if asked (``0``: before training).
-
-    Starting later replays the skipped epochs' data order, augmentation draws and learning-rate steps
-    without computing, so epoch ``k`` sees the same batches and learning rate as in the full run. The
-    optimiser's momentum starts at zero (weights are rewound, not the optimiser).
+    """Trains ``model`` in place over epochs ``start_epoch .. config.epochs`` of :func:`amc.train.train`'s
+    schedule (the same batches and learning rates as the full run); returns the model's ``state_dict``
+    after ``snapshot_epoch`` epochs if asked (``start_epoch``: before training).
     """
-    inputs, labels = train_set.tensors
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=True)
-    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
-    total_steps = max(1, config.epochs * steps_per_epoch)
-    if config.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    else:
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
-                                                        pct_start=0.15)
-    shift = config.shift
-    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended while replaying
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(start_epoch):
-            torch.randperm(len(labels), generator=generator)
-            for _ in range(0, len(labels), config.batch_size):
-                if shift:
-                    torch.randint(-shift, shift + 1, (2,), generator=generator)
-                scheduler.step()
-    snapshot = _clone_state(model) if snapshot_epoch == start_epoch else None
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        total_loss = 0.0
-        for start in range(0, len(labels), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            x = _shift(inputs[idx], shift, generator)
-            loss = F.cross_entropy(model(x), labels[idx], label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(idx)
-        if snapshot_epoch == epoch + 1:
-            snapshot = _clone_state(model)
+    snapshot: dict[str, dict[str, Tensor]] = {}
+    if snapshot_epoch == start_epoch:
+        snapshot["state"] = _clone_state(model)
+
+    def after_epoch(epoch: int, trained: nn.Module, loss: float) -> None:
+        if snapshot_epoch == epoch:
+            snapshot["state"] = _clone_state(trained)
         if on_epoch is not None:
-            on_epoch(epoch + 1, total_loss / len(labels))
-    model.eval()
-    return snapshot
+            on_epoch(epoch, loss)
+
+    train(model, train_set, config, seed=seed, progress=False, start_epoch=start_epoch, on_epoch=after_epoch)
+    return snapshot.get("state")
 
 
 class LotteryExperiment:

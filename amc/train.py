@@ -8,6 +8,8 @@ import logging
 import math
 import os
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -96,6 +98,8 @@ def train(
     teacher: nn.Module | None = None,
     progress: bool = True,
     description: str = "training",
+    start_epoch: int = 0,
+    on_epoch: Callable[[int, nn.Module, float], None] | None = None,
 ) -> nn.Module:
     """Trains ``model`` in place and returns it (in eval mode).
 
@@ -106,6 +110,10 @@ def train(
         seed: Seeds shuffling, augmentation and initial state, for reproducible training.
         teacher: Optional model to distil from (KL on soft targets, Hinton et al., 2015).
         progress: Show a progress bar.
+        start_epoch: Resume the schedule here: the skipped epochs' data order, augmentation draws and
+            learning-rate steps are replayed without computing, so epoch ``k`` sees the batches and
+            learning rate of the full run (the optimiser's momentum starts at zero). Used to rewind.
+        on_epoch: Called with (epochs done, model, mean loss) after each epoch.
     """
     inputs, labels = train_set.tensors
     generator = torch.Generator().manual_seed(seed)
@@ -118,12 +126,20 @@ def train(
     else:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
                                                         pct_start=0.15)
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended while replaying
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start_epoch):
+            torch.randperm(len(labels), generator=generator)
+            for _ in range(0, len(labels), config.batch_size):
+                if config.shift:
+                    torch.randint(-config.shift, config.shift + 1, (2,), generator=generator)  # as _shift draws
+                scheduler.step()
     model.train()
     if teacher is not None:
         teacher.eval()
     with progress_bar(enabled=progress) as bar:
-        task = bar.add_task(description, total=config.epochs, status="")
-        for epoch in range(config.epochs):
+        task = bar.add_task(description, total=config.epochs, completed=start_epoch, status="")
+        for epoch in range(start_epoch, config.epochs):
             order = torch.randperm(len(labels), generator=generator)
             total_loss = 0.0
             for start in range(0, len(labels), config.batch_size):
@@ -141,6 +157,8 @@ def train(
                 scheduler.step()
                 total_loss += loss.item() * len(idx)
             bar.update(task, advance=1, status=f"loss {total_loss / len(labels):.4f}")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, model, total_loss / len(labels))
     return model.eval()
 
 

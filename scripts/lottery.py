@@ -26,16 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from amc.cli import OneLineParser  # noqa: E402
+
 CSV_NAME = "lottery.csv"
 SETTINGS_NAME = "settings.json"
 FIELDS = ("seed", "round", "sparsity", "ticket_val", "ticket_test", "random_val", "random_test", "seconds")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument on one line (exit code 2), without the usage block."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _fraction(text: str) -> float:

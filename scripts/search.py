@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from amc.cli import OneLineParser  # noqa: E402
+
 DEFAULTS = {
     "budget": 0.3, "resource": "flops", "strategy": "optuna", "sampler": "tpe", "evaluations": 300, "warmup": None,
     "model": "cnn", "checkpoint": None, "dataset": "digits", "data_dir": None, "criterion": "l1",
@@ -28,13 +30,6 @@ DEFAULTS = {
     "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
     "latency_batch": 1,
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument on one line (exit code 2), without the usage block."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _budget(text: str) -> float:
