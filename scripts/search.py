@@ -28,7 +28,7 @@ DEFAULTS = {
     "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
     "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
-    "latency_batch": 1,
+    "latency_batch": 1, "val_limit": None, "epochs": 60,
 }
 
 
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", dest="round_to", type=_positive_int, help="channel counts are multiples of this (1)")
     p.add_argument("--val-size", dest="val_size", type=int, help="validation samples carved from train")
     p.add_argument("--train-limit", dest="train_limit", type=_positive_int, help="use at most N training samples")
+    p.add_argument("--val-limit", dest="val_limit", type=_positive_int,
+                   help="evaluate candidates on the first N validation samples (all)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs of base-model training when it is not cached (60)")
     p.add_argument("--storage", help="Optuna RDB URL (sqlite:///<out>/study.db)")
     p.add_argument("--threads", type=_positive_int, help="torch threads of this process")
     p.add_argument("--workers", type=_positive_int,
@@ -158,13 +161,16 @@ def build_config(options: dict):
     from amc.context import ContextConfig
     from amc.evaluate import EvalConfig
     from amc.latency import LatencyConfig
+    from amc.train import TrainConfig
     from search.config import SearchConfig
 
     context = ContextConfig(
         model=options["model"], dataset=options["dataset"], data_dir=options["data_dir"],
         checkpoint=options["checkpoint"], seed=options["seed"], resource=options["resource"],
         round_to=options["round_to"], val_size=options["val_size"], train_limit=options["train_limit"],
-        eval=EvalConfig(criterion=options["criterion"], granularity=options["granularity"], seed=options["seed"]),
+        eval=EvalConfig(criterion=options["criterion"], granularity=options["granularity"], seed=options["seed"],
+                        val_limit=options["val_limit"]),
+        train=TrainConfig(epochs=options["epochs"]),
         latency=LatencyConfig(batch_size=options["latency_batch"], threads=options["threads"]),
     )
     return SearchConfig(

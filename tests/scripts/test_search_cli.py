@@ -26,6 +26,8 @@ BAD_ARGS: dict[str, tuple[list[str], str]] = {
     "budget-unreachable": (["--budget", "0.01", "--out", "{out}"], "0.01"),
     "out-unwritable": (["--out", "/proc/forbidden"], "/proc/forbidden"),
     "evaluations-zero": (["--evaluations", "0", "--out", "{out}"], "0"),
+    "val-limit-zero": (["--val-limit", "0", "--out", "{out}"], "--val-limit"),
+    "epochs-zero": (["--epochs", "0", "--out", "{out}"], "--epochs"),
     "toml-unknown-key": (["--config", "{toml}", "--out", "{out}"], "nosuchkey"),
 }
 
