@@ -72,7 +72,8 @@ def context_config_of(policy: Policy, **overrides: Any) -> ContextConfig:
     latency_values = {k: v for k, v in latency_saved.items() if k in latency_fields}
     if "calibration_keeps" in latency_values:
         latency_values["calibration_keeps"] = tuple(latency_values["calibration_keeps"])
-    values["latency"] = LatencyConfig(**latency_values)
+    # Timing settings matter only to latency policies (a CUDA one must still apply on a CPU-only machine).
+    values["latency"] = LatencyConfig(**latency_values) if values.get("resource") == "latency" else LatencyConfig()
     return ContextConfig(**values)
 
 

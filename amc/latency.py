@@ -144,7 +144,7 @@ def measure_model_latency(model: nn.Module, input_shape: Sequence[int], *, batch
                           threads: int | None = None, device: str = "cpu", min_run_time: float = 0.4) -> float:
     """Median forward latency of ``model`` in ms on a random ``(batch_size, *input_shape)`` input."""
     keep_freed_memory()
-    model = model.eval().to(device)
+    model = model.eval() if device == "cpu" else copy.deepcopy(model).eval().to(device)  # never move the caller's
     x = torch.randn(batch_size, *input_shape, device=device)
     return 1e3 * _timer(lambda: model(x), threads).blocked_autorange(min_run_time=min_run_time).median
 
@@ -248,10 +248,20 @@ def _bilinear(grid: np.ndarray, outs: np.ndarray, ins: np.ndarray, out_q: np.nda
     return np.stack([np.interp(out_q, outs, rows[:, j]) for j in range(rows.shape[1])], axis=1)
 
 
-def _grid(lo: int, hi: int, points: int) -> tuple[int, ...]:
-    if hi - lo + 1 <= points:
-        return tuple(range(lo, hi + 1))
-    return tuple(int(v) for v in np.unique(np.rint(np.linspace(lo, hi, points)).astype(int)))
+def _grid(lo: int, hi: int, points: int, step: int = 1) -> tuple[int, ...]:
+    """At most ``points`` counts from ``hi`` down to ``lo`` on the lattice the rounding rule reaches
+    (``hi - j * step``), so a table timed for multiples of 8 never times the slow counts between them."""
+    lattice = np.arange(hi, lo - 1, -max(1, step))[::-1]
+    if lattice[0] != lo:
+        lattice = np.concatenate([[lo], lattice])
+    if len(lattice) <= points:
+        return tuple(int(v) for v in lattice)
+    return tuple(int(v) for v in np.unique(lattice[np.rint(np.linspace(0, len(lattice) - 1, points)).astype(int)]))
+
+
+def _step(deps: tuple[tuple[int, int], ...], graph: LayerGraph) -> int:
+    """Spacing of a module's reachable channel counts: each decision moves in steps of ``round_to``."""
+    return min((k * graph.round_to for _, k in deps), default=1)
 
 
 def _reachable(base: int, deps: tuple[tuple[int, int], ...], graph: LayerGraph) -> int:
@@ -281,10 +291,11 @@ def _entries(model: nn.Module, graph: LayerGraph, points: int) -> tuple[list[_En
     entries = []
     for rec in graph.modules:
         module = modules[rec.name]
-        out_grid = _grid(_reachable(rec.out_channels, rec.out_deps, graph), rec.out_channels, points)
+        out_grid = _grid(_reachable(rec.out_channels, rec.out_deps, graph), rec.out_channels, points,
+                         _step(rec.out_deps, graph))
         if rec.type in ("conv", "linear"):
             total_in = rec.in_channels * getattr(module, "groups", 1)
-            in_grid = _grid(_reachable(total_in, rec.in_deps, graph), total_in, points)
+            in_grid = _grid(_reachable(total_in, rec.in_deps, graph), total_in, points, _step(rec.in_deps, graph))
         else:  # batch norm and depthwise convs: the input follows the output
             in_grid = (0,)
         entries.append(_Entry(rec.name, _module_config(rec, module, inputs[rec.name]), out_grid, in_grid))
@@ -294,9 +305,9 @@ def _entries(model: nn.Module, graph: LayerGraph, points: int) -> tuple[list[_En
 def _module_config(rec: ModuleRecord, module: nn.Module, input_shape: tuple[int, ...]) -> tuple:
     spatial = tuple(input_shape[1:])
     if isinstance(module, nn.Conv2d):
-        return (rec.type, module.kernel_size, module.stride, module.padding, module.dilation,
-                module.groups if rec.type == "grouped" else 1, module.bias is not None, module.padding_mode,
-                spatial)
+        kind = "depthwise" if rec.type == "depthwise" else "conv"
+        return (kind, module.kernel_size, module.stride, module.padding, module.dilation,
+                1 if kind == "depthwise" else module.groups, module.bias is not None, module.padding_mode, spatial)
     if isinstance(module, nn.Linear):
         return (rec.type, module.bias is not None, tuple(input_shape[:-1]))
     return (rec.type, type(module).__name__, spatial)
@@ -305,7 +316,7 @@ def _module_config(rec: ModuleRecord, module: nn.Module, input_shape: tuple[int,
 def _standalone(config: tuple, out: int, inp: int) -> tuple[nn.Module, tuple[int, ...]]:
     """A fresh module of this configuration and channel counts, and its per-sample input shape."""
     kind = config[0]
-    if kind in ("conv", "grouped", "depthwise"):
+    if kind in ("conv", "depthwise"):
         _, kernel, stride, padding, dilation, groups, bias, padding_mode, spatial = config
         channels_in = out if kind == "depthwise" else inp
         module = nn.Conv2d(channels_in, out, kernel, stride, padding, dilation,
@@ -390,7 +401,16 @@ def _fit_remainder(points: list[dict]) -> tuple[float, float]:
     return float(alpha), float(gamma)
 
 
-def _cache_key(graph: LayerGraph, config: LatencyConfig) -> dict:
+def _cache_key(graph: LayerGraph, config: LatencyConfig, entries: list[_Entry] | None = None) -> dict:
+    """What a table was measured for. With ``entries``, also every module's configuration (kernel, stride,
+    padding, groups, input size): models of equal parameter shapes that compute differently differ."""
+    key = _path_key(graph, config)
+    if entries is not None:
+        key["modules"] = hashlib.sha256(repr([(e.name, e.config) for e in entries]).encode()).hexdigest()[:16]
+    return key
+
+
+def _path_key(graph: LayerGraph, config: LatencyConfig) -> dict:
     return {"format": FORMAT, "device": device_name(config.device), "torch": torch.__version__,
             "threads": config.resolved_threads(), "batch_size": config.batch_size, "model": graph.fingerprint,
             "input_shape": list(graph.input_shape), "round_to": graph.round_to, "grid": config.grid,
@@ -402,7 +422,7 @@ def _cache_key(graph: LayerGraph, config: LatencyConfig) -> dict:
 def cache_path(graph: LayerGraph, config: LatencyConfig) -> Path:
     from amc.train import default_cache_dir
 
-    key = _cache_key(graph, config)
+    key = _path_key(graph, config)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     return root / f"latency-{digest}.json"
@@ -423,12 +443,13 @@ def _load(path: Path, key: dict, entries: list[_Entry]) -> dict | None:
             if m["out_grid"] != list(e.out_grid) or m["in_grid"] != list(e.in_grid):
                 raise ValueError(f"the grid of {e.name!r} does not match")
             ms = np.asarray(m["ms"], dtype=np.float64)
-            if ms.shape != (len(e.out_grid), len(e.in_grid)) or not np.all(np.isfinite(ms)) or np.any(ms < 0):
+            if ms.shape != (len(e.out_grid), len(e.in_grid)) or not np.all(np.isfinite(ms)) or np.any(ms <= 0):
                 raise ValueError(f"the entries of {e.name!r} are malformed")
         for field in ("alpha", "gamma", "measured_base_ms"):
             if not math.isfinite(float(table[field])):
                 raise ValueError(f"{field} is not a finite number")
-        if float(table["alpha"]) < 0 or float(table["gamma"]) <= 0 or not isinstance(table["calibration"], list):
+        if float(table["alpha"]) < 0 or float(table["gamma"]) <= 0 or float(table["measured_base_ms"]) <= 0 \
+                or not isinstance(table["calibration"], list):
             raise ValueError("its calibration is malformed")
         return table
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -443,9 +464,9 @@ def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfi
     The model is timed as it is: call it on an otherwise idle machine, with the thread count and device
     the pruned model will run with.
     """
-    key = _cache_key(graph, config)
-    path = cache_path(graph, config)
     entries, _ = _entries(model, graph, config.grid)
+    key = _cache_key(graph, config, entries)
+    path = cache_path(graph, config)
     table = _load(path, key, entries) if use_cache else None
     if table is not None:
         log.info("loaded latency table %s", path)

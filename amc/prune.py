@@ -192,6 +192,9 @@ def _prune_weights(model, graph, keep, criterion, scores, generator, bake) -> No
                 importance = weight.abs() * activity.view(-1, *([1] * (weight.dim() - 1)))
             else:
                 importance = weight.abs() if criterion == "l1" else weight.pow(2)
+            # Weights already zero go first whatever the criterion scores them (iterative pruning keeps
+            # its earlier zeros); l1_unstructured compares absolute scores.
+            importance = torch.where(weight == 0, torch.zeros_like(importance), importance.abs() + 1e-12)
             tprune.l1_unstructured(module, "weight", amount=amount, importance_scores=importance.detach())
             if bake:
                 tprune.remove(module, "weight")

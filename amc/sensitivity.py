@@ -129,8 +129,9 @@ def plot_curves(curves: Sequence[SensitivityCurve], path: str | Path, *, title: 
 def greedy_allocation(curves: Sequence[SensitivityCurve], cost_model, projector, *, step: float = 0.05) -> list[float]:
     """Keep ratios that meet ``projector``'s budget, lowered greedily where the curves lose least.
 
-    From every layer at ``max_keep``, each step lowers one layer by ``step`` (to no less than
-    ``min_keep``): the one with the smallest interpolated accuracy loss per unit of cost saved. When the
+    From every layer at ``max_keep``, each step lowers one layer by ``step`` or, where rounding makes
+    that no change, to its next smaller channel count (never below ``min_keep``): the one with the
+    smallest interpolated accuracy loss per unit of cost saved. When the
     budget is met, the result is passed through the projector (a no-op unless rounding left it a hair
     over).
     """
@@ -142,8 +143,8 @@ def greedy_allocation(curves: Sequence[SensitivityCurve], cost_model, projector,
     while cost > projector.target:
         best, best_score, best_cost = -1, math.inf, cost
         for t, curve in enumerate(curves):
-            lower = max(projector.min_keep, keep[t] - step)
-            if lower >= keep[t] - 1e-12:
+            lower = _next_lower(projector, t, keep[t], step)
+            if lower is None:
                 continue
             trial = keep.copy()
             trial[t] = lower
@@ -155,9 +156,20 @@ def greedy_allocation(curves: Sequence[SensitivityCurve], cost_model, projector,
                 best, best_score, best_cost = t, score, new_cost
         if best < 0:
             break  # every layer at min_keep: the projector below reports nothing reachable beyond it
-        keep[best] = max(projector.min_keep, keep[best] - step)
+        keep[best] = _next_lower(projector, best, keep[best], step)
         cost = cost_model.cost_of(keep)
     return projector.project(keep.tolist())
+
+
+def _next_lower(projector, t: int, keep: float, step: float) -> float | None:
+    """The largest keep ratio layer ``t`` can take at most ``keep - step`` (or, if rounding leaves none in
+    that range, the next smaller channel count); None at ``min_keep``."""
+    candidates = projector._candidates[t]  # keep ratios of the reachable channel counts, ascending
+    below = candidates[candidates < keep - 1e-12]
+    if not len(below):
+        return None
+    stepped = below[below <= keep - step + 1e-12]
+    return float(stepped[-1] if len(stepped) else below[-1])
 
 
 __all__ = ["DEFAULT_KEEPS", "SensitivityCurve", "check_keeps", "greedy_allocation", "plot_curves", "read_csv",

@@ -118,7 +118,7 @@ def train(
     inputs, labels = train_set.tensors
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=True)
+                                weight_decay=config.weight_decay, nesterov=config.momentum > 0)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
     total_steps = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "cosine":

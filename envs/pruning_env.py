@@ -104,7 +104,12 @@ class PruningEnv(gym.Env):
         layer_costs = np.array([s.params if cost_model.resource == "params" else s.flops for s in graph.layers],
                                dtype=np.float64)
         self._rest = np.cumsum(layer_costs[::-1])[::-1] - layer_costs  # cost after layer t
-        self._rest /= cost_model.base  # AMC scales "rest" and "reduced" by the same total
+        if cost_model.resource in ("flops", "params"):
+            self._rest /= cost_model.base  # AMC scales "rest" and "reduced" by the same total
+        else:  # a latency budget: "rest" stays a share of the FLOPs (layers have no latency of their own)
+            from amc.cost import FlopsCost
+
+            self._rest /= FlopsCost(graph).base
         self._keep = np.ones(self.n_layers)
         self._t = 0
 

@@ -90,8 +90,11 @@ def prepare_out(config: SearchConfig) -> Path:
 def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
     now = _config_dict(config)
     diffs = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    ignored = set(_RESUME_IGNORED_CONTEXT)
+    if now["context"].get("resource") != "latency":
+        ignored.add("latency")  # timing settings matter only to a latency budget (runs before it lack them)
     diffs += [f"context.{k}" for k in sorted(set(saved["context"]) | set(now["context"]))
-              if k not in _RESUME_IGNORED_CONTEXT and saved["context"].get(k) != now["context"].get(k)]
+              if k not in ignored and saved["context"].get(k) != now["context"].get(k)]
     if diffs:
         raise ConfigError(f"--resume of {str(out)!r} with different settings {diffs}; use the run's original "
                           "settings (see its config.json) or another --out")
@@ -264,7 +267,10 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
     pruned = ctx.evaluator.prune(problem.policy(best.keep))
     test_acc = accuracy(pruned, ctx.data.test)
     uniform_test = accuracy(ctx.evaluator.prune(problem.policy(uniform)), ctx.data.test)
-    base_val, base_test = accuracy(ctx.model, ctx.data.val), accuracy(ctx.model, ctx.data.test)
+    # The base model on the same validation samples as the candidates (--val-limit may use fewer).
+    base_val = ctx.evaluator.evaluate([1.0] * len(ctx.graph)).accuracy if ctx.config.eval.val_limit \
+        else accuracy(ctx.model, ctx.data.val)
+    base_test = accuracy(ctx.model, ctx.data.test)
     ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
     latency_rows = []
     if problem.cost_model.resource == "latency":

@@ -88,7 +88,8 @@ def test_corrupt_or_foreign_cache_is_rebuilt(cost, resnet, table_dir, damage, ca
         rebuilt = build_latency_cost(model, graph, config, progress=False)
     assert measured == [1], "the damaged table was trusted"
     assert "rebuilding" in caplog.text
-    assert json.loads(path.read_text())["key"] == latency._cache_key(graph, config)  # overwritten with a good one
+    entries = latency._entries(model, graph, config.grid)[0]
+    assert json.loads(path.read_text())["key"] == latency._cache_key(graph, config, entries)  # rewritten, good
     assert rebuilt.base > 0
 
 
@@ -174,3 +175,75 @@ def test_context_builds_the_latency_cost_once(amc_cache, tmp_path):
 
 def test_keep_freed_memory_applies_on_linux():
     assert latency.keep_freed_memory() is True
+
+
+def _independent_prediction(cost: LatencyCost, keep) -> float:
+    """gamma * sum of per-module bilinear lookups + alpha, with scipy instead of the dense tables."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    out, inp = cost._shapes(np.asarray(cost.graph.channels(keep), dtype=np.float64))
+    total = 0.0
+    for o, i, entry in zip(out, inp, cost.table["modules"]):
+        ms = np.asarray(entry["ms"])
+        outs, ins = np.asarray(entry["out_grid"], float), np.asarray(entry["in_grid"], float)
+        if len(outs) == 1:
+            ms, outs = np.vstack([ms, ms]), np.array([outs[0], outs[0] + 1])
+        if len(ins) == 1:
+            ms, ins = np.hstack([ms, ms]), np.array([ins[0], ins[0] + 1])
+        total += float(RegularGridInterpolator((outs, ins), ms)([[o, min(max(i, ins[0]), ins[-1])]])[0])
+    return cost.gamma * total + cost.alpha
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "cnn"])
+def test_prediction_equals_an_independent_lookup(name, small_model, tmp_path):
+    model, example = small_model(name)
+    graph = discover(model, example[:1], round_to=2)
+    cost = build_latency_cost(model, graph, LatencyConfig(cache_dir=str(tmp_path), **FAST), progress=False)
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        keep = rng.uniform(0.2, 1.0, len(graph)).tolist()
+        assert cost.cost(keep) == pytest.approx(_independent_prediction(cost, keep), rel=1e-9)
+
+
+def test_grouped_convs_are_timed_with_their_groups(tmp_path):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, groups=4), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 3))
+    graph = discover(model.eval(), torch.zeros(1, 4, 6, 6))
+    entries, _ = latency._entries(model, graph, 3)
+    grouped = next(e for e in entries if e.name == "0")
+    assert grouped.config[5] == 4
+    module, shape = latency._standalone(grouped.config, grouped.out_grid[-1], grouped.in_grid[-1])
+    assert module.groups == 4 and module.weight.shape == model[0].weight.shape and shape == (4, 6, 6)
+
+
+def test_grid_follows_the_rounding_lattice():
+    assert latency._grid(8, 32, 8, 8) == (8, 16, 24, 32)  # round_to 8: only the counts the search reaches
+    assert latency._grid(1, 16, 20, 1) == tuple(range(1, 17))
+    grid = latency._grid(8, 128, 8, 8)
+    assert len(grid) <= 8 and grid[0] == 8 and grid[-1] == 128 and all(g % 8 == 0 for g in grid)
+
+
+def test_same_shapes_other_stride_is_a_foreign_table(tmp_path):
+    import torch
+    from torch import nn
+
+    def net(stride):
+        return nn.Sequential(nn.Conv2d(1, 8, 3, stride=stride, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+    config = LatencyConfig(cache_dir=str(tmp_path), **FAST)
+    first, second = net(1), net(2)
+    g1, g2 = discover(first, torch.zeros(1, 1, 8, 8)), discover(second, torch.zeros(1, 1, 8, 8))
+    assert g1.fingerprint == g2.fingerprint  # parameter shapes alike: the fingerprint cannot tell them apart
+    build_latency_cost(first, g1, config, progress=False)
+    measured = []
+    original = latency._measure_entries
+    try:
+        latency._measure_entries = lambda *a, **k: measured.append(1) or original(*a, **k)
+        build_latency_cost(second, g2, config, progress=False)
+    finally:
+        latency._measure_entries = original
+    assert measured == [1]

@@ -81,6 +81,20 @@ def test_greedy_allocation_meets_the_budget_and_spares_sensitive_layers(setup):
         greedy_allocation(curves[:-1], cost, BudgetProjector(cost, 0.5))
 
 
+def test_greedy_allocation_follows_the_curves_with_coarse_rounding(trained_cnn, digits):
+    model, _ = trained_cnn
+    graph = discover(model, digits.train.tensors[0][:1], round_to=8)
+    cost = FlopsCost(graph)
+    keeps = (0.1, 0.5, 1.0)
+    curves = [SensitivityCurve("x", keeps, (0.95, 0.96, 0.96) if t % 2 == 0 else (0.10, 0.50, 0.96))
+              for t in range(len(graph))]
+    projector = BudgetProjector(cost, 0.5)
+    keep = greedy_allocation(curves, cost, projector)
+    assert cost.ratio(keep) <= 0.5 + 1e-9
+    assert keep != projector.project([1.0] * len(graph))  # not just the layer-order clip
+    assert keep[0] < 1.0  # the flat first layer is cut, although 0.05 steps do not change 16 channels by 8
+
+
 def test_bad_keep_ratios_are_refused(setup):
     graph, evaluator = setup
     with pytest.raises(ConfigError, match=r"\(0, 1\]"):

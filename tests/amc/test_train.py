@@ -13,7 +13,7 @@ import torch
 
 from amc.errors import ConfigError
 from amc.models import build_model
-from amc.train import TrainConfig, accuracy, load_checkpoint, load_or_train
+from amc.train import TrainConfig, accuracy, load_checkpoint, load_or_train, train
 
 QUICK = TrainConfig(epochs=1)  # enough for cache behaviour; accuracy is not the point there
 
@@ -90,3 +90,30 @@ def test_foreign_cache_file_is_retrained(digits, tmp_path: Path) -> None:
 def test_bad_train_config(field: str, bad: float) -> None:
     with pytest.raises(ConfigError, match=rf"{field} must be .*got {bad}"):
         TrainConfig(**{field: bad})
+
+
+def test_resuming_the_schedule_at_an_epoch_replays_the_full_run(digits) -> None:
+    """``start_epoch`` (lottery-ticket rewinding) sees the same batches, shifts and learning rates.
+
+    Without momentum SGD has no state, so resuming from the epoch-2 weights must give the full run's
+    weights bit for bit; a wrong replay (data order, augmentation draws, scheduler steps) would not.
+    resnet20: no dropout, whose draws come from the global generator, not the training seed.
+    """
+    import copy
+
+    config = TrainConfig(epochs=4, momentum=0.0, lr=0.05, schedule="cosine")  # onecycle cycles momentum
+    torch.manual_seed(0)
+    full = build_model("resnet20", in_channels=1, num_classes=10)
+    snapshots = {}
+    train(full, digits.train, config, seed=3, progress=False,
+          on_epoch=lambda epoch, model, loss: snapshots.setdefault(epoch, copy.deepcopy(model.state_dict())))
+    assert sorted(snapshots) == [1, 2, 3, 4]
+    resumed = build_model("resnet20", in_channels=1, num_classes=10)
+    resumed.load_state_dict(snapshots[2])
+    train(resumed, digits.train, config, seed=3, progress=False, start_epoch=2)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    other = build_model("resnet20", in_channels=1, num_classes=10)
+    other.load_state_dict(snapshots[2])
+    train(other, digits.train, config, seed=3, progress=False, start_epoch=1)  # a wrong replay point
+    assert not all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), other.state_dict().values()))
