@@ -144,7 +144,12 @@ def measure_model_latency(model: nn.Module, input_shape: Sequence[int], *, batch
                           threads: int | None = None, device: str = "cpu", min_run_time: float = 0.4) -> float:
     """Median forward latency of ``model`` in ms on a random ``(batch_size, *input_shape)`` input."""
     keep_freed_memory()
-    model = model.eval() if device == "cpu" else copy.deepcopy(model).eval().to(device)  # never move the caller's
+    if device != "cpu":
+        model = copy.deepcopy(model).to(device)  # never move the caller's model
+    try:
+        model.eval()
+    except NotImplementedError:  # a torch.export program (always in inference form)
+        pass
     x = torch.randn(batch_size, *input_shape, device=device)
     return 1e3 * _timer(lambda: model(x), threads).blocked_autorange(min_run_time=min_run_time).median
 

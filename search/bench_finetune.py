@@ -128,7 +128,7 @@ def finetune_markdown(result: FinetuneResult, *, command: str, machine: str) -> 
         f"| test accuracy: base | {100 * result.base_test:.2f}% | |",
         f"| test accuracy: pruned, no fine-tuning | {100 * result.pruned_test:.2f}% | |",
         f"| test accuracy: after {result.finetune_epochs} epochs of fine-tuning | **{100 * result.finetuned_test:.2f}%** "
-        f"({drop:+.2f} points below base) | within 2 points |",
+        f"({drop:.2f} points below base) | within 2 points |",
         "",
         f"Latency target {'met' if b64 <= 1.25 * result.flops_ratio else 'missed'}; accuracy target "
         f"{'met' if drop <= 2 else 'missed'}.",

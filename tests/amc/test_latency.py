@@ -247,3 +247,16 @@ def test_same_shapes_other_stride_is_a_foreign_table(tmp_path):
     finally:
         latency._measure_entries = original
     assert measured == [1]
+
+
+def test_exported_programs_can_be_timed(small_model, tmp_path):
+    import torch
+
+    from amc.export import export_pt2
+    from amc.latency import compare_latency
+
+    model, example = small_model("cnn")
+    program = torch.export.load(export_pt2(model, example, tmp_path / "m.pt2")).module()
+    ms = compare_latency({"eager": model, "exported": program}, tuple(example.shape[1:]), repeats=1,
+                         min_run_time=0.01)
+    assert set(ms) == {"eager", "exported"} and all(v > 0 for v in ms.values())
