@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -10,3 +11,33 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def int_at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+def number_in(low: float, high: float, *, low_closed: bool = False, high_closed: bool = True, meaning: str = ""):
+    """argparse type: a finite number in the interval from ``low`` to ``high`` (``meaning`` says what it is)."""
+    interval = f"{'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = value >= low if low_closed else value > low
+        below = value <= high if high_closed else value < high
+        if math.isnan(value) or math.isinf(value) or not (above and below):
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}{meaning}, got {text!r}")
+        return value
+    return parse

@@ -121,7 +121,8 @@ def _latency(args: argparse.Namespace, console: Console) -> int:
              f"{args.policies} random feasible policies per row (random budget, random keep ratios projected onto "
              f"it), {args.threads} thread(s), round_to {args.round_to}, untrained weights, 1x28x28 inputs. Each "
              f"pruned model is timed interleaved with the base model, median of {args.repeats} repeats. "
-             "'ms error': predicted vs measured latency; 'ratio error': predicted vs measured latency ratio (pruned / base), what a budget "
+             "'ms error': predicted vs measured latency; 'ratio error': predicted vs measured latency ratio "
+             "(pruned / base), what a budget "
              "constrains. Build: the table measured from scratch; cached: loading it again.", "",
              "| model | batch | decisions | build s | cached s | base ms | ms error median | ms error worst "
              "| ratio error median | ratio error worst |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -131,7 +132,8 @@ def _latency(args: argparse.Namespace, console: Console) -> int:
         table.add_column(col, justify="right")
     for row in latency_accuracy(models, batches, policies=args.policies, threads=args.threads, repeats=args.repeats,
                                 round_to=args.round_to, on_policy=on_policy):
-        cells = (row.model, str(row.batch_size), str(row.decisions), f"{row.build_seconds:.1f}", f"{row.cached_seconds:.2f}",
+        cells = (row.model, str(row.batch_size), str(row.decisions), f"{row.build_seconds:.1f}",
+                 f"{row.cached_seconds:.2f}",
                  f"{row.base_measured_ms:.2f}", f"{100 * row.median_error:.1f}%", f"{100 * row.worst_error:.1f}%",
                  f"{100 * row.median_ratio_error:.1f}%", f"{100 * row.worst_ratio_error:.1f}%")
         table.add_row(*cells)

@@ -26,53 +26,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from amc.cli import OneLineParser  # noqa: E402
+from amc.cli import OneLineParser, int_at_least, number_in  # noqa: E402
 
 CSV_NAME = "lottery.csv"
 SETTINGS_NAME = "settings.json"
 FIELDS = ("seed", "round", "sparsity", "ticket_val", "ticket_test", "random_val", "random_test", "seconds")
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
-    if math.isnan(value) or not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1) of the remaining weights, got {text!r}")
-    return value
-
-
-def _unit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return value
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
-        return value
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+_fraction = number_in(0, 1, high_closed=False, meaning=" (fraction of the remaining weights)")
+_unit = number_in(0, 1, low_closed=True)
+_positive_float = number_in(0, math.inf, high_closed=False)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -90,21 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="cnn", help="built-in model or package.module:factory (cnn)")
     p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, mnist or cifar10 (digits)")
     p.add_argument("--data-dir", default=None, help="folder of fashion-mnist / mnist / cifar10 files")
-    p.add_argument("--rounds", type=_int_at_least(1), default=5, help="pruning rounds after the dense round (5)")
+    p.add_argument("--rounds", type=int_at_least(1), default=5, help="pruning rounds after the dense round (5)")
     p.add_argument("--prune-per-round", type=_fraction, default=0.2,
                    help="fraction of the remaining weights removed per round, in (0, 1) (0.2)")
-    p.add_argument("--rewind-epoch", type=_int_at_least(0), default=0,
+    p.add_argument("--rewind-epoch", type=int_at_least(0), default=0,
                    help="0: rewind to the initial weights; k: to those after k epochs (0)")
-    p.add_argument("--epochs", type=_int_at_least(1), default=15, help="training epochs of every round (15)")
+    p.add_argument("--epochs", type=int_at_least(1), default=15, help="training epochs of every round (15)")
     p.add_argument("--lr", type=_positive_float, default=0.05, help="peak learning rate (0.05)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="batch size (64)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="batch size (64)")
     p.add_argument("--output-layer-rate", type=_unit, default=0.5,
                    help="the final classifier is pruned at this multiple of the rate; 0 keeps it dense (0.5)")
     p.add_argument("--per-layer", action="store_true", help="prune each layer at the rate (default: one global threshold)")
     p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds (0,1,2)")
     p.add_argument("--out", default="runs/lottery", help="folder of lottery.csv; a rerun skips finished seeds")
     p.add_argument("--markdown", default=None, help="also write the table as the 'lottery' section of this file")
-    p.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads (1)")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads (1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from amc.cli import OneLineParser  # noqa: E402
+from amc.cli import OneLineParser, int_at_least, number_in  # noqa: E402
 
 DEFAULTS = {
     "budget": 0.3, "resource": "flops", "strategy": "optuna", "sampler": "tpe", "evaluations": 300, "warmup": None,
@@ -32,24 +32,8 @@ DEFAULTS = {
 }
 
 
-def _budget(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
-    if math.isnan(value) or not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] (fraction of the base cost kept), got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+_budget = number_in(0, 1, meaning=" (fraction of the base cost kept)")
+_positive_int = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from amc.cli import OneLineParser  # noqa: E402
+from amc.cli import OneLineParser, int_at_least  # noqa: E402
 
 
 def _keeps(text: str) -> tuple[float, ...]:
@@ -41,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--checkpoint", default=None, help="trained state_dict (default: train and cache one)")
-    p.add_argument("--epochs", type=int, default=60, help="base-model training epochs when not cached (60)")
-    p.add_argument("--val-size", type=int, default=None, help="validation samples carved from train")
-    p.add_argument("--val-limit", type=int, default=None, help="evaluate on the first N validation samples")
+    p.add_argument("--epochs", type=int_at_least(1), default=60, help="base-model training epochs when not cached (60)")
+    p.add_argument("--val-size", type=int_at_least(1), default=None, help="validation samples carved from train")
+    p.add_argument("--val-limit", type=int_at_least(1), default=None, help="evaluate on the first N validation samples")
     p.add_argument("--criterion", default="l1", choices=CRITERIA)
-    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--round-to", type=int_at_least(1), default=1)
     p.add_argument("--keeps", type=_keeps, default=DEFAULT_KEEPS, help="keep ratios (0.1,0.2,...,1.0)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int_at_least(1), default=None)
     p.add_argument("--out", default="runs/sensitivity")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
