@@ -163,6 +163,16 @@ class PolicyEvaluator:
         ]
 
     @property
+    def val_set(self) -> tuple[Tensor, Tensor]:
+        """(inputs, labels) candidates are scored on: the first ``val_limit`` validation samples."""
+        return self._val
+
+    @property
+    def bn_batches(self) -> list[Tensor]:
+        """The training batches adaptive BN re-estimates statistics on."""
+        return list(self._bn_batches)
+
+    @property
     def val_size(self) -> int:
         return len(self._val[1])
 

@@ -182,6 +182,39 @@ def _iterative(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _headline(args: argparse.Namespace, console: Console) -> int:
+    import time
+
+    import torch
+
+    from search.bench_common import machine
+    from search.bench_headline import HeadlineSettings, headline, headline_markdown
+    from search.bench_quality import update_section
+
+    torch.set_num_threads(args.threads)
+    settings = HeadlineSettings(budgets=tuple(float(b) for b in args.budgets.split(",")),
+                                seeds=tuple(int(s) for s in args.seeds.split(",")), evaluations=args.evaluations,
+                                oracle_factor=args.oracle_factor, workers=args.workers,
+                                finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples)
+
+    def on_cell(cell, cached):
+        where = "cached" if cached else f"{cell.seconds / 60:.1f} min"
+        console.print(f"budget {cell.budget:g} {cell.row:<11} seed {cell.seed}: val {100 * cell.val_accuracy:.2f} "
+                      f"test {100 * cell.test_accuracy:.2f} fine-tuned {100 * cell.finetuned_test_accuracy:.2f} "
+                      f"FLOPs {cell.flops_ratio:.3f} latency {cell.latency_ratio:.3f} ({where})")
+
+    start = time.perf_counter()
+    cells = headline(Path(args.root), settings, data_dir=args.data_dir, on_cell=on_cell)
+    console.print(f"wall time of this invocation: {(time.perf_counter() - start) / 60:.1f} min")
+    command = "python scripts/bench.py headline " + " ".join(sys.argv[2:])
+    body = headline_markdown(cells, settings, command=command.strip(), machine=machine(),
+                             total_seconds=sum(c.seconds for c in cells))
+    console.print(body)
+    update_section(Path(args.markdown), "headline", body,
+                   title="Headline: searched policies vs what users pick instead (resnet20 / fashion-mnist)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -238,6 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench", help="policies (quality cells) and results are cached here")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_iterative)
+    p = sub.add_parser("headline", help="resnet20/fashion-mnist: every strategy vs uniform, Torch-Pruning and an oracle")
+    p.add_argument("--budgets", default="0.3,0.5")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--evaluations", type=int, default=100)
+    p.add_argument("--oracle-factor", type=int, default=10, help="the oracle search is this many times longer")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers of each search")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-samples", type=int, default=10000)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the driver (evaluation, fine-tuning)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--root", default="runs/bench-headline", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_headline)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

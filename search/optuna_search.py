@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import optuna
 
 from amc.errors import ConfigError
@@ -34,10 +35,24 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 class OptunaStrategy:
+    """Optuna search over per-layer keep ratios.
+
+    Args:
+        max_repeats: A proposal whose projected policy was evaluated before (same channel or weight
+            counts: rounding and the budget projection map many raw proposals to one policy) is told
+            its known result without spending an evaluation. After ``max_repeats`` such repeats in a
+            row the sampler has nothing new to offer, and the next proposals are drawn at random
+            (enqueued trials, so the study sees them); after ``2 * max_repeats`` a repeat is evaluated
+            (a cache hit) and counted, so a run always ends. TPE otherwise keeps re-proposing its best
+            policy once a coarse space (``--round-to 8``) is small, and stops exploring. 0 counts every
+            proposal.
+    """
+
     name = "optuna"
 
     def __init__(self, *, sampler: str = "tpe", storage: str, batch_size: int = 1, out: str | Path | None = None,
-                 study_name: str = STUDY_NAME) -> None:
+                 study_name: str = STUDY_NAME, max_repeats: int = 20) -> None:
+        self.max_repeats = max_repeats
         self.sampler = sampler
         self.storage = storage
         self.batch_size = batch_size
@@ -68,14 +83,30 @@ class OptunaStrategy:
         p = problem.projector
         self._sync(study, problem)
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        known = {self._key(problem, r.keep): r for r in problem.records}
+        rng = np.random.default_rng([seed, len(study.trials)])
+        repeats = 0
         remaining = evaluations
         while remaining > 0:
-            trials = [study.ask() for _ in range(min(self.batch_size, remaining))]
-            keeps = []
-            for trial in trials:
+            trials, keeps, batch_keys = [], [], set()
+            while len(trials) < min(self.batch_size, remaining):
+                trial = study.ask()
                 raw = [trial.suggest_float(f"keep:{name}", p.min_keep, p.max_keep) for name in names]
                 keep = p.project(raw)
                 trial.set_user_attr("keep", keep)
+                key = self._key(problem, keep)
+                if (key in known or key in batch_keys) and repeats < 2 * self.max_repeats:
+                    if key in known:
+                        study.tell(trial, self._values(known[key]))  # known result: no evaluation spent
+                    else:  # proposed twice in this batch; its result is not known yet
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    repeats += 1
+                    if repeats >= self.max_repeats:  # the sampler has nothing new: explore at random
+                        study.enqueue_trial({f"keep:{n}": float(rng.uniform(p.min_keep, p.max_keep)) for n in names})
+                    continue
+                repeats = 0
+                batch_keys.add(key)
+                trials.append(trial)
                 keeps.append(keep)
             try:
                 problem.evaluate_keeps(keeps, steps=[t.number for t in trials])
@@ -87,6 +118,7 @@ class OptunaStrategy:
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     else:
                         study.tell(trial, self._values(record))
+                        known.setdefault(self._key(problem, record.keep), record)
                 if self.sampler == "nsga2" and self.out is not None:
                     write_pareto(study, self.out / "pareto.json")
             remaining -= len(trials)
@@ -108,6 +140,13 @@ class OptunaStrategy:
                                                       else [self._values(record)],
                                                       user_attrs={"keep": list(record.keep)}))
         log.info("added %d recorded evaluations the study had lost", len(missing))
+
+    @staticmethod
+    def _key(problem: SearchProblem, keep) -> tuple:
+        """What makes two policies the same model: channel counts, or kept-weight ratios."""
+        if problem.granularity == "channel":
+            return tuple(problem.graph.channels(list(keep)))
+        return tuple(round(float(k), 9) for k in keep)
 
     def _values(self, record):
         return [record.reward, record.cost_ratio] if self.sampler == "nsga2" else record.reward

@@ -61,9 +61,9 @@ def test_same_seed_same_history(strategy: str, tmp_path: Path, context_config: C
 
 # --- resume after a kill (acceptance 4) -----------------------------------------------------------
 
-def _completed_trials(out: Path) -> int:
+def _completed_trials(out: Path) -> set[int]:
     study = optuna.load_study(study_name=f"amc-search/{out.name}", storage=f"sqlite:///{out / 'study.db'}")
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
 
 
 def test_killed_optuna_search_resumes(tmp_path: Path, amc_cache: Path) -> None:
@@ -99,8 +99,8 @@ def test_killed_optuna_search_resumes(tmp_path: Path, amc_cache: Path) -> None:
     assert sorted(r.index for r in records) == list(range(40))
     assert all(r.cost_ratio <= BUDGET + 1e-9 for r in records)
     # A kill between writing a row and telling the study is repaired on resume: every recorded
-    # evaluation is a completed trial again.
-    assert _completed_trials(out) == 40
+    # evaluation is a completed trial again (the study also holds repeats told their known result).
+    assert {r.step for r in records} <= _completed_trials(out)
     policy = Policy.load(out / "policy.json")
     assert policy.meta["evaluations"] == 40
     assert policy.metrics["val_accuracy"] == max(r.accuracy for r in records)

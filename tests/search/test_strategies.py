@@ -280,3 +280,24 @@ def test_shared_noise_gives_each_environment_its_own_draw_and_counts_every_episo
     noise.reset(indices=[0, 1, 2])  # three episodes ended
     assert noise.base_noise.episodes == 3
     assert noise.base_noise.sigma == pytest.approx(0.5 * 0.95**3)
+
+
+def test_optuna_spends_evaluations_on_new_policies_in_a_coarse_space(amc_cache: Path, tmp_path: Path) -> None:
+    """With round_to 8 many proposals project onto one policy; those repeats are told their known result
+    instead of being evaluated again, so TPE keeps exploring (max_repeats=0 shows the waste)."""
+    from search.optuna_search import OptunaStrategy
+
+    ctx = build_context(ContextConfig(cache_dir=str(amc_cache), round_to=8), progress=False)
+    distinct = {}
+    for repeats in (0, 20):
+        problem = _problem(ctx, 0.3)
+        strategy = OptunaStrategy(storage=f"sqlite:///{tmp_path / f'study{repeats}.db'}", max_repeats=repeats)
+        strategy.run(problem, 30, seed=0)
+        assert len(problem.records) == 30
+        assert all(problem.projector.feasible(r.keep) for r in problem.records)
+        distinct[repeats] = len({ctx.graph.channels(r.keep) for r in problem.records})
+        study = strategy.load_study(0)
+        told = [t for t in study.trials if t.state.name == "COMPLETE"]
+        assert len(told) >= 30 and {r.step for r in problem.records} <= {t.number for t in told}
+    assert distinct[20] == 30  # every evaluation a new model
+    assert distinct[0] < 25  # without skipping, TPE re-proposes what it has seen

@@ -1,0 +1,325 @@
+"""The headline benchmark (``scripts/bench.py headline``): searched policies against what users pick instead.
+
+resnet20 on fashion-mnist (the cached 15-epoch base model of :mod:`search.bench_common`), FLOPs budgets,
+several search seeds on the one base model. Rows:
+
+- ``uniform``: the largest uniform keep ratio that meets the budget (deterministic: one run).
+- ``tp-global``: Torch-Pruning's global magnitude pruning (``MetaPruner`` with ``GroupMagnitudeImportance``
+  and ``global_pruning=True``), its pruning ratio bisected so the FLOPs just meet the budget
+  (deterministic: one run).
+- ``random``, ``optuna-tpe``, ``ddpg``: searches with the same number of evaluations.
+- ``sensitivity``: greedy allocation from per-layer sensitivity curves (deterministic: one run).
+- ``oracle``: the best policy of a random search ``oracle_factor`` times longer (seed 0; its first
+  ``evaluations`` samples are those of the seed-0 random row). Random search, not TPE: in this coarse
+  space (round_to 8) TPE settles early, and a long random search finds better policies.
+
+Every pruned model gets the same adaptive-BN recalibration, the same validation subset (the one the
+searches saw), the full test split, the same short fine-tuning, a FLOPs count (``FlopCounterMode``) and an
+interleaved CPU latency measurement against the base model. Each finished cell is written at once to
+``<root>/budget<b>/<row>/seed<s>/cell.json``; a rerun reads finished cells back, and a search that was
+interrupted resumes from its ``history.csv``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from amc.context import Context, build_context
+from amc.evaluate import recalibrate_bn, validate
+from amc.latency import compare_latency
+from amc.policy import Policy
+from amc.progress import progress_bar
+from amc.train import TrainConfig, accuracy, train
+from search.bench_common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20
+from search.config import SearchConfig
+from search.history import read_history
+from search.runner import run_search
+
+log = logging.getLogger(__name__)
+
+# (row label, strategy or None for a row that is not a search, deterministic)
+ROWS = (("uniform", "uniform", True), ("tp-global", None, True), ("random", "random", False),
+        ("sensitivity", "sensitivity", True), ("optuna-tpe", "optuna", False), ("ddpg", "ddpg", False),
+        ("oracle", "random", True))
+ORACLE_STRATEGY = "random search"  # the strongest strategy at 100 evaluations (BENCHMARKS.md)
+SEARCHED = ("random", "sensitivity", "optuna-tpe", "ddpg")  # "our strategies" in the verdicts
+
+
+@dataclass(frozen=True)
+class HeadlineSettings:
+    """What one headline run holds fixed. Changing any of it invalidates no cell: cells are keyed by
+    budget, row and seed only, so use a new ``root`` for other settings."""
+
+    budgets: tuple[float, ...] = (0.3, 0.5)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    evaluations: int = 100
+    oracle_factor: int = 10
+    workers: int = 2
+    min_keep: float = 0.2
+    round_to: int = 8
+    finetune_epochs: int = 1
+    finetune_samples: int = 10000
+    finetune_lr: float = 0.01
+    latency_batch: int = 64
+    latency_repeats: int = 5
+
+
+@dataclass(frozen=True)
+class HeadlineCell:
+    budget: float
+    row: str
+    seed: int
+    val_accuracy: float  # on the validation subset the searches saw, after adaptive BN
+    test_accuracy: float  # full test split, no fine-tuning
+    finetuned_test_accuracy: float
+    flops_ratio: float  # FlopCounterMode, pruned / base
+    latency_ratio: float  # interleaved CPU timing, median of repeats, pruned / base
+    search_seconds: float
+    evaluations: int  # recorded evaluations (cache hits included); tp-global: 0
+    distinct: int  # evaluations that ran a forward pass (not cache hits)
+    seconds: float  # wall time of the whole cell (search, evaluation, timing, fine-tuning)
+    channels: tuple[int, ...] = ()
+
+    @property
+    def evals_per_second(self) -> float:
+        return self.evaluations / self.search_seconds if self.search_seconds > 0 else float("nan")
+
+
+def flops(module: nn.Module, shape: Sequence[int]) -> int:
+    """Multiply-accumulate work of one forward pass of ``module`` on one input, as FlopCounterMode counts it."""
+    was_training = module.training
+    module.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(torch.zeros(1, *shape))
+    module.train(was_training)
+    return counter.get_total_flops()
+
+
+def tp_global_magnitude(model: nn.Module, example: torch.Tensor, budget: float, *, round_to: int | None = 8,
+                        min_keep: float = 0.2, p: int = 2, steps: int = 200) -> tuple[nn.Module, float, int]:
+    """Torch-Pruning's global magnitude pruning, stepped until the FLOPs meet ``budget``.
+
+    What a Torch-Pruning user writes to hit a FLOPs target (the package's own ``progressive_pruning``
+    recipe): ``MetaPruner(model, example, GroupMagnitudeImportance(p=2), global_pruning=True,
+    pruning_ratio=1.0, iterative_steps=steps, ...)`` with the classifier ignored, then ``pruner.step()``
+    until the model is small enough. ``max_pruning_ratio`` is ``1 - min_keep``, so no layer is cut
+    below what our searches may use. (A single step at a bisected ``pruning_ratio`` does not work:
+    with global ranking the FLOPs are not monotone in the ratio.)
+
+    Returns: (pruned copy, its FLOPs ratio, steps taken).
+    """
+    import torch_pruning as tp
+
+    shape = tuple(example.shape[1:])
+    base = flops(model, shape)
+    pruned = copy.deepcopy(model).eval()
+    pruner = tp.pruner.MetaPruner(pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=p),
+                                  global_pruning=True, pruning_ratio=1.0, iterative_steps=steps,
+                                  max_pruning_ratio=1 - min_keep, round_to=round_to,
+                                  ignored_layers=[m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:])
+    ratio = 1.0
+    for step in range(1, steps + 1):
+        pruner.step()
+        ratio = flops(pruned, shape) / base
+        if ratio <= budget:
+            return pruned.eval(), ratio, step
+    raise ValueError(f"Torch-Pruning global pruning cannot reach FLOPs budget {budget}: with no layer below "
+                     f"min_keep {min_keep:g} the model keeps {ratio:.4f} of its FLOPs; use a larger budget")
+
+
+def _finetune_set(ctx: Context, samples: int) -> TensorDataset:
+    x, y = ctx.data.train.tensors
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:samples]
+    return TensorDataset(x[order], y[order])
+
+
+def _channels(model: nn.Module) -> tuple[int, ...]:
+    return tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _search_config(settings: HeadlineSettings, ctx: Context, *, budget: float, strategy: str, seed: int,
+                   evaluations: int, out: Path) -> SearchConfig:
+    return SearchConfig(budget=budget, strategy=strategy, evaluations=evaluations, out=str(out), seed=seed,
+                        resume=out.exists(), progress=False, export=False, min_keep=settings.min_keep,
+                        workers=settings.workers if strategy not in ("uniform",) else 1, context=ctx.config)
+
+
+def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: float, row: str, seed: int,
+             finetune_set: TensorDataset) -> HeadlineCell:
+    """One (budget, row, seed) cell: read back when finished, else run and written at once."""
+    out = root / f"budget{budget:g}" / row / f"seed{seed}"
+    cell_file = out / "cell.json"
+    if cell_file.exists():
+        data = json.loads(cell_file.read_text())
+        data["channels"] = tuple(data.get("channels", ()))
+        return HeadlineCell(**data)
+    start = time.perf_counter()
+    strategy = {label: s for label, s, _ in ROWS}[row]
+    shape = ctx.graph.input_shape
+    if strategy is None:  # tp-global
+        t = time.perf_counter()
+        pruned, ratio, steps = tp_global_magnitude(ctx.model, ctx.data.val.tensors[0][:2], budget,
+                                                   round_to=settings.round_to, min_keep=settings.min_keep)
+        search_seconds, evaluations, distinct = time.perf_counter() - t, 0, 0
+        log.info("tp-global at budget %g: FLOPs ratio %.4f after %d pruner steps", budget, ratio, steps)
+    else:
+        evaluations = settings.evaluations * (settings.oracle_factor if row == "oracle" else 1)
+        run = out / "search"
+        if not (run / "policy.json").exists():
+            run_search(_search_config(settings, ctx, budget=budget, strategy=strategy, seed=seed,
+                                      evaluations=evaluations, out=run), context=ctx)
+        policy = Policy.load(run / "policy.json")
+        records = read_history(run / "history.csv")
+        # Search time: to the last recorded evaluation (the run's final test pass and report are not search).
+        search_seconds = max(r.wall_time for r in records)
+        evaluations, distinct = len(records), sum(not r.cached for r in records)
+        pruned = ctx.evaluator.prune(policy)
+    recalibrate_bn(pruned, ctx.evaluator.bn_batches)  # the same adaptive BN for every row
+    val, _ = validate(pruned, *ctx.evaluator.val_set)
+    test = accuracy(pruned, ctx.data.test)
+    flops_ratio = flops(pruned, shape) / flops(ctx.model, shape)
+    ms = compare_latency({"base": ctx.model, "pruned": pruned}, shape, batch_size=settings.latency_batch, threads=1,
+                         repeats=settings.latency_repeats, min_run_time=0.2)
+    tuned = copy.deepcopy(pruned)
+    train(tuned, finetune_set, TrainConfig(epochs=settings.finetune_epochs, lr=settings.finetune_lr,
+                                           schedule="cosine", batch_size=ctx.config.train.batch_size,
+                                           shift=ctx.config.train.shift),
+          seed=seed, progress=False)
+    cell = HeadlineCell(budget=budget, row=row, seed=seed, val_accuracy=val, test_accuracy=test,
+                        finetuned_test_accuracy=accuracy(tuned, ctx.data.test), flops_ratio=flops_ratio,
+                        latency_ratio=ms["pruned"] / ms["base"], search_seconds=search_seconds,
+                        evaluations=evaluations, distinct=distinct, seconds=time.perf_counter() - start,
+                        channels=_channels(pruned))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = cell_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(cell), indent=1) + "\n")
+    tmp.replace(cell_file)
+    return cell
+
+
+def plan(settings: HeadlineSettings) -> list[tuple[float, str, int]]:
+    """The cells of a run, in order: (budget, row, seed); deterministic rows run for the first seed only."""
+    cells = []
+    for budget in settings.budgets:
+        for row, _, deterministic in ROWS:
+            for seed in settings.seeds[:1] if deterministic else settings.seeds:
+                cells.append((budget, row, seed))
+    return cells
+
+
+def headline(root: Path, settings: HeadlineSettings = HeadlineSettings(), *, data_dir: str | None = None,
+             progress: bool = True, on_cell: Callable[[HeadlineCell, bool], None] | None = None,
+             context: Context | None = None) -> list[HeadlineCell]:
+    """Runs (or reads back) every cell of the benchmark; ``on_cell(cell, cached)`` after each."""
+    root.mkdir(parents=True, exist_ok=True)
+    ctx = context or build_context(fashion_resnet20(data_dir=data_dir, round_to=settings.round_to), progress=progress)
+    finetune_set = _finetune_set(ctx, settings.finetune_samples)
+    todo = plan(settings)
+    cells = []
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task("headline", total=len(todo), status="")
+        for budget, row, seed in todo:
+            bar.update(task, status=f"budget {budget:g} {row} seed {seed}")
+            cached = (root / f"budget{budget:g}" / row / f"seed{seed}" / "cell.json").exists()
+            cell = run_cell(root, ctx, settings, budget=budget, row=row, seed=seed, finetune_set=finetune_set)
+            cells.append(cell)
+            if on_cell is not None:
+                on_cell(cell, cached)
+            bar.advance(task)
+    return cells
+
+
+def _stat(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{scale * values[0]:.{digits}f}"
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
+def _mean(cells: list[HeadlineCell], field: str) -> float:
+    return statistics.mean(getattr(c, field) for c in cells)
+
+
+def verdicts(cells: list[HeadlineCell], budget: float = 0.3) -> list[str]:
+    """The acceptance targets at ``budget``, on test accuracy before fine-tuning (mean over seeds)."""
+    rows = {}
+    for row, *_ in ROWS:
+        group = [c for c in cells if c.budget == budget and c.row == row]
+        if group:
+            rows[row] = _mean(group, "test_accuracy")
+    ours = {r: v for r, v in rows.items() if r in SEARCHED}
+    if not ours or not {"uniform", "tp-global", "oracle"} <= rows.keys():
+        return []
+    best = max(ours, key=ours.get)
+    checks = [("uniform", rows["uniform"], 2.0, ">="), ("tp-global", rows["tp-global"], 1.0, ">=")]
+    lines = [f"Budget {budget:g}, test accuracy before fine-tuning (mean over seeds): best of our strategies is "
+             f"**{best}** at {100 * ours[best]:.2f}%."]
+    for name, value, margin, _ in checks:
+        diff = 100 * (ours[best] - value)
+        lines.append(f"- vs {name} ({100 * value:.2f}%): {diff:+.2f} points; target >= +{margin:g}: "
+                     f"**{'met' if diff >= margin - 1e-9 else 'missed'}**")
+    gap = 100 * (rows["oracle"] - ours[best])
+    lines.append(f"- vs the oracle ({100 * rows['oracle']:.2f}%): {-gap:+.2f} points; target within 0.5: "
+                 f"**{'met' if gap <= 0.5 + 1e-9 else 'missed'}**")
+    val = {r: _mean([c for c in cells if c.budget == budget and c.row == r], "val_accuracy") for r in rows}
+    lines.append(f"- on the validation subset the searches saw: {best} {100 * val[best]:.2f}%, uniform "
+                 f"{100 * val['uniform']:.2f}%, tp-global {100 * val['tp-global']:.2f}%, oracle "
+                 f"{100 * val['oracle']:.2f}%")
+    return lines
+
+
+def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, command: str, machine: str,
+                      total_seconds: float) -> str:
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine}  ",
+        f"resnet20 / fashion-mnist, base model {BASE_EPOCHS} epochs on 55,000 images (cached; not counted), "
+        f"round_to {settings.round_to}, min_keep {settings.min_keep:g}. Searches: {settings.evaluations} evaluations "
+        f"each (oracle: {settings.oracle_factor * settings.evaluations}, {ORACLE_STRATEGY}, seed "
+        f"{settings.seeds[0]}), {settings.workers} Ray workers x 1 thread, candidates scored on the first "
+        f"{VAL_LIMIT:,} of 5,000 validation images after adaptive BN (8 x 128 training images). Seeds "
+        f"{', '.join(map(str, settings.seeds))} are search seeds on the one base model; uniform, tp-global, "
+        "sensitivity and the oracle are run once (the first three are deterministic). Test: the 10,000 test "
+        f"images. Fine-tuning: {settings.finetune_epochs} epoch(s) of SGD (cosine, lr {settings.finetune_lr:g}) on "
+        f"{settings.finetune_samples:,} training images, the same for every row. Latency: batch "
+        f"{settings.latency_batch}, 1 thread, pruned and base timed interleaved, median of "
+        f"{settings.latency_repeats}. Whole benchmark: {total_seconds / 60:.0f} min of cell time.", "",
+        "| budget | row | val acc % | test acc % | test acc % after fine-tune | FLOPs ratio | latency ratio | "
+        "search s | evals/s (distinct) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for budget in settings.budgets:
+        for row, *_ in ROWS:
+            group = [c for c in cells if c.budget == budget and c.row == row]
+            if not group:
+                continue
+            speed = "-" if row == "tp-global" else (
+                f"{statistics.mean(c.evals_per_second for c in group):.2f} ({_mean(group, 'distinct'):.0f} of "
+                f"{_mean(group, 'evaluations'):.0f})")
+            label = row if len(group) > 1 else f"{row} (1 run)"
+            lines.append(
+                f"| {budget:g} | {label} | {_stat([c.val_accuracy for c in group])} | "
+                f"{_stat([c.test_accuracy for c in group])} | {_stat([c.finetuned_test_accuracy for c in group])} | "
+                f"{_stat([c.flops_ratio for c in group], 1, 3)} | {_stat([c.latency_ratio for c in group], 1, 3)} | "
+                f"{_mean(group, 'search_seconds'):.0f} | {speed} |")
+    lines.append("")
+    for budget in settings.budgets:
+        found = verdicts(cells, budget)
+        if found:
+            lines += found + [""]
+    return "\n".join(lines)
+
+
+__all__ = ["HeadlineCell", "HeadlineSettings", "ROWS", "flops", "headline", "headline_markdown", "plan",
+           "tp_global_magnitude", "verdicts"]

@@ -1,0 +1,134 @@
+"""The headline benchmark's machinery on cnn/digits: Torch-Pruning baseline, cells, resume, table and verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from torch import nn
+
+from amc.context import ContextConfig, build_context
+from search.bench_headline import (
+    ROWS,
+    HeadlineCell,
+    HeadlineSettings,
+    flops,
+    headline,
+    headline_markdown,
+    plan,
+    tp_global_magnitude,
+    verdicts,
+)
+
+pytestmark = pytest.mark.usefixtures("cache_env")
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    from tests.search.helpers import shared_cache_dir
+
+    return build_context(ContextConfig(cache_dir=str(shared_cache_dir(tmp_path_factory))), progress=False)
+
+
+def _convs(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5])
+def test_torch_pruning_global_meets_the_flops_budget(ctx, budget):
+    example = ctx.data.val.tensors[0][:2]
+    pruned, ratio, steps = tp_global_magnitude(ctx.model, example, budget, round_to=4, min_keep=0.2)
+    shape = ctx.graph.input_shape
+    assert ratio == pytest.approx(flops(pruned, shape) / flops(ctx.model, shape))
+    assert budget - 0.1 < ratio <= budget  # stepped until it just fits, not far below
+    assert steps >= 1
+    base = _convs(ctx.model)
+    for kept, full in zip(_convs(pruned), base):
+        assert kept >= 0.2 * full - 1e-9  # max_pruning_ratio = 1 - min_keep
+        assert kept == full or kept % 4 == 0  # round_to
+    assert _convs(pruned) != base
+    assert pruned(example).shape == ctx.model(example).shape
+    # The base model is untouched.
+    assert _convs(ctx.model) == base
+
+
+def test_torch_pruning_global_refuses_an_unreachable_budget(ctx):
+    with pytest.raises(ValueError, match="budget 0.01.*use a larger budget"):
+        tp_global_magnitude(ctx.model, ctx.data.val.tensors[0][:2], 0.01, round_to=None, min_keep=0.5, steps=20)
+
+
+def test_plan_runs_deterministic_rows_once():
+    cells = plan(HeadlineSettings(budgets=(0.3, 0.5), seeds=(0, 1, 2)))
+    per_budget = [c for c in cells if c[0] == 0.3]
+    assert {row for _, row, _ in per_budget} == {row for row, *_ in ROWS}
+    assert [seed for _, row, seed in per_budget if row == "optuna-tpe"] == [0, 1, 2]
+    assert [seed for _, row, seed in per_budget if row in ("uniform", "tp-global", "sensitivity", "oracle")] == [0] * 4
+    assert len(cells) == 2 * (4 + 3 * 3)
+
+
+def test_headline_cells_are_saved_and_a_rerun_skips_them(ctx, tmp_path):
+    settings = HeadlineSettings(budgets=(0.5,), seeds=(0,), evaluations=4, oracle_factor=2, workers=1,
+                                round_to=1, finetune_samples=300, latency_repeats=1)
+    seen = []
+    cells = headline(tmp_path, settings, context=ctx, progress=False, on_cell=lambda c, cached: seen.append(cached))
+    assert [c.row for c in cells] == [row for row, *_ in ROWS] and seen == [False] * len(ROWS)
+    for cell in cells:
+        assert (tmp_path / "budget0.5" / cell.row / "seed0" / "cell.json").exists()
+        assert 0 < cell.flops_ratio <= 0.5 + 1e-9, cell
+        assert 0.2 <= cell.test_accuracy <= 1 and 0.2 <= cell.finetuned_test_accuracy <= 1
+        assert cell.latency_ratio > 0 and cell.search_seconds >= 0
+    by_row = {c.row: c for c in cells}
+    assert by_row["uniform"].evaluations == 1 and by_row["tp-global"].evaluations == 0
+    assert by_row["optuna-tpe"].evaluations == 4 and by_row["oracle"].evaluations == 8
+    # The oracle searched longer with the same sampler: at least as good on the subset it was scored on.
+    assert by_row["oracle"].val_accuracy >= max(c.val_accuracy for c in cells if c.row == "optuna-tpe") - 1e-9
+
+    # A rerun reads every cell back; a lost cell is the only one run again.
+    (tmp_path / "budget0.5" / "random" / "seed0" / "cell.json").unlink()
+    seen.clear()
+    again = headline(tmp_path, settings, context=ctx, progress=False, on_cell=lambda c, cached: seen.append(cached))
+    assert seen.count(False) == 1 and not seen[[row for row, *_ in ROWS].index("random")]
+    kept = {c.row: c for c in again}
+    for row in ("uniform", "tp-global", "optuna-tpe", "oracle"):
+        assert kept[row] == by_row[row]
+    # The random row's search was not repeated: its history is read back, so the policy is the same.
+    assert kept["random"].channels == by_row["random"].channels
+    assert json.loads((tmp_path / "budget0.5" / "random" / "seed0" / "cell.json").read_text())["row"] == "random"
+
+
+def _cell(row: str, seed: int, test: float, val: float | None = None) -> HeadlineCell:
+    return HeadlineCell(budget=0.3, row=row, seed=seed, val_accuracy=test if val is None else val, test_accuracy=test,
+                        finetuned_test_accuracy=0.9, flops_ratio=0.29, latency_ratio=0.5, search_seconds=10.0,
+                        evaluations=100, distinct=40, seconds=60.0)
+
+
+def test_verdicts_compare_the_best_strategy_with_the_targets():
+    cells = [_cell("uniform", 0, 0.20), _cell("tp-global", 0, 0.22), _cell("oracle", 0, 0.26),
+             _cell("optuna-tpe", 0, 0.25), _cell("optuna-tpe", 1, 0.26), _cell("random", 0, 0.21),
+             _cell("random", 1, 0.21)]
+    text = "\n".join(verdicts(cells))
+    assert "**optuna-tpe** at 25.50%" in text
+    assert "vs uniform (20.00%): +5.50 points; target >= +2: **met**" in text
+    assert "vs tp-global (22.00%): +3.50 points; target >= +1: **met**" in text
+    assert "vs the oracle (26.00%): -0.50 points; target within 0.5: **met**" in text
+    worse = [c if c.row != "tp-global" else _cell("tp-global", 0, 0.25) for c in cells]
+    assert "+0.50 points; target >= +1: **missed**" in "\n".join(verdicts(worse))
+    assert verdicts([_cell("uniform", 0, 0.2)]) == []  # rows missing: no verdict
+
+    settings = HeadlineSettings(budgets=(0.3,), seeds=(0, 1))
+    table = headline_markdown(cells, settings, command="python scripts/bench.py headline", machine="test machine",
+                              total_seconds=600)
+    assert "| 0.3 | optuna-tpe | 25.50 ± 0.71 | 25.50 ± 0.71 |" in table
+    assert "| 0.3 | uniform (1 run) | 20.00 |" in table
+    assert "10.00 (40 of 100)" in table and "10 min of cell time" in table
+
+
+def test_flops_counts_a_convolution():
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False))
+    assert flops(conv, (1, 8, 8)) == 2 * 4 * 9 * 64  # FlopCounterMode counts a multiply-add as 2
+    conv.eval()
+    flops(conv, (1, 8, 8))
+    assert not conv.training  # the module's mode is restored
+    conv.train()
+    flops(conv, (1, 8, 8))
+    assert conv.training
