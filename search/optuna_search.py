@@ -122,7 +122,9 @@ class OptunaStrategy:
                 if self.sampler == "nsga2" and self.out is not None:
                     write_pareto(study, self.out / "pareto.json")
             remaining -= len(trials)
-        log.info("study has %d completed trials (%d before this run)", done + evaluations, done)
+        total = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        log.info("%d evaluations this run; the study has %d completed trials (%d before this run, repeats of "
+                 "evaluated policies included)", evaluations, total, done)
 
     def _sync(self, study: optuna.Study, problem: SearchProblem) -> None:
         """Adds to the study every recorded evaluation it lacks (a run killed between the two writes)."""
