@@ -128,7 +128,7 @@ class OptunaStrategy:
 
     def _sync(self, study: optuna.Study, problem: SearchProblem) -> None:
         """Adds to the study every recorded evaluation it lacks (a run killed between the two writes)."""
-        complete = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+        complete = {_step(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
         missing = [r for r in problem.records if r.step not in complete]
         if not missing:
             return
@@ -140,7 +140,7 @@ class OptunaStrategy:
             study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                       values=self._values(record) if self.sampler == "nsga2"
                                                       else [self._values(record)],
-                                                      user_attrs={"keep": list(record.keep)}))
+                                                      user_attrs={"keep": list(record.keep), "step": record.step}))
         log.info("added %d recorded evaluations the study had lost", len(missing))
 
     @staticmethod
@@ -152,6 +152,12 @@ class OptunaStrategy:
 
     def _values(self, record):
         return [record.reward, record.cost_ratio] if self.sampler == "nsga2" else record.reward
+
+
+def _step(trial: optuna.trial.FrozenTrial) -> int:
+    """The history step a completed trial stands for: its number, or the step of the record it was re-added
+    for (a trial added on resume gets a new number)."""
+    return int(trial.user_attrs.get("step", trial.number))
 
 
 def write_pareto(study: optuna.Study, path: Path) -> None:

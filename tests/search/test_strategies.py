@@ -301,3 +301,27 @@ def test_optuna_spends_evaluations_on_new_policies_in_a_coarse_space(amc_cache: 
         assert len(told) >= 30 and {r.step for r in problem.records} <= {t.number for t in told}
     assert distinct[20] == 30  # every evaluation a new model
     assert distinct[0] < 25  # without skipping, TPE re-proposes what it has seen
+
+
+def test_optuna_resync_adds_a_lost_record_once(base_context, tmp_path: Path) -> None:
+    """A record written before a kill but never told to the study is re-added on resume, once."""
+    import dataclasses
+
+    import optuna
+
+    from search.optuna_search import OptunaStrategy
+
+    problem = _problem(base_context, 0.5)
+    strategy = OptunaStrategy(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    strategy.run(problem, 4, seed=0)
+    lost = dataclasses.replace(problem.records[-1], index=4, step=99)  # its trial died with the process
+    problem.records.append(lost)
+
+    def completed():
+        return strategy.load_study(0).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+    before = len(completed())
+    for _ in range(2):  # a second resume finds nothing missing
+        strategy._sync(strategy.load_study(0), problem)
+        assert len(completed()) == before + 1
+    assert {r.step for r in problem.records} <= {int(t.user_attrs.get("step", t.number)) for t in completed()}
