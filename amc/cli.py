@@ -41,3 +41,19 @@ def number_in(low: float, high: float, *, low_closed: bool = False, high_closed:
             raise argparse.ArgumentTypeError(f"must be a number in {interval}{meaning}, got {text!r}")
         return value
     return parse
+
+
+def comma_list(item):
+    """argparse type: a comma-separated, non-empty list of ``item`` values (``item`` is another type here)."""
+    def parse(text: str) -> tuple:
+        parts = [p.strip() for p in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list such as 0.3,0.5, got {text!r}")
+        values = []
+        for part in parts:
+            try:
+                values.append(item(part))
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"{exc}{f' (in {text!r})' if len(parts) > 1 else ''}") from None
+        return tuple(values)
+    return parse

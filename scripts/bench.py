@@ -192,8 +192,7 @@ def _headline(args: argparse.Namespace, console: Console) -> int:
     from search.bench_quality import update_section
 
     torch.set_num_threads(args.threads)
-    settings = HeadlineSettings(budgets=tuple(float(b) for b in args.budgets.split(",")),
-                                seeds=tuple(int(s) for s in args.seeds.split(",")), evaluations=args.evaluations,
+    settings = HeadlineSettings(budgets=args.budgets, seeds=args.seeds, evaluations=args.evaluations,
                                 oracle_factor=args.oracle_factor, workers=args.workers,
                                 finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples)
 
@@ -216,7 +215,9 @@ def _headline(args: argparse.Namespace, console: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from amc.cli import OneLineParser, comma_list, int_at_least, number_in
+
+    parser = OneLineParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
     p = sub.add_parser("overhead", help="evaluation time vs its bare forward passes")
     p.add_argument("--policies", type=int, default=10)
@@ -272,14 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_iterative)
     p = sub.add_parser("headline", help="resnet20/fashion-mnist: every strategy vs uniform, Torch-Pruning and an oracle")
-    p.add_argument("--budgets", default="0.3,0.5")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--evaluations", type=int, default=100)
-    p.add_argument("--oracle-factor", type=int, default=10, help="the oracle search is this many times longer")
-    p.add_argument("--workers", type=int, default=2, help="Ray workers of each search")
-    p.add_argument("--finetune-epochs", type=int, default=1)
-    p.add_argument("--finetune-samples", type=int, default=10000)
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the driver (evaluation, fine-tuning)")
+    p.add_argument("--budgets", type=comma_list(number_in(0, 1, meaning=" (fraction of the base FLOPs)")),
+                   default=(0.3, 0.5), help="FLOPs budgets, comma-separated (0.3,0.5)")
+    p.add_argument("--seeds", type=comma_list(int_at_least(0)), default=(0, 1, 2), help="search seeds (0,1,2)")
+    p.add_argument("--evaluations", type=int_at_least(1), default=100)
+    p.add_argument("--oracle-factor", type=int_at_least(1), default=10,
+                   help="the oracle search is this many times longer")
+    p.add_argument("--workers", type=int_at_least(1), default=2, help="Ray workers of each search")
+    p.add_argument("--finetune-epochs", type=int_at_least(1), default=1)
+    p.add_argument("--finetune-samples", type=int_at_least(1), default=10000)
+    p.add_argument("--threads", type=int_at_least(1), default=2,
+                   help="torch threads of the driver (evaluation, fine-tuning)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--root", default="runs/bench-headline", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")

@@ -174,6 +174,7 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
                                                    round_to=settings.round_to, min_keep=settings.min_keep)
         search_seconds, evaluations, distinct = time.perf_counter() - t, 0, 0
         log.info("tp-global at budget %g: FLOPs ratio %.4f after %d pruner steps", budget, ratio, steps)
+        recalibrate_bn(pruned, ctx.evaluator.bn_batches)  # the adaptive BN every searched policy gets
     else:
         evaluations = settings.evaluations * (settings.oracle_factor if row == "oracle" else 1)
         run = out / "search"
@@ -185,8 +186,7 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
         # Search time: to the last recorded evaluation (the run's final test pass and report are not search).
         search_seconds = max(r.wall_time for r in records)
         evaluations, distinct = len(records), sum(not r.cached for r in records)
-        pruned = ctx.evaluator.prune(policy)
-    recalibrate_bn(pruned, ctx.evaluator.bn_batches)  # the same adaptive BN for every row
+        pruned = ctx.evaluator.prune(policy)  # BN recalibrated on the evaluator's batches
     val, _ = validate(pruned, *ctx.evaluator.val_set)
     test = accuracy(pruned, ctx.data.test)
     flops_ratio = flops(pruned, shape) / flops(ctx.model, shape)

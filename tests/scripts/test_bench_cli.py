@@ -1,0 +1,35 @@
+"""``scripts/bench.py headline`` refuses bad options on one line, before any work starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.search.helpers import REPO
+
+BENCH = REPO / "scripts" / "bench.py"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--budgets", "abc"], "argument --budgets: must be a number in (0, 1] (fraction of the base FLOPs), got 'abc'"),
+    (["--budgets", "0.3,1.5"], "got '1.5' (in '0.3,1.5')"),
+    (["--budgets", "0.3,"], "must be a comma-separated list such as 0.3,0.5, got '0.3,'"),
+    (["--seeds", "0,x"], "argument --seeds: must be an integer >= 0, got 'x' (in '0,x')"),
+    (["--evaluations", "0"], "argument --evaluations: must be an integer >= 1, got '0'"),
+])
+def test_headline_refuses_bad_options(args, expected, tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH), "headline", *args, "--root", str(tmp_path / "root")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert not (tmp_path / "root").exists()  # nothing started
+
+
+def test_comma_list_parses_every_item():
+    from amc.cli import comma_list, int_at_least, number_in
+
+    assert comma_list(number_in(0, 1))("0.3, 0.5") == (0.3, 0.5)
+    assert comma_list(int_at_least(0))("2") == (2,)
