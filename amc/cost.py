@@ -78,6 +78,12 @@ class _AnalyticCost:
     def ratio(self, keep: Sequence[float]) -> float:
         return self.cost(keep) / self.base
 
+    def costs_channels(self, channels: np.ndarray) -> np.ndarray:
+        """Costs of many structured models at once: ``channels`` is (decisions, models), one column each."""
+        channels = np.asarray(channels, dtype=np.float64)
+        removed = self._n[:, None] - channels  # (D, N)
+        return self._curve(self._out0[:, None] - self._a_out @ removed, self._in0[:, None] - self._a_in @ removed)
+
     def costs_varying(self, keep: np.ndarray, t: int, candidates: np.ndarray) -> np.ndarray:
         """Costs when decision ``t`` takes each of ``candidates`` and the others keep ``keep``.
 

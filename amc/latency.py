@@ -46,7 +46,7 @@ from amc.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-FORMAT = "amc-latency/1"
+FORMAT = "amc-latency/2"  # 2: entries are medians over passes (1: minimums)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
 _MEMORY_KEPT = False
 _CALLS = 10  # module calls per timed run of a table entry
@@ -63,11 +63,13 @@ class LatencyConfig:
         device: ``"cpu"`` or ``"cuda"``.
         grid: Grid points per channel dimension (every count when fewer are reachable).
         min_run_time: Seconds of timing per table entry.
-        model_run_time: Seconds of timing per whole-model calibration measurement.
+        model_run_time: Seconds of timing per whole-model calibration sample.
         calibration_keeps: Uniform keep ratios of calibration models (the base model is always one).
         calibration_random: Calibration models with random keep ratios in [0.2, 1] (seeded).
-        passes: Timing passes over the table (the fastest counts) and over the calibration models
-            (the median counts).
+        passes: Timing passes over the table, each in a new random order; an entry's median over the
+            passes counts.
+        calibration_rounds: Interleaved rounds over the calibration models, one short sample of each
+            model per round; a model's median over the rounds counts.
         cache_dir: Where tables are cached (None: the base-model cache).
     """
 
@@ -75,11 +77,12 @@ class LatencyConfig:
     threads: int | None = None
     device: str = "cpu"
     grid: int = 8
-    min_run_time: float = 0.04
-    model_run_time: float = 0.4
+    min_run_time: float = 0.03
+    model_run_time: float = 0.1
     calibration_keeps: tuple[float, ...] = (0.6, 0.3)
     calibration_random: int = 8
-    passes: int = 2
+    passes: int = 3
+    calibration_rounds: int = 15
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -98,8 +101,10 @@ class LatencyConfig:
             raise ConfigError("latency min_run_time and model_run_time must be > 0 seconds")
         if any(not 0 < k <= 1 for k in self.calibration_keeps):
             raise ConfigError(f"calibration keep ratios must be in (0, 1], got {self.calibration_keeps!r}")
-        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
-            raise ConfigError(f"latency passes must be a positive integer, got {self.passes!r}")
+        for name in ("passes", "calibration_rounds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"latency {name} must be a positive integer, got {value!r}")
         if self.calibration_random < 0:
             raise ConfigError(f"calibration_random must be >= 0, got {self.calibration_random!r}")
 
@@ -339,13 +344,14 @@ def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: boo
     keep_freed_memory()
     threads = config.resolved_threads()
     points = sorted({(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid}, key=repr)
-    timed: dict[tuple, float] = {}
+    timed: dict[tuple, list[float]] = {key: [] for key in points}
     rng = np.random.default_rng(0)
     with progress_bar(enabled=progress) as bar:
         task = bar.add_task(f"latency table (batch {config.batch_size})", total=len(points) * config.passes,
                             status="")
-        # Each pass visits the points in a new random order, so a slow spell of the machine spreads over
-        # many configurations instead of inflating one; the fastest pass counts (interference only adds).
+        # Each pass visits the points in a new random order, so a fast or slow spell of the machine (this
+        # VM switches between speeds that differ by 30-50% every few seconds) hits each point in at most
+        # one pass, and the median over passes ignores it.
         for _ in range(config.passes):
             for index in rng.permutation(len(points)):
                 key = points[index]
@@ -354,10 +360,11 @@ def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: boo
                 x = torch.randn(config.batch_size, *shape, device=config.device)
                 timer = _timer(lambda m=module, x=x: m(x), threads, calls=_CALLS)
                 ms = 1e3 * timer.blocked_autorange(min_run_time=config.min_run_time).median / _CALLS
-                timed[key] = min(ms, timed.get(key, math.inf))
+                timed[key].append(ms)
                 bar.advance(task)
     return [{"name": e.name, "out_grid": list(e.out_grid), "in_grid": list(e.in_grid),
-             "ms": [[timed[(e.config, o, i)] for i in e.in_grid] for o in e.out_grid]} for e in entries]
+             "ms": [[statistics.median(timed[(e.config, o, i)]) for i in e.in_grid] for o in e.out_grid]}
+            for e in entries]
 
 
 def _calibrate(model: nn.Module, graph: LayerGraph, modules_table: list[dict], config: LatencyConfig,
@@ -374,8 +381,8 @@ def _calibrate(model: nn.Module, graph: LayerGraph, modules_table: list[dict], c
     models = [copy.deepcopy(model) if min(r) == 1.0 else prune_model(model, graph, r) for r in policies]
     samples: list[list[float]] = [[] for _ in models]
     with progress_bar(enabled=progress) as bar:
-        task = bar.add_task("latency calibration", total=len(models) * config.passes, status="")
-        for _ in range(config.passes):  # interleaved rounds: drift hits every model alike
+        task = bar.add_task("latency calibration", total=len(models) * config.calibration_rounds, status="")
+        for _ in range(config.calibration_rounds):  # many short interleaved rounds: a spell hits all alike
             for i, pruned in enumerate(models):
                 samples[i].append(measure_model_latency(
                     pruned, graph.input_shape, batch_size=config.batch_size, threads=config.resolved_threads(),
@@ -421,7 +428,7 @@ def _path_key(graph: LayerGraph, config: LatencyConfig) -> dict:
             "input_shape": list(graph.input_shape), "round_to": graph.round_to, "grid": config.grid,
             "min_run_time": config.min_run_time, "model_run_time": config.model_run_time,
             "calibration_keeps": list(config.calibration_keeps), "calibration_random": config.calibration_random,
-            "passes": config.passes}
+            "passes": config.passes, "calibration_rounds": config.calibration_rounds}
 
 
 def cache_path(graph: LayerGraph, config: LatencyConfig) -> Path:

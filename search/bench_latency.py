@@ -1,8 +1,8 @@
 """Latency-model accuracy (``scripts/bench.py latency``): predicted against measured whole-model latency.
 
 For each model and batch size the lookup table is built from scratch (timed; then loaded again from the
-cache, timed), and random feasible policies are pruned and timed. Each pruned model is measured
-interleaved with the base model (median of repeats), so slow drift of the machine hits both alike.
+cache, timed), and random feasible policies are pruned and timed. The base model and all policies
+are timed in the same interleaved rounds (median of repeats), so a spell of the machine hits all alike.
 Two errors are reported per policy: of the predicted latency in ms, and of the predicted latency
 *ratio* (what the budget constrains) against the measured ratio pruned / base.
 """
@@ -50,7 +50,14 @@ class LatencyRow:
     decisions: int
     build_seconds: float
     cached_seconds: float
-    base_measured_ms: float
+    base_measured_ms: float  # when the table was calibrated
+    base_predicted_ms: float
+    base_now_ms: float  # timed with the policies
+
+    @property
+    def base_drift(self) -> float:
+        """How far the unpruned model's prediction is off now: the machine's drift since calibration."""
+        return self.base_predicted_ms / self.base_now_ms - 1
     policies: tuple[PolicyLatency, ...]
 
     @property
@@ -71,9 +78,13 @@ class LatencyRow:
 
 
 def latency_accuracy(models: tuple[str, ...] = ("resnet20", "mobilenetv2"), batches: tuple[int, ...] = (1, 64), *,
-                     policies: int = 20, threads: int = 1, repeats: int = 5, round_to: int = 1, seed: int = 0,
+                     policies: int = 20, threads: int = 1, repeats: int = 15, sample_time: float = 0.06,
+                     round_to: int = 1, seed: int = 0, table: dict | None = None,
                      on_policy: Callable[[str, int, PolicyLatency], None] | None = None) -> Iterator[LatencyRow]:
-    """Yields one :class:`LatencyRow` per (model, batch size); tables go to a fresh temporary cache."""
+    """Yields one :class:`LatencyRow` per (model, batch size); tables go to a fresh temporary cache.
+
+    ``table``: :class:`LatencyConfig` settings other than batch size, threads and cache (tests shrink them).
+    """
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="amc-latency-bench-") as cache_dir:
         for name in models:
@@ -81,7 +92,7 @@ def latency_accuracy(models: tuple[str, ...] = ("resnet20", "mobilenetv2"), batc
             model = build_model(name, in_channels=1, num_classes=10).eval()
             graph = discover(model, torch.zeros(1, 1, 28, 28), round_to=round_to)
             for batch in batches:
-                config = LatencyConfig(batch_size=batch, threads=threads, cache_dir=cache_dir)
+                config = LatencyConfig(batch_size=batch, threads=threads, cache_dir=cache_dir, **(table or {}))
                 start = time.perf_counter()
                 build_latency_cost(model, graph, config)
                 built = time.perf_counter() - start
@@ -90,16 +101,23 @@ def latency_accuracy(models: tuple[str, ...] = ("resnet20", "mobilenetv2"), batc
                 cached = time.perf_counter() - start
                 rng = np.random.default_rng(seed + 1)  # not the calibration's seed
                 smallest = BudgetProjector(cost, 1.0).smallest_budget
-                rows = []
+                drawn = []
                 for _ in range(policies):
                     budget = float(rng.uniform(min(smallest + 0.02, 0.95), 0.95))
                     keep = BudgetProjector(cost, budget).project(rng.uniform(0.2, 1.0, len(graph)).tolist())
-                    pruned = prune_model(model, graph, keep)
-                    measured = compare_latency({"base": model, "pruned": pruned}, graph.input_shape,
-                                               batch_size=batch, threads=threads, repeats=repeats, min_run_time=0.2)
-                    row = PolicyLatency(budget, cost.cost(keep), measured["pruned"], cost.ratio(keep),
-                                        measured["pruned"] / measured["base"])
+                    drawn.append((budget, keep))
+                # All policies and the base in the same interleaved rounds: each model's samples spread over
+                # the whole measurement, so a fast or slow spell of the machine moves no model's median.
+                models = {"base": model, **{f"policy{i}": prune_model(model, graph, keep)
+                                            for i, (_, keep) in enumerate(drawn)}}
+                measured = compare_latency(models, graph.input_shape, batch_size=batch, threads=threads,
+                                           repeats=repeats, min_run_time=sample_time)
+                rows = []
+                for i, (budget, keep) in enumerate(drawn):
+                    ms = measured[f"policy{i}"]
+                    row = PolicyLatency(budget, cost.cost(keep), ms, cost.ratio(keep), ms / measured["base"])
                     rows.append(row)
                     if on_policy:
                         on_policy(name, batch, row)
-                yield LatencyRow(name, batch, threads, len(graph), built, cached, cost.measured_base, tuple(rows))
+                yield LatencyRow(name, batch, threads, len(graph), built, cached, cost.measured_base, cost.base,
+                                 measured["base"], tuple(rows))

@@ -187,17 +187,27 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
             pool.close()
 
 
+DRIFT_WARNING = 0.15  # base model's measured latency against the table's calibration, as a fraction
+
+
 def _measured_latency(ctx: Context, pruned, predicted_ratio: float) -> dict[str, float]:
-    """Base and pruned model timed interleaved (median of 5), as the latency table was measured."""
-    from amc.latency import compare_latency
+    """Base and pruned model timed in 15 short interleaved rounds (median), as the table was calibrated."""
+    from amc.latency import cache_path, compare_latency
 
     cfg = ctx.config.latency
     measured = compare_latency({"base": ctx.model, "pruned": pruned}, ctx.graph.input_shape,
                                batch_size=cfg.batch_size, threads=cfg.resolved_threads(), device=cfg.device,
-                               repeats=5, min_run_time=0.2)
+                               repeats=15, min_run_time=0.06)
     log.info("latency: predicted ratio %.4f, measured %.4f (%.3f / %.3f ms)", predicted_ratio,
              measured["pruned"] / measured["base"], measured["pruned"], measured["base"])
-    return {"latency_ratio_predicted": predicted_ratio,
+    table = ctx.cost_model("latency")
+    drift = measured["base"] / table.measured_base - 1
+    if abs(drift) > DRIFT_WARNING:
+        log.warning("the base model now runs in %.3f ms, %+.0f%% against the %.3f ms the latency table was calibrated "
+                    "with: this machine's speed has changed (other load, frequency), so predicted and measured "
+                    "latencies disagree. Rebuild the table on an otherwise idle machine: delete %s", measured["base"],
+                    100 * drift, table.measured_base, cache_path(ctx.graph, table.config))
+    return {"base_latency_drift": drift, "latency_ratio_predicted": predicted_ratio,
             "latency_ratio_measured": measured["pruned"] / measured["base"],
             "latency_ms_measured": measured["pruned"], "base_latency_ms_measured": measured["base"]}
 

@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 
 import amc.latency as latency
 from amc.context import ContextConfig, build_context
@@ -19,7 +20,8 @@ from amc.latency import LatencyConfig, LatencyCost, build_latency_cost, cache_pa
 from amc.layers import discover
 from envs.projection import BudgetProjector
 
-FAST = dict(passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2)
+FAST = dict(passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2,
+            calibration_rounds=2)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +166,8 @@ def test_bad_latency_settings_are_refused():
         LatencyConfig(device="tpu")
     with pytest.raises(ConfigError, match="grid"):
         LatencyConfig(grid=1)
+    with pytest.raises(ConfigError, match="calibration_rounds must be a positive integer, got 0"):
+        LatencyConfig(calibration_rounds=0)
 
 
 def test_weight_granularity_has_no_latency_budget(digits, amc_cache):
@@ -270,3 +274,59 @@ def test_exported_programs_can_be_timed(small_model, tmp_path):
     ms = compare_latency({"eager": model, "exported": program}, tuple(example.shape[1:]), repeats=1,
                          min_run_time=0.01)
     assert set(ms) == {"eager", "exported"} and all(v > 0 for v in ms.values())
+
+
+class _SpellyTimer:
+    """A stand-in for ``torch.utils.benchmark.Timer``: every run takes ``ms`` (a function of the module
+    timed), except during a spell, when the whole machine runs ``factor`` times slower or faster."""
+
+    def __init__(self, ms, spell: range, factor: float) -> None:
+        self.ms, self.spell, self.factor, self.runs = ms, spell, factor, 0
+
+    def __call__(self, fn, threads, calls: int = 1):
+        timer = self
+
+        class Measured:
+            def blocked_autorange(self, min_run_time):
+                scale = timer.factor if timer.runs in timer.spell else 1.0
+                timer.runs += 1
+                return type("M", (), {"median": 1e-3 * calls * scale * timer.ms(fn)})()
+
+        return Measured()
+
+
+@pytest.mark.parametrize("factor", [0.5, 3.0])
+def test_a_spell_of_the_machine_moves_no_table_entry(resnet, tmp_path, monkeypatch, factor):
+    """This VM switches between speeds 30-50% apart every few seconds: an entry is the median of its
+    passes, so one pass timed in a fast or slow spell changes nothing (the minimum would take a fast one)."""
+    model, graph = resnet
+    entries, _ = latency._entries(model, graph, 3)
+    points = len({(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid})
+
+    def ms(fn):  # deterministic per configuration: the module's weight count
+        return 1e-3 * sum(p.numel() for p in fn.__defaults__[0].parameters()) + 0.01
+
+    def table(spell):
+        monkeypatch.setattr(latency, "_timer", _SpellyTimer(ms, spell, factor))
+        config = LatencyConfig(grid=3, passes=3)
+        return latency._measure_entries(entries, config, progress=False)
+
+    calm = table(range(0))
+    assert table(range(points, 2 * points)) == calm  # the whole second pass in a spell
+    assert table(range(2 * points + 3, 3 * points - 3)) == calm  # most of the last pass
+    assert table(range(0, 2 * points)) != calm  # two of three passes in the spell: it counts, as it should
+
+
+def test_a_spell_during_interleaved_timing_moves_no_model(monkeypatch):
+    from amc.latency import compare_latency
+
+    models = {"base": torch.nn.Linear(4, 4), "pruned": torch.nn.Linear(4, 2)}
+    cost = {id(m): ms for m, ms in zip(models.values(), (2.0, 1.0))}
+
+    def ms(fn):
+        return next(cost[id(c.cell_contents)] for c in fn.__closure__ if isinstance(c.cell_contents, torch.nn.Module))
+
+    timer = _SpellyTimer(ms, range(4, 10), 1.6)
+    monkeypatch.setattr(latency, "_timer", timer)
+    measured = compare_latency(models, (4,), repeats=9, min_run_time=0.01)
+    assert measured == {"base": pytest.approx(2.0), "pruned": pytest.approx(1.0)}  # 3 of 9 rounds slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ BUDGET = 0.9
 
 # Batch 64: the digits cnn at batch 1 is mostly fixed overhead (a budget near 0.9 can be out of reach).
 FAST = LatencyConfig(batch_size=64, passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,),
-                     calibration_random=2)
+                     calibration_random=2, calibration_rounds=2)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,28 @@ def test_unreachable_latency_budget_is_refused_before_searching(tmp_path, amc_ca
     with pytest.raises(BudgetError, match=r"unreachable.*latency; use a budget >= 0\.\d+"):
         run_search(_config(tmp_path / "run", amc_cache, latency_dir, budget=0.01))
     assert not (tmp_path / "run").exists()  # nothing left behind
+
+
+def test_a_machine_that_changed_speed_since_the_table_is_named(tmp_path, amc_cache, latency_dir, monkeypatch, caplog):
+    import amc.latency
+
+    def twice_as_slow(models, *args, **kwargs):  # the machine now runs at half the table's speed
+        return {name: 2.0 * table_base[0] * (1.0 if name == "base" else 0.5) for name in models}
+
+    table_base = []
+    real_build = amc.latency.build_latency_cost
+
+    def build(*args, **kwargs):
+        cost = real_build(*args, **kwargs)
+        table_base.append(cost.measured_base)
+        return cost
+
+    monkeypatch.setattr(amc.latency, "build_latency_cost", build)
+    monkeypatch.setattr(amc.latency, "compare_latency", twice_as_slow)
+    with caplog.at_level(logging.WARNING):
+        run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
+    metrics = Policy.load(tmp_path / "run" / "policy.json").metrics
+    assert metrics["base_latency_drift"] == pytest.approx(1.0)
+    assert metrics["latency_ratio_measured"] == pytest.approx(0.5)
+    warning = next(r.getMessage() for r in caplog.records if "speed has changed" in r.getMessage())
+    assert "+100%" in warning and "latency-" in warning and "delete" in warning

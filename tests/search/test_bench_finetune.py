@@ -1,0 +1,57 @@
+"""The deployable-model benchmark's lattice bound: an exhaustive search that must agree with brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from amc.cost import FlopsCost, ParamsCost
+from amc.errors import ConfigError
+from amc.layers import discover
+from search.bench_finetune import lattice_bound
+
+
+@pytest.fixture(scope="module")
+def graph(small_model):
+    model, example = small_model("resnet20")
+    return discover(model, example[:1], round_to=16)
+
+
+def test_vectorised_costs_equal_one_by_one(graph):
+    rng = np.random.default_rng(0)
+    widths = np.array([spec.out_channels for spec in graph.layers])
+    columns = np.stack([rng.integers(1, w + 1, 50) for w in widths])  # (decisions, 50)
+    for cost in (FlopsCost(graph), ParamsCost(graph)):
+        expected = [cost.cost_channels(columns[:, j]) for j in range(columns.shape[1])]
+        assert cost.costs_channels(columns) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 64, 1 << 17])  # the head/tail split must not change the answer
+def test_lattice_bound_is_the_brute_force_optimum(graph, chunk):
+    flops, params = FlopsCost(graph), ParamsCost(graph)  # params stand in for a latency table
+    budget = 0.6
+    options = []
+    for spec, lo in zip(graph.layers, graph.channels([0.2] * len(graph))):
+        options.append(sorted({*range(lo, spec.out_channels + 1, 16), spec.out_channels}))
+    best, count = None, 0
+    for channels in itertools.product(*options):
+        count += 1
+        f = flops.cost_channels(channels) / flops.base
+        if f <= budget:
+            score = (params.cost_channels(channels) / params.base) / f
+            best = min(best or (score, channels), (score, channels))
+    bound = lattice_bound(params, flops, budget, min_keep=0.2, chunk=chunk)
+    assert bound.policies == count > 100
+    assert bound.flops_ratio <= budget
+    assert bound.predicted_latency_ratio / bound.flops_ratio == pytest.approx(best[0])
+    assert params.cost_channels(bound.channels) / params.base == pytest.approx(bound.predicted_latency_ratio)
+
+
+def test_lattice_bound_refuses_a_lattice_too_large_or_a_budget_too_small(graph):
+    flops = FlopsCost(graph)
+    with pytest.raises(ConfigError, match=r"has [\d,]+ policies, more than 10 to score: use a larger round_to"):
+        lattice_bound(flops, flops, 0.5, min_keep=0.2, max_policies=10)
+    with pytest.raises(ConfigError, match="no policy on the lattice is within FLOPs budget 0.001"):
+        lattice_bound(flops, flops, 0.001, min_keep=0.2)

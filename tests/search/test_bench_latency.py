@@ -1,0 +1,29 @@
+"""``scripts/bench.py latency`` mechanics on tiny timings (its accuracy figures come from the real run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.bench_latency import latency_accuracy
+
+FAST = dict(passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2,
+            calibration_rounds=2)
+
+
+def test_latency_bench_rows_time_every_policy_and_the_base_together():
+    seen = []
+    rows = list(latency_accuracy(("cnn",), (1, 8), policies=4, repeats=3, sample_time=0.005, round_to=4, table=FAST,
+                                 on_policy=lambda model, batch, row: seen.append((model, batch))))
+    assert [(r.model, r.batch_size) for r in rows] == [("cnn", 1), ("cnn", 8)]
+    assert seen == [("cnn", 1)] * 4 + [("cnn", 8)] * 4
+    for row in rows:
+        assert len(row.policies) == 4
+        assert row.cached_seconds < row.build_seconds  # the second build read the table back
+        assert row.base_now_ms > 0 and row.base_predicted_ms > 0
+        assert row.base_drift == pytest.approx(row.base_predicted_ms / row.base_now_ms - 1)
+        for p in row.policies:
+            # Every policy is feasible and smaller than the base: its predicted ratio is within its budget.
+            assert 0 < p.predicted_ratio <= p.budget + 1e-9
+            assert p.measured_ms > 0 and p.predicted_ms > 0
+            assert p.ratio_error == pytest.approx(p.predicted_ratio / p.measured_ratio - 1)
+        assert row.worst_ratio_error >= row.median_ratio_error >= 0
