@@ -125,8 +125,8 @@ def _latency(args: argparse.Namespace, console: Console) -> int:
              "'ms error': predicted vs measured latency; 'ratio error': predicted vs measured latency ratio "
              "(pruned / base), what a budget "
              "constrains. Build: the table measured from scratch; cached: loading it again. 'base now': the unpruned "
-             "model timed with the policies, and its own prediction's error (the machine's drift since the "
-             "table was calibrated; it shifts every ms error alike and cancels in the ratio).", "",
+             "model timed with the policies, and its change since the table's calibration timed it (the "
+             "machine's drift: it shifts every ms error alike and cancels in the ratio).", "",
              "| model | batch | decisions | build s | cached s | base ms | base now | ms error median "
              "| ms error worst | ratio error median | ratio error worst |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -56,8 +56,9 @@ class LatencyRow:
 
     @property
     def base_drift(self) -> float:
-        """How far the unpruned model's prediction is off now: the machine's drift since calibration."""
-        return self.base_predicted_ms / self.base_now_ms - 1
+        """The machine's drift since calibration: the unpruned model now against its calibration timing
+        (negative: faster now). Same sign as the search's ``base_latency_drift``."""
+        return self.base_now_ms / self.base_measured_ms - 1
     policies: tuple[PolicyLatency, ...]
 
     @property
@@ -108,9 +109,9 @@ def latency_accuracy(models: tuple[str, ...] = ("resnet20", "mobilenetv2"), batc
                     drawn.append((budget, keep))
                 # All policies and the base in the same interleaved rounds: each model's samples spread over
                 # the whole measurement, so a fast or slow spell of the machine moves no model's median.
-                models = {"base": model, **{f"policy{i}": prune_model(model, graph, keep)
-                                            for i, (_, keep) in enumerate(drawn)}}
-                measured = compare_latency(models, graph.input_shape, batch_size=batch, threads=threads,
+                timed = {"base": model, **{f"policy{i}": prune_model(model, graph, keep)
+                                           for i, (_, keep) in enumerate(drawn)}}
+                measured = compare_latency(timed, graph.input_shape, batch_size=batch, threads=threads,
                                            repeats=repeats, min_run_time=sample_time)
                 rows = []
                 for i, (budget, keep) in enumerate(drawn):

@@ -191,13 +191,13 @@ DRIFT_WARNING = 0.15  # base model's measured latency against the table's calibr
 
 
 def _measured_latency(ctx: Context, pruned, predicted_ratio: float) -> dict[str, float]:
-    """Base and pruned model timed in 15 short interleaved rounds (median), as the table was calibrated."""
+    """Base and pruned model timed in short interleaved rounds (median), as the table was calibrated."""
     from amc.latency import cache_path, compare_latency
 
     cfg = ctx.config.latency
     measured = compare_latency({"base": ctx.model, "pruned": pruned}, ctx.graph.input_shape,
                                batch_size=cfg.batch_size, threads=cfg.resolved_threads(), device=cfg.device,
-                               repeats=15, min_run_time=0.06)
+                               repeats=cfg.calibration_rounds, min_run_time=cfg.model_run_time)
     log.info("latency: predicted ratio %.4f, measured %.4f (%.3f / %.3f ms)", predicted_ratio,
              measured["pruned"] / measured["base"], measured["pruned"], measured["base"])
     table = ctx.cost_model("latency")

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import pytest
 
+import search.bench_latency as bench
 from search.bench_latency import latency_accuracy
 
 FAST = dict(passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2,
             calibration_rounds=2)
 
 
-def test_latency_bench_rows_time_every_policy_and_the_base_together():
+def test_latency_bench_rows_time_every_policy_and_the_base_together(monkeypatch):
+    calls = []
+    real = bench.compare_latency
+
+    def spy(models, *args, **kwargs):
+        calls.append(sorted(models))
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "compare_latency", spy)
     seen = []
     rows = list(latency_accuracy(("cnn",), (1, 8), policies=4, repeats=3, sample_time=0.005, round_to=4, table=FAST,
                                  on_policy=lambda model, batch, row: seen.append((model, batch))))
     assert [(r.model, r.batch_size) for r in rows] == [("cnn", 1), ("cnn", 8)]
     assert seen == [("cnn", 1)] * 4 + [("cnn", 8)] * 4
+    # One timing call per row, with the base and all four policies in the same interleaved rounds.
+    assert calls == [["base", "policy0", "policy1", "policy2", "policy3"]] * 2
     for row in rows:
         assert len(row.policies) == 4
         assert row.cached_seconds < row.build_seconds  # the second build read the table back
         assert row.base_now_ms > 0 and row.base_predicted_ms > 0
-        assert row.base_drift == pytest.approx(row.base_predicted_ms / row.base_now_ms - 1)
+        assert row.base_drift == pytest.approx(row.base_now_ms / row.base_measured_ms - 1)
         for p in row.policies:
             # Every policy is feasible and smaller than the base: its predicted ratio is within its budget.
             assert 0 < p.predicted_ratio <= p.budget + 1e-9
