@@ -349,9 +349,9 @@ def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: boo
     with progress_bar(enabled=progress) as bar:
         task = bar.add_task(f"latency table (batch {config.batch_size})", total=len(points) * config.passes,
                             status="")
-        # Each pass visits the points in a new random order, so a fast or slow spell of the machine (this
-        # VM switches between speeds 30-60% apart, for seconds to minutes) hits each point in at most
-        # one pass, and the median over passes ignores it.
+        # Each pass visits the points in a new random order, so a fast or slow spell of the machine that is
+        # shorter than a pass (this VM switches between speeds 30-60% apart, for seconds to minutes) hits
+        # each point in at most one pass, and the median over passes ignores it.
         for _ in range(config.passes):
             for index in rng.permutation(len(points)):
                 key = points[index]
