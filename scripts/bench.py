@@ -252,11 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("latency", help="latency table: build time and predicted vs measured latency")
     p.add_argument("--models", default="resnet20,mobilenetv2")
     p.add_argument("--batches", default="1,64")
-    p.add_argument("--policies", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=15, help="interleaved rounds over the base and all policies")
-    p.add_argument("--sample-time", type=float, default=0.06, help="seconds per sample")
-    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--policies", type=int_at_least(1), default=20)
+    p.add_argument("--threads", type=int_at_least(1), default=1)
+    p.add_argument("--repeats", type=int_at_least(1), default=15,
+                   help="interleaved rounds over the base and all policies")
+    p.add_argument("--sample-time", type=number_in(0, 10, meaning=" (seconds per sample)"), default=0.06,
+                   help="seconds per sample")
+    p.add_argument("--round-to", type=int_at_least(1), default=1)
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_latency)
     p = sub.add_parser("finetune", help="resnet20/fashion-mnist: exported model's latency and fine-tuned accuracy")

@@ -33,3 +33,18 @@ def test_comma_list_parses_every_item():
 
     assert comma_list(number_in(0, 1))("0.3, 0.5") == (0.3, 0.5)
     assert comma_list(int_at_least(0))("2") == (2,)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--sample-time", "0"], "argument --sample-time: must be a number in (0, 10] (seconds per sample), got '0'"),
+    (["--repeats", "0"], "argument --repeats: must be an integer >= 1, got '0'"),
+    (["--round-to", "x"], "argument --round-to: must be an integer >= 1, got 'x'"),
+])
+def test_latency_bench_refuses_bad_options(args, expected, tmp_path):
+    markdown = tmp_path / "B.md"
+    done = subprocess.run([sys.executable, str(BENCH), "latency", *args, "--markdown", str(markdown)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert not markdown.exists()  # nothing started
