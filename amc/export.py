@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -9,15 +11,44 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+log = logging.getLogger(__name__)
 
-def export_pt2(model: nn.Module, example: Tensor, path: str | os.PathLike) -> Path:
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with each batch norm that follows a conv (or linear) folded into it.
+
+    Uses ``torch.fx.experimental.optimization.fuse``: the eval-mode affine transform of the batch norm
+    goes into the preceding layer's weight and bias, so a forward pass runs one operator fewer per pair
+    with the same outputs (up to float rounding). At batch 1 each operator's fixed cost is a large part
+    of a pruned model's time, so this lowers its latency more than the base model's. A model that
+    ``torch.fx`` cannot trace is returned unchanged (copied), with a log message. ``model`` is not modified.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    model.eval()
+    try:
+        return fuse(model, inplace=False)
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError) as exc:
+        # data-dependent control flow and the like: deploy the model as it is
+        log.info("batch norm not folded (torch.fx could not trace %s: %s)", type(model).__name__, exc)
+        return copy.deepcopy(model)
+
+
+def export_program(model: nn.Module, example: Tensor, *, fold: bool = True) -> torch.export.ExportedProgram:
+    """``model`` as a ``torch.export`` program with a dynamic batch dimension (batch norm folded when ``fold``)."""
+    model = fold_batchnorm(model) if fold else model.eval()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+
+
+def export_pt2(model: nn.Module, example: Tensor, path: str | os.PathLike, *, fold: bool = True) -> Path:
     """Saves ``model`` as a ``torch.export`` program (``.pt2``) with a dynamic batch dimension.
 
-    Load it with ``torch.export.load(path).module()``; no import of this project is needed.
+    With ``fold`` (the default) batch norms are folded into the layers before them first
+    (:func:`fold_batchnorm`): the deployable program is an inference program. Load it with
+    ``torch.export.load(path).module()``; no import of this project is needed.
     """
-    model = model.eval()
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    program = export_program(model, example, fold=fold)
     path = Path(path)
     tmp = path.with_suffix(".tmp.pt2")
     torch.export.save(program, tmp)

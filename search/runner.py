@@ -190,14 +190,24 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
 DRIFT_WARNING = 0.15  # base model's measured latency against the table's calibration, as a fraction
 
 
-def _measured_latency(ctx: Context, pruned, predicted_ratio: float) -> dict[str, float]:
-    """Base and pruned model timed in short interleaved rounds (median), as the table was calibrated."""
+def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: float,
+                      exported: Path | None = None) -> dict[str, float]:
+    """Base and pruned model timed in short interleaved rounds (median), as the table was calibrated.
+
+    With ``exported`` (the pruned ``.pt2`` file), the deployable program loaded back from it is timed in the
+    same rounds against the base model exported the same way (batch norm folded, :func:`amc.export.export_program`).
+    """
+    from amc.export import export_program
     from amc.latency import cache_path, compare_latency
 
     cfg = ctx.config.latency
-    measured = compare_latency({"base": ctx.model, "pruned": pruned}, ctx.graph.input_shape,
-                               batch_size=cfg.batch_size, threads=cfg.resolved_threads(), device=cfg.device,
-                               repeats=cfg.calibration_rounds, min_run_time=cfg.model_run_time)
+    models = {"base": ctx.model, "pruned": pruned}
+    if exported is not None:
+        models["base_exported"] = export_program(ctx.model, ctx.data.val.tensors[0][:2]).module()
+        models["pruned_exported"] = torch.export.load(exported).module()
+    measured = compare_latency(models, ctx.graph.input_shape, batch_size=cfg.batch_size,
+                               threads=cfg.resolved_threads(), device=cfg.device, repeats=cfg.calibration_rounds,
+                               min_run_time=cfg.model_run_time)
     log.info("latency: predicted ratio %.4f, measured %.4f (%.3f / %.3f ms)", predicted_ratio,
              measured["pruned"] / measured["base"], measured["pruned"], measured["base"])
     table = ctx.cost_model("latency")
@@ -207,9 +217,21 @@ def _measured_latency(ctx: Context, pruned, predicted_ratio: float) -> dict[str,
                     "with: this machine's speed has changed (other load, frequency), so predicted and measured "
                     "latencies disagree. Rebuild the table on an otherwise idle machine: delete %s", measured["base"],
                     100 * drift, table.measured_base, cache_path(ctx.graph, table.config))
-    return {"base_latency_drift": drift, "latency_ratio_predicted": predicted_ratio,
-            "latency_ratio_measured": measured["pruned"] / measured["base"],
-            "latency_ms_measured": measured["pruned"], "base_latency_ms_measured": measured["base"]}
+    result = {"base_latency_drift": drift, "latency_ratio_predicted": predicted_ratio,
+              "latency_ratio_measured": measured["pruned"] / measured["base"],
+              "latency_ms_measured": measured["pruned"], "base_latency_ms_measured": measured["base"]}
+    if exported is not None:
+        ratio = measured["pruned_exported"] / measured["base_exported"]
+        log.info("latency of the exported programs: %.4f of the base (%.3f / %.3f ms)", ratio,
+                 measured["pruned_exported"], measured["base_exported"])
+        result.update(latency_ratio_measured_exported=ratio, latency_ms_measured_exported=measured["pruned_exported"],
+                      base_latency_ms_measured_exported=measured["base_exported"])
+    worst = max(result["latency_ratio_measured"], result.get("latency_ratio_measured_exported", 0.0))
+    if worst > budget:
+        log.warning("the pruned model measures %.4f of the base latency, above the budget %g: the table's prediction "
+                    "was %.4f. Rerun on an otherwise idle machine, or search with a lower --budget", worst, budget,
+                    predicted_ratio)
+    return result
 
 
 def make_pool(config: SearchConfig, ctx: Context):
@@ -282,13 +304,17 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
         else accuracy(ctx.model, ctx.data.val)
     base_test = accuracy(ctx.model, ctx.data.test)
     ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
+    exported = export_pt2(pruned, ctx.data.val.tensors[0][:2], out / "pruned.pt2") if config.export else None
     latency_rows = []
     if problem.cost_model.resource == "latency":
-        ratios.update(_measured_latency(ctx, pruned, best.cost_ratio))
+        ratios.update(_measured_latency(ctx, pruned, best.cost_ratio, config.budget, exported))
         measured, lat = ratios["latency_ratio_measured"], ctx.config.latency
-        latency_rows = [("FLOPs ratio / latency ratio predicted / measured",
-                         f"{ratios['flops_ratio']:.4f} / {best.cost_ratio:.4f} / {measured:.4f} "
-                         f"(batch {lat.batch_size}, {lat.resolved_threads()} thread(s))")]
+        program = ratios.get("latency_ratio_measured_exported")
+        label, value = "FLOPs ratio / latency ratio predicted / measured", \
+            f"{ratios['flops_ratio']:.4f} / {best.cost_ratio:.4f} / {measured:.4f}"
+        if program is not None:  # the deployable pruned.pt2 against the base exported the same way
+            label, value = label + " / measured, exported", value + f" / {program:.4f}"
+        latency_rows = [(label, f"{value} (batch {lat.batch_size}, {lat.resolved_threads()} thread(s))")]
     seconds = time.perf_counter() - start
     policy = problem.policy(best.keep).with_metrics(
         val_accuracy=best.accuracy, test_accuracy=test_acc, cost=best.cost, base_cost=problem.cost_model.base,
@@ -303,8 +329,6 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
         max_keep=config.max_keep, context=_config_dict(config)["context"], versions=_versions(),
     )
     policy.save(out / "policy.json")
-    if config.export:
-        export_pt2(pruned, ctx.data.val.tensors[0][:2], out / "pruned.pt2")
     from search.report import write_html, write_report
 
     title = (f"{config.strategy} on {config.context.model}/{config.context.dataset}, budget {config.budget:g} "

@@ -13,7 +13,7 @@ from amc.apply import apply_policy
 from amc.compare import model_stats
 from amc.context import ContextConfig, build_context
 from amc.errors import ConfigError
-from amc.export import export_onnx, export_pt2
+from amc.export import export_onnx, export_pt2, fold_batchnorm
 from amc.policy import Policy
 
 KEEP = [0.3, 0.3, 0.4, 0.4, 0.5, 0.5]  # an aggressive policy for the 6 decisions of the default cnn
@@ -66,6 +66,61 @@ def test_pt2_loads_in_a_process_that_does_not_import_the_project(ctx, tmp_path) 
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def _aten_ops(program: torch.nn.Module) -> set[str]:
+    return {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+
+
+def test_pt2_folds_batch_norm_into_the_convs_with_the_same_outputs(ctx, tmp_path) -> None:
+    pruned = ctx.evaluator.prune(KEEP)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in pruned.modules())
+    assert norms > 0
+    example, batch = ctx.data.val.tensors[0][:2], ctx.data.test.tensors[0][:33]
+    folded = torch.export.load(export_pt2(pruned, example, tmp_path / "folded.pt2")).module()
+    plain = torch.export.load(export_pt2(pruned, example, tmp_path / "plain.pt2", fold=False)).module()
+    assert not any("batch_norm" in op for op in _aten_ops(folded))
+    assert sum("batch_norm" in str(n.target) for n in plain.graph.nodes) == norms
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in pruned.modules()) == norms  # the model is untouched
+    with torch.no_grad():
+        want = pruned(batch)
+        assert torch.allclose(folded(batch), want, atol=1e-5) and torch.allclose(plain(batch), want, atol=1e-5)
+        assert (folded(batch).argmax(1) == want.argmax(1)).all()
+
+
+def test_resnet_shortcuts_fold_too() -> None:
+    from amc.models import build_model
+
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    for module in model.modules():  # non-trivial statistics, so a wrong fold would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
+
+
+def test_a_model_fx_cannot_trace_is_exported_unfolded(caplog) -> None:
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return y if y.sum() > 0 else -y  # data-dependent control flow
+
+    model = Branchy().eval()
+    with caplog.at_level("INFO", logger="amc.export"):
+        same = fold_batchnorm(model)
+    assert same is not model and isinstance(same.bn, torch.nn.BatchNorm2d)
+    assert "batch norm not folded" in caplog.text and "Branchy" in caplog.text
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(same(x), model(x))
 
 
 def test_finetuning_recovers_accuracy_and_exports_both_formats(policy_path, tmp_path) -> None:

@@ -51,8 +51,13 @@ def test_latency_search_meets_the_predicted_budget_and_reports_all_three_ratios(
     assert result.best.cost_ratio <= BUDGET + 1e-9
     assert 0 < metrics["flops_ratio"] < 1 and 0 < metrics["latency_ratio_measured"]
     assert metrics["latency_ms_measured"] > 0 and metrics["base_latency_ms_measured"] > 0
+    # the deployable program, loaded back from pruned.pt2, timed against the base exported the same way
+    assert (tmp_path / "run" / "pruned.pt2").exists()
+    assert metrics["latency_ms_measured_exported"] > 0 and metrics["base_latency_ms_measured_exported"] > 0
+    assert metrics["latency_ratio_measured_exported"] == pytest.approx(
+        metrics["latency_ms_measured_exported"] / metrics["base_latency_ms_measured_exported"])
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "latency ratio predicted / measured" in html
+    assert "latency ratio predicted / measured / measured, exported" in html
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["context"]["resource"] == "latency" and saved["context"]["latency"]["batch_size"] == 64
 
@@ -93,3 +98,31 @@ def test_a_machine_that_changed_speed_since_the_table_is_named(tmp_path, amc_cac
     assert metrics["latency_ratio_measured"] == pytest.approx(0.5)
     warning = next(r.getMessage() for r in caplog.records if "speed has changed" in r.getMessage())
     assert "+100%" in warning and "latency-" in warning and "delete" in warning
+
+
+def test_a_pruned_model_that_measures_over_the_budget_is_named(tmp_path, amc_cache, latency_dir, monkeypatch, caplog):
+    import amc.latency
+
+    timed = []
+
+    def over_budget_when_exported(models, *args, **kwargs):  # eager within the budget, the program not
+        timed.append(sorted(models))
+        ms = {"base": 1.0, "pruned": 0.5, "base_exported": 1.0, "pruned_exported": 0.95}
+        return {name: ms[name] for name in models}
+
+    monkeypatch.setattr(amc.latency, "compare_latency", over_budget_when_exported)
+    with caplog.at_level(logging.WARNING):
+        run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
+    assert timed == [["base", "base_exported", "pruned", "pruned_exported"]]  # all four in the same rounds
+    metrics = Policy.load(tmp_path / "run" / "policy.json").metrics
+    assert metrics["latency_ratio_measured"] == pytest.approx(0.5)
+    assert metrics["latency_ratio_measured_exported"] == pytest.approx(0.95)
+    warning = next(r.getMessage() for r in caplog.records if "above the budget" in r.getMessage())
+    assert "0.9500" in warning and "0.9" in warning and "--budget" in warning
+
+
+def test_no_export_times_the_eager_models_only(tmp_path, amc_cache, latency_dir):
+    run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2, export=False))
+    metrics = Policy.load(tmp_path / "run" / "policy.json").metrics
+    assert not (tmp_path / "run" / "pruned.pt2").exists()
+    assert metrics["latency_ratio_measured"] > 0 and "latency_ratio_measured_exported" not in metrics
