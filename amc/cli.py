@@ -57,3 +57,14 @@ def comma_list(item):
                 raise argparse.ArgumentTypeError(f"{exc}{f' (in {text!r})' if len(parts) > 1 else ''}") from None
         return tuple(values)
     return parse
+
+
+def existing_file(hint: str):
+    """argparse type: the path of an existing file (``hint`` says which file to pass)."""
+    def parse(text: str) -> str:
+        from pathlib import Path
+
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"no file {text!r}: {hint}")
+        return text
+    return parse

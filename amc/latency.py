@@ -7,7 +7,10 @@ same configuration share measurements. Between grid points the table is interpol
 
 What the table does not time (activations, residual additions, pooling, the forward pass's fixed
 overhead) is calibrated on whole models: the base model, two uniformly pruned ones and a few random ones
-are timed, and ``latency = gamma * sum(table) + alpha`` is fitted by non-negative least squares.
+are timed, and ``latency = gamma * sum(table) + alpha`` is fitted by non-negative least squares. The
+calibration's interleaved rounds are spread over the table's timing passes: both see the machine over the
+same minutes, so a spell of it (this project's VM changes speed by 30-60% for seconds to minutes) cannot
+set the scale of the whole table.
 
 The prediction is not forced to grow with every channel: on CPUs an odd channel count can run slower
 than a larger, aligned one, and the table keeps what it measured (the budget projection checks the
@@ -46,7 +49,7 @@ from amc.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-FORMAT = "amc-latency/2"  # 2: entries are medians over passes (1: minimums)
+FORMAT = "amc-latency/3"  # 3: calibration spread over the passes; 2: medians over passes; 1: minimums
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
 _MEMORY_KEPT = False
 _CALLS = 10  # module calls per timed run of a table entry
@@ -69,7 +72,7 @@ class LatencyConfig:
         passes: Timing passes over the table, each in a new random order; an entry's median over the
             passes counts.
         calibration_rounds: Interleaved rounds over the calibration models, one short sample of each
-            model per round; a model's median over the rounds counts.
+            model per round, spread evenly over the table's passes; a model's median over the rounds counts.
         cache_dir: Where tables are cached (None: the base-model cache).
     """
 
@@ -340,20 +343,31 @@ def _standalone(config: tuple, out: int, inp: int) -> tuple[nn.Module, tuple[int
     return module, (out, *spatial)
 
 
-def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: bool) -> list[dict]:
+def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: bool,
+                     calibration: _Calibration | None = None) -> list[dict]:
+    """Times every table entry in ``config.passes`` passes; with ``calibration``, its interleaved rounds are
+    spread evenly over the same passes, so whole models and table entries are timed over the same minutes."""
     keep_freed_memory()
     threads = config.resolved_threads()
     points = sorted({(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid}, key=repr)
     timed: dict[tuple, list[float]] = {key: [] for key in points}
     rng = np.random.default_rng(0)
+    steps = len(points) * config.passes
+    rounds = config.calibration_rounds if calibration is not None else 0
+    due = np.bincount(np.arange(rounds) * steps // max(1, rounds), minlength=steps + 1)  # rounds before each step
     with progress_bar(enabled=progress) as bar:
-        task = bar.add_task(f"latency table (batch {config.batch_size})", total=len(points) * config.passes,
-                            status="")
+        task = bar.add_task(f"latency table (batch {config.batch_size})", total=steps, status="")
+        calibrating = bar.add_task("latency calibration", total=rounds * len(calibration.models),
+                                   status="") if calibration is not None else None
+        step = 0
         # Each pass visits the points in a new random order, so a fast or slow spell of the machine that is
         # shorter than a pass (this VM switches between speeds 30-60% apart, for seconds to minutes) hits
-        # each point in at most one pass, and the median over passes ignores it.
+        # each point in at most one pass, and the median over passes ignores it. The calibration rounds run
+        # between the points, spread over all passes, so a spell hits few of them too.
         for _ in range(config.passes):
             for index in rng.permutation(len(points)):
+                for _ in range(due[step]):
+                    calibration.round(lambda: bar.advance(calibrating))
                 key = points[index]
                 module, shape = _standalone(*key)
                 module = module.eval().to(config.device)
@@ -362,37 +376,46 @@ def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: boo
                 ms = 1e3 * timer.blocked_autorange(min_run_time=config.min_run_time).median / _CALLS
                 timed[key].append(ms)
                 bar.advance(task)
+                step += 1
+        for _ in range(due[steps]):  # only when there are fewer steps than rounds
+            calibration.round(lambda: bar.advance(calibrating))
     return [{"name": e.name, "out_grid": list(e.out_grid), "in_grid": list(e.in_grid),
              "ms": [[statistics.median(timed[(e.config, o, i)]) for i in e.in_grid] for o in e.out_grid]}
             for e in entries]
 
 
-def _calibrate(model: nn.Module, graph: LayerGraph, modules_table: list[dict], config: LatencyConfig,
-               progress: bool) -> dict:
-    """Times the base and uniformly pruned models; fits the remainder the table does not see."""
-    from amc.prune import prune_model
+class _Calibration:
+    """The whole models the table's remainder is fitted on: the base model, uniformly pruned ones and a few
+    random ones, timed one interleaved round at a time (:meth:`round`); a model's median over rounds counts."""
 
-    raw = LatencyCost(graph, {"modules": modules_table, "alpha": 0.0, "gamma": 1.0, "measured_base_ms": 0.0,
-                              "calibration": []}, config=config)
-    points = []
-    rng = np.random.default_rng(0)
-    policies = [[k] * len(graph) for k in (1.0, *config.calibration_keeps)]
-    policies += rng.uniform(0.2, 1.0, (config.calibration_random, len(graph))).tolist()
-    models = [copy.deepcopy(model) if min(r) == 1.0 else prune_model(model, graph, r) for r in policies]
-    samples: list[list[float]] = [[] for _ in models]
-    with progress_bar(enabled=progress) as bar:
-        task = bar.add_task("latency calibration", total=len(models) * config.calibration_rounds, status="")
-        for _ in range(config.calibration_rounds):  # many short interleaved rounds: a spell hits all alike
-            for i, pruned in enumerate(models):
-                samples[i].append(measure_model_latency(
-                    pruned, graph.input_shape, batch_size=config.batch_size, threads=config.resolved_threads(),
-                    device=config.device, min_run_time=config.model_run_time))
-                bar.advance(task)
-    for ratios, values in zip(policies, samples):
-        points.append({"keep": ratios, "measured_ms": statistics.median(values),
-                       "table_ms": raw.table_sum(graph.channels(ratios))})
-    alpha, gamma = _fit_remainder(points)
-    return {"alpha": alpha, "gamma": gamma, "measured_base_ms": points[0]["measured_ms"], "calibration": points}
+    def __init__(self, model: nn.Module, graph: LayerGraph, config: LatencyConfig) -> None:
+        from amc.prune import prune_model
+
+        self.graph, self.config = graph, config
+        rng = np.random.default_rng(0)
+        self.policies = [[k] * len(graph) for k in (1.0, *config.calibration_keeps)]
+        self.policies += rng.uniform(0.2, 1.0, (config.calibration_random, len(graph))).tolist()
+        self.models = [copy.deepcopy(model) if min(r) == 1.0 else prune_model(model, graph, r) for r in self.policies]
+        self.samples: list[list[float]] = [[] for _ in self.models]
+
+    def round(self, on_model=lambda: None) -> None:
+        """One short sample of every model, in order."""
+        for i, pruned in enumerate(self.models):
+            self.samples[i].append(measure_model_latency(
+                pruned, self.graph.input_shape, batch_size=self.config.batch_size,
+                threads=self.config.resolved_threads(), device=self.config.device,
+                min_run_time=self.config.model_run_time))
+            on_model()
+
+    def fit(self, modules_table: list[dict]) -> dict:
+        """Fits ``measured = gamma * table + alpha`` to the models' medians (call after the rounds)."""
+        raw = LatencyCost(self.graph, {"modules": modules_table, "alpha": 0.0, "gamma": 1.0, "measured_base_ms": 0.0,
+                                       "calibration": []}, config=self.config)
+        points = [{"keep": ratios, "measured_ms": statistics.median(values),
+                   "table_ms": raw.table_sum(self.graph.channels(ratios))}
+                  for ratios, values in zip(self.policies, self.samples)]
+        alpha, gamma = _fit_remainder(points)
+        return {"alpha": alpha, "gamma": gamma, "measured_base_ms": points[0]["measured_ms"], "calibration": points}
 
 
 def _fit_remainder(points: list[dict]) -> tuple[float, float]:
@@ -486,8 +509,9 @@ def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfi
     start = time.perf_counter()
     log.info("measuring the latency table of %s at batch %d with %d thread(s) on %s", graph.fingerprint,
              config.batch_size, config.resolved_threads(), key["device"])
-    modules_table = _measure_entries(entries, config, progress)
-    table = {"key": key, "modules": modules_table, **_calibrate(model, graph, modules_table, config, progress)}
+    calibration = _Calibration(model, graph, config)
+    modules_table = _measure_entries(entries, config, progress, calibration)
+    table = {"key": key, "modules": modules_table, **calibration.fit(modules_table)}
     table["seconds"] = time.perf_counter() - start
     log.info("latency table built in %.1f s (base model %.3f ms measured)", table["seconds"],
              table["measured_base_ms"])

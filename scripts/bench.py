@@ -219,8 +219,35 @@ def _headline(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _deployed(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from search.bench_deployed import in_fresh_processes
+
+    policy = Path(args.policy)
+    saved = json.loads(policy.read_text())
+    budget = saved.get("budget") if saved.get("resource") == "latency" else None  # a latency budget only
+    table = Table(title=f"deployed latency of {policy} at batch {args.batch} ({args.threads} thread(s)): "
+                        f"median of {args.repeats} interleaved rounds of {args.sample_time:g} s, one process per row")
+    for col in ("process", "base ms", "pruned ms", "eager ratio", "base .pt2 ms", "pruned .pt2 ms", "exported ratio"):
+        table.add_column(col, justify="right")
+    results = in_fresh_processes(policy, args.processes, batch_size=args.batch, threads=args.threads,
+                                 repeats=args.repeats, sample_time=args.sample_time, export_again=args.export_again)
+    for i, r in enumerate(results, 1):
+        table.add_row(str(i), *(f"{r.ms[k]:.3f}" for k in ("base", "pruned")), f"{r.eager_ratio:.4f}",
+                      *(f"{r.ms[k]:.3f}" for k in ("base_exported", "pruned_exported")), f"{r.exported_ratio:.4f}")
+    console.print(table)
+    console.print(f"timed program: {results[0].program}")
+    ratios = {"eager": [r.eager_ratio for r in results], "exported": [r.exported_ratio for r in results]}
+    for name, values in ratios.items():
+        over = sum(v > budget for v in values) if budget is not None else 0
+        console.print(f"{name} ratio {min(values):.4f}-{max(values):.4f} over {len(values)} process(es)"
+                      + (f"; {over} above the budget {budget:g}" if budget is not None else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    from amc.cli import OneLineParser, comma_list, int_at_least, number_in
+    from amc.cli import OneLineParser, comma_list, existing_file, int_at_least, number_in
 
     parser = OneLineParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -261,6 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-to", type=int_at_least(1), default=1)
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_latency)
+    p = sub.add_parser("deployed", help="a searched policy's exported program timed against the base, per process")
+    p.add_argument("policy", type=existing_file("pass the policy.json a search wrote"),
+                   help="policy.json of a search (its pruned.pt2 is timed)")
+    p.add_argument("--batch", type=int_at_least(1), default=1)
+    p.add_argument("--threads", type=int_at_least(1), default=1)
+    p.add_argument("--processes", type=int_at_least(1), default=3, help="fresh processes, one after the other")
+    p.add_argument("--repeats", type=int_at_least(1), default=21, help="interleaved rounds per process")
+    p.add_argument("--sample-time", type=number_in(0, 10, meaning=" (seconds per sample)"), default=0.1)
+    p.add_argument("--export-again", action="store_true", help="time a fresh export instead of pruned.pt2")
+    p.set_defaults(run=_deployed)
     p = sub.add_parser("finetune", help="resnet20/fashion-mnist: exported model's latency and fine-tuned accuracy")
     p.add_argument("--budget", type=float, default=0.3)
     p.add_argument("--evaluations", type=int, default=200)

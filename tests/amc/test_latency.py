@@ -330,3 +330,51 @@ def test_a_spell_during_interleaved_timing_moves_no_model(monkeypatch):
     monkeypatch.setattr(latency, "_timer", timer)
     measured = compare_latency(models, (4,), repeats=9, min_run_time=0.01)
     assert measured == {"base": pytest.approx(2.0), "pruned": pytest.approx(1.0)}  # 3 of 9 rounds slow
+
+
+def _module_ms(fn) -> float:
+    """A deterministic stand-in latency for whatever ``fn`` runs: its module's weight count (entries bind the
+    module as a default argument, whole-model timings in their closure)."""
+    cells = list(fn.__defaults__ or ()) + [c.cell_contents for c in (fn.__closure__ or ())]
+    module = next(c for c in cells if isinstance(c, torch.nn.Module))
+    return 1e-3 * sum(p.numel() for p in module.parameters()) + 0.01
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_spell_over_a_third_of_the_build_moves_neither_table_nor_calibration(resnet, tmp_path, monkeypatch, where):
+    """The calibration rounds are spread over the table's passes. Were they all timed after the table (as
+    before), a spell over the last third of the build would have hit every one of them and set the scale."""
+    model, graph = resnet
+    config = LatencyConfig(grid=3, passes=3, calibration_rounds=9, calibration_keeps=(0.5,), calibration_random=1,
+                           cache_dir=str(tmp_path))
+    entries, _ = latency._entries(model, graph, config.grid)
+    points = len({(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid})
+    runs = 3 * points + 9 * 3  # table entries of 3 passes, 9 rounds over 3 calibration models
+    third = range(0, runs // 3) if where == "first" else range(runs - runs // 3, runs)
+
+    def build(spell):
+        timer = _SpellyTimer(_module_ms, spell, 2.0)
+        monkeypatch.setattr(latency, "_timer", timer)
+        cost = build_latency_cost(model, graph, config, progress=False, use_cache=False)
+        assert timer.runs == runs
+        return cost.table
+
+    calm, spelled = build(range(0)), build(third)
+    assert spelled["modules"] == calm["modules"]
+    assert [p["measured_ms"] for p in spelled["calibration"]] == [p["measured_ms"] for p in calm["calibration"]]
+    assert (spelled["alpha"], spelled["gamma"]) == (calm["alpha"], calm["gamma"])
+
+
+def test_calibration_rounds_run_between_the_entries_of_every_pass(resnet, monkeypatch):
+    model, graph = resnet
+    config = LatencyConfig(grid=3, passes=2, calibration_rounds=4, calibration_keeps=(), calibration_random=0)
+    entries, _ = latency._entries(model, graph, config.grid)
+    order = []
+    monkeypatch.setattr(latency, "_timer", _SpellyTimer(lambda fn: order.append(fn.__defaults__ is None) or 1.0,
+                                                        range(0), 1.0))
+    calibration = latency._Calibration(model, graph, config)
+    latency._measure_entries(entries, config, progress=False, calibration=calibration)
+    at = [i for i, whole in enumerate(order) if whole]  # positions of the 4 base-model samples
+    steps = len(order) - 4
+    assert len(at) == 4 and len(calibration.samples[0]) == 4
+    assert at == [0, steps // 4 + 1, steps // 2 + 2, 3 * steps // 4 + 3]  # evenly spread, both passes covered

@@ -1,0 +1,74 @@
+"""Deployed latency of a searched policy (``scripts/bench.py deployed``): the exported program against the base.
+
+The policy's ``pruned.pt2`` (the file next to ``policy.json``, or the pruned model exported again) is loaded
+back and timed with the base model exported the same way (:func:`amc.export.export_program`) and with both
+PyTorch modules, all four in the same interleaved rounds (median of repeats), so a spell of the machine hits
+all alike. :func:`in_fresh_processes` repeats that in new processes, one after the other: on a noisy machine
+the ratio moves between processes more than within one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MODELS = ("base", "pruned", "base_exported", "pruned_exported")
+
+
+@dataclass(frozen=True)
+class DeployedLatency:
+    """Median latencies in ms of the four models (:data:`MODELS`), timed in one process."""
+
+    batch_size: int
+    program: str  # the pruned .pt2 file that was timed
+    ms: dict[str, float]
+
+    @property
+    def eager_ratio(self) -> float:
+        return self.ms["pruned"] / self.ms["base"]
+
+    @property
+    def exported_ratio(self) -> float:
+        return self.ms["pruned_exported"] / self.ms["base_exported"]
+
+
+def deployed_latency(policy_path: str | os.PathLike, *, batch_size: int = 1, threads: int = 1, repeats: int = 21,
+                     sample_time: float = 0.1, export_again: bool = False) -> DeployedLatency:
+    """Times the policy's exported program against the base model exported the same way, in this process.
+
+    ``export_again``: time a fresh export of the pruned model instead of the ``pruned.pt2`` next to the policy
+    (for a run written by an older version, or with ``--no-export``; a missing file is exported anyway).
+    """
+    from amc.apply import apply_policy
+    from amc.export import export_program, export_pt2
+    from amc.latency import compare_latency
+
+    torch.set_num_threads(threads)
+    applied = apply_policy(policy_path, export=False, progress=False)
+    ctx = applied.context
+    example = ctx.data.val.tensors[0][:2]
+    program = Path(policy_path).parent / "pruned.pt2"
+    with tempfile.TemporaryDirectory(prefix="amc-deployed-") as tmp:
+        if export_again or not program.exists():
+            program = export_pt2(applied.model, example, Path(tmp) / "pruned.pt2")
+        models = {"base": ctx.model, "pruned": applied.model,
+                  "base_exported": export_program(ctx.model, example).module(),
+                  "pruned_exported": torch.export.load(program).module()}
+        ms = compare_latency(models, ctx.graph.input_shape, batch_size=batch_size, threads=threads, repeats=repeats,
+                             min_run_time=sample_time)
+    return DeployedLatency(batch_size, str(program), ms)
+
+
+def in_fresh_processes(policy_path: str | os.PathLike, processes: int, **kwargs) -> list[DeployedLatency]:
+    """:func:`deployed_latency` in ``processes`` new processes (spawned one after the other, never at once)."""
+    spawn = multiprocessing.get_context("spawn")
+    results = []
+    for _ in range(processes):
+        with spawn.Pool(1) as pool:
+            results.append(pool.apply(deployed_latency, (str(policy_path),), kwargs))
+    return results

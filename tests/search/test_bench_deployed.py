@@ -1,0 +1,64 @@
+"""``scripts/bench.py deployed``: a policy's exported program timed against the base exported the same way."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amc.context import ContextConfig, build_context
+from amc.export import export_pt2
+from amc.policy import Policy
+from search.bench_deployed import MODELS, deployed_latency
+from tests.search.helpers import REPO, run_script
+
+pytestmark = pytest.mark.usefixtures("cache_env")
+BENCH = REPO / "scripts" / "bench.py"
+KEEP = [0.3, 0.3, 0.4, 0.4, 0.5, 0.5]  # the 6 decisions of the default cnn
+
+
+@pytest.fixture(scope="module")
+def run_dir(amc_cache, tmp_path_factory):
+    """A run folder as a latency search leaves it: policy.json and the exported pruned.pt2."""
+    ctx = build_context(ContextConfig(cache_dir=str(amc_cache)), progress=False)
+    folder = tmp_path_factory.mktemp("run")
+    meta = {"context": {"model": "cnn", "dataset": "digits", "seed": 0, "cache_dir": str(amc_cache)}}
+    Policy.from_ratios(ctx.graph, KEEP, resource="latency", budget=0.5, meta=meta).save(folder / "policy.json")
+    export_pt2(ctx.evaluator.prune(KEEP), ctx.data.val.tensors[0][:2], folder / "pruned.pt2")
+    return folder
+
+
+def test_the_policy_s_own_program_is_timed_with_three_others(run_dir):
+    done = deployed_latency(run_dir / "policy.json", batch_size=4, repeats=2, sample_time=0.01)
+    assert done.program == str(run_dir / "pruned.pt2") and done.batch_size == 4
+    assert set(done.ms) == set(MODELS) and all(v > 0 for v in done.ms.values())
+    assert done.exported_ratio == done.ms["pruned_exported"] / done.ms["base_exported"]
+    assert done.eager_ratio == done.ms["pruned"] / done.ms["base"]
+    again = deployed_latency(run_dir / "policy.json", repeats=2, sample_time=0.01, export_again=True)
+    assert again.program != done.program and not Path(again.program).exists()  # a fresh export, cleaned up
+
+
+def test_cli_times_in_fresh_processes_and_compares_with_the_budget(run_dir, amc_cache):
+    done = run_script(BENCH, "deployed", str(run_dir / "policy.json"), "--processes", "2", "--repeats", "2",
+                      "--sample-time", "0.01", cache=amc_cache)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = " ".join(done.stdout.split())  # rich wraps long lines
+    assert re.search(r"exported ratio \d\.\d{4}-\d\.\d{4} over 2 process\(es\); [0-2] above the budget 0\.5", out)
+    assert re.search(r"eager ratio \d\.\d{4}-\d\.\d{4} over 2 process\(es\)", out)
+    assert "pruned.pt2" in out
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["no/such/policy.json"], "argument policy: no file 'no/such/policy.json': pass the policy.json a search wrote"),
+    (["{policy}", "--processes", "0"], "argument --processes: must be an integer >= 1, got '0'"),
+])
+def test_cli_refuses_a_missing_policy_and_bad_options(args, expected, run_dir):
+    args = [a.format(policy=run_dir / "policy.json") for a in args]
+    done = subprocess.run([sys.executable, str(BENCH), "deployed", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
