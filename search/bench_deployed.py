@@ -9,8 +9,10 @@ the ratio moves between processes more than within one.
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +67,23 @@ def deployed_latency(policy_path: str | os.PathLike, *, batch_size: int = 1, thr
 
 
 def in_fresh_processes(policy_path: str | os.PathLike, processes: int, **kwargs) -> list[DeployedLatency]:
-    """:func:`deployed_latency` in ``processes`` new processes (spawned one after the other, never at once)."""
-    spawn = multiprocessing.get_context("spawn")
+    """:func:`deployed_latency` in ``processes`` new Python processes, run one after the other (never at once).
+
+    Raises:
+        RuntimeError: A timing process failed; its exit code and its last error line are named.
+    """
+    code = ("import dataclasses, json, sys\n"
+            "from search.bench_deployed import deployed_latency\n"
+            "done = deployed_latency(sys.argv[1], **json.loads(sys.argv[2]))\n"
+            "print(json.dumps(dataclasses.asdict(done)))\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     results = []
     for _ in range(processes):
-        with spawn.Pool(1) as pool:
-            results.append(pool.apply(deployed_latency, (str(policy_path),), kwargs))
+        done = subprocess.run([sys.executable, "-c", code, str(policy_path), json.dumps(kwargs)], env=env,
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+            raise RuntimeError(f"the timing process failed (exit {done.returncode}): {last}")
+        results.append(DeployedLatency(**json.loads(done.stdout.strip().splitlines()[-1])))
     return results

@@ -62,3 +62,11 @@ def test_cli_refuses_a_missing_policy_and_bad_options(args, expected, run_dir):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], done.stderr
+
+
+def test_a_failing_timing_process_is_named(tmp_path):
+    from search.bench_deployed import in_fresh_processes
+
+    expected = r"the timing process failed \(exit 1\): .*PolicyError: .*missing\.json' does not exist"
+    with pytest.raises(RuntimeError, match=expected):
+        in_fresh_processes(tmp_path / "missing.json", 1, repeats=1)
