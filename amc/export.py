@@ -21,22 +21,28 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     goes into the preceding layer's weight and bias, so a forward pass runs one operator fewer per pair
     with the same outputs (up to float rounding). At batch 1 each operator's fixed cost is a large part
     of a pruned model's time, so this lowers its latency more than the base model's. A model that
-    ``torch.fx`` cannot trace is returned unchanged (copied), with a log message. ``model`` is not modified.
+    ``torch.fx`` cannot trace is returned as an unfolded eval-mode copy, with a warning. ``model`` itself
+    is not modified (nor switched to eval mode).
     """
     from torch.fx.experimental.optimization import fuse
 
-    model.eval()
+    inference = copy.deepcopy(model).eval()
     try:
-        return fuse(model, inplace=False)
-    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError) as exc:
-        # data-dependent control flow and the like: deploy the model as it is
-        log.info("batch norm not folded (torch.fx could not trace %s: %s)", type(model).__name__, exc)
-        return copy.deepcopy(model)
+        traced = torch.fx.symbolic_trace(inference)
+    except (torch.fx.proxy.TraceError, TypeError, NotImplementedError) as exc:
+        # data-dependent control flow, Python math on shapes and the like: deploy the model as it is
+        log.warning("batch norm not folded: torch.fx cannot trace %s (%s); the exported program keeps its "
+                    "batch norms", type(model).__name__, exc)
+        return inference
+    return fuse(traced, inplace=True, no_trace=True)
 
 
 def export_program(model: nn.Module, example: Tensor, *, fold: bool = True) -> torch.export.ExportedProgram:
-    """``model`` as a ``torch.export`` program with a dynamic batch dimension (batch norm folded when ``fold``)."""
-    model = fold_batchnorm(model) if fold else model.eval()
+    """``model`` as a ``torch.export`` program with a dynamic batch dimension (batch norm folded when ``fold``).
+
+    The program is made from an eval-mode copy: ``model`` is not modified.
+    """
+    model = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 

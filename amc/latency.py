@@ -354,7 +354,8 @@ def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: boo
     rng = np.random.default_rng(0)
     steps = len(points) * config.passes
     rounds = config.calibration_rounds if calibration is not None else 0
-    due = np.bincount(np.arange(rounds) * steps // max(1, rounds), minlength=steps + 1)  # rounds before each step
+    # rounds due before each step: centred in equal shares of the steps (all at the end only for an empty table)
+    due = np.bincount((2 * np.arange(rounds) + 1) * steps // max(1, 2 * rounds), minlength=steps + 1)
     with progress_bar(enabled=progress) as bar:
         task = bar.add_task(f"latency table (batch {config.batch_size})", total=steps, status="")
         calibrating = bar.add_task("latency calibration", total=rounds * len(calibration.models),
@@ -377,7 +378,7 @@ def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: boo
                 timed[key].append(ms)
                 bar.advance(task)
                 step += 1
-        for _ in range(due[steps]):  # only when there are fewer steps than rounds
+        for _ in range(due[steps]):  # only when the table has no entries
             calibration.round(lambda: bar.advance(calibrating))
     return [{"name": e.name, "out_grid": list(e.out_grid), "in_grid": list(e.in_grid),
              "ms": [[statistics.median(timed[(e.config, o, i)]) for i in e.in_grid] for o in e.out_grid]}

@@ -225,14 +225,24 @@ def _deployed(args: argparse.Namespace, console: Console) -> int:
     from search.bench_deployed import in_fresh_processes
 
     policy = Path(args.policy)
-    saved = json.loads(policy.read_text())
+    try:
+        saved = json.loads(policy.read_text())
+    except ValueError as exc:
+        print(f"bench.py deployed: error: {policy} is not a policy file ({exc}): pass the policy.json a search wrote",
+              file=sys.stderr)
+        return 2
     budget = saved.get("budget") if saved.get("resource") == "latency" else None  # a latency budget only
     table = Table(title=f"deployed latency of {policy} at batch {args.batch} ({args.threads} thread(s)): "
                         f"median of {args.repeats} interleaved rounds of {args.sample_time:g} s, one process per row")
     for col in ("process", "base ms", "pruned ms", "eager ratio", "base .pt2 ms", "pruned .pt2 ms", "exported ratio"):
         table.add_column(col, justify="right")
-    results = in_fresh_processes(policy, args.processes, batch_size=args.batch, threads=args.threads,
-                                 repeats=args.repeats, sample_time=args.sample_time, export_again=args.export_again)
+    try:
+        results = in_fresh_processes(policy, args.processes, batch_size=args.batch, threads=args.threads,
+                                     repeats=args.repeats, sample_time=args.sample_time,
+                                     export_again=args.export_again)
+    except RuntimeError as exc:
+        print(f"bench.py deployed: error: {exc}", file=sys.stderr)
+        return 2
     for i, r in enumerate(results, 1):
         table.add_row(str(i), *(f"{r.ms[k]:.3f}" for k in ("base", "pruned")), f"{r.eager_ratio:.4f}",
                       *(f"{r.ms[k]:.3f}" for k in ("base_exported", "pruned_exported")), f"{r.exported_ratio:.4f}")

@@ -224,11 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         out.print(table)
     metrics = result.policy.metrics
     if "latency_ratio_measured" in metrics:
+        exported = metrics.get("latency_ratio_measured_exported")
         out.print(f"FLOPs ratio {metrics['flops_ratio']:.4f}, latency ratio predicted "
                   f"{metrics['latency_ratio_predicted']:.4f}, measured {metrics['latency_ratio_measured']:.4f} "
-                  f"({metrics['latency_ms_measured']:.3f} ms vs {metrics['base_latency_ms_measured']:.3f} ms)")
+                  f"({metrics['latency_ms_measured']:.3f} ms vs {metrics['base_latency_ms_measured']:.3f} ms)"
+                  + (f", exported program {exported:.4f} ({metrics['latency_ms_measured_exported']:.3f} ms vs "
+                     f"{metrics['base_latency_ms_measured_exported']:.3f} ms)" if exported is not None else ""))
+    wrote_program = config.export and (result.out / "pruned.pt2").exists()
     out.print(f"wrote {result.out}/policy.json, history.csv, report.png, report.html"
-              + (", pruned.pt2" if config.export else "") + f" in {result.seconds:.1f} s"
+              + (", pruned.pt2" if wrote_program else "") + f" in {result.seconds:.1f} s"
               + (" (interrupted: best so far)" if result.interrupted else ""))
     return 0
 

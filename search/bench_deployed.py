@@ -10,6 +10,7 @@ the ratio moves between processes more than within one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+log = logging.getLogger(__name__)
 MODELS = ("base", "pruned", "base_exported", "pruned_exported")
 
 
@@ -27,7 +29,7 @@ class DeployedLatency:
     """Median latencies in ms of the four models (:data:`MODELS`), timed in one process."""
 
     batch_size: int
-    program: str  # the pruned .pt2 file that was timed
+    program: str  # which pruned program was timed: the .pt2 file, or a fresh export (and why)
     ms: dict[str, float]
 
     @property
@@ -50,20 +52,36 @@ def deployed_latency(policy_path: str | os.PathLike, *, batch_size: int = 1, thr
     from amc.export import export_program, export_pt2
     from amc.latency import compare_latency
 
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    applied = apply_policy(policy_path, export=False, progress=False)
-    ctx = applied.context
-    example = ctx.data.val.tensors[0][:2]
-    program = Path(policy_path).parent / "pruned.pt2"
-    with tempfile.TemporaryDirectory(prefix="amc-deployed-") as tmp:
-        if export_again or not program.exists():
-            program = export_pt2(applied.model, example, Path(tmp) / "pruned.pt2")
-        models = {"base": ctx.model, "pruned": applied.model,
-                  "base_exported": export_program(ctx.model, example).module(),
-                  "pruned_exported": torch.export.load(program).module()}
+    try:
+        applied = apply_policy(policy_path, export=False, progress=False)
+        ctx = applied.context
+        example = ctx.data.val.tensors[0][:2]
+        base_program = export_program(ctx.model, example).module()
+        path = Path(policy_path).parent / "pruned.pt2"
+        reason = "--export-again" if export_again else None if path.exists() else f"{path} does not exist"
+        if reason is None:
+            pruned_program = torch.export.load(path).module()
+            if _has_batch_norm(pruned_program) and not _has_batch_norm(base_program):
+                log.warning("%s keeps its batch norms (written before the export folded them): timing a fresh, "
+                            "folded export, as the base is exported", path)
+                reason = f"{path} has unfolded batch norms"
+        if reason is not None:
+            with tempfile.TemporaryDirectory(prefix="amc-deployed-") as tmp:
+                pruned_program = torch.export.load(export_pt2(applied.model, example, Path(tmp) / "p.pt2")).module()
+        label = str(path) if reason is None else f"fresh export ({reason})"
+        models = {"base": ctx.model, "pruned": applied.model, "base_exported": base_program,
+                  "pruned_exported": pruned_program}
         ms = compare_latency(models, ctx.graph.input_shape, batch_size=batch_size, threads=threads, repeats=repeats,
                              min_run_time=sample_time)
-    return DeployedLatency(batch_size, str(program), ms)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return DeployedLatency(batch_size, label, ms)
+
+
+def _has_batch_norm(program: torch.nn.Module) -> bool:
+    return any("batch_norm" in str(node.target) for node in program.graph.nodes if node.op == "call_function")
 
 
 def in_fresh_processes(policy_path: str | os.PathLike, processes: int, **kwargs) -> list[DeployedLatency]:
@@ -82,8 +100,9 @@ def in_fresh_processes(policy_path: str | os.PathLike, processes: int, **kwargs)
     for _ in range(processes):
         done = subprocess.run([sys.executable, "-c", code, str(policy_path), json.dumps(kwargs)], env=env,
                               capture_output=True, text=True, check=False)
-        if done.returncode != 0:
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
             last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
             raise RuntimeError(f"the timing process failed (exit {done.returncode}): {last}")
-        results.append(DeployedLatency(**json.loads(done.stdout.strip().splitlines()[-1])))
+        results.append(DeployedLatency(**json.loads(lines[-1])))
     return results

@@ -188,6 +188,20 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
 
 
 DRIFT_WARNING = 0.15  # base model's measured latency against the table's calibration, as a fraction
+# Measured latency ratio above the budget by more than this fraction: the table's typical ratio error is 2-7%
+# (BENCHMARKS.md), so a search that lands on its budget measures within a few percent either side.
+OVER_BUDGET_WARNING = 0.10
+
+
+def _export(pruned, ctx: Context, out: Path) -> Path | None:
+    """Writes ``pruned.pt2``; an export that fails is logged and the search's results are written anyway."""
+    try:
+        return export_pt2(pruned, ctx.data.val.tensors[0][:2], out / "pruned.pt2")
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the search result must survive
+        log.error("pruned.pt2 not written: torch.export failed (%s: %s). policy.json is written; apply it with "
+                  "scripts/apply_policy.py --no-export, or make the model's forward exportable",
+                  type(exc).__name__, exc)
+        return None
 
 
 def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: float,
@@ -226,11 +240,12 @@ def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: floa
                  measured["pruned_exported"], measured["base_exported"])
         result.update(latency_ratio_measured_exported=ratio, latency_ms_measured_exported=measured["pruned_exported"],
                       base_latency_ms_measured_exported=measured["base_exported"])
-    worst = max(result["latency_ratio_measured"], result.get("latency_ratio_measured_exported", 0.0))
-    if worst > budget:
-        log.warning("the pruned model measures %.4f of the base latency, above the budget %g: the table's prediction "
-                    "was %.4f. Rerun on an otherwise idle machine, or search with a lower --budget", worst, budget,
-                    predicted_ratio)
+    for what, key in (("as a PyTorch module", "latency_ratio_measured"),
+                      ("as the exported program", "latency_ratio_measured_exported")):
+        if key in result and result[key] > budget * (1 + OVER_BUDGET_WARNING):
+            log.warning("the pruned model %s measures %.4f of the base latency, more than %.0f%% above the budget %g "
+                        "(the table predicted %.4f). Rerun on an otherwise idle machine, or search with a lower "
+                        "--budget", what, result[key], 100 * OVER_BUDGET_WARNING, budget, predicted_ratio)
     return result
 
 
@@ -304,7 +319,7 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
         else accuracy(ctx.model, ctx.data.val)
     base_test = accuracy(ctx.model, ctx.data.test)
     ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
-    exported = export_pt2(pruned, ctx.data.val.tensors[0][:2], out / "pruned.pt2") if config.export else None
+    exported = _export(pruned, ctx, out) if config.export else None
     latency_rows = []
     if problem.cost_model.resource == "latency":
         ratios.update(_measured_latency(ctx, pruned, best.cost_ratio, config.budget, exported))

@@ -376,5 +376,8 @@ def test_calibration_rounds_run_between_the_entries_of_every_pass(resnet, monkey
     latency._measure_entries(entries, config, progress=False, calibration=calibration)
     at = [i for i, whole in enumerate(order) if whole]  # positions of the 4 base-model samples
     steps = len(order) - 4
-    assert len(at) == 4 and len(calibration.samples[0]) == 4
-    assert at == [0, steps // 4 + 1, steps // 2 + 2, 3 * steps // 4 + 3]  # evenly spread, both passes covered
+    assert len(at) == 4 and len(calibration.samples[0]) == 4 and steps > 20
+    entries_before = [i - k for k, i in enumerate(at)]  # table entries timed before each round
+    share = steps / 4  # each round sits in the middle of its quarter of the entries
+    assert all(abs(n - (k + 0.5) * share) <= 1 for k, n in enumerate(entries_before)), (entries_before, steps)
+    assert entries_before[1] < steps / 2 < entries_before[2]  # two rounds in each of the two passes

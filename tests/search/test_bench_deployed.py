@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -38,7 +37,29 @@ def test_the_policy_s_own_program_is_timed_with_three_others(run_dir):
     assert done.exported_ratio == done.ms["pruned_exported"] / done.ms["base_exported"]
     assert done.eager_ratio == done.ms["pruned"] / done.ms["base"]
     again = deployed_latency(run_dir / "policy.json", repeats=2, sample_time=0.01, export_again=True)
-    assert again.program != done.program and not Path(again.program).exists()  # a fresh export, cleaned up
+    assert again.program == "fresh export (--export-again)" and set(again.ms) == set(MODELS)
+
+
+def test_an_unfolded_program_is_not_timed_against_a_folded_base(run_dir, tmp_path, caplog):
+    """A pruned.pt2 written before the export folded batch norms would carry one operator per conv more
+    than the base program it is compared with; a folded export is timed instead, and the reason named."""
+    import shutil
+
+    folder = tmp_path / "old-run"
+    folder.mkdir()
+    shutil.copy(run_dir / "policy.json", folder / "policy.json")
+    from amc.apply import apply_policy
+
+    applied = apply_policy(folder / "policy.json", export=False, progress=False)
+    export_pt2(applied.model, applied.context.data.val.tensors[0][:2], folder / "pruned.pt2", fold=False)
+    with caplog.at_level("WARNING", logger="search.bench_deployed"):
+        done = deployed_latency(folder / "policy.json", repeats=2, sample_time=0.01)
+    assert done.program == f"fresh export ({folder / 'pruned.pt2'} has unfolded batch norms)"
+    assert "keeps its batch norms" in caplog.text
+    missing = tmp_path / "no-program"
+    missing.mkdir()
+    shutil.copy(run_dir / "policy.json", missing / "policy.json")
+    assert deployed_latency(missing / "policy.json", repeats=1, sample_time=0.01).program.endswith("does not exist)")
 
 
 def test_cli_times_in_fresh_processes_and_compares_with_the_budget(run_dir, amc_cache):
@@ -70,3 +91,13 @@ def test_a_failing_timing_process_is_named(tmp_path):
     expected = r"the timing process failed \(exit 1\): .*PolicyError: .*missing\.json' does not exist"
     with pytest.raises(RuntimeError, match=expected):
         in_fresh_processes(tmp_path / "missing.json", 1, repeats=1)
+
+
+def test_cli_refuses_a_file_that_is_not_a_policy(tmp_path):
+    bad = tmp_path / "policy.json"
+    bad.write_text("not json")
+    done = subprocess.run([sys.executable, str(BENCH), "deployed", str(bad)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{bad} is not a policy file" in lines[0] and "pass the policy.json" in lines[0]
