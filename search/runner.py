@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -66,9 +67,8 @@ def prepare_out(config: SearchConfig) -> Path:
     out = Path(config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):  # unique: two runs may check at once
+            pass
     except OSError as exc:
         raise ConfigError(f"--out {str(out)!r} is not writable ({exc.strerror}); choose another folder") from exc
     saved = out / "config.json"

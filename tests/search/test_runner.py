@@ -260,3 +260,23 @@ def test_search_seed_repeats_a_search_on_the_same_base_model(tmp_path: Path, con
     assert Policy.load(tmp_path / "s1" / "policy.json").meta["seed"] == 1
     with pytest.raises(ConfigError, match="search seed"):
         _config(tmp_path / "bad", context_config, seed=-1)
+
+
+def test_runs_checking_one_folder_at_once_never_see_it_as_unwritable(tmp_path: Path) -> None:
+    """Two searches started into the same folder (as the resume test does) each probe it for writing: with
+    one shared probe name, one run deleted the other's probe and reported the folder as not writable."""
+    from search.runner import prepare_out
+
+    config = SearchConfig(out=str(tmp_path / "run"), progress=False)
+
+    def check(_: int) -> str:
+        try:
+            prepare_out(config)
+            return "ok"
+        except ConfigError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(check, range(400)))
+    assert outcomes == ["ok"] * 400
+    assert not list((tmp_path / "run").iterdir())  # no probe left behind
