@@ -46,10 +46,15 @@ class AppliedPolicy:
     model: nn.Module  # pruned (and fine-tuned, if asked), in eval mode
     val_accuracy: float
     test_accuracy: float
-    cost_ratio: float
+    cost_ratio: float  # of the resource the policy was searched under (a latency table's prediction for latency)
     exported: dict[str, Path]
     finetuned_val_accuracy: float | None = None
     finetuned_test_accuracy: float | None = None
+
+    @property
+    def resource(self) -> str:
+        """What ``cost_ratio`` is a ratio of."""
+        return self.policy.resource
 
 
 def context_config_of(policy: Policy, **overrides: Any) -> ContextConfig:
@@ -194,8 +199,10 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
     pruned = ctx.evaluator.prune(policy)
     val = ctx.evaluator.evaluate(policy).accuracy
     test = accuracy(pruned, ctx.data.test)
-    cost = make_cost_model(policy.resource if policy.resource in ("flops", "params") else "flops", ctx.graph,
-                           granularity=policy.granularity)
+    if policy.resource == "latency":  # the policy's own latency table (cached where it was searched)
+        cost = ctx.cost_model("latency", progress=progress)
+    else:
+        cost = make_cost_model(policy.resource, ctx.graph, granularity=policy.granularity)
     tuned_val = tuned_test = None
     config = TrainConfig(epochs=max(1, finetune_epochs), lr=finetune_lr, schedule="cosine",
                          batch_size=ctx.config.train.batch_size, shift=ctx.config.train.shift)

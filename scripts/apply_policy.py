@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     recorded = applied.policy.metrics.get("val_accuracy")
     table = Table(title=f"policy {args.policy}")
-    for col in ("", "val acc", "test acc", "cost ratio"):
+    for col in ("", "val acc", "test acc", f"{applied.resource} ratio"):
         table.add_column(col, justify="right")
     if recorded is not None:
         table.add_row("recorded by the search", f"{recorded:.4f}",

@@ -136,6 +136,29 @@ def test_calibration_fit_recovers_scale_and_overhead():
     assert alpha == 0.0 and gamma > 0
 
 
+def test_calibration_fit_passes_through_the_base_model():
+    """The base model (the first point) is the reference of every ratio: the fit reproduces its measurement
+    exactly, even when it runs faster than the line through the pruned models (as measured: 0.2-2.6%)."""
+    table = np.array([8.0, 1.0, 2.0, 3.5, 5.0])
+    measured = 1.5 * table + 0.25
+    measured[0] *= 0.97
+    points = [{"measured_ms": m, "table_ms": t} for m, t in zip(measured, table)]
+    alpha, gamma = latency._fit_remainder(points)
+    assert gamma * table[0] + alpha == pytest.approx(measured[0])
+    # the slope still follows the pruned models (a line through the base with their least-squares slope)
+    d_t, d_m = table[1:] - table[0], measured[1:] - measured[0]
+    assert gamma == pytest.approx(np.dot(d_t, d_m) / np.dot(d_t, d_t))
+    predicted_ratio = (gamma * table[1:] + alpha) / (gamma * table[0] + alpha)
+    free_gamma, free_alpha = 1.5, 0.25  # what a free fit of the pruned models alone gives
+    free_ratio = (free_gamma * table[1:] + free_alpha) / (free_gamma * table[0] + free_alpha)
+    true_ratio = measured[1:] / measured[0]
+    # the pinned fit's ratios are closer to the measured ones than the free line's
+    assert np.abs(predicted_ratio / true_ratio - 1).mean() < np.abs(free_ratio / true_ratio - 1).mean()
+    # measurements that do not grow with the table: the base's own scale, through the base
+    alpha, gamma = latency._fit_remainder([{"measured_ms": 2.0, "table_ms": t} for t in (4.0, 1.0, 2.0)])
+    assert gamma == pytest.approx(0.5) and alpha == 0.0
+
+
 def _synthetic_cost(model, graph) -> LatencyCost:
     """A latency cost from a made-up, noise-free table (ms = 1e-4 * out * in + 0.01 per entry)."""
     entries, _ = latency._entries(model, graph, 4)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from amc.apply import context_config_of
+import amc.latency
+from amc.apply import apply_policy, context_config_of
 from amc.context import ContextConfig
 from amc.errors import BudgetError
 from amc.latency import LatencyConfig
@@ -76,8 +77,6 @@ def test_unreachable_latency_budget_is_refused_before_searching(tmp_path, amc_ca
 
 
 def test_a_machine_that_changed_speed_since_the_table_is_named(tmp_path, amc_cache, latency_dir, monkeypatch, caplog):
-    import amc.latency
-
     def twice_as_slow(models, *args, **kwargs):  # the machine now runs at half the table's speed
         return {name: 2.0 * table_base[0] * (1.0 if name == "base" else 0.5) for name in models}
 
@@ -103,8 +102,6 @@ def test_a_machine_that_changed_speed_since_the_table_is_named(tmp_path, amc_cac
 @pytest.mark.parametrize(("exported_ms", "warned"), [(1.0, True), (0.95, False)])
 def test_a_pruned_model_that_measures_over_the_budget_is_named(tmp_path, amc_cache, latency_dir, monkeypatch, caplog,
                                                                exported_ms, warned):
-    import amc.latency
-
     timed = []
 
     def fake(models, *args, **kwargs):  # eager well within the budget 0.9; the exported program 1.0 or 0.95
@@ -147,3 +144,17 @@ def test_no_export_times_the_eager_models_only(tmp_path, amc_cache, latency_dir)
     metrics = Policy.load(tmp_path / "run" / "policy.json").metrics
     assert not (tmp_path / "run" / "pruned.pt2").exists()
     assert metrics["latency_ratio_measured"] > 0 and "latency_ratio_measured_exported" not in metrics
+
+
+def test_a_reapplied_latency_policy_reports_its_latency_ratio(tmp_path, amc_cache, latency_dir, monkeypatch):
+    run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
+    policy = Policy.load(tmp_path / "run" / "policy.json")
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the latency table was measured again")
+
+    monkeypatch.setattr(amc.latency, "_measure_entries", no_timing)  # the search's cached table is used
+    applied = apply_policy(tmp_path / "run" / "policy.json", export=False, progress=False)
+    assert applied.resource == "latency"
+    assert applied.cost_ratio == pytest.approx(policy.metrics["latency_ratio_predicted"], abs=1e-12)
+    assert applied.cost_ratio != pytest.approx(policy.metrics["flops_ratio"], abs=1e-3)  # not its FLOPs ratio
