@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 search: $(STAMP)
 	$(PY) scripts/search.py --budget 0.3 $(ARGS)
 
+# Two test processes (xdist) on a 2-core machine; the Ray tests share one of them (--dist loadgroup).
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)

@@ -21,7 +21,7 @@ import gymnasium as gym
 from amc.errors import ConfigError
 
 from envs.projection import BudgetProjector, check_budget
-from envs.pruning_env import OBS_FEATURES, PruningEnv
+from envs.pruning_env import OBS_FEATURES, PruningEnv, check_render_mode
 from envs.rewards import REWARDS, RewardInput, get_reward
 
 ENV_ID = "amc/ChannelPruning-v0"
@@ -34,7 +34,7 @@ def _entry_point(**kwargs: Any) -> PruningEnv:
     from amc.context import ContextConfig, build_context
     from amc.evaluate import EvalConfig
 
-    env_keys = ("budget", "min_keep", "max_keep", "reward", "clip")
+    env_keys = ("budget", "min_keep", "max_keep", "reward", "clip", "render_mode")
     env_kwargs = {k: kwargs.pop(k) for k in env_keys if k in kwargs}
     eval_fields = {f.name for f in dataclasses.fields(EvalConfig)}
     eval_cfg = kwargs.pop("eval", None) or EvalConfig()
@@ -44,6 +44,7 @@ def _entry_point(**kwargs: Any) -> PruningEnv:
     if unknown:
         raise ConfigError(f"unknown argument(s) {unknown} for {ENV_ID}; use PruningEnv, ContextConfig or "
                           "EvalConfig field names")
+    check_render_mode(env_kwargs.get("render_mode"), PruningEnv.metadata["render_modes"])  # before any training
     ctx = build_context(ContextConfig(eval=eval_cfg, **kwargs), progress=False)
     return PruningEnv(ctx.graph, ctx.cost_model(), ctx.evaluator, criterion=eval_cfg.criterion,
                       granularity=eval_cfg.granularity, **env_kwargs)

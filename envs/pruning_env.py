@@ -23,6 +23,13 @@ OBS_FEATURES = (
 )
 
 
+def check_render_mode(render_mode: str | None, supported: list[str]) -> None:
+    """Refuses a ``render_mode`` the environment cannot draw, naming the ones it can."""
+    if render_mode is not None and render_mode not in supported:
+        raise ConfigError(f"render_mode {render_mode!r} is not supported by amc/ChannelPruning-v0; supported: "
+                          f"{[None, *supported]} (use render_mode=None)")
+
+
 class PruningEnv(gym.Env):
     """Layer-by-layer channel (or weight) pruning under a resource budget (He et al., AMC, ECCV 2018).
 
@@ -65,7 +72,7 @@ class PruningEnv(gym.Env):
 
     ## Version History
 
-    * v0: first version.
+    * v0: first version (``render_mode``: ``None`` or ``"rgb_array"``).
 
     Args:
         graph: The base model's :class:`~amc.layers.LayerGraph`.
@@ -76,14 +83,19 @@ class PruningEnv(gym.Env):
         reward: Name of the reward in :data:`envs.rewards.REWARDS`.
         clip: Apply AMC's budget clipping (every episode feasible).
         criterion, granularity: Recorded in the produced :class:`~amc.policy.Policy`.
+        render_mode: Gymnasium's standard argument: ``None`` or ``"rgb_array"`` (:meth:`render` returns
+            the keep ratios decided so far as a bar image; Stable-Baselines3's ``make_vec_env`` asks
+            for it by default).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(self, graph: LayerGraph, cost_model, evaluator: Evaluator, *, budget: float,
                  min_keep: float = 0.2, max_keep: float = 1.0, reward: str = "acc", clip: bool = True,
-                 criterion: str = "l1", granularity: str = "channel") -> None:
+                 criterion: str = "l1", granularity: str = "channel", render_mode: str | None = None) -> None:
         super().__init__()
+        check_render_mode(render_mode, self.metadata["render_modes"])
+        self.render_mode = render_mode
         if cost_model.granularity != granularity:
             raise ConfigError(f"cost model granularity {cost_model.granularity!r} differs from {granularity!r}")
         self.graph = graph
@@ -145,6 +157,25 @@ class PruningEnv(gym.Env):
     def keep_of_action(self, action: float) -> float:
         """The keep ratio an action in [-1, 1] stands for, before budget clipping."""
         return self.min_keep + (float(action) + 1.0) / 2.0 * (self.max_keep - self.min_keep)
+
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``: the episode so far, ``(64, 16 * layers, 3)`` uint8.
+
+        One bar per layer, its height the keep ratio: decided layers blue, the current layer grey (full
+        height), later layers empty; a red line marks ``min_keep``. ``None`` without a render mode.
+        """
+        if self.render_mode is None:
+            return None
+        height, width = 64, 16
+        image = np.full((height, width * self.n_layers, 3), 255, dtype=np.uint8)  # (H, W, 3)
+        for t in range(self.n_layers):
+            if t > self._t:
+                continue
+            keep, colour = (self._keep[t], (31, 119, 180)) if t < self._t else (1.0, (190, 190, 190))
+            top = height - max(1, round(keep * height))
+            image[top:, t * width + 2 : (t + 1) * width - 2] = colour
+        image[height - max(1, round(self.min_keep * height)), :] = (214, 39, 40)
+        return image
 
     def _keep_for(self, action) -> float:
         if self._t >= self.n_layers:

@@ -184,7 +184,8 @@ def summary_table(result):
     layers.add_column("searched", justify="right")
     layers.add_column("uniform", justify="right")
     for name, keep, uni in zip(result.layer_names, result.best.keep, result.uniform.keep):
-        layers.add_row(name, f"{keep:.3f} ({result.policy.channels[name]})", f"{uni:.3f}")
+        layers.add_row(name, f"{keep:.3f} ({result.policy.channels[name]})",
+                       f"{uni:.3f} ({result.uniform_policy.channels[name]})")
     return table, layers
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -114,9 +115,15 @@ def tp_global_magnitude(model: nn.Module, example: torch.Tensor, budget: float, 
     What a Torch-Pruning user writes to hit a FLOPs target (the package's own ``progressive_pruning``
     recipe): ``MetaPruner(model, example, GroupMagnitudeImportance(p=2), global_pruning=True,
     pruning_ratio=1.0, iterative_steps=steps, ...)`` with the classifier ignored, then ``pruner.step()``
-    until the model is small enough. ``max_pruning_ratio`` is ``1 - min_keep``, so no layer is cut
-    below what our searches may use. (A single step at a bisected ``pruning_ratio`` does not work:
+    until the model is small enough. (A single step at a bisected ``pruning_ratio`` does not work:
     with global ranking the FLOPs are not monotone in the ratio.)
+
+    No layer keeps fewer than ``min_keep`` of its channels (rounded up to ``round_to``), as in our
+    searches. Torch-Pruning's ``max_pruning_ratio`` alone does not ensure that: it is checked before a
+    step, so one global step can cut a layer that is still above it far below it, and ``round_to``
+    then rounds the kept channels down (a 32-channel conv kept 4 at ``min_keep`` 0.2). So each step
+    runs in Torch-Pruning's interactive mode and a group's indices are trimmed to its floor, sparing
+    its most important channels, before the group is pruned.
 
     Returns: (pruned copy, its FLOPs ratio, steps taken).
     """
@@ -131,12 +138,38 @@ def tp_global_magnitude(model: nn.Module, example: torch.Tensor, budget: float, 
                                   ignored_layers=[m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:])
     ratio = 1.0
     for step in range(1, steps + 1):
-        pruner.step()
+        for group in pruner.step(interactive=True):
+            idxs = _respect_min_keep(pruner, group, min_keep=min_keep, round_to=round_to or 1)
+            if idxs:
+                group.prune(idxs=idxs)
         ratio = flops(pruned, shape) / base
         if ratio <= budget:
             return pruned.eval(), ratio, step
     raise ValueError(f"Torch-Pruning global pruning cannot reach FLOPs budget {budget}: with no layer below "
                      f"min_keep {min_keep:g} the model keeps {ratio:.4f} of its FLOPs; use a larger budget")
+
+
+def _respect_min_keep(pruner, group, *, min_keep: float, round_to: int) -> list[int]:
+    """The group's pruning indices, trimmed so its root keeps >= ``min_keep`` of its initial channels.
+
+    The kept count is a multiple of ``round_to`` (Torch-Pruning's rounding), so the floor is
+    ``min_keep * initial`` rounded up to it; the indices pruned are the least important of those proposed.
+    """
+    dep, idxs = group[0]
+    module, handler = dep.target.module, dep.handler
+    if pruner.DG.is_out_channel_pruning_fn(handler):
+        current, initial = pruner.DG.get_out_channels(module), pruner.layer_init_out_ch[module]
+    else:
+        current, initial = pruner.DG.get_in_channels(module), pruner.layer_init_in_ch[module]
+    floor = min(current, max(round_to, math.ceil(min_keep * initial / round_to - 1e-9) * round_to))
+    allowed = current - floor
+    idxs = list(idxs)
+    if len(idxs) <= allowed:
+        return idxs
+    if allowed <= 0:
+        return []
+    importance = pruner.estimate_importance(pruner.DG.get_pruning_group(module, handler, list(range(current))))
+    return sorted(sorted(idxs, key=lambda i: float(importance[i]))[:allowed])
 
 
 def _finetune_set(ctx: Context, samples: int) -> TensorDataset:

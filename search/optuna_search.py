@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +52,20 @@ class OptunaStrategy:
     name = "optuna"
 
     def __init__(self, *, sampler: str = "tpe", storage: str, batch_size: int = 1, out: str | Path | None = None,
-                 study_name: str = STUDY_NAME, max_repeats: int = 20) -> None:
+                 study_name: str = STUDY_NAME, max_repeats: int = 20, reward: str = "acc") -> None:
         self.max_repeats = max_repeats
+        self.reward = reward  # names the study's objective
         self.sampler = sampler
         self.storage = storage
         self.batch_size = batch_size
         self.out = Path(out) if out is not None else None
         self.study_name = study_name  # one study per run folder, also in a shared RDB storage
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The study's objectives: the reward (``val_accuracy`` for ``acc``), and for NSGA-II the cost ratio."""
+        first = "val_accuracy" if self.reward == "acc" else self.reward
+        return (first, "cost_ratio") if self.sampler == "nsga2" else (first,)
 
     def load_study(self, seed: int) -> optuna.Study:
         directions = ["maximize", "minimize"] if self.sampler == "nsga2" else ["maximize"]
@@ -71,6 +79,9 @@ class OptunaStrategy:
             if type(exc).__module__.startswith("sqlalchemy"):
                 raise ConfigError(f"cannot open --storage {self.storage!r}: {exc}") from exc
             raise
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and the only way to name objectives
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(self.metric_names))  # optuna-dashboard shows these, not "Objective 0"
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # Trials of a run that died mid-evaluation: their result never came back.
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

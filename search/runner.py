@@ -47,6 +47,7 @@ class SearchResult:
     policy: Policy
     best: Record
     uniform: Record
+    uniform_policy: Policy
     base_val_accuracy: float
     base_test_accuracy: float
     test_accuracy: float
@@ -115,7 +116,7 @@ def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1):
 
         storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
         return OptunaStrategy(sampler=config.sampler, storage=storage, batch_size=batch_size, out=out,
-                              study_name=f"amc-search/{out.resolve().name}")
+                              study_name=f"amc-search/{out.resolve().name}", reward=config.reward)
     if config.strategy == "random":
         # Random samples are independent and the pool records each result as it arrives: big batches keep
         # every worker busy instead of waiting at each batch's slowest evaluation.
@@ -364,7 +365,8 @@ def _finish(config, out, ctx, problem, projector, start, interrupted) -> SearchR
                ("duration", f"{seconds:.1f} s" + (" (interrupted)" if interrupted else ""))]
     write_html(out / "report.html", png, title=title, summary=summary, comparison=comparison)
     log.info("best policy: val %.4f test %.4f cost ratio %.4f (%s)", best.accuracy, test_acc, best.cost_ratio, out)
-    return SearchResult(out=out, policy=policy, best=best, uniform=uniform_record, base_val_accuracy=base_val,
+    return SearchResult(out=out, policy=policy, best=best, uniform=uniform_record,
+                        uniform_policy=problem.policy(uniform), base_val_accuracy=base_val,
                         base_test_accuracy=base_test, test_accuracy=test_acc, uniform_test_accuracy=uniform_test,
                         evaluations=problem.count, seconds=seconds, interrupted=interrupted,
                         layer_names=ctx.graph.names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,11 +59,12 @@ def trained_cnn(digits: DataSplits, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def amc_cache(tmp_path_factory: pytest.TempPathFactory):
-    """A session cache holding the default cnn trained on digits (for tests that run whole searches)."""
-    from tests.search.helpers import shared_cache_dir
+def amc_cache(trained_cnn) -> Path:
+    """The session cache holding the default cnn trained on digits (for tests that run whole searches).
 
-    return shared_cache_dir(tmp_path_factory)
+    It is ``trained_cnn``'s folder: the default cnn is trained once per session, whoever asks first.
+    """
+    return Path(trained_cnn[1].checkpoint).parent
 
 
 @pytest.fixture

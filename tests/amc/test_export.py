@@ -20,8 +20,8 @@ KEEP = [0.3, 0.3, 0.4, 0.4, 0.5, 0.5]  # an aggressive policy for the 6 decision
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return build_context(ContextConfig(cache_dir=str(tmp_path_factory.mktemp("cache"))), progress=False)
+def ctx(amc_cache):
+    return build_context(ContextConfig(cache_dir=str(amc_cache)), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -101,3 +101,14 @@ def test_config_file_values_are_overridden_by_the_command_line(tmp_path: Path, a
     config = json.loads((out / "config.json").read_text())
     assert (config["budget"], config["strategy"], config["evaluations"]) == (0.5, "random", 3)
     assert not (out / "pruned.pt2").exists()
+    # The summary's per-layer table gives channels for both policies: "keep (channels)" twice per layer.
+    import re
+
+    uniform_keeps = set()
+    for name, channels in policy["channels"].items():
+        line = next(line for line in done.stdout.splitlines() if f" {name} " in line)
+        searched, uniform = re.findall(r"(\d\.\d{3}) \((\d+)\)", line)
+        assert int(searched[1]) == channels
+        assert int(uniform[1]) >= 1
+        uniform_keeps.add(uniform[0])
+    assert len(uniform_keeps) == 1  # one keep ratio everywhere

@@ -1,4 +1,4 @@
-"""Helpers shared by the search and script tests: one trained base model per session, subprocess runs."""
+"""Helpers shared by the search and script tests: subprocess runs of the scripts, history rows."""
 
 from __future__ import annotations
 
@@ -10,21 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from amc.context import ContextConfig, build_context
 
 REPO = Path(__file__).resolve().parents[2]
 SEARCH_SCRIPT = REPO / "scripts" / "search.py"
 APPLY_SCRIPT = REPO / "scripts" / "apply_policy.py"
-
-
-def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A base-model cache in this session's temp folder holding the default cnn trained on digits.
-
-    Every conftest that calls this gets the same folder; the first call trains (~10 s), later calls load.
-    """
-    cache = tmp_path_factory.getbasetemp() / "amc-cache-search"
-    build_context(ContextConfig(cache_dir=str(cache)), progress=False)
-    return cache
 
 
 def subprocess_env(cache: Path) -> dict[str, str]:

@@ -17,6 +17,8 @@ from tests.search.helpers import REPO, run_script
 pytestmark = pytest.mark.usefixtures("cache_env")
 BENCH = REPO / "scripts" / "bench.py"
 KEEP = [0.3, 0.3, 0.4, 0.4, 0.5, 0.5]  # the 6 decisions of the default cnn
+FAST_TABLE = dict(passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=[0.5],
+                  calibration_random=1, calibration_rounds=3)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,9 @@ def run_dir(amc_cache, tmp_path_factory):
     """A run folder as a latency search leaves it: policy.json and the exported pruned.pt2."""
     ctx = build_context(ContextConfig(cache_dir=str(amc_cache)), progress=False)
     folder = tmp_path_factory.mktemp("run")
-    meta = {"context": {"model": "cnn", "dataset": "digits", "seed": 0, "cache_dir": str(amc_cache)}}
+    # A coarse, short latency table: applying a latency policy reads (or builds) the table it was searched with.
+    meta = {"context": {"model": "cnn", "dataset": "digits", "seed": 0, "cache_dir": str(amc_cache),
+                        "resource": "latency", "latency": FAST_TABLE}}
     Policy.from_ratios(ctx.graph, KEEP, resource="latency", budget=0.5, meta=meta).save(folder / "policy.json")
     export_pt2(ctx.evaluator.prune(KEEP), ctx.data.val.tensors[0][:2], folder / "pruned.pt2")
     return folder

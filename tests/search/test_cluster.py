@@ -9,20 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from amc.context import ContextConfig, build_context
+from amc.context import ContextConfig
 from search.history import read_history
 
 ROOT = Path(__file__).resolve().parents[2]
+# Ray instances of their own: these tests run on one xdist worker, one after another (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
 
 
-def test_workers_that_cannot_start_give_a_clear_error(tmp_path) -> None:
+def test_workers_that_cannot_start_give_a_clear_error(amc_cache) -> None:
     import ray
 
     from search.parallel import RayEvaluatorPool, WorkerError
 
     assert not ray.is_initialized()
-    config = ContextConfig(cache_dir=str(tmp_path))
-    build_context(config, progress=False)
+    config = ContextConfig(cache_dir=str(amc_cache))
     with pytest.raises(WorkerError, match="failed to start"):
         RayEvaluatorPool(config, workers=1, state_dict={"not.a.weight": __import__("torch").zeros(1)})
     assert not ray.is_initialized()  # the pool shut down the instance it had started
@@ -43,9 +44,8 @@ def cluster():
     cluster.shutdown()  # stops exactly the two nodes this test started
 
 
-def test_search_through_ray_address_uses_both_nodes(cluster, tmp_path) -> None:
-    cache = tmp_path / "cache"
-    build_context(ContextConfig(cache_dir=str(cache)), progress=False)  # the base model, trained once
+def test_search_through_ray_address_uses_both_nodes(cluster, tmp_path, amc_cache) -> None:
+    cache = amc_cache  # the session's trained base model
     out = tmp_path / "run"
     env = {**os.environ, "AMC_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(

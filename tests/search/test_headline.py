@@ -24,32 +24,35 @@ pytestmark = pytest.mark.usefixtures("cache_env")
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    from tests.search.helpers import shared_cache_dir
-
-    return build_context(ContextConfig(cache_dir=str(shared_cache_dir(tmp_path_factory))), progress=False)
+def ctx(amc_cache):
+    return build_context(ContextConfig(cache_dir=str(amc_cache)), progress=False)
 
 
 def _convs(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
+# Random-weight models, seeded: the property must hold whatever weights training would have produced.
+TP_MODELS = [("cnn", seed) for seed in range(5)] + [("resnet20", seed) for seed in range(2)]
+
+
 @pytest.mark.parametrize("budget", [0.3, 0.5])
-def test_torch_pruning_global_meets_the_flops_budget(ctx, budget):
-    example = ctx.data.val.tensors[0][:2]
-    pruned, ratio, steps = tp_global_magnitude(ctx.model, example, budget, round_to=4, min_keep=0.2)
-    shape = ctx.graph.input_shape
-    assert ratio == pytest.approx(flops(pruned, shape) / flops(ctx.model, shape))
+@pytest.mark.parametrize(("name", "seed"), TP_MODELS, ids=[f"{n}-seed{s}" for n, s in TP_MODELS])
+def test_torch_pruning_global_meets_the_flops_budget(small_model, name, seed, budget):
+    model, example = small_model(name, seed=seed)
+    pruned, ratio, steps = tp_global_magnitude(model, example, budget, round_to=4, min_keep=0.2)
+    shape = tuple(example.shape[1:])
+    assert ratio == pytest.approx(flops(pruned, shape) / flops(model, shape))
     assert budget - 0.1 < ratio <= budget  # stepped until it just fits, not far below
     assert steps >= 1
-    base = _convs(ctx.model)
+    base = _convs(model)
     for kept, full in zip(_convs(pruned), base):
-        assert kept >= 0.2 * full - 1e-9  # max_pruning_ratio = 1 - min_keep
+        assert kept >= 0.2 * full - 1e-9  # min_keep holds after Torch-Pruning's rounding
         assert kept == full or kept % 4 == 0  # round_to
     assert _convs(pruned) != base
-    assert pruned(example).shape == ctx.model(example).shape
+    assert pruned(example).shape == model(example).shape
     # The base model is untouched.
-    assert _convs(ctx.model) == base
+    assert _convs(model) == base
 
 
 def test_torch_pruning_global_refuses_an_unreachable_budget(ctx):

@@ -21,14 +21,21 @@ from search.parallel import RayEvaluatorPool, check_address
 from search.runner import run_search
 
 ROOT = Path(__file__).resolve().parents[2]
+# Ray instances of their own: these tests run on one xdist worker, one after another (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("amc-cache"))
+def cache_dir(amc_cache):
+    path = str(amc_cache)
+    previous = os.environ.get("AMC_CACHE_DIR")
     os.environ["AMC_CACHE_DIR"] = path  # actors read the cache through the environment
-    return path
+    yield path
+    if previous is None:
+        os.environ.pop("AMC_CACHE_DIR", None)
+    else:
+        os.environ["AMC_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,13 @@ def test_optuna_samplers(sampler: str, tmp_path: Path, context_config: ContextCo
     rows = _check_run(out, strategy="optuna", rows_expected=EVALUATIONS)
     assert Policy.load(out / "policy.json").meta["sampler"] == sampler
     assert (out / "study.db").exists()
+    import optuna
+
+    storage = f"sqlite:///{out / 'study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    # optuna-dashboard labels the objectives with these instead of "Objective 0".
+    assert study.metric_names == (["val_accuracy", "cost_ratio"] if sampler == "nsga2" else ["val_accuracy"])
     if sampler != "nsga2":
         assert not (out / "pareto.json").exists()
         return
