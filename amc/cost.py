@@ -43,24 +43,25 @@ class _AnalyticCost:
         n_dec = len(graph.layers)
         self._n = np.array([s.out_channels for s in graph.layers], dtype=np.float64)  # (D,)
         self._out0 = np.array([r.out_channels for r in recs], dtype=np.float64)  # (M,)
-        self._in0 = np.array([r.in_channels if r.type != "bn" else 0 for r in recs], dtype=np.float64)
-        self._a_out = np.zeros((len(recs), n_dec))  # channels of module m lost per channel of decision d
+        self._in0 = np.array([r.in_channels if r.has_inputs else 0 for r in recs], dtype=np.float64)
+        self._a_out = np.zeros((len(recs), n_dec))  # channels of module m lost per unit of decision d
         self._a_in = np.zeros((len(recs), n_dec))
         for m, rec in enumerate(recs):
             for d, k in rec.out_deps:
                 self._a_out[m, d] += k
             for d, k in rec.in_deps:
                 self._a_in[m, d] += k
-        is_bn = np.array([r.type == "bn" for r in recs])
-        self._flops_coef = np.array([2.0 * r.positions * r.kernel_numel for r in recs]) * ~is_bn
-        self._weight_coef = np.array([float(r.kernel_numel) for r in recs]) * ~is_bn
-        self._bias_coef = np.array([(2.0 if r.type == "bn" else 1.0) * r.has_bias for r in recs])
+        self._flops_coef = np.array([float(r.flops_coef) for r in recs])
+        self._weight_coef = np.array([float(r.weight_coef) for r in recs])
+        self._bias_coef = np.array([float(r.vector_coef) for r in recs])
+        # FLOPs that do not come from weights (attention matmuls, constant-width layers) for sparse costs.
+        self._const_flops = float(graph.other_flops + sum(r.base_flops for r in recs if r.type == "attention"))
         # Unstructured pruning: which decision owns each conv/linear's weights.
         self._owner = np.full(len(recs), -1)
         for d, spec in enumerate(graph.layers):
             for name in spec.members:
                 m = next(i for i, r in enumerate(recs) if r.name == name)
-                if recs[m].type != "bn":
+                if recs[m].type in ("conv", "depthwise", "linear"):
                     self._owner[m] = d
         self._weight_numel = np.array([float(r.weight_numel) for r in recs])
         self.base = float(self._value_channels(self._n))
@@ -166,16 +167,16 @@ class FlopsCost(_AnalyticCost):
 
     def _value_channels(self, channels: np.ndarray) -> float:
         out, inp = self._shapes(channels)
-        return float(self._flops_coef @ (out * inp))
+        return float(self.graph.other_flops + self._flops_coef @ (out * inp))
 
     def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
-        return self._flops_coef @ (out * inp)
+        return self.graph.other_flops + self._flops_coef @ (out * inp)
 
     def _value_weights(self, keep: Sequence[float]) -> float:
         return self._value_weights_fast(self._kept_weights(keep))
 
     def _value_weights_fast(self, kept: np.ndarray) -> float:
-        return float(self._per_weight @ kept)
+        return float(self._const_flops + self._per_weight @ kept)
 
 
 class ParamsCost(_AnalyticCost):

@@ -158,7 +158,7 @@ class PolicyEvaluator:
         self._cache: dict[tuple[int, ...], EvalResult] = {}
         self._member_numel = [
             [model.get_submodule(n).weight.numel() for n in spec.members
-             if not isinstance(model.get_submodule(n), nn.modules.batchnorm._BatchNorm)]
+             if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))]
             for spec in graph.layers
         ]
 

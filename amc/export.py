@@ -27,6 +27,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     from torch.fx.experimental.optimization import fuse
 
     inference = copy.deepcopy(model).eval()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in inference.modules()):
+        return inference  # nothing to fold (ViT, ConvNeXt): no tracing, no warning
     try:
         traced = torch.fx.symbolic_trace(inference)
     except (torch.fx.proxy.TraceError, TypeError, NotImplementedError) as exc:

@@ -505,6 +505,10 @@ def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfi
     The model is timed as it is: call it on an otherwise idle machine, with the thread count and device
     the pruned model will run with.
     """
+    untimed = [f"{r.name!r} ({r.type})" for r in graph.modules if r.type not in ("conv", "depthwise", "linear", "bn")]
+    if untimed:
+        raise ConfigError(f"latency tables time conv, linear and batch-norm layers, not {', '.join(untimed[:3])}"
+                          f"{' ...' if len(untimed) > 3 else ''}: use --resource flops or params for this model")
     entries, _ = _entries(model, graph, config.grid)
     key = _cache_key(graph, config, entries)
     path = cache_path(graph, config)

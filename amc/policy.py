@@ -47,7 +47,8 @@ class Policy:
         metrics: Measurements taken at search time (accuracy, cost ratio, ...).
         channels: Channel counts the keep ratios give when written (informative: pruning always derives
             the channels from ``keep`` with the rounding rule, so an edited count has no effect).
-        meta: Free-form provenance (strategy, seed, versions, ...).
+        meta: Free-form provenance (strategy, seed, versions, ...). ``meta["unpruned"]`` maps each layer
+            that keeps its width because it cannot be pruned to the reason (see ``LayerGraph.skipped``).
     """
 
     keep: Mapping[str, float]
@@ -83,6 +84,8 @@ class Policy:
         """A policy for ``graph`` from one ratio per decision, in graph order."""
         channels = graph.channels(list(ratios))
         kwargs.setdefault("model_fingerprint", graph.fingerprint)
+        if graph.skipped:  # layers discovery could not prune keep their width: say which and why
+            kwargs["meta"] = {**kwargs.get("meta", {}), "unpruned": {s.name: s.reason for s in graph.skipped}}
         return cls(keep=dict(zip(graph.names, map(float, ratios))),
                    channels=dict(zip(graph.names, channels)), **kwargs)
 

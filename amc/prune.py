@@ -106,12 +106,17 @@ def _data_scores(model: nn.Module, graph: LayerGraph, criterion: str, calibratio
     activity: dict[str, list[Tensor]] = {spec.name: [] for spec in graph.layers}
     handles = []
     for spec in graph.layers:
+        if spec.pattern != "channel":
+            raise ConfigError(f"criterion 'apoz' scores channels after a ReLU; decision {spec.name!r} prunes "
+                              f"{spec.pattern}s: use l1, l2, taylor, obd or random")
         # Post-BN activations of members aligned with the decision's channels; else the layer output.
         probes = [n for n in spec.members if isinstance(model.get_submodule(n), nn.modules.batchnorm._BatchNorm)
                   and model.get_submodule(n).num_features == spec.out_channels] or [spec.name]
         for name in probes:
-            def hook(module, args, out, key=spec.name):
-                dims = [0, *range(2, out.dim())]
+            channel_dim = -1 if isinstance(model.get_submodule(name), nn.Linear) else 1  # Linear: channels last
+
+            def hook(module, args, out, key=spec.name, cdim=channel_dim):
+                dims = [d for d in range(out.dim()) if d != cdim % out.dim()]
                 activity[key].append((out > 0).float().mean(dim=dims))  # (C,) share of non-zeros
             handles.append(model.get_submodule(name).register_forward_hook(hook))
     try:
@@ -163,22 +168,52 @@ def _prune_channels(model, graph, channels, criterion, scores, generator) -> Non
     for spec, n_keep in zip(graph.layers, channels):
         if n_keep == spec.out_channels:
             continue
-        root = model.get_submodule(spec.name)
-        prune_out = dg.get_pruner_of_module(root).prune_out_channels
-        full = dg.get_pruning_group(root, prune_out, list(range(spec.out_channels)))
-        values = _channel_scores(full, criterion, spec.out_channels, scores.get(spec.name), generator)
+        module = model.get_submodule(spec.name)
+        if spec.pattern == "head":  # Torch-Pruning's head group: rooted at proj's inputs
+            root, prune_fn = module.proj, dg.get_pruner_of_module(module.proj).prune_in_channels
+        else:
+            root, prune_fn = module, dg.get_pruner_of_module(module).prune_out_channels
+        width = spec.out_channels * spec.unit
+        full = dg.get_pruning_group(root, prune_fn, list(range(width)))
+        values = _unit_scores(spec, full, criterion, scores.get(spec.name), generator)
         # Stable sort: equal scores are removed lowest index first, so results are reproducible.
-        drop = torch.sort(values.detach().cpu(), stable=True).indices[: spec.out_channels - n_keep]
-        dg.get_pruning_group(root, prune_out, sorted(drop.tolist())).prune()
-        assert dg.get_out_channels(root) == n_keep, (spec.name, n_keep)
+        drop = sorted(torch.sort(values.detach().cpu(), stable=True).indices[: spec.out_channels - n_keep].tolist())
+        dg.get_pruning_group(root, prune_fn, _unit_indices(spec, drop)).prune()
+        if spec.pattern == "head":
+            module.num_heads -= len(drop)
+            assert module.num_heads == n_keep, (spec.name, n_keep)
+        else:
+            assert dg.get_out_channels(root) == n_keep * spec.unit, (spec.name, n_keep)
+
+
+def _unit_scores(spec, group, criterion: str, scores: Tensor | None, generator) -> Tensor:
+    """One score per unit: a channel, a head (the mean over its channels) or the same channel of every
+    group (the mean over the groups, as Torch-Pruning ranks grouped layers)."""
+    if spec.pattern == "channel":
+        return _channel_scores(group, criterion, spec.out_channels, scores, generator)
+    if criterion == "random":
+        return torch.rand(spec.out_channels, generator=generator)
+    values = _channel_scores(group, criterion, spec.out_channels * spec.unit, scores, generator)
+    if spec.pattern == "head":
+        return values.view(spec.out_channels, spec.unit).mean(1)  # (heads,)
+    return values.view(spec.unit, spec.out_channels).mean(0)  # (channels per group,)
+
+
+def _unit_indices(spec, units: list[int]) -> list[int]:
+    """Channel indices (in the root's index space) of the units to remove."""
+    if spec.pattern == "head":  # heads are contiguous blocks of head_dim channels
+        return [u * spec.unit + j for u in units for j in range(spec.unit)]
+    if spec.pattern == "group":  # groups are contiguous blocks; unit u is offset u in every group
+        return sorted(g * spec.out_channels + u for g in range(spec.unit) for u in units)
+    return units
 
 
 def _prune_weights(model, graph, keep, criterion, scores, generator, bake) -> None:
     for spec, ratio in zip(graph.layers, keep):
         for name in spec.members:
             module = model.get_submodule(name)
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                continue
+            if not isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue  # norms, attention matmuls: nothing to sparsify
             weight = module.weight  # (out, in/groups, kh, kw) or (out, in)
             amount = weight.numel() - weights_kept(ratio, weight.numel())
             if criterion == "random":

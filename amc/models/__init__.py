@@ -14,14 +14,18 @@ from torch import nn
 
 from amc.errors import ModelError
 from amc.models.cnn import cnn
+from amc.models.convnext import convnext
 from amc.models.mobilenetv2 import mobilenetv2
 from amc.models.resnet import resnet20, resnet56
+from amc.models.vit import vit
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": cnn,
     "resnet20": resnet20,
     "resnet56": resnet56,
     "mobilenetv2": mobilenetv2,
+    "vit": vit,
+    "convnext": convnext,
 }
 
 
@@ -80,4 +84,4 @@ def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs: obje
     return model
 
 
-__all__ = ["MODELS", "build_model", "cnn", "mobilenetv2", "resnet20", "resnet56"]
+__all__ = ["MODELS", "build_model", "cnn", "convnext", "mobilenetv2", "resnet20", "resnet56", "vit"]

@@ -75,13 +75,16 @@ def test_cost_model_equals_measured_cost_for_random_policies(name: str) -> None:
 def test_concat_grouped_model_discovery() -> None:
     model, shape = MODELS["concat_grouped"]()
     graph = discover(model, torch.zeros(1, *shape))
-    # The stem feeds the grouped conv and the grouped conv's outputs are not prunable; fc2 is the output.
-    assert graph.names == ("a", "b", "c", "fc1")
+    # The stem feeds the grouped conv: both are pruned in whole groups (issue 21), 4 channels per group of
+    # 4 groups each; fc2 is the output.
+    assert graph.names == ("stem", "grouped", "a", "b", "c", "fc1")
     by_name = {spec.name: spec for spec in graph.layers}
+    assert [(by_name[n].pattern, by_name[n].out_channels, by_name[n].unit) for n in ("stem", "grouped")] == [
+        ("group", 4, 4), ("group", 4, 4)]
     assert by_name["a"].kind == "depthwise"  # a's channels run through the depthwise conv
     assert set(by_name["a"].members) == {"a", "bn", "dw"}
     fc1 = next(r for r in graph.modules if r.name == "fc1")
-    assert fc1.in_deps == ((2, 16),)  # one channel of c is 4x4 inputs of fc1 through the flatten
+    assert fc1.in_deps == ((4, 16),)  # one channel of c is 4x4 inputs of fc1 through the flatten
 
 
 def test_resnet_residual_layers_share_one_decision() -> None:

@@ -76,7 +76,9 @@ def assert_state_equal(model: nn.Module, before: dict[str, Tensor]) -> None:
 
 
 def test_every_builtin_is_covered() -> None:
-    assert set(MODEL_NAMES) == set(MODELS)
+    # vit and convnext (issue 21) are covered by tests/amc/test_modern.py: the shared small-model fixture
+    # (tests/conftest.py) holds the classic CNNs.
+    assert set(MODEL_NAMES) == set(MODELS) - {"vit", "convnext"}
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
