@@ -24,6 +24,7 @@ from amc.errors import ConfigError
 from amc.layers import LayerGraph
 from amc.policy import Policy
 from amc.prune import check_criterion, prune_model
+from amc.scores import Score, check_score, finetune_steps, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ class EvalConfig:
         calibration_size: Samples of the calibration batch (``taylor``, ``apoz``, ``obd`` criteria).
         seed: Seeds the random criterion and the choice of BN/calibration batches.
         cache: Remember results by channel counts.
+        score: The candidate score (:mod:`amc.scores`): ``bn`` (adaptive BN), ``reconstruct``
+            (least-squares refit of the layers after each pruned one, then adaptive BN), ``finetune:K``
+            or ``finetune:K+kd`` (K SGD steps, optionally distilled from the base model).
+        reconstruct_images, reconstruct_points: Training images and output positions per image the
+            ``reconstruct`` score fits on (AMC: 60 and 10).
     """
 
     criterion: str = "l1"
@@ -53,9 +59,18 @@ class EvalConfig:
     calibration_size: int = 256
     seed: int = 0
     cache: bool = True
+    score: str = "bn"
+    reconstruct_images: int = 60
+    reconstruct_points: int = 10
 
     def __post_init__(self) -> None:
         check_criterion(self.criterion, self.granularity)
+        object.__setattr__(self, "score", check_score(self.score))  # canonical spelling
+        if self.score != "bn" and self.granularity != "channel":
+            raise ConfigError(f"score {self.score!r} needs --granularity channel (masked weights are scored with 'bn')")
+        for name in ("reconstruct_images", "reconstruct_points"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("bn_batches",):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -152,6 +167,9 @@ class PolicyEvaluator:
         self._bn_batches = list(x_train[order[:n_bn]].split(config.bn_batch_size)) if config.bn_batches else []
         calib = order[: config.calibration_size]
         self._calibration = (x_train[calib], y_train[calib])
+        self._score = Score.parse(config.score)
+        self._train = data.train if self._score.kind == "finetune" else None
+        self._reconstruct_inputs = x_train[order[-config.reconstruct_images:]]  # apart from the BN batches
         x_val, y_val = data.val.tensors
         limit = config.val_limit or len(y_val)
         self._val = (x_val[:limit], y_val[:limit])
@@ -196,6 +214,19 @@ class PolicyEvaluator:
         recalibrate_bn(pruned, self._bn_batches)
         return validate(pruned, *self._val, batch_size=self.config.batch_size)
 
+    def score(self, pruned: nn.Module, kept: dict[str, list[int]]) -> tuple[float, float]:
+        """(accuracy, loss) of ``pruned`` under the configured score (``kept``: from :func:`prune_model`)."""
+        recalibrate_bn(pruned, self._bn_batches)
+        if self._score.kind == "reconstruct":
+            targets = reconstruction_targets(self.graph, kept, pruned)
+            reconstruct(pruned, self.model, targets, self._reconstruct_inputs, points=self.config.reconstruct_points,
+                        seed=self.config.seed)
+            recalibrate_bn(pruned, self._bn_batches)
+        elif self._score.kind == "finetune":
+            finetune_steps(pruned, self._train, steps=self._score.steps, seed=self.config.seed,
+                           teacher=self.model if self._score.distill else None)
+        return validate(pruned, *self._val, batch_size=self.config.batch_size)
+
     def evaluate(self, policy: Policy | Sequence[float]) -> EvalResult:
         ratios = self._ratios(policy)
         key = self.key(ratios)
@@ -203,11 +234,12 @@ class PolicyEvaluator:
             hit = self._cache[key]
             return EvalResult(hit.accuracy, hit.loss, key, 0.0, 0.0, cached=True)
         start = time.perf_counter()
+        kept: dict[str, list[int]] = {}
         pruned = prune_model(self.model, self.graph, ratios, criterion=self.config.criterion,
                              granularity=self.config.granularity, calibration=self._calibration,
-                             seed=self.config.seed)
+                             seed=self.config.seed, kept=kept)
         forward_start = time.perf_counter()
-        accuracy, loss = self.forward_passes(pruned)
+        accuracy, loss = self.score(pruned, kept)
         end = time.perf_counter()
         result = EvalResult(accuracy, loss, key, end - start, end - forward_start)
         if self.config.cache:
@@ -228,3 +260,27 @@ class PolicyEvaluator:
         ratios = [float(r) for r in policy]
         self.graph.channels(ratios)  # validates count and range
         return ratios
+
+
+def reconstruction_targets(graph: LayerGraph, kept: dict[str, list[int]], pruned: nn.Module) -> dict[str, list[int] | None]:
+    """The layers least-squares reconstruction refits, in forward order, with the base outputs each kept.
+
+    A target is a conv (``groups == 1``) or linear layer whose inputs lost channels; its outputs are all of
+    the base layer's (None) or those its own channel decision kept. Layers in head or group decisions, and
+    depthwise or grouped convs, keep their weights.
+    """
+    owner = {name: spec for spec in graph.layers for name in spec.members}
+    pruned_decisions = {d for d, spec in enumerate(graph.layers) if len(kept.get(spec.name, ())) < spec.out_channels}
+    targets: dict[str, list[int] | None] = {}
+    for rec in graph.modules:
+        if rec.type not in ("conv", "linear") or not any(d in pruned_decisions for d, _ in rec.in_deps):
+            continue
+        module = pruned.get_submodule(rec.name)
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            continue
+        spec = owner.get(rec.name)
+        if spec is not None and spec.pattern != "channel":
+            continue
+        outputs = None if spec is None or len(kept[spec.name]) == spec.out_channels else kept[spec.name]
+        targets[rec.name] = outputs
+    return targets

@@ -59,6 +59,7 @@ def prune_model(
     calibration: tuple[Tensor, Tensor] | None = None,
     seed: int = 0,
     bake: bool = True,
+    kept: dict[str, list[int]] | None = None,
 ) -> nn.Module:
     """Returns a pruned copy of ``model``; the original is not modified.
 
@@ -71,6 +72,8 @@ def prune_model(
         calibration: ``(inputs, labels)`` batch; required by ``taylor`` and ``apoz``.
         seed: Seed of the ``random`` criterion.
         bake: Unstructured only: make the masks permanent (plain zeroed weights).
+        kept: Structured only: filled with, per decision, the indices of the base model's units it kept
+            (what least-squares reconstruction needs to pair pruned and base outputs).
 
     Raises:
         ConfigError: Bad criterion, granularity, keep ratio, or a missing calibration batch.
@@ -83,7 +86,7 @@ def prune_model(
     scores = _data_scores(pruned, graph, criterion, calibration)
     generator = torch.Generator().manual_seed(seed)
     if granularity == "channel":
-        _prune_channels(pruned, graph, channels, criterion, scores, generator)
+        _prune_channels(pruned, graph, channels, criterion, scores, generator, {} if kept is None else kept)
     else:
         _prune_weights(pruned, graph, keep, criterion, scores, generator, bake)
     pruned.zero_grad(set_to_none=True)
@@ -161,11 +164,12 @@ def _channel_scores(group, criterion: str, n: int, scores: Tensor | None, genera
     return values
 
 
-def _prune_channels(model, graph, channels, criterion, scores, generator) -> None:
+def _prune_channels(model, graph, channels, criterion, scores, generator, kept: dict[str, list[int]]) -> None:
     dg = tp.DependencyGraph().build_dependency(
         model, torch.zeros(1, *graph.input_shape), verbose=False
     )
     for spec, n_keep in zip(graph.layers, channels):
+        kept[spec.name] = list(range(spec.out_channels))
         if n_keep == spec.out_channels:
             continue
         module = model.get_submodule(spec.name)
@@ -178,6 +182,7 @@ def _prune_channels(model, graph, channels, criterion, scores, generator) -> Non
         values = _unit_scores(spec, full, criterion, scores.get(spec.name), generator)
         # Stable sort: equal scores are removed lowest index first, so results are reproducible.
         drop = sorted(torch.sort(values.detach().cpu(), stable=True).indices[: spec.out_channels - n_keep].tolist())
+        kept[spec.name] = sorted(set(kept[spec.name]) - set(drop))
         dg.get_pruning_group(root, prune_fn, _unit_indices(spec, drop)).prune()
         if spec.pattern == "head":
             module.num_heads -= len(drop)

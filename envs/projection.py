@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from amc.errors import BudgetError, ConfigError
+from amc.layers import channels_for
 
 
 def check_budget(budget: object, *, name: str = "budget") -> float:
@@ -106,7 +107,7 @@ class BudgetProjector:
             feasible = np.nonzero(ok)[0]
             return min(bounded, float(candidates[feasible[-1]]) if len(feasible) else float(candidates[0]))
         n = self.cost_model.graph.layers[t].out_channels
-        own = int(np.searchsorted(candidates, self.cost_model.round_channels(np.array([bounded]), n)[0] / n - 1e-9))
+        own = int(np.searchsorted(candidates, channels_for(bounded, n, self.cost_model.graph.round_to) / n - 1e-9))
         own = min(own, len(candidates) - 1)
         if ok[own]:
             return bounded

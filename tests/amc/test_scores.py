@@ -1,0 +1,111 @@
+"""Candidate scores (bn, reconstruct, finetune:K[+kd]) on the digits cnn: what each one buys, and its contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from amc.cost import FlopsCost
+from amc.errors import ConfigError
+from amc.evaluate import EvalConfig, PolicyEvaluator, reconstruction_targets
+from amc.layers import discover
+from amc.prune import prune_model
+from amc.scores import SCORE_CHOICES, Score, _inputs, _outputs, reconstruct
+from envs import BudgetProjector
+from tests.conftest import build_small_model
+
+
+def _uniform(graph, budget: float) -> list[float]:
+    """The largest uniform keep ratio meeting ``budget`` (the uniform baseline), by bisection."""
+    projector = BudgetProjector(FlopsCost(graph), budget)
+    lo, hi = projector.min_keep, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if projector.feasible([mid] * len(graph)) else (lo, mid)
+    return [lo] * len(graph)
+
+
+@pytest.fixture(scope="module")
+def setup(trained_cnn, digits):
+    model, _ = trained_cnn
+    graph = discover(model, digits.val.tensors[0][:1])
+    return model, graph, digits
+
+
+def _evaluator(setup, score: str) -> PolicyEvaluator:
+    model, graph, digits = setup
+    return PolicyEvaluator(model, graph, digits, EvalConfig(score=score))
+
+
+def test_reconstruct_raises_the_uniform_policy_over_bn_at_budget_0_2(setup) -> None:
+    _, graph, _ = setup
+    keep = _uniform(graph, 0.2)
+    bn = _evaluator(setup, "bn").evaluate(keep).accuracy
+    rebuilt = _evaluator(setup, "reconstruct").evaluate(keep).accuracy
+    assert rebuilt > bn + 0.02, (bn, rebuilt)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reconstruct_lowers_each_refitted_layer_s_error_against_the_base(seed) -> None:
+    """The ridge fit towards the current weights can only lower the squared error on its samples, whatever
+    the weights: checked on random-weight models."""
+    model, x = build_small_model("cnn", seed=seed, batch=32)
+    graph = discover(model, x[:1])
+    keep = [0.5] * len(graph)
+    kept: dict[str, list[int]] = {}
+    pruned = prune_model(model, graph, keep, kept=kept)
+    targets = reconstruction_targets(graph, kept, pruned)
+    # Every layer whose inputs lost channels (all but the first conv: every decision is pruned here).
+    assert set(targets) == {r.name for r in graph.modules if r.type in ("conv", "linear") and r.in_deps}
+    assert len(targets) == len([r for r in graph.modules if r.type in ("conv", "linear")]) - 1
+
+    def errors(net: nn.Module) -> dict[str, float]:
+        base_out = _outputs(model, list(targets), x)
+        out = {}
+        for name, outputs in targets.items():
+            layer = net.get_submodule(name)
+            y = layer(_inputs(net, name, x))
+            wanted = base_out[name] if outputs is None else base_out[name][:, outputs]
+            out[name] = float((y - wanted).pow(2).mean())
+        return out
+
+    first = next(iter(targets))
+    before = errors(pruned)
+    done = reconstruct(pruned, model, targets, x, points=200, seed=seed)
+    assert done == list(targets)
+    after = errors(pruned)
+    # The first target's inputs are the same before and after (nothing before it was refitted).
+    assert after[first] < before[first]
+    assert sum(after.values()) < sum(before.values())
+
+
+def test_finetune_leaves_the_base_untouched_and_repeats_exactly(setup) -> None:
+    model, graph, _ = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = _uniform(graph, 0.3)
+    first = _evaluator(setup, "finetune:8").evaluate(keep)
+    second = _evaluator(setup, "finetune:8").evaluate(keep)
+    assert (first.accuracy, first.loss) == (second.accuracy, second.loss)  # same seed, same batches
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    bn = _evaluator(setup, "bn").evaluate(keep)
+    assert first.loss < bn.loss  # the steps trained the pruned copy
+    distilled = _evaluator(setup, "finetune:8+kd").evaluate(keep)
+    assert distilled.loss != first.loss  # +kd trains on the base model's logits too
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("text", ["finetune", "finetune:0", "finetune:x", "bn+kd", "recon", "finetune:3+k"])
+def test_a_bad_score_is_one_line_listing_the_choices(text) -> None:
+    with pytest.raises(ConfigError) as caught:
+        EvalConfig(score=text)
+    message = str(caught.value)
+    assert "\n" not in message and repr(text) in message and all(c in message for c in SCORE_CHOICES)
+
+
+def test_scores_parse_to_a_canonical_spelling() -> None:
+    assert Score.parse("finetune:20+kd") == Score("finetune", 20, True)
+    assert str(Score.parse("finetune:020")) == "finetune:20"
+    assert EvalConfig(score="reconstruct").score == "reconstruct"
+    with pytest.raises(ConfigError, match="granularity channel"):
+        EvalConfig(score="reconstruct", granularity="weight")
