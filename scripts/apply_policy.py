@@ -1,117 +1,12 @@
 #!/usr/bin/env python
-"""Rebuild the pruned model from a policy.json and its base model, evaluate, fine-tune, export, compare.
+"""``python scripts/apply_policy.py``: runs :func:`search.cli.apply.main` (installed as ``amc-apply``)."""
 
-    python scripts/apply_policy.py runs/<run>/policy.json [--out DIR] [--checkpoint base.pt]
-    python scripts/apply_policy.py runs/<run>/policy.json --finetune-epochs 5 --distill --export onnx
-
-The model, data split, seed and evaluation settings come from the policy (recorded by the search);
-the options below override them.
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from amc.cli import OneLineParser  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="apply_policy.py", description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("policy", help="policy.json written by a search")
-    p.add_argument("--out", help="folder for pruned.pt2 (default: the policy's folder)")
-    p.add_argument("--model", help="override the policy's model")
-    p.add_argument("--checkpoint", help="trained state_dict of the base model")
-    p.add_argument("--dataset", help="override the policy's dataset")
-    p.add_argument("--data-dir", dest="data_dir", help="folder of file-based datasets")
-    p.add_argument("--seed", type=int, help="override the policy's seed")
-    p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=0,
-                   help="fine-tune the pruned model (SGD, cosine schedule) for N epochs (0)")
-    p.add_argument("--finetune-lr", dest="finetune_lr", type=float, default=0.01)
-    p.add_argument("--distill", action="store_true", help="fine-tune with knowledge distillation from the base")
-    p.add_argument("--schedule", choices=("oneshot", "iterative"), default="oneshot",
-                   help="prune at once, or in --steps prune/fine-tune rounds sharing --finetune-epochs")
-    p.add_argument("--steps", type=int, default=3, help="rounds of --schedule iterative (3)")
-    p.add_argument("--ramp", choices=("linear", "agp"), default="linear",
-                   help="iterative keep-ratio schedule: linear or AGP cubic (linear)")
-    p.add_argument("--export", action="append", choices=("pt2", "onnx"),
-                   help="export format, repeatable (pt2; pruned.pt2 is always written unless --no-export)")
-    p.add_argument("--no-export", dest="no_export", action="store_true")
-    p.add_argument("--no-compare", dest="no_compare", action="store_true",
-                   help="skip the base/pruned table (it measures latency for a few seconds)")
-    p.add_argument("--quiet", action="store_true")
-    return p
-
-
-def comparison_table(applied):
-    from rich.table import Table
-
-    from amc.compare import model_stats
-
-    data = applied.context.data
-    rows = [model_stats("base", applied.context.model, data.test), model_stats("pruned", applied.model, data.test)]
-    table = Table(title="base vs pruned (size: saved state_dict; latency: median on this machine's CPU)")
-    for col in ("model", "params", "FLOPs", "size KiB", "latency b1 ms", "latency b64 ms", "test acc"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(r.name, f"{r.params:,}", f"{r.flops:,}", f"{r.size_bytes / 1024:.1f}",
-                      f"{r.latency_ms[1]:.3f}", f"{r.latency_ms[64]:.3f}", f"{r.test_accuracy:.4f}")
-    base, pruned = rows
-    table.add_row("ratio", f"{pruned.params / base.params:.3f}", f"{pruned.flops / base.flops:.3f}",
-                  f"{pruned.size_bytes / base.size_bytes:.3f}", f"{pruned.latency_ms[1] / base.latency_ms[1]:.3f}",
-                  f"{pruned.latency_ms[64] / base.latency_ms[64]:.3f}", "")
-    return table
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from rich.console import Console
-    from rich.table import Table
-
-    from amc.apply import apply_policy
-    from amc.errors import AmcError
-
-    logging.basicConfig(level=logging.WARNING)
-    out = args.out or str(Path(args.policy).resolve().parent)
-    try:
-        formats = () if args.no_export else tuple(dict.fromkeys(["pt2", *(args.export or [])]))
-        applied = apply_policy(args.policy, out=out, export=formats, progress=not args.quiet,
-                               finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-                               distill=args.distill, schedule=args.schedule,
-                               steps=args.steps if args.schedule == "iterative" else 1, ramp=args.ramp,
-                               model=args.model, checkpoint=args.checkpoint,
-                               dataset=args.dataset, data_dir=args.data_dir, seed=args.seed)
-    except AmcError as exc:
-        print(f"apply_policy.py: error: {exc}", file=sys.stderr)
-        return 2
-    recorded = applied.policy.metrics.get("val_accuracy")
-    table = Table(title=f"policy {args.policy}")
-    for col in ("", "val acc", "test acc", f"{applied.resource} ratio"):
-        table.add_column(col, justify="right")
-    if recorded is not None:
-        table.add_row("recorded by the search", f"{recorded:.4f}",
-                      f"{applied.policy.metrics.get('test_accuracy', float('nan')):.4f}",
-                      f"{applied.policy.metrics.get('cost_ratio', float('nan')):.4f}")
-    table.add_row("re-applied now", f"{applied.val_accuracy:.4f}", f"{applied.test_accuracy:.4f}",
-                  f"{applied.cost_ratio:.4f}")
-    if applied.finetuned_val_accuracy is not None:
-        how = f" in {args.steps} {args.ramp} rounds" if args.schedule == "iterative" else ""
-        table.add_row(f"after {args.finetune_epochs} fine-tuning epochs{how}" + (" (distilled)" if args.distill else ""),
-                      f"{applied.finetuned_val_accuracy:.4f}", f"{applied.finetuned_test_accuracy:.4f}",
-                      f"{applied.cost_ratio:.4f}")
-    console = Console()
-    console.print(table)
-    if not args.no_compare:
-        console.print(comparison_table(applied))
-    for path in applied.exported.values():
-        console.print(f"wrote {path}")
-    return 0
-
+from search.cli.apply import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

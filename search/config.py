@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -92,6 +94,10 @@ class SearchConfig:
             raise ConfigError(f"search seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be a positive integer, got {self.threads_per_worker!r}")
+
+    def to_dict(self) -> dict:
+        """The settings as JSON values (other objects as strings): what a run's ``config.json`` records."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
     @property
     def search_seed(self) -> int:

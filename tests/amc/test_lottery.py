@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -29,6 +28,9 @@ from amc.lottery import (
 )
 from amc.models import build_model
 from amc.train import TrainConfig, accuracy, train
+from search.bench.lottery import markdown_body, read_rows, summary
+from search.bench.markdown import update_section
+from search.cli import lottery as cli
 
 torch.set_num_threads(1)
 
@@ -248,13 +250,6 @@ def test_random_control_has_the_same_mask_and_other_weights(experiment) -> None:
 # ---------------------------------------------------------------- CLI
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("lottery_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 BAD_CLI = {
     "rounds-zero": (["--rounds", "0"], "0"),
     "prune-one": (["--prune-per-round", "1"], "'1'"),
@@ -284,11 +279,10 @@ def test_cli_rejects_bad_input_with_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_cli_writes_rows_resumes_and_refuses_other_settings(tmp_path: Path, capsys) -> None:
-    cli = _load_cli()
     args = ["--rounds", "1", "--prune-per-round", "0.5", "--epochs", "1", "--seeds", "0,1", "--out", str(tmp_path),
             "--quiet"]
     assert cli.main(args) == 0
-    rows = cli.read_rows(tmp_path / "lottery.csv")
+    rows = read_rows(tmp_path / "lottery.csv")
     assert [(r["seed"], r["round"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(0 <= r["ticket_test"] <= 1 and 0 <= r["random_test"] <= 1 for r in rows)
     assert [r["sparsity"] for r in rows if r["round"] == 1] == pytest.approx([0.5, 0.5], abs=0.01)
@@ -304,18 +298,16 @@ def test_cli_writes_rows_resumes_and_refuses_other_settings(tmp_path: Path, caps
 
 
 def test_cli_markdown_section(tmp_path: Path) -> None:
-    cli = _load_cli()
     parser = cli.build_parser()
-    args = parser.parse_args(["--rounds", "2", "--prune-per-round", "0.36", "--epochs", "15", "--seeds", "0,1,2"])
+    args = cli.settings_of(parser.parse_args(["--rounds", "2", "--prune-per-round", "0.36", "--epochs", "15",
+                                              "--seeds", "0,1,2"]))
     rows = [{"seed": s, "round": r, "sparsity": 1 - 0.64 ** r, "ticket_test": 0.9 + 0.01 * s,
              "random_test": 0.8, "ticket_val": 0.9, "random_val": 0.8, "seconds": 1.0}
             for s in (0, 1, 2) for r in range(3)]
-    lines = cli.summary(rows, args.seeds)
+    lines = summary(rows, args.seeds)
     assert lines[2][:4] == ("2", "59.0%", "91.00 ± 1.00", "80.00 ± 0.00")
-    from search.bench_quality import update_section
-
     path = tmp_path / "BENCH.md"
-    update_section(path, "lottery", cli.markdown_body(args, lines, 60.0), title="Lottery tickets: cnn / digits")
+    update_section(path, "lottery", markdown_body(args, lines, 60.0), title="Lottery tickets: cnn / digits")
     text = path.read_text()
     assert "python scripts/lottery.py --model cnn --dataset digits --rounds 2 --prune-per-round 0.36" in text
     assert "--seeds 0,1,2" in text and "| 2 | 59.0% | 91.00 ± 1.00 |" in text

@@ -11,7 +11,7 @@ import pytest
 from amc.context import ContextConfig, build_context
 from amc.export import export_pt2
 from amc.policy import Policy
-from search.bench_deployed import MODELS, deployed_latency
+from search.bench.deployed import MODELS, deployed_latency
 from tests.search.helpers import REPO, run_script
 
 pytestmark = pytest.mark.usefixtures("cache_env")
@@ -56,7 +56,7 @@ def test_an_unfolded_program_is_not_timed_against_a_folded_base(run_dir, tmp_pat
 
     applied = apply_policy(folder / "policy.json", export=False, progress=False)
     export_pt2(applied.model, applied.context.data.val.tensors[0][:2], folder / "pruned.pt2", fold=False)
-    with caplog.at_level("WARNING", logger="search.bench_deployed"):
+    with caplog.at_level("WARNING", logger="search.bench.deployed"):
         done = deployed_latency(folder / "policy.json", repeats=2, sample_time=0.01)
     assert done.program == f"fresh export ({folder / 'pruned.pt2'} has unfolded batch norms)"
     assert "keeps its batch norms" in caplog.text
@@ -90,7 +90,7 @@ def test_cli_refuses_a_missing_policy_and_bad_options(args, expected, run_dir):
 
 
 def test_a_failing_timing_process_is_named(tmp_path):
-    from search.bench_deployed import in_fresh_processes
+    from search.bench.deployed import in_fresh_processes
 
     expected = r"the timing process failed \(exit 1\): .*PolicyError: .*missing\.json' does not exist"
     with pytest.raises(RuntimeError, match=expected):

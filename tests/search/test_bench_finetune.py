@@ -11,7 +11,7 @@ from amc.cost import FlopsCost, ParamsCost
 from amc.errors import ConfigError
 from amc.latency import LatencyConfig, build_latency_cost
 from amc.layers import discover
-from search.bench_finetune import lattice_bound
+from search.bench.finetune import lattice_bound
 
 
 @pytest.fixture(scope="module")

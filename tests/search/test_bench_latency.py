@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import search.bench_latency as bench
-from search.bench_latency import latency_accuracy
+import search.bench.latency as bench
+from search.bench.latency import latency_accuracy
 
 FAST = dict(passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2,
             calibration_rounds=2)

@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from amc.context import ContextConfig, build_context
-from search.bench_headline import (
+from search.bench.headline import (
     ROWS,
     HeadlineCell,
     HeadlineSettings,

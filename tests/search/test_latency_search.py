@@ -125,12 +125,12 @@ def test_a_pruned_model_that_measures_over_the_budget_is_named(tmp_path, amc_cac
 
 
 def test_a_failed_export_still_writes_the_policy(tmp_path, amc_cache, latency_dir, monkeypatch, caplog):
-    import search.runner
+    import search.outputs
 
     def broken(*args, **kwargs):
         raise RuntimeError("unsupported operator in forward")
 
-    monkeypatch.setattr(search.runner, "export_pt2", broken)
+    monkeypatch.setattr(search.outputs, "export_pt2", broken)
     with caplog.at_level(logging.ERROR):
         run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
     metrics = Policy.load(tmp_path / "run" / "policy.json").metrics

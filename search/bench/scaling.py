@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from amc.context import ContextConfig, build_context
 from amc.errors import DataError
 from amc.train import TrainConfig
+from search.bench.markdown import ResultTable, update_section
 from search.config import SearchConfig
 from search.history import read_history
 from search.parallel import RayEvaluatorPool
@@ -81,3 +83,20 @@ def scaling(root: Path, *, evaluations: int = 32, seed: int = 0, fashion_dir: st
                                  batch_size=workers)
         rows.append(ScalingRow(f"{workers} worker{'s' if workers > 1 else ''} x 1 thread", evaluations, seconds, each))
     return label, rows
+
+
+def scaling_report(root: Path, *, evaluations: int, data_dir: str | None, markdown: Path, console: Console) -> None:
+    """Runs :func:`scaling`, prints its table and writes the ``scaling`` section of ``markdown``."""
+    label, rows = scaling(root, evaluations=evaluations, fashion_dir=data_dir)
+    one = next(r for r in rows if r.mode.startswith("1 worker"))
+    cells = tuple((row.mode, f"{row.per_second:.2f}", f"{row.per_second / one.per_second:.2f}x",
+                   f"{row.eval_seconds:.3f}", f"{row.overhead_ms:.1f}" if "worker" in row.mode else "-")
+                  for row in rows)
+    table = ResultTable(f"evaluations per second: {label}",
+                        ("mode", "evals/s", "speedup vs 1 worker", "mean evaluation s", "pool overhead ms/eval"),
+                        cells, console_headers=("mode", "evals/s", "vs 1 worker", "eval s", "overhead ms/eval"))
+    console.print(table.rich())
+    lines = [f"Command: `python scripts/bench.py scaling --evaluations {evaluations}`  ",
+             f"Setup: {label}; random search, budget 0.5 FLOPs, seed 0, {evaluations} evaluations per mode; "
+             "context and Ray pool built before timing.", "", *table.markdown()]
+    update_section(markdown, "scaling", "\n".join(lines) + "\n", title="Parallel evaluation on Ray")

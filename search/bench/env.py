@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from amc.cost import make_cost_model
 from amc.evaluate import EvalResult
 from amc.layers import discover
 from amc.models import build_model
 from envs import PruningEnv
+from search.bench.markdown import ResultTable, update_section
 
 
 class StubEvaluator:
@@ -51,3 +54,16 @@ def env_speed(model: str = "resnet56", *, steps: int = 20000, budget: float = 0.
                 env.reset()
         rows.append(EnvSpeed(model, granularity, len(graph), steps, steps / (time.perf_counter() - start)))
     return rows
+
+
+def env_report(*, model: str, steps: int, markdown: Path, console: Console) -> None:
+    """Runs :func:`env_speed`, prints its table and writes the ``env`` section of ``markdown``."""
+    rows = tuple((row.model, row.granularity, str(row.layers), str(row.steps), f"{row.steps_per_second:,.0f}")
+                 for row in env_speed(model, steps=steps))
+    table = ResultTable("PruningEnv steps/s with a stub evaluator (budget clipping on)",
+                        ("model", "granularity", "layers", "steps", "steps/s"), rows)
+    console.print(table.rich())
+    lines = [f"Command: `python scripts/bench.py env --model {model} --steps {steps}`  ",
+             "Random actions, budget 0.5 FLOPs with AMC clipping on every step, a stub evaluator (instant).", "",
+             *table.markdown()]
+    update_section(markdown, "env", "\n".join(lines) + "\n", title="Environment speed")

@@ -1,6 +1,6 @@
 """The headline benchmark (``scripts/bench.py headline``): searched policies against what users pick instead.
 
-resnet20 on fashion-mnist (the cached 15-epoch base model of :mod:`search.bench_common`), FLOPs budgets,
+resnet20 on fashion-mnist (the cached 15-epoch base model of :mod:`search.bench.common`), FLOPs budgets,
 several search seeds on the one base model. Rows:
 
 - ``uniform``: the largest uniform keep ratio that meets the budget (deterministic: one run).
@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from torch import nn
 from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -43,7 +44,8 @@ from amc.latency import compare_latency
 from amc.policy import Policy
 from amc.progress import progress_bar
 from amc.train import TrainConfig, accuracy, train
-from search.bench_common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20
+from search.bench.common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20, machine
+from search.bench.markdown import markdown_table, mean_std, update_section
 from search.config import SearchConfig
 from search.history import read_history
 from search.runner import run_search
@@ -274,12 +276,6 @@ def headline(root: Path, settings: HeadlineSettings = HeadlineSettings(), *, dat
     return cells
 
 
-def _stat(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    if len(values) == 1:
-        return f"{scale * values[0]:.{digits}f}"
-    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
-
-
 def _mean(cells: list[HeadlineCell], field: str) -> float:
     return statistics.mean(getattr(c, field) for c in cells)
 
@@ -328,10 +324,8 @@ def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, 
         f"{settings.finetune_samples:,} training images, the same for every row. Latency: batch "
         f"{settings.latency_batch}, 1 thread, pruned and base timed interleaved, median of "
         f"{settings.latency_repeats}. Whole benchmark: {total_seconds / 60:.0f} min of cell time.", "",
-        "| budget | row | val acc % | test acc % | test acc % after fine-tune | FLOPs ratio | latency ratio | "
-        "search s | evals/s (distinct) |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for budget in settings.budgets:
         for row, *_ in ROWS:
             group = [c for c in cells if c.budget == budget and c.row == row]
@@ -341,11 +335,14 @@ def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, 
                 f"{statistics.mean(c.evals_per_second for c in group):.2f} ({_mean(group, 'distinct'):.0f} of "
                 f"{_mean(group, 'evaluations'):.0f})")
             label = row if len(group) > 1 else f"{row} (1 run)"
-            lines.append(
-                f"| {budget:g} | {label} | {_stat([c.val_accuracy for c in group])} | "
-                f"{_stat([c.test_accuracy for c in group])} | {_stat([c.finetuned_test_accuracy for c in group])} | "
-                f"{_stat([c.flops_ratio for c in group], 1, 3)} | {_stat([c.latency_ratio for c in group], 1, 3)} | "
-                f"{_mean(group, 'search_seconds'):.0f} | {speed} |")
+            rows.append((f"{budget:g}", label, mean_std([c.val_accuracy for c in group]),
+                         mean_std([c.test_accuracy for c in group]),
+                         mean_std([c.finetuned_test_accuracy for c in group]),
+                         mean_std([c.flops_ratio for c in group], scale=1, digits=3),
+                         mean_std([c.latency_ratio for c in group], scale=1, digits=3),
+                         f"{_mean(group, 'search_seconds'):.0f}", speed))
+    lines += markdown_table(("budget", "row", "val acc %", "test acc %", "test acc % after fine-tune", "FLOPs ratio",
+                             "latency ratio", "search s", "evals/s (distinct)"), rows)
     lines.append("")
     for budget in settings.budgets:
         found = verdicts(cells, budget)
@@ -354,5 +351,26 @@ def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, 
     return "\n".join(lines)
 
 
-__all__ = ["HeadlineCell", "HeadlineSettings", "ROWS", "flops", "headline", "headline_markdown", "plan",
-           "tp_global_magnitude", "verdicts"]
+def headline_report(root: Path, settings: HeadlineSettings, *, threads: int, data_dir: str | None, command: str,
+                    markdown: Path, console: Console) -> None:
+    """Runs (or reads back) every cell, prints each and the table, writes the ``headline`` section of ``markdown``."""
+    torch.set_num_threads(threads)
+
+    def on_cell(cell, cached):
+        where = "cached" if cached else f"{cell.seconds / 60:.1f} min"
+        console.print(f"budget {cell.budget:g} {cell.row:<11} seed {cell.seed}: val {100 * cell.val_accuracy:.2f} "
+                      f"test {100 * cell.test_accuracy:.2f} fine-tuned {100 * cell.finetuned_test_accuracy:.2f} "
+                      f"FLOPs {cell.flops_ratio:.3f} latency {cell.latency_ratio:.3f} ({where})")
+
+    start = time.perf_counter()
+    cells = headline(root, settings, data_dir=data_dir, on_cell=on_cell)
+    console.print(f"wall time of this invocation: {(time.perf_counter() - start) / 60:.1f} min")
+    body = headline_markdown(cells, settings, command=command, machine=machine(),
+                             total_seconds=sum(c.seconds for c in cells))
+    console.print(body)
+    update_section(markdown, "headline", body,
+                   title="Headline: searched policies vs what users pick instead (resnet20 / fashion-mnist)")
+
+
+__all__ = ["HeadlineCell", "HeadlineSettings", "ROWS", "flops", "headline", "headline_markdown", "headline_report",
+           "plan", "tp_global_magnitude", "verdicts"]

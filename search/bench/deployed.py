@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
+
+from search.bench.common import BenchError
+from search.bench.markdown import ResultTable
 
 log = logging.getLogger(__name__)
 MODELS = ("base", "pruned", "base_exported", "pruned_exported")
@@ -91,10 +95,10 @@ def in_fresh_processes(policy_path: str | os.PathLike, processes: int, **kwargs)
         RuntimeError: A timing process failed; its exit code and its last error line are named.
     """
     code = ("import dataclasses, json, sys\n"
-            "from search.bench_deployed import deployed_latency\n"
+            "from search.bench.deployed import deployed_latency\n"
             "done = deployed_latency(sys.argv[1], **json.loads(sys.argv[2]))\n"
             "print(json.dumps(dataclasses.asdict(done)))\n")
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     results = []
     for _ in range(processes):
@@ -106,3 +110,35 @@ def in_fresh_processes(policy_path: str | os.PathLike, processes: int, **kwargs)
             raise RuntimeError(f"the timing process failed (exit {done.returncode}): {last}")
         results.append(DeployedLatency(**json.loads(lines[-1])))
     return results
+
+
+def deployed_report(policy: Path, *, processes: int, batch: int, threads: int, repeats: int, sample_time: float,
+                    export_again: bool, console: Console) -> None:
+    """Times ``policy`` in ``processes`` fresh processes and prints the table and the ratios' ranges
+    (against the budget, when the policy's budget is a latency budget).
+
+    Raises:
+        BenchError: ``policy`` is not a policy file.
+        RuntimeError: A timing process failed.
+    """
+    try:
+        saved = json.loads(policy.read_text())
+    except ValueError as exc:
+        raise BenchError(f"{policy} is not a policy file ({exc}): pass the policy.json a search wrote") from None
+    budget = saved.get("budget") if saved.get("resource") == "latency" else None  # a latency budget only
+    results = in_fresh_processes(policy, processes, batch_size=batch, threads=threads, repeats=repeats,
+                                 sample_time=sample_time, export_again=export_again)
+    rows = tuple((str(i), *(f"{r.ms[k]:.3f}" for k in ("base", "pruned")), f"{r.eager_ratio:.4f}",
+                  *(f"{r.ms[k]:.3f}" for k in ("base_exported", "pruned_exported")), f"{r.exported_ratio:.4f}")
+                 for i, r in enumerate(results, 1))
+    table = ResultTable(f"deployed latency of {policy} at batch {batch} ({threads} thread(s)): median of {repeats} "
+                        f"interleaved rounds of {sample_time:g} s, one process per row",
+                        ("process", "base ms", "pruned ms", "eager ratio", "base .pt2 ms", "pruned .pt2 ms",
+                         "exported ratio"), rows)
+    console.print(table.rich())
+    console.print(f"timed program: {results[0].program}")
+    ratios = {"eager": [r.eager_ratio for r in results], "exported": [r.exported_ratio for r in results]}
+    for name, values in ratios.items():
+        over = sum(v > budget for v in values) if budget is not None else 0
+        console.print(f"{name} ratio {min(values):.4f}-{max(values):.4f} over {len(values)} process(es)"
+                      + (f"; {over} above the budget {budget:g}" if budget is not None else ""))

@@ -1,4 +1,4 @@
-"""The benchmark setting shared by ``scripts/bench.py finetune`` and ``headline``: resnet20 on fashion-mnist.
+"""What the benchmarks share: the ``finetune`` and ``headline`` setting (resnet20 on fashion-mnist), the machine line.
 
 The base model is trained once (15 epochs on 55,000 images, about 30-40 min on the 2-core machine) and
 cached like any base model; every later benchmark run loads it.
@@ -30,6 +30,7 @@ def fashion_resnet20(*, data_dir: str | None = None, round_to: int = 8, val_limi
 
 
 def machine() -> str:
+    """The machine line of a benchmark section: device, threads, Python and package versions."""
     from importlib import metadata
 
     from amc.latency import device_name
@@ -37,3 +38,7 @@ def machine() -> str:
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in
                          ("torch", "torch-pruning", "optuna", "stable-baselines3", "ray"))
     return f"{device_name()}, {torch.get_num_threads()} torch thread(s); Python {platform.python_version()}, {versions}"
+
+
+class BenchError(Exception):
+    """A benchmark cannot run on its inputs (the CLI reports it on one line, exit code 2)."""

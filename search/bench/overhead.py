@@ -1,4 +1,4 @@
-"""Benchmarks of the pruning core (``scripts/bench.py overhead``)."""
+"""Evaluation overhead (``scripts/bench.py overhead``): ``evaluate(policy)`` against the forward passes it contains."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from amc.data import DataSplits, load_dataset
 from amc.errors import DataError
@@ -16,6 +18,7 @@ from amc.evaluate import EvalConfig, PolicyEvaluator
 from amc.layers import discover
 from amc.models import build_model
 from amc.train import load_or_train
+from search.bench.markdown import ResultTable, update_section
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +79,23 @@ def overhead(*, policies: int = 10, seed: int = 0, fashion_dir: str | None = Non
         rows.append(OverheadRow(label, evaluator.val_size, 1e3 * statistics.mean(eval_times),
                                 1e3 * statistics.mean(forward_times)))
     return rows
+
+
+def overhead_report(*, policies: int, seed: int, data_dir: str | None, markdown: Path, console: Console) -> None:
+    """Runs :func:`overhead`, prints its table and writes the ``overhead`` section of ``markdown``."""
+    rows, notes = [], []
+    for row in overhead(policies=policies, seed=seed, fashion_dir=data_dir):
+        if isinstance(row, OverheadRow):
+            rows.append((row.setup, str(row.val_samples), f"{row.evaluate_ms:.1f}", f"{row.forward_ms:.1f}",
+                         f"{100 * row.overhead:.1f}%"))
+        else:
+            console.print(row)
+            notes.append(f"\n{row}\n")
+    table = ResultTable("evaluate(policy) vs the forward passes it contains (BN recalibration + validation)",
+                        ("setup", "val samples", "evaluate ms", "forward ms", "not forward"), tuple(rows))
+    console.print(table.rich())
+    lines = [f"Command: `python scripts/bench.py overhead --policies {policies}`  ",
+             "Mean of random policies (keep 0.3-1.0); 'forward' = BN recalibration (8 x 128 train images) + "
+             "validation passes of the same pruned model; the rest is copying, pruning and bookkeeping.", "",
+             *table.markdown(), *notes]
+    update_section(markdown, "overhead", "\n".join(lines) + "\n", title="Evaluation overhead")

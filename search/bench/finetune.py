@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch.utils.flop_counter import FlopCounterMode
 
 from amc.apply import apply_policy
@@ -32,7 +33,8 @@ from amc.export import export_pt2
 from amc.latency import LatencyConfig, compare_latency
 from amc.policy import Policy
 from amc.prune import prune_model
-from search.bench_common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20
+from search.bench.common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20, machine
+from search.bench.markdown import markdown_table, update_section
 from search.config import SearchConfig
 from search.runner import run_search
 
@@ -186,37 +188,38 @@ def finetune_markdown(result: FinetuneResult, *, command: str, machine: str) -> 
         f"{result.finetune_epochs} epochs (SGD, cosine, lr 0.01) {result.finetune_seconds / 60:.1f} min. "
         "FLOPs and latency are measured on the `torch.export` programs loaded back from `.pt2` files "
         "(base and pruned timed in the same interleaved rounds, median of repeats).", "",
-        "| | value | target |", "|---|---|---|",
-        f"| FLOPs ratio (measured) | {result.flops_ratio:.4f} | <= {result.budget:g} |",
-        f"| params ratio | {result.params_ratio:.4f} | |",
     ]
+    rows = [("FLOPs ratio (measured)", f"{result.flops_ratio:.4f}", f"<= {result.budget:g}"),
+            ("params ratio", f"{result.params_ratio:.4f}", "")]
     for batch, ms in result.latency_ms.items():
         ratio = ms["pruned"] / ms["base"]
         target = f"<= 1.25 x FLOPs ratio = {1.25 * result.flops_ratio:.4f}" if batch == "64" else ""
-        lines.append(f"| latency batch {batch}: base / pruned ms, ratio | {ms['base']:.2f} / {ms['pruned']:.2f}, "
-                     f"**{ratio:.4f}** ({ratio / result.flops_ratio:.2f} x FLOPs ratio) | {target} |")
+        rows.append((f"latency batch {batch}: base / pruned ms, ratio", f"{ms['base']:.2f} / {ms['pruned']:.2f}, "
+                     f"**{ratio:.4f}** ({ratio / result.flops_ratio:.2f} x FLOPs ratio)", target))
     bound = result.bound
     if bound is not None:
         measured = (f"{bound.measured_latency_ratio:.4f} ({bound.measured_latency_ratio / bound.flops_ratio:.2f} x "
                     "FLOPs ratio)") if bound.measured_latency_ratio is not None else "not measured"
-        lines += [
-            f"| best any policy can do: the lowest predicted latency / FLOPs ratio among all {bound.policies:,} "
-            f"policies on the round_to {result.round_to} lattice within budget | channels "
-            f"{'/'.join(map(str, bound.channels))}: FLOPs {bound.flops_ratio:.4f}, predicted latency "
+        rows.append((
+            f"best any policy can do: the lowest predicted latency / FLOPs ratio among all {bound.policies:,} "
+            f"policies on the round_to {result.round_to} lattice within budget",
+            f"channels {'/'.join(map(str, bound.channels))}: FLOPs {bound.flops_ratio:.4f}, predicted latency "
             f"{bound.predicted_latency_ratio:.4f} ({bound.predicted_latency_ratio / bound.flops_ratio:.2f} x), "
-            f"measured **{measured}** (batch {max(int(b) for b in result.latency_ms)}) | |",
-        ]
+            f"measured **{measured}** (batch {max(int(b) for b in result.latency_ms)})", ""))
     verdict = f"Latency target {'met' if b64 <= 1.25 * result.flops_ratio else 'missed'}"
     if bound is not None and bound.measured_latency_ratio is not None and b64 > 1.25 * result.flops_ratio:
         best = bound.measured_latency_ratio / bound.flops_ratio
         predicted = bound.predicted_latency_ratio / bound.flops_ratio
         verdict += (f" (by the latency table, no policy on the round_to {result.round_to} lattice does better than "
                     f"{predicted:.2f} x at this budget; the policy it predicts best measures {best:.2f} x)")
+    rows += [
+        ("test accuracy: base", f"{100 * result.base_test:.2f}%", ""),
+        ("test accuracy: pruned, no fine-tuning", f"{100 * result.pruned_test:.2f}%", ""),
+        (f"test accuracy: after {result.finetune_epochs} epochs of fine-tuning",
+         f"**{100 * result.finetuned_test:.2f}%** ({drop:.2f} points below base)", "within 2 points"),
+    ]
+    lines += markdown_table(("", "value", "target"), rows)
     lines += [
-        f"| test accuracy: base | {100 * result.base_test:.2f}% | |",
-        f"| test accuracy: pruned, no fine-tuning | {100 * result.pruned_test:.2f}% | |",
-        f"| test accuracy: after {result.finetune_epochs} epochs of fine-tuning | **{100 * result.finetuned_test:.2f}%** "
-        f"({drop:.2f} points below base) | within 2 points |",
         "",
         f"{verdict}; accuracy target "
         f"{'met' if drop <= 2 else 'missed'}.",
@@ -224,4 +227,16 @@ def finetune_markdown(result: FinetuneResult, *, command: str, machine: str) -> 
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["FinetuneResult", "LatticeBound", "finetune_bench", "finetune_markdown", "lattice_bound"]
+def finetune_report(root: Path, *, budget: float, evaluations: int, epochs: int, round_to: int, threads: int,
+                    data_dir: str | None, command: str, markdown: Path, console: Console) -> None:
+    """Runs :func:`finetune_bench`, prints its section and writes it to ``markdown`` (``finetune-r<round_to>``)."""
+    torch.set_num_threads(threads)
+    result = finetune_bench(root, budget=budget, evaluations=evaluations, epochs=epochs, round_to=round_to,
+                            data_dir=data_dir, log=console.print)
+    body = finetune_markdown(result, command=command, machine=machine())
+    console.print(body)
+    update_section(markdown, f"finetune-r{round_to}", body,
+                   title=f"Deployable model: resnet20 / fashion-mnist, budget {budget:g} FLOPs, round_to {round_to}")
+
+
+__all__ = ["FinetuneResult", "LatticeBound", "finetune_bench", "finetune_markdown", "finetune_report", "lattice_bound"]

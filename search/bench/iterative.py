@@ -9,13 +9,17 @@ share the same ``epochs``), with a linear and an AGP cubic schedule. Results are
 from __future__ import annotations
 
 import json
-import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from rich.console import Console
+
 from amc.apply import apply_policy
-from search.bench_quality import run_cell
+from search.bench.common import machine
+from search.bench.markdown import markdown_table, mean_std, update_section
+from search.bench.quality import run_cell
 
 VARIANTS = (("one-shot", "oneshot", "linear"), ("iterative linear", "iterative", "linear"),
             ("iterative AGP", "iterative", "agp"))
@@ -57,20 +61,28 @@ def iterative_bench(root: Path, *, budget: float = 0.2, seeds=(0, 1, 2), epochs:
 
 def iterative_markdown(cells: list[IterativeCell], *, budget: float, epochs: int, steps: int, command: str,
                        machine: str) -> str:
-    def mean_std(values):
-        return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 \
-            else f"{100 * values[0]:.2f}"
-
     seeds = sorted({c.seed for c in cells})
     lines = [f"Command: `{command}`  ", f"Machine: {machine}  ",
              f"cnn / digits, budget {budget:g} FLOPs, the Optuna TPE policy of each seed (seeds {seeds}: each its "
              f"own split and base model). {epochs} fine-tuning epochs in all (SGD, cosine, lr 0.01); iterative: "
              f"{steps} prune / fine-tune rounds of {epochs // steps} epochs. Test accuracy %, mean ± std over seeds.",
-             "", "| schedule | test acc before fine-tuning | test acc after | val acc after |", "|---|---|---|---|"]
+             ""]
+    rows = []
     for label, *_ in VARIANTS:
         group = [c for c in cells if c.variant == label]
         if group:
             before = mean_std([c.pruned_test for c in group]) if label == "one-shot" else "-"
-            lines.append(f"| {label} | {before} | {mean_std([c.test for c in group])} | "
-                         f"{mean_std([c.val for c in group])} |")
+            rows.append((label, before, mean_std([c.test for c in group]), mean_std([c.val for c in group])))
+    lines += markdown_table(("schedule", "test acc before fine-tuning", "test acc after", "val acc after"), rows)
     return "\n".join(lines) + "\n"
+
+
+def iterative_report(root: Path, *, budget: float, seeds: Sequence[int], epochs: int, steps: int, threads: int,
+                     command: str, markdown: Path, console: Console) -> None:
+    """Runs (or reads back) every cell, prints each and the table, writes the ``iterative`` section of ``markdown``."""
+    torch.set_num_threads(threads)
+    cells = iterative_bench(root, budget=budget, seeds=tuple(seeds), epochs=epochs, steps=steps,
+                            on_cell=lambda c: console.print(f"seed {c.seed} {c.variant}: test {c.test:.4f}"))
+    body = iterative_markdown(cells, budget=budget, epochs=epochs, steps=steps, command=command, machine=machine())
+    console.print(body)
+    update_section(markdown, "iterative", body, title="One-shot vs iterative pruning: cnn / digits")

@@ -15,14 +15,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from rich.console import Console
 
 from amc.latency import LatencyConfig, build_latency_cost, compare_latency
 from amc.layers import discover
 from amc.models import build_model
 from amc.prune import prune_model
 from envs.projection import BudgetProjector
+from search.bench.markdown import ResultTable, update_section
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,41 @@ def latency_accuracy(models: tuple[str, ...] = ("resnet20", "mobilenetv2"), batc
                         on_policy(name, batch, row)
                 yield LatencyRow(name, batch, threads, len(graph), built, cached, cost.measured_base, cost.base,
                                  measured["base"], tuple(rows))
+
+
+def latency_report(*, models: tuple[str, ...], batches: tuple[int, ...], policies: int, threads: int, repeats: int,
+                   sample_time: float, round_to: int, command: str, markdown: Path, console: Console) -> None:
+    """Runs :func:`latency_accuracy`, prints each policy and the table, writes the ``latency-r<round_to>``
+    section of ``markdown``."""
+
+    def on_policy(model, batch, row):
+        console.print(f"{model} batch {batch}: budget {row.budget:.2f} predicted {row.predicted_ms:.3f} ms "
+                      f"measured {row.measured_ms:.3f} ms ({100 * row.error:+.1f}%), ratio {row.predicted_ratio:.3f} "
+                      f"vs {row.measured_ratio:.3f} ({100 * row.ratio_error:+.1f}%)")
+
+    rows = tuple((row.model, str(row.batch_size), str(row.decisions), f"{row.build_seconds:.1f}",
+                  f"{row.cached_seconds:.2f}",
+                  f"{row.base_measured_ms:.2f}", f"{row.base_now_ms:.2f} ({100 * row.base_drift:+.1f}%)",
+                  f"{100 * row.median_error:.1f}%", f"{100 * row.worst_error:.1f}%",
+                  f"{100 * row.median_ratio_error:.1f}%", f"{100 * row.worst_ratio_error:.1f}%")
+                 for row in latency_accuracy(models, batches, policies=policies, threads=threads, repeats=repeats,
+                                             sample_time=sample_time, round_to=round_to, on_policy=on_policy))
+    table = ResultTable("latency lookup table: predicted vs measured",
+                        ("model", "batch", "decisions", "build s", "cached s", "base ms", "base now",
+                         "ms error median", "ms error worst", "ratio error median", "ratio error worst"), rows,
+                        console_headers=("model", "batch", "decisions", "build s", "cached s", "base ms", "base now",
+                                         "median err", "worst err", "median ratio err", "worst ratio err"))
+    console.print(table.rich())
+    lines = [f"Command: `{command}`  ",
+             f"{policies} random feasible policies per row (random budget, random keep ratios projected onto "
+             f"it), {threads} thread(s), round_to {round_to}, untrained weights, 1x28x28 inputs. The "
+             f"base model and all policies are timed in the same interleaved rounds: median of {repeats} "
+             f"samples of {sample_time:g} s each. "
+             "'ms error': predicted vs measured latency; 'ratio error': predicted vs measured latency ratio "
+             "(pruned / base), what a budget "
+             "constrains. Build: the table measured from scratch; cached: loading it again. 'base now': the unpruned "
+             "model timed with the policies, and its change since the table's calibration timed it (the "
+             "machine's drift: it shifts every ms error alike and cancels in the ratio).", "",
+             *table.markdown()]
+    update_section(markdown, f"latency-r{round_to}", "\n".join(lines) + "\n",
+                   title=f"Latency lookup table accuracy, round_to {round_to}")

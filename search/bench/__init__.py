@@ -1,0 +1,6 @@
+"""The benchmarks behind ``scripts/bench.py`` and ``scripts/lottery.py``: one module per benchmark.
+
+Each module runs its benchmark and has a ``*_report`` function that prints the result to a console and
+writes its section of ``BENCHMARKS.md`` (through :mod:`search.bench.markdown`). The product
+(:mod:`search.runner` and the strategies) never imports this package.
+"""

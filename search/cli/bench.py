@@ -1,0 +1,200 @@
+"""Benchmarks. ``python scripts/bench.py overhead`` (more subcommands: see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+
+def _command(name: str, rest: list[str]) -> str:
+    """The command line of a benchmark section, as it was typed."""
+    return ("python scripts/bench.py " + name + " " + " ".join(rest)).strip()
+
+
+def _overhead(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.overhead import overhead_report
+
+    overhead_report(policies=args.policies, seed=args.seed, data_dir=args.data_dir, markdown=Path(args.markdown),
+                    console=console)
+    return 0
+
+
+def _env(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.env import env_report
+
+    env_report(model=args.model, steps=args.steps, markdown=Path(args.markdown), console=console)
+    return 0
+
+
+def _quality(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.quality import quality_report
+
+    quality_report(Path(args.root), budgets=tuple(float(b) for b in args.budgets.split(",")),
+                   seeds=tuple(int(s) for s in args.seeds.split(",")), evaluations=args.evaluations,
+                   threads=args.threads, command=_command("quality", rest), markdown=Path(args.markdown),
+                   console=console)
+    return 0
+
+
+def _scaling(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.scaling import scaling_report
+
+    scaling_report(Path(args.root), evaluations=args.evaluations, data_dir=args.data_dir, markdown=Path(args.markdown),
+                   console=console)
+    return 0
+
+
+def _latency(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.latency import latency_report
+
+    latency_report(models=tuple(args.models.split(",")), batches=tuple(int(b) for b in args.batches.split(",")),
+                   policies=args.policies, threads=args.threads, repeats=args.repeats, sample_time=args.sample_time,
+                   round_to=args.round_to, command=_command("latency", rest), markdown=Path(args.markdown),
+                   console=console)
+    return 0
+
+
+def _finetune(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.finetune import finetune_report
+
+    finetune_report(Path(args.root), budget=args.budget, evaluations=args.evaluations, epochs=args.epochs,
+                    round_to=args.round_to, threads=args.threads, data_dir=args.data_dir,
+                    command=_command("finetune", rest), markdown=Path(args.markdown), console=console)
+    return 0
+
+
+def _iterative(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.iterative import iterative_report
+
+    iterative_report(Path(args.root), budget=args.budget, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                     epochs=args.epochs, steps=args.steps, threads=args.threads, command=_command("iterative", rest),
+                     markdown=Path(args.markdown), console=console)
+    return 0
+
+
+def _headline(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.headline import HeadlineSettings, headline_report
+
+    settings = HeadlineSettings(budgets=args.budgets, seeds=args.seeds, evaluations=args.evaluations,
+                                oracle_factor=args.oracle_factor, workers=args.workers,
+                                finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples)
+    headline_report(Path(args.root), settings, threads=args.threads, data_dir=args.data_dir,
+                    command=_command("headline", rest), markdown=Path(args.markdown), console=console)
+    return 0
+
+
+def _deployed(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.common import BenchError
+    from search.bench.deployed import deployed_report
+
+    try:
+        deployed_report(Path(args.policy), processes=args.processes, batch=args.batch, threads=args.threads,
+                        repeats=args.repeats, sample_time=args.sample_time, export_again=args.export_again,
+                        console=console)
+    except (BenchError, RuntimeError) as exc:
+        print(f"bench.py deployed: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from amc.cli import OneLineParser, comma_list, existing_file, int_at_least, number_in
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = OneLineParser(prog="bench.py", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser("overhead", help="evaluation time vs its bare forward passes")
+    p.add_argument("--policies", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_overhead)
+    p = sub.add_parser("env", help="environment steps per second with a stub evaluator")
+    p.add_argument("--model", default="resnet56")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_env)
+    p = sub.add_parser("quality", help="strategies at equal evaluation counts (cnn/digits)")
+    p.add_argument("--budgets", default="0.2,0.3")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--evaluations", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--root", default="runs/bench", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_quality)
+    p = sub.add_parser("scaling", help="evaluations/s: local vs 1 and 2 Ray workers")
+    p.add_argument("--evaluations", type=int, default=32)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--root", default="runs/bench-scaling")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_scaling)
+    p = sub.add_parser("latency", help="latency table: build time and predicted vs measured latency")
+    p.add_argument("--models", default="resnet20,mobilenetv2")
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--policies", type=int_at_least(1), default=20)
+    p.add_argument("--threads", type=int_at_least(1), default=1)
+    p.add_argument("--repeats", type=int_at_least(1), default=15,
+                   help="interleaved rounds over the base and all policies")
+    p.add_argument("--sample-time", type=number_in(0, 10, meaning=" (seconds per sample)"), default=0.06,
+                   help="seconds per sample")
+    p.add_argument("--round-to", type=int_at_least(1), default=1)
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_latency)
+    p = sub.add_parser("deployed", help="a searched policy's exported program timed against the base, per process")
+    p.add_argument("policy", type=existing_file("pass the policy.json a search wrote"),
+                   help="policy.json of a search (its pruned.pt2 is timed)")
+    p.add_argument("--batch", type=int_at_least(1), default=1)
+    p.add_argument("--threads", type=int_at_least(1), default=1)
+    p.add_argument("--processes", type=int_at_least(1), default=3, help="fresh processes, one after the other")
+    p.add_argument("--repeats", type=int_at_least(1), default=21, help="interleaved rounds per process")
+    p.add_argument("--sample-time", type=number_in(0, 10, meaning=" (seconds per sample)"), default=0.1)
+    p.add_argument("--export-again", action="store_true", help="time a fresh export instead of pruned.pt2")
+    p.set_defaults(run=_deployed)
+    p = sub.add_parser("finetune", help="resnet20/fashion-mnist: exported model's latency and fine-tuned accuracy")
+    p.add_argument("--budget", type=float, default=0.3)
+    p.add_argument("--evaluations", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--root", default="runs/bench-finetune", help="search and fine-tuning results are kept here")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_finetune)
+    p = sub.add_parser("iterative", help="one-shot vs iterative pruning, same policy and fine-tuning epochs")
+    p.add_argument("--budget", type=float, default=0.2)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--root", default="runs/bench", help="policies (quality cells) and results are cached here")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_iterative)
+    p = sub.add_parser("headline", help="resnet20/fashion-mnist: every strategy vs uniform, Torch-Pruning and an oracle")
+    p.add_argument("--budgets", type=comma_list(number_in(0, 1, meaning=" (fraction of the base FLOPs)")),
+                   default=(0.3, 0.5), help="FLOPs budgets, comma-separated (0.3,0.5)")
+    p.add_argument("--seeds", type=comma_list(int_at_least(0)), default=(0, 1, 2), help="search seeds (0,1,2)")
+    p.add_argument("--evaluations", type=int_at_least(1), default=100)
+    p.add_argument("--oracle-factor", type=int_at_least(1), default=10,
+                   help="the oracle search is this many times longer")
+    p.add_argument("--workers", type=int_at_least(1), default=2, help="Ray workers of each search")
+    p.add_argument("--finetune-epochs", type=int_at_least(1), default=1)
+    p.add_argument("--finetune-samples", type=int_at_least(1), default=10000)
+    p.add_argument("--threads", type=int_at_least(1), default=2,
+                   help="torch threads of the driver (evaluation, fine-tuning)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--root", default="runs/bench-headline", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_headline)
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    return args.run(args, Console(), argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

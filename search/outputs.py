@@ -1,0 +1,238 @@
+"""A finished search's outputs: the final measurements of the best policy and the files that record them.
+
+From what the search loop returns (its :class:`~search.problem.SearchProblem`: the records and the
+best one), :func:`write_outputs` evaluates the uniform baseline, measures test accuracy (the only place
+a run touches the test split), exports ``pruned.pt2``, times the pruned model where the budget is
+latency, and writes ``policy.json``, ``report.png`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from amc.context import Context
+from amc.evaluate import EvalResult
+from amc.export import export_pt2
+from amc.policy import Policy
+from amc.train import accuracy
+from search.baselines import uniform_keep
+from search.config import SearchConfig
+from search.history import Record
+from search.problem import SearchProblem
+
+log = logging.getLogger(__name__)
+
+DRIFT_WARNING = 0.15  # base model's measured latency against the table's calibration, as a fraction
+# Measured latency ratio above the budget by more than this fraction: the table's typical ratio error is 2-7%
+# (BENCHMARKS.md), so a search that lands on its budget measures within a few percent either side.
+OVER_BUDGET_WARNING = 0.10
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a run produced (also on disk in ``out``)."""
+
+    out: Path
+    policy: Policy
+    best: Record
+    uniform: Record
+    uniform_policy: Policy
+    base_val_accuracy: float
+    base_test_accuracy: float
+    test_accuracy: float
+    uniform_test_accuracy: float
+    evaluations: int
+    seconds: float
+    interrupted: bool
+    layer_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Accuracies:
+    base_val: float
+    base_test: float
+    test: float  # the best policy's
+    uniform_test: float
+
+
+def write_outputs(config: SearchConfig, out: Path, ctx: Context, problem: SearchProblem, *, started: float,
+                  interrupted: bool) -> SearchResult:
+    """Measures the search's best policy and writes the run's outputs to ``out``.
+
+    Args:
+        config: The run's settings.
+        out: The run folder (``history.csv`` is already there).
+        ctx: The context the search ran on.
+        problem: The finished search (at least one record).
+        started: ``time.perf_counter()`` when the run started (the policy's ``duration_s``).
+        interrupted: The search was stopped before its last evaluation.
+    """
+    best = problem.best
+    uniform = uniform_keep(problem)
+    uniform_eval = ctx.evaluator.evaluate(problem.policy(uniform))
+    uniform_record = _uniform_record(problem, uniform, uniform_eval)
+    pruned = ctx.evaluator.prune(problem.policy(best.keep))
+    acc = _accuracies(ctx, problem, pruned, uniform)
+    ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
+    exported = _export(pruned, ctx, out) if config.export else None
+    latency_rows = []
+    if problem.cost_model.resource == "latency":
+        ratios.update(_measured_latency(ctx, pruned, best.cost_ratio, config.budget, exported))
+        latency_rows = _latency_summary(ctx, ratios, best.cost_ratio)
+    seconds = time.perf_counter() - started
+    policy = _policy_record(config, problem, ratios, acc, uniform_eval.accuracy, seconds=seconds,
+                            interrupted=interrupted)
+    policy.save(out / "policy.json")
+    _write_reports(config, out, ctx, problem, pruned, uniform, acc, uniform_eval.accuracy, latency_rows,
+                   seconds=seconds, interrupted=interrupted)
+    log.info("best policy: val %.4f test %.4f cost ratio %.4f (%s)", best.accuracy, acc.test, best.cost_ratio, out)
+    return SearchResult(out=out, policy=policy, best=best, uniform=uniform_record,
+                        uniform_policy=problem.policy(uniform), base_val_accuracy=acc.base_val,
+                        base_test_accuracy=acc.base_test, test_accuracy=acc.test,
+                        uniform_test_accuracy=acc.uniform_test,
+                        evaluations=problem.count, seconds=seconds, interrupted=interrupted,
+                        layer_names=ctx.graph.names)
+
+
+def _uniform_record(problem: SearchProblem, uniform: Sequence[float], result: EvalResult) -> Record:
+    cost = problem.cost_model.cost(uniform)
+    return Record(-1, "uniform", 0, result.accuracy, result.loss, cost, cost / problem.cost_model.base,
+                  result.accuracy, result.cached, result.seconds, 0.0, tuple(uniform))
+
+
+def _accuracies(ctx: Context, problem: SearchProblem, pruned, uniform: Sequence[float]) -> _Accuracies:
+    test = accuracy(pruned, ctx.data.test)
+    uniform_test = accuracy(ctx.evaluator.prune(problem.policy(uniform)), ctx.data.test)
+    # The base model on the same validation samples as the candidates (--val-limit may use fewer).
+    base_val = ctx.evaluator.evaluate([1.0] * len(ctx.graph)).accuracy if ctx.config.eval.val_limit \
+        else accuracy(ctx.model, ctx.data.val)
+    return _Accuracies(base_val=base_val, base_test=accuracy(ctx.model, ctx.data.test), test=test,
+                       uniform_test=uniform_test)
+
+
+def _export(pruned, ctx: Context, out: Path) -> Path | None:
+    """Writes ``pruned.pt2``; an export that fails is logged and the search's results are written anyway."""
+    try:
+        return export_pt2(pruned, ctx.data.val.tensors[0][:2], out / "pruned.pt2")
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the search result must survive
+        log.error("pruned.pt2 not written: torch.export failed (%s: %s). policy.json is written; apply it with "
+                  "scripts/apply_policy.py --no-export, or make the model's forward exportable",
+                  type(exc).__name__, exc)
+        return None
+
+
+def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: float,
+                      exported: Path | None = None) -> dict[str, float]:
+    """Base and pruned model timed in short interleaved rounds (median), as the table was calibrated.
+
+    With ``exported`` (the pruned ``.pt2`` file), the deployable program loaded back from it is timed in the
+    same rounds against the base model exported the same way (batch norm folded, :func:`amc.export.export_program`).
+    """
+    from amc.export import export_program
+    from amc.latency import cache_path, compare_latency
+
+    cfg = ctx.config.latency
+    models = {"base": ctx.model, "pruned": pruned}
+    if exported is not None:
+        models["base_exported"] = export_program(ctx.model, ctx.data.val.tensors[0][:2]).module()
+        models["pruned_exported"] = torch.export.load(exported).module()
+    measured = compare_latency(models, ctx.graph.input_shape, batch_size=cfg.batch_size,
+                               threads=cfg.resolved_threads(), device=cfg.device, repeats=cfg.calibration_rounds,
+                               min_run_time=cfg.model_run_time)
+    log.info("latency: predicted ratio %.4f, measured %.4f (%.3f / %.3f ms)", predicted_ratio,
+             measured["pruned"] / measured["base"], measured["pruned"], measured["base"])
+    table = ctx.cost_model("latency")
+    drift = measured["base"] / table.measured_base - 1
+    if abs(drift) > DRIFT_WARNING:
+        log.warning("the base model now runs in %.3f ms, %+.0f%% against the %.3f ms the latency table was calibrated "
+                    "with: this machine's speed has changed (other load, frequency), so predicted and measured "
+                    "latencies disagree. Rebuild the table on an otherwise idle machine: delete %s", measured["base"],
+                    100 * drift, table.measured_base, cache_path(ctx.graph, table.config))
+    result = {"base_latency_drift": drift, "latency_ratio_predicted": predicted_ratio,
+              "latency_ratio_measured": measured["pruned"] / measured["base"],
+              "latency_ms_measured": measured["pruned"], "base_latency_ms_measured": measured["base"]}
+    if exported is not None:
+        ratio = measured["pruned_exported"] / measured["base_exported"]
+        log.info("latency of the exported programs: %.4f of the base (%.3f / %.3f ms)", ratio,
+                 measured["pruned_exported"], measured["base_exported"])
+        result.update(latency_ratio_measured_exported=ratio, latency_ms_measured_exported=measured["pruned_exported"],
+                      base_latency_ms_measured_exported=measured["base_exported"])
+    for what, key in (("as a PyTorch module", "latency_ratio_measured"),
+                      ("as the exported program", "latency_ratio_measured_exported")):
+        if key in result and result[key] > budget * (1 + OVER_BUDGET_WARNING):
+            log.warning("the pruned model %s measures %.4f of the base latency, more than %.0f%% above the budget %g "
+                        "(the table predicted %.4f). Rerun on an otherwise idle machine, or search with a lower "
+                        "--budget", what, result[key], 100 * OVER_BUDGET_WARNING, budget, predicted_ratio)
+    return result
+
+
+def _latency_summary(ctx: Context, ratios: dict[str, float], predicted: float) -> list[tuple[str, str]]:
+    """The report's row of FLOPs and latency ratios (predicted, measured, and measured on the exported program)."""
+    measured, lat = ratios["latency_ratio_measured"], ctx.config.latency
+    program = ratios.get("latency_ratio_measured_exported")
+    label, value = "FLOPs ratio / latency ratio predicted / measured", \
+        f"{ratios['flops_ratio']:.4f} / {predicted:.4f} / {measured:.4f}"
+    if program is not None:  # the deployable pruned.pt2 against the base exported the same way
+        label, value = label + " / measured, exported", value + f" / {program:.4f}"
+    return [(label, f"{value} (batch {lat.batch_size}, {lat.resolved_threads()} thread(s))")]
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("amc-search", "torch", "torch-pruning", "stable-baselines3", "optuna", "gymnasium", "numpy", "ray"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _policy_record(config: SearchConfig, problem: SearchProblem, ratios: dict[str, float], acc: _Accuracies,
+                   uniform_val: float, *, seconds: float, interrupted: bool) -> Policy:
+    """The best policy with what was measured at search time (``policy.json``)."""
+    best = problem.best
+    return problem.policy(best.keep).with_metrics(
+        val_accuracy=best.accuracy, test_accuracy=acc.test, cost=best.cost, base_cost=problem.cost_model.base,
+        cost_ratio=best.cost_ratio, **ratios,
+        base_val_accuracy=acc.base_val, base_test_accuracy=acc.base_test,
+        uniform_val_accuracy=uniform_val, uniform_test_accuracy=acc.uniform_test,
+    ).with_meta(
+        strategy=config.strategy, sampler=config.sampler if config.strategy == "optuna" else None,
+        seed=config.search_seed, model=config.context.model, dataset=config.context.dataset,
+        evaluations=problem.count, best_evaluation=best.index, duration_s=round(seconds, 3),
+        interrupted=interrupted, round_to=config.context.round_to, min_keep=config.min_keep,
+        max_keep=config.max_keep, context=config.to_dict()["context"], versions=_versions(),
+    )
+
+
+def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: SearchProblem, pruned,
+                   uniform: Sequence[float], acc: _Accuracies, uniform_val: float,
+                   latency_rows: list[tuple[str, str]], *, seconds: float, interrupted: bool) -> None:
+    """``report.png`` and ``report.html`` (the figure, a summary and the base/pruned comparison)."""
+    from amc.compare import model_stats
+    from search.report import write_html, write_report
+
+    best = problem.best
+    title = (f"{config.strategy} on {config.context.model}/{config.context.dataset}, budget {config.budget:g} "
+             f"{config.context.resource}")
+    png = write_report(out / "report.png", problem.records, ctx.graph, best=best, uniform_keep=uniform,
+                       budget=config.budget, title=title)
+    comparison = [model_stats("base", ctx.model, ctx.data.test, min_run_time=0.2),
+                  model_stats("pruned", pruned, ctx.data.test, min_run_time=0.2)]
+    summary = [("evaluations", str(problem.count)), ("best evaluation", str(best.index)),
+               ("validation accuracy (base / best / uniform)",
+                f"{acc.base_val:.4f} / {best.accuracy:.4f} / {uniform_val:.4f}"),
+               ("test accuracy (base / best / uniform)",
+                f"{acc.base_test:.4f} / {acc.test:.4f} / {acc.uniform_test:.4f}"),
+               (f"{problem.cost_model.resource} ratio", f"{best.cost_ratio:.4f} (budget {config.budget:g})"),
+               *latency_rows,
+               ("per-layer keep ratios", ", ".join(f"{n}: {k:.2f}" for n, k in zip(ctx.graph.names, best.keep))),
+               ("duration", f"{seconds:.1f} s" + (" (interrupted)" if interrupted else ""))]
+    write_html(out / "report.html", png, title=title, summary=summary, comparison=comparison)
