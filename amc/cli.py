@@ -59,6 +59,18 @@ def comma_list(item):
     return parse
 
 
+def score_name(text: str) -> str:
+    """argparse type: a candidate score (:mod:`amc.scores`), in its canonical spelling."""
+    from amc.errors import ConfigError
+    from amc.scores import check_score
+
+    try:
+        return check_score(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace(f"unknown score {text!r}: ", "")
+                                         + f", got {text!r}") from None
+
+
 def existing_file(hint: str):
     """argparse type: the path of an existing file (``hint`` says which file to pass)."""
     def parse(text: str) -> str:

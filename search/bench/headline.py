@@ -174,10 +174,21 @@ def _respect_min_keep(pruner, group, *, min_keep: float, round_to: int) -> list[
     return sorted(sorted(idxs, key=lambda i: float(importance[i]))[:allowed])
 
 
-def _finetune_set(ctx: Context, samples: int) -> TensorDataset:
+def finetune_set(ctx: Context, samples: int) -> TensorDataset:
+    """The fine-tune recipe's training samples: the same seeded ``samples`` training images for every model."""
     x, y = ctx.data.train.tensors
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:samples]
     return TensorDataset(x[order], y[order])
+
+
+def deployed_accuracy(ctx: Context, pruned: nn.Module, tune_set: TensorDataset, *, epochs: int, lr: float,
+                      seed: int) -> float:
+    """Test accuracy of a copy of ``pruned`` after the recipe every benchmark deploys with: ``epochs`` of SGD
+    (cosine schedule, the base model's batch size and augmentation) on ``tune_set``."""
+    tuned = copy.deepcopy(pruned)
+    train(tuned, tune_set, TrainConfig(epochs=epochs, lr=lr, schedule="cosine", batch_size=ctx.config.train.batch_size,
+                                       shift=ctx.config.train.shift), seed=seed, progress=False)
+    return accuracy(tuned, ctx.data.test)
 
 
 def _channels(model: nn.Module) -> tuple[int, ...]:
@@ -192,7 +203,7 @@ def _search_config(settings: HeadlineSettings, ctx: Context, *, budget: float, s
 
 
 def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: float, row: str, seed: int,
-             finetune_set: TensorDataset) -> HeadlineCell:
+             tune_set: TensorDataset) -> HeadlineCell:
     """One (budget, row, seed) cell: read back when finished, else run and written at once."""
     out = root / f"budget{budget:g}" / row / f"seed{seed}"
     cell_file = out / "cell.json"
@@ -227,13 +238,10 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
     flops_ratio = flops(pruned, shape) / flops(ctx.model, shape)
     ms = compare_latency({"base": ctx.model, "pruned": pruned}, shape, batch_size=settings.latency_batch, threads=1,
                          repeats=settings.latency_repeats, min_run_time=0.2)
-    tuned = copy.deepcopy(pruned)
-    train(tuned, finetune_set, TrainConfig(epochs=settings.finetune_epochs, lr=settings.finetune_lr,
-                                           schedule="cosine", batch_size=ctx.config.train.batch_size,
-                                           shift=ctx.config.train.shift),
-          seed=seed, progress=False)
+    tuned = deployed_accuracy(ctx, pruned, tune_set, epochs=settings.finetune_epochs, lr=settings.finetune_lr,
+                              seed=seed)
     cell = HeadlineCell(budget=budget, row=row, seed=seed, val_accuracy=val, test_accuracy=test,
-                        finetuned_test_accuracy=accuracy(tuned, ctx.data.test), flops_ratio=flops_ratio,
+                        finetuned_test_accuracy=tuned, flops_ratio=flops_ratio,
                         latency_ratio=ms["pruned"] / ms["base"], search_seconds=search_seconds,
                         evaluations=evaluations, distinct=distinct, seconds=time.perf_counter() - start,
                         channels=_channels(pruned))
@@ -260,7 +268,7 @@ def headline(root: Path, settings: HeadlineSettings = HeadlineSettings(), *, dat
     """Runs (or reads back) every cell of the benchmark; ``on_cell(cell, cached)`` after each."""
     root.mkdir(parents=True, exist_ok=True)
     ctx = context or build_context(fashion_resnet20(data_dir=data_dir, round_to=settings.round_to), progress=progress)
-    finetune_set = _finetune_set(ctx, settings.finetune_samples)
+    tune_set = finetune_set(ctx, settings.finetune_samples)
     todo = plan(settings)
     cells = []
     with progress_bar(enabled=progress) as bar:
@@ -268,7 +276,7 @@ def headline(root: Path, settings: HeadlineSettings = HeadlineSettings(), *, dat
         for budget, row, seed in todo:
             bar.update(task, status=f"budget {budget:g} {row} seed {seed}")
             cached = (root / f"budget{budget:g}" / row / f"seed{seed}" / "cell.json").exists()
-            cell = run_cell(root, ctx, settings, budget=budget, row=row, seed=seed, finetune_set=finetune_set)
+            cell = run_cell(root, ctx, settings, budget=budget, row=row, seed=seed, tune_set=tune_set)
             cells.append(cell)
             if on_cell is not None:
                 on_cell(cell, cached)

@@ -87,6 +87,16 @@ def _headline(args: argparse.Namespace, console: Console, rest: list[str]) -> in
     return 0
 
 
+def _fidelity(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.fidelity import FidelitySettings, fidelity_report
+
+    settings = FidelitySettings(budgets=args.budgets, policies=args.policies, scores=args.scores,
+                                finetune_samples=args.finetune_samples)
+    fidelity_report(Path(args.root), settings, threads=args.threads, data_dir=args.data_dir,
+                    command=_command("fidelity", rest), markdown=Path(args.markdown), console=console)
+    return 0
+
+
 def _deployed(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     from search.bench.common import BenchError
     from search.bench.deployed import deployed_report
@@ -102,7 +112,7 @@ def _deployed(args: argparse.Namespace, console: Console, rest: list[str]) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from amc.cli import OneLineParser, comma_list, existing_file, int_at_least, number_in
+    from amc.cli import OneLineParser, comma_list, existing_file, int_at_least, number_in, score_name
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = OneLineParser(prog="bench.py", description=__doc__)
@@ -189,6 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-headline", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_headline)
+    p = sub.add_parser("fidelity", help="resnet20/fashion-mnist: each candidate score's rank correlation with the "
+                                        "accuracy after fine-tuning")
+    p.add_argument("--budgets", type=comma_list(number_in(0, 1, meaning=" (fraction of the base FLOPs)")),
+                   default=(0.3, 0.5), help="FLOPs budgets, comma-separated (0.3,0.5)")
+    p.add_argument("--policies", type=int_at_least(3), default=30, help="random feasible policies per budget (30)")
+    p.add_argument("--scores", type=comma_list(score_name), default=("bn", "reconstruct", "finetune:10",
+                                                                    "finetune:50", "finetune:50+kd"),
+                   help="candidate scores, comma-separated (bn,reconstruct,finetune:10,finetune:50,finetune:50+kd)")
+    p.add_argument("--finetune-samples", type=int_at_least(1), default=10000,
+                   help="training images of the deployed fine-tune (10000)")
+    p.add_argument("--threads", type=int_at_least(1), default=2, help="torch threads")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--root", default="runs/bench-fidelity", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_fidelity)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

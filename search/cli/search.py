@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from amc.cli import OneLineParser, int_at_least, number_in
+from amc.cli import OneLineParser, int_at_least, number_in, score_name
 
 DEFAULTS = {
     "budget": 0.3, "resource": "flops", "strategy": "optuna", "sampler": "tpe", "evaluations": 300, "warmup": None,
@@ -24,7 +24,7 @@ DEFAULTS = {
     "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
     "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
-    "latency_batch": 1, "val_limit": None, "epochs": 60,
+    "latency_batch": 1, "val_limit": None, "epochs": 60, "score": "bn",
 }
 
 
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, help="dataset (digits)")
     p.add_argument("--data-dir", dest="data_dir", help="folder of fashion-mnist / mnist / cifar10 files")
     p.add_argument("--criterion", choices=CRITERIA, help="which channels go first (l1)")
+    p.add_argument("--score", type=score_name,
+                   help="candidate score: bn, reconstruct, finetune:K or finetune:K+kd (bn; see BENCHMARKS.md, fidelity)")
     p.add_argument("--granularity", choices=("channel", "weight"), help="structured or unstructured (channel)")
     p.add_argument("--seed", type=int, help="seed of data splits, training and search (0)")
     p.add_argument("--out", help="run folder (runs/<timestamp>)")
@@ -149,6 +151,7 @@ def build_config(options: dict):
         checkpoint=options["checkpoint"], seed=options["seed"], resource=options["resource"],
         round_to=options["round_to"], val_size=options["val_size"], train_limit=options["train_limit"],
         eval=EvalConfig(criterion=options["criterion"], granularity=options["granularity"], seed=options["seed"],
+                        score=options["score"],
                         val_limit=options["val_limit"]),
         train=TrainConfig(epochs=options["epochs"]),
         latency=LatencyConfig(batch_size=options["latency_batch"], threads=options["threads"]),

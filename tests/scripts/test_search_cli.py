@@ -29,6 +29,7 @@ BAD_ARGS: dict[str, tuple[list[str], str]] = {
     "val-limit-zero": (["--val-limit", "0", "--out", "{out}"], "--val-limit"),
     "epochs-zero": (["--epochs", "0", "--out", "{out}"], "--epochs"),
     "toml-unknown-key": (["--config", "{toml}", "--out", "{out}"], "nosuchkey"),
+    "score": (["--score", "finetune:0", "--out", "{out}"], "finetune:0"),
 }
 
 
