@@ -40,6 +40,9 @@ class SearchConfig:
             only when ``workers > 1``.
         seed: Seed of the search strategy (None: ``context.seed``, which also seeds the data splits and
             the base model; set this to repeat a search on the same base model).
+        ladder: Costlier candidate scores (:mod:`amc.scores`, cheap to expensive) that re-rank the search's
+            best candidates after it (:mod:`search.ladder`); empty: the search's own score decides.
+        ladder_top_k: Candidates the first rung re-scores; each later rung keeps the better half.
     """
 
     budget: float = 0.3
@@ -60,8 +63,15 @@ class SearchConfig:
     threads_per_worker: int = 1
     ray_address: str | None = None
     seed: int | None = None
+    ladder: tuple[str, ...] = ()
+    ladder_top_k: int = 8
 
     def __post_init__(self) -> None:
+        from amc.scores import check_score
+
+        object.__setattr__(self, "ladder", tuple(check_score(s) for s in self.ladder))
+        if isinstance(self.ladder_top_k, bool) or not isinstance(self.ladder_top_k, int) or self.ladder_top_k < 1:
+            raise ConfigError(f"--ladder-top-k must be a positive integer, got {self.ladder_top_k!r}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or math.isnan(self.budget) \
                 or not 0.0 < self.budget <= 1.0:
             raise ConfigError(f"--budget must be a fraction in (0, 1] of the base model's cost, got {self.budget!r}")

@@ -46,7 +46,7 @@ class HistoryWriter:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        _drop_partial_row(self.path)
+        drop_partial_row(self.path)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = self.path.open("a", newline="")
         self._writer = csv.writer(self._file)
@@ -63,7 +63,7 @@ class HistoryWriter:
         self._file.close()
 
 
-def _drop_partial_row(path: Path) -> None:
+def drop_partial_row(path: Path) -> None:
     """Cuts a last line that a crash left without its newline, so the next row starts on its own line."""
     if not path.exists() or path.stat().st_size == 0:
         return

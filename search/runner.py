@@ -202,4 +202,12 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
             history.close()
     if problem.best is None:
         raise KeyboardInterrupt("interrupted before the first evaluation finished; nothing to write")
+    if config.ladder and not interrupted:
+        from search.ladder import run_ladder
+
+        try:
+            problem.best = run_ladder(problem, ctx, config.ladder, top_k=config.ladder_top_k, path=out / "ladder.csv")
+        except KeyboardInterrupt:  # the rungs measured so far are in ladder.csv; --resume goes on from there
+            interrupted = True
+            log.warning("interrupted in the ladder; writing the search's best policy (continue with --resume)")
     return write_outputs(config, out, ctx, problem, started=start, interrupted=interrupted)

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from amc.cli import OneLineParser, int_at_least, number_in, score_name
+from amc.cli import OneLineParser, comma_list, int_at_least, number_in, score_name
 
 DEFAULTS = {
     "budget": 0.3, "resource": "flops", "strategy": "optuna", "sampler": "tpe", "evaluations": 300, "warmup": None,
@@ -24,7 +24,7 @@ DEFAULTS = {
     "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
     "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
-    "latency_batch": 1, "val_limit": None, "epochs": 60, "score": "bn",
+    "latency_batch": 1, "val_limit": None, "epochs": 60, "score": "bn", "ladder": None, "ladder_top_k": 8,
 }
 
 
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=CRITERIA, help="which channels go first (l1)")
     p.add_argument("--score", type=score_name,
                    help="candidate score: bn, reconstruct, finetune:K or finetune:K+kd (bn; see BENCHMARKS.md, fidelity)")
+    p.add_argument("--ladder", type=comma_list(score_name),
+                   help="costlier scores that re-rank the best candidates after the search, e.g. finetune:50 (none)")
+    p.add_argument("--ladder-top-k", dest="ladder_top_k", type=_positive_int,
+                   help="candidates the first ladder rung re-scores; each later rung keeps half (8)")
     p.add_argument("--granularity", choices=("channel", "weight"), help="structured or unstructured (channel)")
     p.add_argument("--seed", type=int, help="seed of data splits, training and search (0)")
     p.add_argument("--out", help="run folder (runs/<timestamp>)")
@@ -163,6 +167,7 @@ def build_config(options: dict):
         storage=options["storage"], context=context, progress=not options["quiet"], export=not options["no_export"],
         workers=options["workers"] if options["workers"] is not None else (None if options["ray_address"] else 1),
         threads_per_worker=options["threads_per_worker"], ray_address=options["ray_address"],
+        ladder=tuple(options["ladder"] or ()), ladder_top_k=options["ladder_top_k"],
     )
 
 
