@@ -20,6 +20,9 @@ from amc.latency import LatencyConfig, LatencyCost, build_latency_cost, cache_pa
 from amc.layers import discover
 from envs.projection import BudgetProjector
 
+# Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("latency")
+
 FAST = dict(passes=1, grid=3, min_run_time=0.001, model_run_time=0.005, calibration_keeps=(0.5,), calibration_random=2,
             calibration_rounds=2)
 

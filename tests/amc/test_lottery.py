@@ -32,6 +32,9 @@ from search.bench.lottery import markdown_body, read_rows, summary
 from search.bench.markdown import update_section
 from search.cli import lottery as cli
 
+# Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("lottery")
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,6 +12,9 @@ from amc.layers import discover
 from amc.sensitivity import SensitivityCurve, greedy_allocation, plot_curves, read_csv, sensitivity_curves, write_csv
 from envs.projection import BudgetProjector
 
+# Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sensitivity")
+
 
 @pytest.fixture(scope="module")
 def setup(trained_cnn, digits):

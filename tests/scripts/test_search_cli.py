@@ -13,7 +13,8 @@ import torch
 from tests.search.helpers import SEARCH_SCRIPT, history_rows, run_script
 
 torch.set_num_threads(1)
-pytestmark = pytest.mark.usefixtures("cache_env")
+# Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
+pytestmark = [pytest.mark.usefixtures("cache_env"), pytest.mark.xdist_group("search-cli")]
 
 # id -> (arguments, the bad value the message must name). "{out}" is replaced by a fresh folder under tmp.
 BAD_ARGS: dict[str, tuple[list[str], str]] = {

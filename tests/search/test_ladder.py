@@ -13,7 +13,8 @@ from search.history import read_history
 from search.ladder import read_ladder
 from search.runner import run_search
 
-pytestmark = pytest.mark.usefixtures("cache_env")
+# One worker runs the module: its search fixture is shared (make test uses --dist loadgroup).
+pytestmark = [pytest.mark.usefixtures("cache_env"), pytest.mark.xdist_group("ladder")]
 LADDER = ("finetune:2", "finetune:4")
 
 
@@ -23,9 +24,15 @@ def _config(out: Path, amc_cache: Path, **kwargs) -> SearchConfig:
     return SearchConfig(**{**settings, **kwargs})
 
 
-def test_rungs_re_rank_the_best_candidates_and_the_winner_is_the_policy(tmp_path, amc_cache) -> None:
-    out = tmp_path / "run"
-    result = run_search(_config(out, amc_cache))
+@pytest.fixture(scope="module")
+def laddered(tmp_path_factory, amc_cache):
+    """One finished search with a two-rung ladder: (its folder, its SearchResult)."""
+    out = tmp_path_factory.mktemp("ladder") / "run"
+    return out, run_search(_config(out, amc_cache))
+
+
+def test_rungs_re_rank_the_best_candidates_and_the_winner_is_the_policy(laddered) -> None:
+    out, result = laddered
     rows = read_ladder(out / "ladder.csv")
     records = read_history(out / "history.csv")
     assert len(records) == 10  # the search itself is unchanged
@@ -43,9 +50,11 @@ def test_rungs_re_rank_the_best_candidates_and_the_winner_is_the_policy(tmp_path
     assert all(r.seconds > 0 and 0 <= r.accuracy <= 1 for r in rows)
 
 
-def test_a_killed_ladder_resumes_without_scoring_a_candidate_twice(tmp_path, amc_cache) -> None:
+def test_a_killed_ladder_resumes_without_scoring_a_candidate_twice(laddered, tmp_path, amc_cache) -> None:
+    import shutil
+
     out = tmp_path / "run"
-    run_search(_config(out, amc_cache))
+    shutil.copytree(laddered[0], out)
     full = read_ladder(out / "ladder.csv")
     lines = (out / "ladder.csv").read_text().splitlines()
     # As a kill leaves it: the header, three finished rows and half of the fourth.

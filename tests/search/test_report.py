@@ -14,7 +14,8 @@ from amc.context import ContextConfig
 from search.config import SearchConfig
 from search.runner import run_search
 
-pytestmark = pytest.mark.usefixtures("cache_env")
+# Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
+pytestmark = [pytest.mark.usefixtures("cache_env"), pytest.mark.xdist_group("report")]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",

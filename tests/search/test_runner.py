@@ -29,7 +29,8 @@ from search.runner import run_search
 from tests.search.helpers import APPLY_SCRIPT, REPO, SEARCH_SCRIPT, history_rows, run_script, subprocess_env
 
 torch.set_num_threads(1)
-pytestmark = pytest.mark.usefixtures("cache_env")
+# Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
+pytestmark = [pytest.mark.usefixtures("cache_env"), pytest.mark.xdist_group("runner")]
 
 BUDGET = 0.3
 TIMING_COLUMNS = ("seconds", "wall_time")
