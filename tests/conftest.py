@@ -74,3 +74,26 @@ def cache_env(amc_cache, monkeypatch: pytest.MonkeyPatch) -> None:
     Opt-in (``pytestmark = pytest.mark.usefixtures("cache_env")``) so other modules keep their own caches.
     """
     monkeypatch.setenv("AMC_CACHE_DIR", str(amc_cache))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--dist loadgroup`` (``make test``) on pytest 9: send each ``xdist_group`` to one worker.
+
+    pytest-xdist 3.8 marks a grouped test by appending ``@<group>`` to ``item._nodeid``, which pytest 9
+    no longer reads (the id lives in ``item._id``), so every group was silently spread over the workers:
+    module fixtures were built on both, and the Ray tests could overlap. This does what xdist means to,
+    through pytest 9's id, and checks that it took.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(names)
+        if names and not item.nodeid.endswith(suffix):
+            item._id = coerce_node_id(item.nodeid + suffix)
+            if not item.nodeid.endswith(suffix):
+                raise RuntimeError(f"cannot group {item.nodeid} for --dist loadgroup: pytest's node ids changed")
