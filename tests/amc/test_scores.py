@@ -60,6 +60,7 @@ def test_reconstruct_lowers_each_refitted_layer_s_error_against_the_base(seed) -
     assert set(targets) == {r.name for r in graph.modules if r.type in ("conv", "linear") and r.in_deps}
     assert len(targets) == len([r for r in graph.modules if r.type in ("conv", "linear")]) - 1
 
+    @torch.no_grad()
     def errors(net: nn.Module) -> dict[str, float]:
         base_out = _outputs(model, list(targets), x)
         out = {}
