@@ -86,15 +86,16 @@ def finetune_steps(model: nn.Module, train_set: TensorDataset, *, steps: int, se
 
 
 def reconstruct(pruned: nn.Module, base: nn.Module, targets: Mapping[str, Sequence[int] | None], inputs: Tensor, *,
-                points: int = 10, seed: int = 0, ridge: float = 1e-3) -> list[str]:
+                points: int = 1000, seed: int = 0, ridge: float = 1.0) -> list[str]:
     """Refits ``targets`` of ``pruned`` in forward order so that each reproduces the base model's output.
 
     For a target layer (a conv with ``groups == 1`` or a linear), the pruned model's own input to it
     (after the layers refitted before it) is paired with the base model's output of the same layer on
-    the same images; ``points`` random output positions per image are sampled (AMC: 10 points from each
-    of 60 images) and the weight and bias are refitted by ridge regression towards their current values
-    (``ridge`` times the mean diagonal of the normal matrix), which keeps a layer with more inputs than
-    samples well posed.
+    the same images; up to ``points`` random output positions per image are sampled (AMC samples 10 from
+    each of 60 images) and the weight and bias are refitted by ridge regression towards their current
+    values (``ridge`` times the mean diagonal of the normal matrix). On resnet20 / fashion-mnist at budget
+    0.3 (uniform policy, 60 images) a weak pull (0.001) overfits the samples and drops validation accuracy
+    from 43.7% (adaptive BN alone) to 11.3%; 1.0 with up to 1,000 positions per image gives 74.4%.
 
     Args:
         targets: Layer name -> the base output channels the pruned layer kept (None: all of them).
