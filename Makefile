@@ -6,18 +6,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install search test bench clean
+.PHONY: install search serve test bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[export,test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[export,service,test]"
 	touch $(STAMP)
 
 search: $(STAMP)
 	$(PY) scripts/search.py --budget 0.3 $(ARGS)
+
+# The search service on http://127.0.0.1:8000 (prints where its bearer token is; ARGS="--port 8001 ...").
+serve: $(STAMP)
+	$(PY) scripts/serve.py $(ARGS)
 
 # Two test processes (xdist) on a 2-core machine; the Ray tests share one of them (--dist loadgroup).
 test: $(STAMP)

@@ -58,14 +58,20 @@ class AppliedPolicy:
 
 
 def context_config_of(policy: Policy, **overrides: Any) -> ContextConfig:
-    """The :class:`ContextConfig` the policy was searched with, with ``overrides`` (None values ignored)."""
+    """The :class:`ContextConfig` the policy was searched with, with ``overrides`` (None values ignored).
+
+    The device is where this process runs, not part of what was searched: it is ``overrides["device"]``
+    or the CPU, whatever the search ran on (a policy searched on a GPU applies on a CPU-only machine).
+    """
     saved = dict(policy.meta.get("context") or {})
+    saved.pop("device", None)
     eval_saved = dict(saved.pop("eval", None) or {})
     train_saved = dict(saved.pop("train", None) or {})
     latency_saved = dict(saved.pop("latency", None) or {})
     fields = {f.name for f in dataclasses.fields(ContextConfig)}
     values = {k: v for k, v in saved.items() if k in fields}
-    values["model_kwargs"] = tuple(tuple(kv) for kv in values.get("model_kwargs", ()))
+    for name in ("model_kwargs", "dataset_kwargs"):
+        values[name] = tuple(tuple(kv) for kv in values.get(name, ()))
     values.update({k: v for k, v in overrides.items() if v is not None})
     eval_fields = {f.name for f in dataclasses.fields(EvalConfig)}
     eval_values = {k: v for k, v in eval_saved.items() if k in eval_fields}
@@ -128,7 +134,7 @@ def _iterative(ctx: Context, policy: Policy, *, steps: int, ramp: str, epochs: i
     from amc.prune import prune_model
 
     evaluator = ctx.evaluator
-    example = ctx.data.val.tensors[0][:1]
+    example = ctx.example(1).to(ctx.device)
     current = ctx.model
     target = policy.ratios(ctx.graph)
     for i, (keeps, round_epochs) in enumerate(zip(schedule_keeps(target, steps, ramp),
@@ -220,7 +226,7 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
     exported: dict[str, Path] = {}
     if formats and out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-        example = ctx.data.val.tensors[0][:2]
+        example = ctx.example(2)
         if "pt2" in formats:
             exported["pt2"] = export_pt2(pruned, example, Path(out) / "pruned.pt2")
         if "onnx" in formats:

@@ -62,7 +62,7 @@ def comma_list(item):
 def score_name(text: str) -> str:
     """argparse type: a candidate score (:mod:`amc.scores`), in its canonical spelling."""
     from amc.errors import ConfigError
-    from amc.scores import check_score
+    from amc.choices import check_score
 
     try:
         return check_score(text)
@@ -80,3 +80,40 @@ def existing_file(hint: str):
             raise argparse.ArgumentTypeError(f"no file {text!r}: {hint}")
         return text
     return parse
+
+
+def dataset_name(text: str) -> str:
+    """argparse type: a built-in dataset, ``imagefolder`` or ``package.module:factory``."""
+    import re
+
+    from amc.choices import DATASETS
+
+    if text in DATASETS or text == "imagefolder" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be one of {', '.join(DATASETS)}, imagefolder (with --data-dir) or "
+                                     f"package.module:factory for your own, got {text!r}")
+
+
+def json_object(text: str) -> dict:
+    """argparse type: a JSON object of keyword arguments, e.g. ``'{"size": 64}'``."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"size\": 64}}', got {text!r} "
+                                         f"({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"size\": 64}}', got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: ``cpu``, ``cuda`` or ``cuda:N`` (whether this machine has it is checked later)."""
+    from amc.device import check_device_name
+    from amc.errors import ConfigError
+
+    try:
+        return check_device_name(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}") from None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils import benchmark
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amc.train import accuracy
@@ -36,10 +37,13 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch: in
     return 1e3 * timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def model_stats(name: str, model: nn.Module, test: TensorDataset, *, batches: tuple[int, ...] = (1, 64),
+def model_stats(name: str, model: nn.Module, test: Dataset, *, batches: tuple[int, ...] = (1, 64),
                 min_run_time: float = 1.0) -> ModelStats:
+    """The model's size, FLOPs, latency and test accuracy, all measured on the CPU (a GPU model is copied there)."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).cpu()
     model = model.eval()
-    shape = tuple(test.tensors[0].shape[1:])
+    shape = tuple(test[0][0].shape)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, *shape))
     buffer = io.BytesIO()

@@ -15,6 +15,7 @@ from torch import nn
 
 from amc.cost import make_cost_model
 from amc.data import DataSplits, load_dataset
+from amc.device import resolve_device
 from amc.errors import ConfigError
 from amc.evaluate import EvalConfig, PolicyEvaluator
 from amc.latency import LatencyConfig
@@ -30,8 +31,10 @@ class ContextConfig:
 
     Attributes:
         model: Built-in model name or ``package.module:factory``.
-        dataset: Built-in dataset name (see :data:`amc.data.DATASETS`).
-        data_dir: Directory of file-based datasets (fashion-mnist, mnist, cifar10).
+        dataset: Built-in dataset name (see :data:`amc.data.DATASETS`), ``imagefolder`` or
+            ``package.module:factory`` (:mod:`amc.userdata`).
+        data_dir: Directory of file-based datasets (fashion-mnist, mnist, cifar10, imagefolder; a
+            factory's ``data_dir`` argument).
         checkpoint: A trained ``state_dict`` for ``model``; None trains (and caches) a base model.
         seed: Seeds data splits, base-model training and evaluation.
         resource: ``"flops"``, ``"params"`` or ``"latency"`` (measured, see :mod:`amc.latency`).
@@ -42,6 +45,12 @@ class ContextConfig:
         train: How the base model is trained when no checkpoint is given.
         latency: How the latency table is measured (``resource="latency"`` only).
         cache_dir: Base-model cache (None: ``$AMC_CACHE_DIR`` or ``~/.cache/amc-search``).
+        model_kwargs: Extra keyword arguments of the model factory, as (name, value) pairs.
+        dataset_kwargs: Settings of ``imagefolder`` or keyword arguments of a dataset factory, as
+            (name, value) pairs.
+        device: ``cpu``, ``cuda`` or ``cuda:N``: where the base model is trained and candidates are
+            evaluated (checked when the config is made: a missing GPU is a :class:`ConfigError`).
+        loader_workers: DataLoader worker processes that read a streamed (user) dataset.
     """
 
     model: str = "cnn"
@@ -58,8 +67,20 @@ class ContextConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     cache_dir: str | None = None
     model_kwargs: tuple[tuple[str, object], ...] = ()
+    dataset_kwargs: tuple[tuple[str, object], ...] = ()
+    device: str = "cpu"
+    loader_workers: int = 2
 
     def __post_init__(self) -> None:
+        resolve_device(self.device)
+        if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < 0:
+            raise ConfigError(f"--loader-workers must be an integer >= 0, got {self.loader_workers!r}")
+        for name in ("model_kwargs", "dataset_kwargs"):
+            value = getattr(self, name)
+            if isinstance(value, dict):  # a dict is accepted and stored as (name, value) pairs
+                object.__setattr__(self, name, tuple(value.items()))
+            elif not all(isinstance(kv, (tuple, list)) and len(kv) == 2 and isinstance(kv[0], str) for kv in value):
+                raise ConfigError(f"{name} must be (name, value) pairs or a dict, got {value!r}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"--round-to must be a positive integer, got {self.round_to!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -101,6 +122,15 @@ class Context:
         return self._costs[resource]
 
     @property
+    def device(self):
+        """The ``torch.device`` the model and the evaluator's batches are on."""
+        return self.evaluator.device
+
+    def example(self, n: int = 1):
+        """The first ``n`` validation images on the CPU (example input of exports and layer discovery)."""
+        return self.data.example(n)
+
+    @property
     def base_val_accuracy(self) -> float:
         return self.base.val_accuracy if self.base else accuracy(self.model, self.data.val)
 
@@ -110,8 +140,10 @@ def build_context(config: ContextConfig, *, progress: bool = True, state_dict: d
 
     ``state_dict`` (e.g. shipped to a Ray worker on another node) replaces the checkpoint/cache lookup.
     """
+    device = resolve_device(config.device)
     data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed, val_size=config.val_size,
-                        train_limit=config.train_limit)
+                        train_limit=config.train_limit, kwargs=dict(config.dataset_kwargs),
+                        workers=config.loader_workers)
     model_kwargs = dict(config.model_kwargs)
     if config.checkpoint or state_dict is not None:
         from amc.models import build_model
@@ -125,9 +157,12 @@ def build_context(config: ContextConfig, *, progress: bool = True, state_dict: d
         base = None
     else:
         model, base = load_or_train(config.model, data, seed=config.seed, config=config.train,
-                                    cache_dir=config.cache_dir, model_kwargs=model_kwargs, progress=progress)
-    model.eval()
-    graph = discover(model, data.val.tensors[0][:1], round_to=config.round_to)
+                                    cache_dir=config.cache_dir, model_kwargs=model_kwargs, progress=progress,
+                                    device=device)
+    model.cpu().eval()  # layers are discovered on the CPU, then the model moves to its device for good
+    graph = discover(model, data.example(1), round_to=config.round_to)
+    model.to(device)
     evaluator = PolicyEvaluator(model, graph, data, config.eval)
-    log.info("context: %s on %s, %d decisions, pid %d", config.model, config.dataset, len(graph), os.getpid())
+    log.info("context: %s on %s, %d decisions, device %s, pid %d", config.model, config.dataset, len(graph), device,
+             os.getpid())
     return Context(config=config, model=model, data=data, graph=graph, evaluator=evaluator, base=base)

@@ -64,6 +64,7 @@ class _AnalyticCost:
                 if recs[m].type in ("conv", "depthwise", "linear"):
                     self._owner[m] = d
         self._weight_numel = np.array([float(r.weight_numel) for r in recs])
+        self._coupling: tuple[np.ndarray, np.ndarray] | None = None  # built on first costs_varying
         self.base = float(self._value_channels(self._n))
 
     def cost(self, keep: Sequence[float]) -> float:
@@ -104,9 +105,22 @@ class _AnalyticCost:
         cand = self.round_channels(candidates, self._n[t])  # (C,)
         out, inp = self._shapes(channels)  # (M,)
         delta = cand - channels[t]  # (C,)
+        form = self._quadratic_form()
+        if form is not None:  # cost = c0 + c1 d + c2 d^2 in the change d of decision t: O(M + C), not O(M C)
+            quad, lin = form
+            if self._coupling is None:  # per decision: quad @ (a_out * a_in) and lin @ a_out
+                self._coupling = (quad @ (self._a_out * self._a_in), lin @ self._a_out)
+            c2, lin_t = self._coupling[0][t], self._coupling[1][t]
+            c0 = self._curve(out, inp)
+            c1 = quad @ (self._a_out[:, t] * inp + out * self._a_in[:, t]) + lin_t
+            return c0 + delta * (c1 + c2 * delta)  # integers below 2**53: exactly the (M, C) evaluation
         out_c = out[:, None] + self._a_out[:, t, None] * delta[None, :]  # (M, C)
         in_c = inp[:, None] + self._a_in[:, t, None] * delta[None, :]
         return self._curve(out_c, in_c)
+
+    def _quadratic_form(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(quad, lin)`` when the cost is ``const + quad @ (out * in) + lin @ out`` (None: any other curve)."""
+        return None
 
     def cost_of(self, keep: np.ndarray) -> float:
         """Fast :meth:`cost` for a valid numpy vector of keep ratios (no validation)."""
@@ -172,6 +186,9 @@ class FlopsCost(_AnalyticCost):
     def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
         return self.graph.other_flops + self._flops_coef @ (out * inp)
 
+    def _quadratic_form(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._flops_coef, np.zeros_like(self._flops_coef)
+
     def _value_weights(self, keep: Sequence[float]) -> float:
         return self._value_weights_fast(self._kept_weights(keep))
 
@@ -194,6 +211,9 @@ class ParamsCost(_AnalyticCost):
 
     def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
         return self.graph.other_params + self._weight_coef @ (out * inp) + self._bias_coef @ out
+
+    def _quadratic_form(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._weight_coef, self._bias_coef
 
     def _value_weights(self, keep: Sequence[float]) -> float:
         return self._value_weights_fast(self._kept_weights(keep))

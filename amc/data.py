@@ -1,4 +1,4 @@
-"""Datasets for pruning-policy search: seeded, stratified train/val/test splits as tensors.
+"""Datasets for pruning-policy search: seeded, stratified train/val/test splits.
 
 Every loader reads local files only (or sklearn's bundled digits) and never downloads. The validation
 split is always carved from the training set, so the test set stays untouched by the search. Images
@@ -13,6 +13,11 @@ Supported datasets (``DATASETS``):
 - ``mnist``: IDX files, ``root`` required, input (1, 28, 28); default ``val_size`` 5000.
 - ``cifar10``: ``cifar-10-batches-py`` pickles, ``root`` required, input (3, 32, 32); default
   ``val_size`` 5000.
+
+These are held in memory as ``TensorDataset`` splits. A user's own data is streamed instead
+(:mod:`amc.userdata`): ``imagefolder`` (one folder of PNG/JPEG files per class) and
+``package.module:factory`` (a function returning ``torch.utils.data.Dataset`` objects); their splits
+are :class:`~amc.streaming.StreamedSplit` views read through ``DataLoader``s.
 """
 
 from __future__ import annotations
@@ -29,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
+from amc.choices import DATASETS
 from amc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -47,28 +52,39 @@ _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 @dataclass(frozen=True)
 class DataSplits:
-    """Train/val/test splits of one dataset, ready for a ``DataLoader``.
+    """Train/val/test splits of one dataset.
+
+    The built-in loaders hold every split in memory as a ``TensorDataset``. A user's dataset
+    (:mod:`amc.userdata`) gives any map-style ``Dataset`` whose items are ``(float32 image (C, H, W), int
+    label)`` pairs, usually :class:`~amc.streaming.StreamedSplit` views; read them with
+    :func:`amc.streaming.batches` or :func:`amc.streaming.take`, which handle both kinds.
 
     Attributes:
         train: Images ``(N, C, H, W)`` float32, standardised, and int64 labels.
-        val: Same layout; carved from the training set, never from test.
+        val: Same layout; carved from the training set, never from test (or a user's own val split).
         test: Same layout; the dataset's own test set (or a held-out 20% for digits).
         num_classes: Number of label classes; labels lie in ``[0, num_classes)``.
         input_shape: ``(C, H, W)`` of one image.
-        name: Dataset name, one of ``DATASETS`` for the built-in loaders.
+        name: Dataset name: one of ``DATASETS``, ``imagefolder`` or ``package.module:factory``.
+        spec: What a streamed dataset is (its files, settings, factory arguments): part of the
+            :meth:`fingerprint` of datasets that are not held in memory.
     """
 
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
+    train: Dataset
+    val: Dataset
+    test: Dataset
     num_classes: int
     input_shape: tuple[int, int, int]
     name: str
+    spec: str = ""
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise DataError(f"num_classes={self.num_classes} must be at least 2.")
         for split, ds in (("train", self.train), ("val", self.val), ("test", self.test)):
+            if not isinstance(ds, TensorDataset):
+                self._check_streamed(split, ds)
+                continue
             x, y = ds.tensors
             if x.dtype != torch.float32 or y.dtype != torch.int64:
                 raise DataError(f"{split} tensors are {x.dtype}/{y.dtype}; expected float32 images "
@@ -77,33 +93,90 @@ class DataSplits:
                 raise DataError(f"{split} images have shape {tuple(x.shape)}; expected a non-empty "
                                 f"(N, {', '.join(map(str, self.input_shape))}).")
 
+    def _check_streamed(self, split: str, ds: Dataset) -> None:
+        from amc.streaming import as_item
+
+        source = getattr(ds, "source", f"{self.name} {split} split")
+        if len(ds) == 0:
+            raise DataError(f"{source} is empty; give it at least one image.")
+        x, y = as_item(ds[0], source, 0)
+        if tuple(x.shape) != tuple(self.input_shape):
+            raise DataError(f"{source}: item 0 has an image of shape {tuple(x.shape)}; every image must be "
+                            f"({', '.join(map(str, self.input_shape))}) like the first training image.")
+        if not 0 <= y < self.num_classes:
+            raise DataError(f"{source}: item 0 has label {y}; labels must lie in [0, {self.num_classes - 1}].")
+
+    @property
+    def in_memory(self) -> bool:
+        """Every split is a ``TensorDataset`` (the built-in datasets)."""
+        return all(isinstance(ds, TensorDataset) for ds in (self.train, self.val, self.test))
+
+    def example(self, n: int = 1) -> torch.Tensor:
+        """The first ``n`` validation images ``(n, C, H, W)`` (an example input of the model)."""
+        from amc.streaming import take
+
+        return take(self.val, range(min(n, len(self.val))))[0]
+
     def fingerprint(self) -> str:
-        """Short stable hash of the name, split sizes and tensor contents, for use as a cache key."""
+        """Short stable hash of the name, split sizes and contents, for use as a cache key.
+
+        In-memory splits are hashed whole. A streamed dataset is hashed by its :attr:`spec`, its known
+        labels and 16 images of each split spread over it (reading every image would cost a pass
+        over the data).
+        """
         h = hashlib.sha256(f"{self.name}|{len(self.train)}|{len(self.val)}|{len(self.test)}".encode())
+        if self.in_memory:
+            for ds in (self.train, self.val, self.test):
+                for t in ds.tensors:
+                    h.update(np.ascontiguousarray(t.numpy()).data)
+            return h.hexdigest()[:16]
+        from amc.streaming import take
+
+        h.update(self.spec.encode())
         for ds in (self.train, self.val, self.test):
-            for t in ds.tensors:
-                h.update(np.ascontiguousarray(t.numpy()).data)
+            labels = getattr(ds, "labels", None)
+            if isinstance(labels, np.ndarray):
+                h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+            x, y = take(ds, np.unique(np.linspace(0, len(ds) - 1, 16).round().astype(np.int64)))
+            h.update(np.ascontiguousarray(x.numpy()).data)
+            h.update(np.ascontiguousarray(y.numpy()).data)
         return h.hexdigest()[:16]
 
 
 def load_dataset(name: str = "digits", *, root: str | os.PathLike | None = None, seed: int = 0,
                  val_size: int | float | None = None, train_limit: int | None = None,
-                 test_limit: int | None = None) -> DataSplits:
-    """Load one of ``DATASETS`` by name.
+                 test_limit: int | None = None, kwargs: dict | None = None, workers: int = 0) -> DataSplits:
+    """Load one of ``DATASETS``, an ``imagefolder`` or a ``package.module:factory`` dataset by name.
 
     Args:
         name: Dataset name.
-        root: Data directory; required for ``mnist`` and ``cifar10``, defaults to
-            ``DEFAULT_FASHION_MNIST_DIR`` for ``fashion-mnist``, not accepted for ``digits``.
+        root: Data directory; required for ``mnist``, ``cifar10`` and ``imagefolder``, defaults to
+            ``DEFAULT_FASHION_MNIST_DIR`` for ``fashion-mnist``, not accepted for ``digits``; passed to a
+            factory as ``data_dir``.
         seed: Seed of every split and subset.
         val_size: Validation size carved from the training set: a count (int) or a fraction in (0, 1).
         train_limit: Keep at most this many training images (stratified, after carving val).
         test_limit: Keep at most this many test images (stratified).
+        kwargs: Settings of ``imagefolder`` or keyword arguments of a factory (:mod:`amc.userdata`); the
+            built-in datasets take none.
+        workers: DataLoader worker processes that read a streamed (user) dataset.
 
     Raises:
         ConfigError: Unknown name or invalid arguments.
-        DataError: Missing or malformed files.
+        DataError: Missing or malformed files, or a factory that cannot be used.
     """
+    kwargs = dict(kwargs or {})
+    if name == "imagefolder" or ":" in name:
+        from amc.userdata import load_factory, load_imagefolder
+
+        common = {"seed": seed, "val_size": val_size, "train_limit": train_limit, "test_limit": test_limit,
+                  "workers": workers}
+        if name == "imagefolder":
+            return load_imagefolder(root, settings=kwargs, **common)
+        return load_factory(name, root=root, kwargs=kwargs, **common)
+    if kwargs:
+        raise ConfigError(f"dataset {name!r} takes no keyword arguments (got {sorted(kwargs)}); drop "
+                          "--dataset-kwargs")
     limits = {"seed": seed, "val_size": val_size, "train_limit": train_limit, "test_limit": test_limit}
     if name == "digits":
         if root is not None:
@@ -114,7 +187,8 @@ def load_dataset(name: str = "digits", *, root: str | os.PathLike | None = None,
         return load_idx(root, name=name, **limits)
     if name == "cifar10":
         return load_cifar10(root, **limits)
-    raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, imagefolder (with "
+                      "--data-dir) or package.module:factory for your own.")
 
 
 def load_digits(*, seed: int = 0, val_size: int | float | None = None, train_limit: int | None = None,

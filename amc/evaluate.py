@@ -20,11 +20,13 @@ from torch import Tensor, nn
 
 from amc.cost import weights_kept
 from amc.data import DataSplits
-from amc.errors import ConfigError
+from amc.device import model_device
+from amc.errors import ConfigError, DataError
 from amc.layers import LayerGraph
 from amc.policy import Policy
 from amc.prune import check_criterion, prune_model
-from amc.scores import Score, check_score, finetune_steps, reconstruct
+from amc.scores import Score, check_score, finetune_samples, finetune_steps, reconstruct
+from amc.streaming import take
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +151,12 @@ def validate(model: nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: in
 class PolicyEvaluator:
     """The local :class:`Evaluator`: holds the base model and data once, evaluates policies on copies.
 
+    Everything it evaluates on is gathered into memory once, on the model's device: the BatchNorm and
+    calibration batches, the validation subset and (for ``finetune:K``) the fine-tuning samples. A
+    streamed dataset (:mod:`amc.userdata`) is read for those items only.
+
     Args:
-        model: The trained base model (not modified).
+        model: The trained base model (not modified), on the device candidates are evaluated on.
         graph: Its :class:`~amc.layers.LayerGraph`.
         data: The dataset splits; only ``train`` (BN/calibration batches) and ``val`` are touched.
         config: Evaluation settings.
@@ -160,19 +166,30 @@ class PolicyEvaluator:
         self.model = model.eval()
         self.graph = graph
         self.config = config
+        self.device = device = model_device(model)
         generator = torch.Generator().manual_seed(config.seed)
-        x_train, y_train = data.train.tensors
-        order = torch.randperm(len(y_train), generator=generator)
-        n_bn = min(len(y_train), config.bn_batches * config.bn_batch_size)
-        self._bn_batches = list(x_train[order[:n_bn]].split(config.bn_batch_size)) if config.bn_batches else []
-        calib = order[: config.calibration_size]
-        self._calibration = (x_train[calib], y_train[calib])
+        n_train = len(data.train)
+        order = torch.randperm(n_train, generator=generator)
+        n_bn = min(n_train, config.bn_batches * config.bn_batch_size) if config.bn_batches else 0
+        n_first = max(n_bn, min(n_train, config.calibration_size))
+        x_first, y_first = take(data.train, order[:n_first])  # the BN batches, then the calibration batch
+        self._bn_batches = list(x_first[:n_bn].to(device).split(config.bn_batch_size)) if n_bn else []
+        self._calibration = (x_first[: config.calibration_size].to(device), y_first[: config.calibration_size].to(device))
         self._score = Score.parse(config.score)
         self._train = data.train if self._score.kind == "finetune" else None
-        self._reconstruct_inputs = x_train[order[-config.reconstruct_images:]]  # apart from the BN batches
-        x_val, y_val = data.val.tensors
-        limit = config.val_limit or len(y_val)
-        self._val = (x_val[:limit], y_val[:limit])
+        self._finetune = (finetune_samples(data.train, steps=self._score.steps, seed=config.seed)
+                          if self._score.kind == "finetune" else None)
+        self._train_set = data.train
+        self._reconstruct_order = order[-config.reconstruct_images:]  # apart from the BN batches
+        self._reconstruct = None
+        if self._score.kind == "reconstruct" or data.in_memory:
+            self._reconstruct = take(data.train, self._reconstruct_order)[0].to(device)
+        limit = min(config.val_limit or len(data.val), len(data.val))
+        x_val, y_val = take(data.val, range(limit))
+        if len(y_val) and (int(y_val.min()) < 0 or int(y_val.max()) >= data.num_classes):
+            raise DataError(f"the validation labels of {data.name} lie in [{int(y_val.min())}, {int(y_val.max())}]; "
+                            f"labels must be class indices in [0, {data.num_classes - 1}]")
+        self._val = (x_val.to(device), y_val.to(device))
         self._cache: dict[tuple[int, ...], EvalResult] = {}
         self._member_numel = [
             [model.get_submodule(n).weight.numel() for n in spec.members
@@ -189,6 +206,13 @@ class PolicyEvaluator:
     def bn_batches(self) -> list[Tensor]:
         """The training batches adaptive BN re-estimates statistics on."""
         return list(self._bn_batches)
+
+    @property
+    def _reconstruct_inputs(self) -> Tensor:
+        """The training images the ``reconstruct`` score fits on (gathered on first use for a streamed dataset)."""
+        if self._reconstruct is None:
+            self._reconstruct = take(self._train_set, self._reconstruct_order)[0].to(self.device)
+        return self._reconstruct
 
     @property
     def val_size(self) -> int:
@@ -224,7 +248,7 @@ class PolicyEvaluator:
             recalibrate_bn(pruned, self._bn_batches)
         elif self._score.kind == "finetune":
             finetune_steps(pruned, self._train, steps=self._score.steps, seed=self.config.seed,
-                           teacher=self.model if self._score.distill else None)
+                           teacher=self.model if self._score.distill else None, samples=self._finetune)
         return validate(pruned, *self._val, batch_size=self.config.batch_size)
 
     def evaluate(self, policy: Policy | Sequence[float]) -> EvalResult:

@@ -42,9 +42,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def export_program(model: nn.Module, example: Tensor, *, fold: bool = True) -> torch.export.ExportedProgram:
     """``model`` as a ``torch.export`` program with a dynamic batch dimension (batch norm folded when ``fold``).
 
-    The program is made from an eval-mode copy: ``model`` is not modified.
+    The program is made from an eval-mode copy on the CPU (a model trained or pruned on a GPU exports a
+    CPU program): ``model`` is not modified.
     """
-    model = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
+    model = (fold_batchnorm(model) if fold else copy.deepcopy(model).eval()).cpu()
+    example = example.cpu()
     batch = torch.export.Dim("batch", min=1, max=65536)
     return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
@@ -69,7 +71,9 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike, *, o
 
     Uses the TorchScript-based exporter, which needs no extra package; onnxruntime runs the file.
     """
-    model = model.eval()
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).cpu()  # exported from the CPU, like export_program
+    model, example = model.eval(), example.cpu()
     path = Path(path)
     tmp = path.with_suffix(".tmp.onnx")
     with warnings.catch_warnings():

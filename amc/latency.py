@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -64,7 +65,7 @@ class LatencyConfig:
     Attributes:
         batch_size: Batch size the latency is measured (and the budget meant) at.
         threads: CPU threads while timing (None: ``torch.get_num_threads()`` when the table is built).
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         grid: Grid points per channel dimension (every count when fewer are reachable).
         min_run_time: Seconds of timing per table entry.
         model_run_time: Seconds of timing per whole-model calibration sample.
@@ -95,10 +96,10 @@ class LatencyConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ConfigError(f"latency threads must be a positive integer or None, got {self.threads!r}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown latency device {self.device!r}: use one of {DEVICES}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("latency device 'cuda' is not available on this machine: use device 'cpu'")
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):
+            raise ConfigError(f"unknown latency device {self.device!r}: use one of {DEVICES} (or cuda:N)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"latency device {self.device!r} is not available on this machine: use device 'cpu'")
         if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 2:
             raise ConfigError(f"latency grid must be an integer >= 2, got {self.grid!r}")
         if not self.min_run_time > 0 or not self.model_run_time > 0:
@@ -138,8 +139,8 @@ def keep_freed_memory() -> bool:
 
 def device_name(device: str = "cpu") -> str:
     """A description of the timing device that goes into the cache key."""
-    if device == "cuda":
-        return f"cuda:{torch.cuda.get_device_name()}"
+    if device.startswith("cuda"):
+        return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amc.choices import CRITERIA
 from amc.cost import GRANULARITIES
 from amc.errors import PolicyError
 from amc.layers import LayerGraph
-from amc.prune import CRITERIA
 
 RESOURCES = ("flops", "params", "latency")
 

@@ -30,13 +30,13 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.utils import prune as tprune
 
+from amc.choices import CRITERIA
 from amc.cost import GRANULARITIES, weights_kept
 from amc.errors import ConfigError
 from amc.layers import LayerGraph
 
 log = logging.getLogger(__name__)
 
-CRITERIA = ("l1", "l2", "random", "taylor", "apoz", "obd")
 _NEEDS_DATA = ("taylor", "apoz", "obd")
 OBD_MICRO_BATCH = 8  # samples per gradient in the empirical Fisher
 
@@ -165,9 +165,8 @@ def _channel_scores(group, criterion: str, n: int, scores: Tensor | None, genera
 
 
 def _prune_channels(model, graph, channels, criterion, scores, generator, kept: dict[str, list[int]]) -> None:
-    dg = tp.DependencyGraph().build_dependency(
-        model, torch.zeros(1, *graph.input_shape), verbose=False
-    )
+    example = torch.zeros(1, *graph.input_shape, device=next(model.parameters()).device)
+    dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)
     for spec, n_keep in zip(graph.layers, channels):
         kept[spec.name] = list(range(spec.out_channels))
         if n_keep == spec.out_channels:
@@ -222,7 +221,7 @@ def _prune_weights(model, graph, keep, criterion, scores, generator, bake) -> No
             weight = module.weight  # (out, in/groups, kh, kw) or (out, in)
             amount = weight.numel() - weights_kept(ratio, weight.numel())
             if criterion == "random":
-                importance = torch.rand(weight.shape, generator=generator)
+                importance = torch.rand(weight.shape, generator=generator).to(weight.device)
             elif criterion == "taylor":
                 importance = (weight * weight.grad).abs()
             elif criterion == "obd":

@@ -19,70 +19,46 @@ The base model is never modified, and every score is deterministic for a given s
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
-from amc.errors import ConfigError
+from amc.choices import SCORE_CHOICES, Score, check_score  # noqa: F401 (re-exported)
 
-SCORE_CHOICES = ("bn", "reconstruct", "finetune:K", "finetune:K+kd")
-_FINETUNE = re.compile(r"finetune:(\d+)(\+kd)?")
 FINETUNE_BATCH = 64
 FINETUNE_LR = 0.01
 
 
-@dataclass(frozen=True)
-class Score:
-    """A parsed candidate score: ``kind`` ``"bn"``, ``"reconstruct"`` or ``"finetune"``."""
+def finetune_samples(train_set: Dataset, *, steps: int, seed: int) -> TensorDataset:
+    """The ``steps * 64`` seeded training samples (drawn with replacement: any K) that ``finetune:K`` trains on.
 
-    kind: str = "bn"
-    steps: int = 0
-    distill: bool = False
+    The same samples for every candidate: an evaluator gathers them once (a streamed dataset is read once).
+    """
+    from amc.streaming import take
 
-    @classmethod
-    def parse(cls, text: str) -> Score:
-        """``bn``, ``reconstruct``, ``finetune:K`` or ``finetune:K+kd`` (K >= 1 SGD steps).
-
-        Raises:
-            ConfigError: Any other value; the message lists the choices.
-        """
-        if text in ("bn", "reconstruct"):
-            return cls(kind=text)
-        match = _FINETUNE.fullmatch(str(text))
-        if match and int(match.group(1)) >= 1:
-            return cls(kind="finetune", steps=int(match.group(1)), distill=bool(match.group(2)))
-        raise ConfigError(f"unknown score {text!r}: use one of {', '.join(SCORE_CHOICES)} (K >= 1 SGD steps, "
-                          "e.g. finetune:20+kd)")
-
-    def __str__(self) -> str:
-        if self.kind == "finetune":
-            return f"finetune:{self.steps}" + ("+kd" if self.distill else "")
-        return self.kind
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randint(len(train_set), (steps * FINETUNE_BATCH,), generator=generator)
+    return TensorDataset(*take(train_set, order))
 
 
-def check_score(text: str) -> str:
-    """The canonical spelling of a score, or :class:`ConfigError`."""
-    return str(Score.parse(text))
+def finetune_steps(model: nn.Module, train_set: Dataset, *, steps: int, seed: int,
+                   teacher: nn.Module | None = None, samples: TensorDataset | None = None) -> nn.Module:
+    """``steps`` SGD steps of :func:`amc.train.train` on ``steps * 64`` seeded training samples, in place.
 
-
-def finetune_steps(model: nn.Module, train_set: TensorDataset, *, steps: int, seed: int,
-                   teacher: nn.Module | None = None) -> nn.Module:
-    """``steps`` SGD steps of :func:`amc.train.train` on ``steps * 64`` seeded training samples, in place."""
+    ``samples``: those samples gathered before (:func:`finetune_samples`), so they are not read again.
+    """
     from amc.train import TrainConfig, train
 
-    x, y = train_set.tensors
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randint(len(y), (steps * FINETUNE_BATCH,), generator=generator)  # with replacement: any K
+    if samples is None:
+        samples = finetune_samples(train_set, steps=steps, seed=seed)
     config = TrainConfig(epochs=1, batch_size=FINETUNE_BATCH, lr=FINETUNE_LR, schedule="cosine", shift=0,
                          weight_decay=0.0)
     with torch.random.fork_rng():  # dropout draws from the global generator: seed it, leave the caller's alone
         torch.manual_seed(seed)
-        return train(model, TensorDataset(x[order], y[order]), config, seed=seed, teacher=teacher, progress=False)
+        return train(model, samples, config, seed=seed, teacher=teacher, progress=False)
 
 
 def reconstruct(pruned: nn.Module, base: nn.Module, targets: Mapping[str, Sequence[int] | None], inputs: Tensor, *,
@@ -148,7 +124,7 @@ def _samples(layer: nn.Module, x: Tensor, y: Tensor, points: int, generator) -> 
     patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
                        stride=layer.stride)  # (N, in*kh*kw, L)
     n, _, positions = patches.shape
-    pick = torch.stack([torch.randperm(positions, generator=generator)[:points] for _ in range(n)])  # (N, P)
+    pick = torch.stack([torch.randperm(positions, generator=generator)[:points] for _ in range(n)]).to(x.device)  # (N, P)
     feats = patches.gather(2, pick[:, None, :].expand(-1, patches.shape[1], -1))  # (N, F, P)
     target = y.flatten(2).gather(2, pick[:, None, :].expand(-1, y.shape[1], -1))  # (N, out, P)
     return feats.permute(0, 2, 1).reshape(-1, patches.shape[1]), target.permute(0, 2, 1).reshape(-1, y.shape[1])
@@ -158,12 +134,12 @@ def _refit(layer: nn.Module, features: Tensor, target: Tensor, ridge: float) -> 
     """Ridge regression of ``[W | b]`` towards its current value: (A^T A + l I)^-1 (A^T Y + l W0)."""
     weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # (out, F)
     has_bias = layer.bias is not None
-    a = torch.cat([features, torch.ones(len(features), 1)], 1) if has_bias else features  # (S, F+1)
+    a = torch.cat([features, features.new_ones(len(features), 1)], 1) if has_bias else features  # (S, F+1)
     w0 = torch.cat([weight, layer.bias.detach()[:, None]], 1) if has_bias else weight  # (out, F+1)
     a64, y64, w64 = a.double(), target.double(), w0.double()
     normal = a64.T @ a64
     lam = ridge * float(normal.diagonal().mean()) + 1e-12
-    solved = torch.linalg.solve(normal + lam * torch.eye(len(normal), dtype=torch.float64),
+    solved = torch.linalg.solve(normal + lam * torch.eye(len(normal), dtype=torch.float64, device=normal.device),
                                 a64.T @ y64 + lam * w64.T).T.to(weight.dtype)  # (out, F+1)
     with torch.no_grad():
         layer.weight.copy_(solved[:, : weight.shape[1]].reshape(layer.weight.shape))

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 from amc.data import DataSplits
+from amc.device import model_device
 from amc.errors import ConfigError, ModelError
 from amc.layers import fingerprint
 from amc.models import build_model
@@ -66,17 +67,20 @@ def default_cache_dir() -> Path:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on a tensor dataset."""
-    inputs, labels = dataset.tensors
+def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on a dataset, on the model's device.
+
+    A ``TensorDataset`` is sliced; any other dataset is streamed (:func:`amc.streaming.batches`).
+    """
+    from amc.streaming import batches
+
     was_training = model.training
     model.eval()
     correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(inputs[start : start + batch_size])
-        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    for x, y in batches(dataset, batch_size, device=model_device(model)):
+        correct += int((model(x).argmax(1) == y).sum())
     model.train(was_training)
-    return correct / len(labels)
+    return correct / len(dataset)
 
 
 def _shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -91,7 +95,7 @@ def _shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
 
 def train(
     model: nn.Module,
-    train_set: TensorDataset,
+    train_set: Dataset,
     config: TrainConfig = TrainConfig(),
     *,
     seed: int = 0,
@@ -104,8 +108,9 @@ def train(
     """Trains ``model`` in place and returns it (in eval mode).
 
     Args:
-        model: The model to train.
-        train_set: Tensor dataset of (inputs, labels).
+        model: The model to train, on the device it is on.
+        train_set: Dataset of (inputs, labels): a ``TensorDataset`` is sliced, any other dataset is
+            streamed through a ``DataLoader`` in the same seeded order (:func:`amc.streaming.batches`).
         config: Optimiser settings.
         seed: Seeds shuffling, augmentation and initial state, for reproducible training.
         teacher: Optional model to distil from (KL on soft targets, Hinton et al., 2015).
@@ -115,11 +120,14 @@ def train(
             learning rate of the full run (the optimiser's momentum starts at zero). Used to rewind.
         on_epoch: Called with (epochs done, model, mean loss) after each epoch.
     """
-    inputs, labels = train_set.tensors
+    from amc.streaming import batches
+
+    n = len(train_set)
+    device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.momentum > 0)
-    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -129,8 +137,8 @@ def train(
     with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended while replaying
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(start_epoch):
-            torch.randperm(len(labels), generator=generator)
-            for _ in range(0, len(labels), config.batch_size):
+            torch.randperm(n, generator=generator)
+            for _ in range(0, n, config.batch_size):
                 if config.shift:
                     torch.randint(-config.shift, config.shift + 1, (2,), generator=generator)  # as _shift draws
                 scheduler.step()
@@ -140,13 +148,12 @@ def train(
     with progress_bar(enabled=progress) as bar:
         task = bar.add_task(description, total=config.epochs, completed=start_epoch, status="")
         for epoch in range(start_epoch, config.epochs):
-            order = torch.randperm(len(labels), generator=generator)
+            order = torch.randperm(n, generator=generator)
             total_loss = 0.0
-            for start in range(0, len(labels), config.batch_size):
-                idx = order[start : start + config.batch_size]
-                x = _shift(inputs[idx], config.shift, generator)
+            for x, y in batches(train_set, config.batch_size, order=order, device=device):
+                x = _shift(x, config.shift, generator)
                 logits = model(x)
-                loss = F.cross_entropy(logits, labels[idx], label_smoothing=config.label_smoothing)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 if teacher is not None:
                     with torch.no_grad():
                         soft = F.softmax(teacher(x) / 4.0, dim=1)
@@ -155,10 +162,10 @@ def train(
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                total_loss += loss.item() * len(idx)
-            bar.update(task, advance=1, status=f"loss {total_loss / len(labels):.4f}")
+                total_loss += loss.item() * len(y)
+            bar.update(task, advance=1, status=f"loss {total_loss / n:.4f}")
             if on_epoch is not None:
-                on_epoch(epoch + 1, model, total_loss / len(labels))
+                on_epoch(epoch + 1, model, total_loss / n)
     return model.eval()
 
 
@@ -215,11 +222,13 @@ def load_or_train(
     cache_dir: str | os.PathLike | None = None,
     model_kwargs: dict | None = None,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[nn.Module, TrainResult]:
-    """Returns a trained base model, from the cache when the same model, data, seed and config exist.
+    """Returns a trained base model on ``device``, from the cache when the same model, data, seed and config exist.
 
-    The cache file is ``<cache_dir>/<model>-<key>.pt`` (a ``state_dict``, loaded with
-    ``weights_only=True``); a corrupt or foreign file is retrained and overwritten, never trusted.
+    The cache file is ``<cache_dir>/<model>-<key>.pt`` (a ``state_dict`` saved from the CPU, loaded with
+    ``weights_only=True``); a corrupt or foreign file is retrained and overwritten, never trusted. The
+    key does not depend on ``device``: a model trained on a GPU is found again on the CPU.
     """
     model_kwargs = dict(model_kwargs or {})
     c, _, _ = data.input_shape
@@ -233,15 +242,17 @@ def load_or_train(
         try:
             load_checkpoint(model, path)
             log.info("loaded cached base model %s", path)
+            model.to(device)
             return model, _result(model, data, time.perf_counter() - start, True, path)
         except ModelError as exc:
             log.warning("ignoring unusable cached model (%s); retraining", exc)
     log.info("training %s on %s (seed %d, %d epochs)", model_name, data.name, seed, config.epochs)
+    model.to(device)
     train(model, data.train, config, seed=seed, progress=progress, description=f"training {model_name}")
     seconds = time.perf_counter() - start
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
     return model, _result(model, data, seconds, False, path)
 

@@ -14,21 +14,37 @@ max_episode_steps=N)``, or from parts you built yourself
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
 from amc.errors import ConfigError
-
-from envs.projection import BudgetProjector, check_budget
-from envs.pruning_env import OBS_FEATURES, PruningEnv, check_render_mode
 from envs.rewards import REWARDS, RewardInput, get_reward
 
+if TYPE_CHECKING:
+    from envs.projection import BudgetProjector, check_budget
+    from envs.pruning_env import OBS_FEATURES, PruningEnv
+
 ENV_ID = "amc/ChannelPruning-v0"
+# Imported on first use (PEP 562): ``envs.rewards`` and the registration stay free of torch, so the
+# command lines can list the rewards without importing it.
+_LAZY = {"BudgetProjector": "envs.projection", "check_budget": "envs.projection", "OBS_FEATURES": "envs.pruning_env",
+         "PruningEnv": "envs.pruning_env", "check_render_mode": "envs.pruning_env"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'envs' has no attribute {name!r}")
 
 
 def _entry_point(**kwargs: Any) -> PruningEnv:
     """Gymnasium entry point: from ready parts (``graph=...``) or from names (``model=...``)."""
+    from envs.pruning_env import PruningEnv, check_render_mode
+
     if "graph" in kwargs:
         return PruningEnv(**kwargs)
     from amc.context import ContextConfig, build_context

@@ -6,13 +6,22 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from amc.context import ContextConfig
 from amc.errors import ConfigError
+
+if TYPE_CHECKING:  # imported when a config is built: the CLI lists the choices below without torch
+    from amc.context import ContextConfig
 
 STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform", "sensitivity")
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
 RESOURCES = ("flops", "params", "latency")
+
+
+def _default_context() -> ContextConfig:
+    from amc.context import ContextConfig
+
+    return ContextConfig()
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class SearchConfig:
         workers: Parallel evaluation workers (Ray actors); None with ``ray_address``: one per
             ``threads_per_worker`` CPUs of the cluster.
         threads_per_worker: Torch threads (and CPUs reserved) per worker.
+        gpus_per_worker: GPUs each worker reserves with ``--device cuda`` (fractions share one GPU; None:
+            an equal share of the GPUs Ray sees, at most one per worker).
         ray_address: Ray cluster to join (``auto`` or ``host:port``); None: a local Ray instance is started
             only when ``workers > 1``.
         seed: Seed of the search strategy (None: ``context.seed``, which also seeds the data splits and
@@ -56,18 +67,19 @@ class SearchConfig:
     out: str = "runs/latest"
     resume: bool = False
     storage: str | None = None
-    context: ContextConfig = field(default_factory=ContextConfig)
+    context: ContextConfig = field(default_factory=_default_context)
     progress: bool = True
     export: bool = True
     workers: int | None = 1
     threads_per_worker: int = 1
+    gpus_per_worker: float | None = None
     ray_address: str | None = None
     seed: int | None = None
     ladder: tuple[str, ...] = ()
     ladder_top_k: int = 8
 
     def __post_init__(self) -> None:
-        from amc.scores import check_score
+        from amc.choices import check_score
 
         object.__setattr__(self, "ladder", tuple(check_score(s) for s in self.ladder))
         if isinstance(self.ladder_top_k, bool) or not isinstance(self.ladder_top_k, int) or self.ladder_top_k < 1:
@@ -104,6 +116,10 @@ class SearchConfig:
             raise ConfigError(f"search seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be a positive integer, got {self.threads_per_worker!r}")
+        if self.gpus_per_worker is not None:
+            from search.parallel import check_gpus_per_worker
+
+            check_gpus_per_worker(self.gpus_per_worker, self.context.device)
 
     def to_dict(self) -> dict:
         """The settings as JSON values (other objects as strings): what a run's ``config.json`` records."""

@@ -12,11 +12,16 @@ What AMC does that SB3's DDPG does not is added through SB3's own extension poin
 
 Actor and critic: 300x300; tau 0.01; gamma 1.0; batch 64; replay buffer 100 x layers transitions;
 warm-up episodes of uniform random actions; networks updated once per transition at each episode end.
+
+With a run folder, :class:`RLStrategy` checkpoints the agent after every episode and a resumed search
+continues it (:mod:`search.rl_checkpoint`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,11 +31,18 @@ from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.vec_env import DummyVecEnv
 
-from amc.evaluate import EvalResult
 from envs import PruningEnv
 from search.problem import SearchProblem
+from search.rl_checkpoint import (
+    CheckpointCallback,
+    CheckpointInfo,
+    ResumePoint,
+    check_compatible,
+    load_checkpoint,
+    read_info,
+)
+from search.rl_envs import BatchedVecEnv, PrefetchEvaluator, ReplayEvaluator
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +107,16 @@ class TruncatedNormalNoise(ActionNoise):
     def __call__(self) -> np.ndarray:  # ActionNoise API: plain zero-mean noise (unused by AMCDDPG)
         return self._rng.normal(0.0, self.sigma, size=1).astype(np.float32)
 
+    def get_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: sigma, the episodes counted and the generator's position."""
+        return {"sigma": self.sigma, "episodes": self.episodes, "rng": self._rng.bit_generator.state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`get_state`; the next ``reset()`` is again ``learn()``'s start, not an episode end."""
+        self.sigma, self.episodes = float(state["sigma"]), int(state["episodes"])
+        self._rng.bit_generator.state = state["rng"]
+        self._learning = False
+
     def reset(self, indices=None) -> None:  # SB3 passes indices=[i] per finished env with several envs
         if not self._learning:
             # SB3's learn() calls reset() once before the first step: that is no episode end.
@@ -155,6 +177,9 @@ class AMCTD3(_AMCMixin, TD3):
     """TD3 with AMC's episode reward, exploration and learning rates."""
 
 
+AGENTS = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": SAC}
+
+
 def build_agent(kind: str, env, *, n_layers: int, warmup_episodes: int, seed: int, n_envs: int = 1) -> Any:
     """The SB3 agent for ``kind`` in ("ddpg", "td3", "sac") on ``env``, configured as AMC.
 
@@ -184,67 +209,32 @@ def build_agent(kind: str, env, *, n_layers: int, warmup_episodes: int, seed: in
                policy_kwargs=dict(net_arch=dict(pi=[300, 300], qf=[300, 300])), **common)
 
 
-class PrefetchEvaluator:
-    """The evaluator of N parallel environments: their terminal policies are evaluated in one batch.
+class RLStrategy:
+    """Runs an SB3 agent on :class:`~envs.PruningEnv`; each episode is one evaluation.
 
-    :class:`BatchedVecEnv` hands over the policies the current actions will finish; they are evaluated
-    together (e.g. on a Ray pool) before the environments step, and each environment then picks up its
-    own result. Policies beyond the evaluation budget (the last round of a run whose count is not a
-    multiple of N) are not evaluated or recorded; their episodes get the batch's mean accuracy.
+    Args:
+        kind: ``ddpg``, ``td3`` or ``sac``.
+        warmup_episodes: Episodes of random actions before learning starts.
+        min_keep, max_keep, reward: The environment's settings.
+        n_envs: Parallel environments (their terminal policies are evaluated in one batch).
+        checkpoint_dir: Where the agent is checkpointed after every episode (the run's ``agent/``); a
+            run whose problem holds earlier records continues the agent found there. None: no checkpoints.
+        checkpoint_interval: Seconds at least between two checkpoints after the first (0: every episode).
+            Rows recorded after the last checkpoint are replayed on resume, so a longer interval loses nothing;
+            it only bounds the cost of writing (20-50 ms a checkpoint on the digits cnn).
     """
 
-    def __init__(self, problem: SearchProblem, limit: int) -> None:
-        self.problem = problem
-        self.limit = limit  # evaluations this strategy may still record
-        self._ready: dict[tuple[float, ...], list[EvalResult]] = {}
-
-    def prefetch(self, policies: list) -> None:
-        evaluated = policies[: self.limit]
-        results = self.problem.evaluate_many(evaluated) if evaluated else []
-        self.limit -= len(evaluated)
-        if len(policies) > len(evaluated):
-            mean = float(np.mean([r.accuracy for r in results])) if results else 0.0
-            results = results + [EvalResult(mean, float("nan"), (), 0.0, 0.0, cached=True)] * (
-                len(policies) - len(evaluated))
-        for policy, result in zip(policies, results):
-            self._ready.setdefault(tuple(policy.keep.values()), []).append(result)
-
-    def evaluate(self, policy) -> EvalResult:
-        waiting = self._ready.get(tuple(policy.keep.values()))
-        if waiting:
-            return waiting.pop(0)
-        self.limit -= 1
-        return self.problem.evaluate(policy)
-
-    def evaluate_many(self, policies) -> list[EvalResult]:
-        return [self.evaluate(p) for p in policies]
-
-
-class BatchedVecEnv(DummyVecEnv):
-    """``DummyVecEnv`` that evaluates all environments' finished policies in one batch per step."""
-
-    def __init__(self, env_fns, prefetch: PrefetchEvaluator) -> None:
-        super().__init__(env_fns)
-        self.prefetch = prefetch
-
-    def step_wait(self):
-        previews = [env.unwrapped.preview(action) for env, action in zip(self.envs, self.actions)]
-        finished = [p for p in previews if p is not None]
-        if finished:
-            self.prefetch.prefetch(finished)
-        return super().step_wait()
-
-
-class RLStrategy:
-    """Runs an SB3 agent on :class:`~envs.PruningEnv`; each episode is one evaluation."""
-
     def __init__(self, kind: str = "ddpg", *, warmup_episodes: int = 100, min_keep: float = 0.2,
-                 max_keep: float = 1.0, reward: str = "acc", n_envs: int = 1) -> None:
+                 max_keep: float = 1.0, reward: str = "acc", n_envs: int = 1,
+                 checkpoint_dir: str | os.PathLike | None = None, checkpoint_interval: float = 0.0) -> None:
         self.name = kind
+        self.checkpoint_interval = checkpoint_interval
         self.n_envs = n_envs
         self.kind = kind
         self.warmup_episodes = warmup_episodes
         self.min_keep, self.max_keep, self.reward = min_keep, max_keep, reward
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.resumed: CheckpointInfo | None = None  # the checkpoint the last run() continued
 
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
         torch.manual_seed(seed)
@@ -255,13 +245,39 @@ class RLStrategy:
                               criterion=problem.criterion, granularity=problem.granularity)
 
         n_layers = len(problem.graph)
-        warmup = min(self.warmup_episodes, evaluations)
+        self.resumed = info = self._checkpoint_to_resume(problem, n_layers)
+        pending = list(problem.records[info.evaluations:]) if info else []  # rows the checkpoint has not seen
         if self.n_envs == 1:
-            env = make_env(problem)
+            evaluator = ReplayEvaluator(problem, pending)
+            env = make_env(evaluator)
         else:
-            prefetch = PrefetchEvaluator(problem, evaluations)
-            env = BatchedVecEnv([lambda: make_env(prefetch)] * self.n_envs, prefetch)
-        agent = build_agent(self.kind, env, n_layers=n_layers, warmup_episodes=warmup, seed=seed,
-                            n_envs=self.n_envs)
-        agent.learn(total_timesteps=evaluations * n_layers)
+            evaluator = PrefetchEvaluator(problem, evaluations, pending=pending)
+            env = BatchedVecEnv([lambda: make_env(evaluator)] * self.n_envs, evaluator)
+        resumes: tuple[ResumePoint, ...] = ()
+        if info is None:
+            agent = build_agent(self.kind, env, n_layers=n_layers, warmup_episodes=min(self.warmup_episodes,
+                                evaluations), seed=seed, n_envs=self.n_envs)
+        else:
+            agent = load_checkpoint(self.checkpoint_dir, AGENTS[self.kind], env)
+            resumes = (*info.resumes, ResumePoint(info.evaluations, int(agent.num_timesteps), len(pending)))
+            log.info("resuming the %s agent of %s after %d evaluations (%d steps, %d transitions); %d later "
+                     "rows of history.csv are replayed, not evaluated again", self.kind, self.checkpoint_dir,
+                     info.evaluations, info.num_timesteps, info.transitions, len(pending))
         self.agent = agent
+        callback = None if self.checkpoint_dir is None else CheckpointCallback(
+            self.checkpoint_dir, kind=self.kind, n_layers=n_layers, resumes=resumes, interval=self.checkpoint_interval,
+            evaluations=lambda: problem.count - len(evaluator.pending))
+        agent.learn(total_timesteps=(evaluations + len(pending)) * n_layers, callback=callback,
+                    reset_num_timesteps=info is None)
+
+    def _checkpoint_to_resume(self, problem: SearchProblem, n_layers: int) -> CheckpointInfo | None:
+        if self.checkpoint_dir is None or problem.count == 0:  # a fresh run overwrites any stale checkpoint
+            return None
+        info = read_info(self.checkpoint_dir)
+        if info is None:
+            log.warning("no agent checkpoint in %s (a run folder from before checkpoints): the %s search goes "
+                        "on with a fresh agent", self.checkpoint_dir, self.kind)
+            return None
+        check_compatible(info, self.checkpoint_dir, kind=self.kind, n_envs=self.n_envs, n_layers=n_layers,
+                         recorded=problem.count)
+        return info

@@ -120,7 +120,7 @@ def _accuracies(ctx: Context, problem: SearchProblem, pruned, uniform: Sequence[
 def _export(pruned, ctx: Context, out: Path) -> Path | None:
     """Writes ``pruned.pt2``; an export that fails is logged and the search's results are written anyway."""
     try:
-        return export_pt2(pruned, ctx.data.val.tensors[0][:2], out / "pruned.pt2")
+        return export_pt2(pruned, ctx.example(2), out / "pruned.pt2")
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the search result must survive
         log.error("pruned.pt2 not written: torch.export failed (%s: %s). policy.json is written; apply it with "
                   "scripts/apply_policy.py --no-export, or make the model's forward exportable",
@@ -141,7 +141,7 @@ def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: floa
     cfg = ctx.config.latency
     models = {"base": ctx.model, "pruned": pruned}
     if exported is not None:
-        models["base_exported"] = export_program(ctx.model, ctx.data.val.tensors[0][:2]).module()
+        models["base_exported"] = export_program(ctx.model, ctx.example(2)).module()
         models["pruned_exported"] = torch.export.load(exported).module()
     measured = compare_latency(models, ctx.graph.input_shape, batch_size=cfg.batch_size,
                                threads=cfg.resolved_threads(), device=cfg.device, repeats=cfg.calibration_rounds,

@@ -13,6 +13,7 @@ it running, and lets the cluster's resources decide where actors go.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -34,6 +35,31 @@ START_TIMEOUT_S = 600
 
 class WorkerError(AmcError):
     """Evaluation workers cannot be started or keep dying."""
+
+
+def check_gpus_per_worker(gpus: float, device: str) -> float:
+    """``gpus`` when it is a share Ray can give (0 < g <= 1, or a whole number) and the device is a GPU.
+
+    Raises:
+        ConfigError: A negative or unusable share, or a share with ``--device cpu``.
+    """
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or math.isnan(gpus) or gpus < 0:
+        raise ConfigError(f"--gpus-per-worker must be a number >= 0, got {gpus!r}")
+    if gpus > 1 and gpus != int(gpus):
+        raise ConfigError(f"--gpus-per-worker {gpus:g}: a share above 1 must be a whole number of GPUs (Ray's rule)")
+    if gpus and not device.startswith("cuda"):
+        raise ConfigError(f"--gpus-per-worker {gpus:g} needs --device cuda: on --device {device} the workers use no GPU")
+    return float(gpus)
+
+
+def default_gpus_per_worker(device: str, workers: int, available: float) -> float:
+    """An equal share of the ``available`` GPUs for each of ``workers`` (at most one each); 0 on the CPU."""
+    if not device.startswith("cuda"):
+        return 0.0
+    if available <= 0:
+        raise ConfigError(f"--device {device} with Ray workers: the Ray instance has no GPU; use --device cpu or add "
+                          "GPU nodes")
+    return min(1.0, math.floor(10000 * available / workers) / 10000)  # Ray counts GPU shares in 1/10000
 
 
 def _cause(exc: BaseException) -> str:
@@ -58,8 +84,8 @@ def check_address(address: str, *, timeout: float = 5.0) -> None:
         ) from None
 
 
-def init_ray(*, address: str | None, num_cpus: int | None) -> str | None:
-    """Connects to (``address``) or starts a local Ray instance.
+def init_ray(*, address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> str | None:
+    """Connects to (``address``) or starts a local Ray instance (with ``num_gpus`` GPUs; None: Ray counts them).
 
     Returns the temp dir of the instance this call started (None when it joined or found one running).
     """
@@ -82,8 +108,9 @@ def init_ray(*, address: str | None, num_cpus: int | None) -> str | None:
     # Local workers import this project by module name: let them find it from any working directory.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             logging_level=logging.WARNING, _temp_dir=temp_dir, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, logging_level=logging.WARNING, _temp_dir=temp_dir,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
     return temp_dir
 
 
@@ -95,11 +122,16 @@ def _actor_class():
         """Builds the evaluation context once; then only evaluates policies."""
 
         def __init__(self, config: ContextConfig, threads: int, state_dict: dict | None) -> None:
+            import dataclasses
+
             import torch
 
             from amc.context import build_context
 
             torch.set_num_threads(threads)
+            if config.device.startswith("cuda") and ray.get_gpu_ids():
+                # Ray shows this actor only the GPU it was given (CUDA_VISIBLE_DEVICES): that one is cuda:0 here.
+                config = dataclasses.replace(config, device="cuda")
             self.context = build_context(config, progress=False, state_dict=state_dict)
             # Warm-up (allocator, kernels) before the first real policy, so it is not slower than the rest.
             self.context.evaluator.evaluate([1.0] * len(self.context.graph))
@@ -121,34 +153,54 @@ class RayEvaluatorPool:
             should already be in the cache (or given as a checkpoint) so actors do not each train it.
         workers: Number of actors.
         threads_per_worker: Torch threads of each actor (and the CPUs it reserves).
+        gpus_per_worker: GPUs each actor reserves (fractions share a GPU: 0.5 puts two actors on one);
+            the actor evaluates on the GPU Ray gives it. 0 with a ``cuda`` device: every actor uses
+            ``config.device`` without reserving it.
         address: Ray cluster to join (``"auto"`` or ``host:port``); None starts a local instance.
         key: Cache key of a policy (e.g. ``PolicyEvaluator.key``); repeated keys are not re-evaluated.
         state_dict: Base-model weights shipped to every actor (instead of each loading or training it).
     """
 
     def __init__(self, config: ContextConfig, *, workers: int = 2, threads_per_worker: int = 1,
-                 address: str | None = None, key: Callable[[Policy], Any] | None = None,
-                 state_dict: dict | None = None) -> None:
+                 gpus_per_worker: float = 0.0, address: str | None = None,
+                 key: Callable[[Policy], Any] | None = None, state_dict: dict | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"--workers must be a positive integer, got {workers!r}")
         if threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be a positive integer, got {threads_per_worker!r}")
+        check_gpus_per_worker(gpus_per_worker, config.device)
         import ray
 
         self._ray = ray
         self.config = config
         self.threads = threads_per_worker
+        self.gpus = gpus_per_worker
+        gpus_needed = workers * gpus_per_worker
+        if address is None and not ray.is_initialized() and gpus_needed:
+            import torch
+
+            local = torch.cuda.device_count()
+            if gpus_needed > local + 1e-9:
+                raise ConfigError(f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g} needs {gpus_needed:g} "
+                                  f"GPUs but this machine has {local}; use fewer workers or a smaller share")
         self._temp_dir = init_ray(address=address, num_cpus=None if address else workers * threads_per_worker)
         self.started_ray = self._temp_dir is not None
         if not self.started_ray:  # joined a cluster or a running instance: its free CPUs must fit the pool
-            cpus = ray.available_resources().get("CPU", 0)
+            free = ray.available_resources()
+            cpus, gpus = free.get("CPU", 0), free.get("GPU", 0)
             if workers * threads_per_worker > cpus:
                 raise ConfigError(
                     f"--workers {workers} x --threads-per-worker {threads_per_worker} needs "
                     f"{workers * threads_per_worker} CPUs but the Ray instance {address or 'in this process'!r} "
                     f"has {cpus:g} free; use fewer workers or add nodes"
                 )
-        self._cls = _actor_class().options(num_cpus=threads_per_worker)
+            if gpus_needed > gpus + 1e-9:
+                raise ConfigError(
+                    f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g} needs {gpus_needed:g} GPUs but "
+                    f"the Ray instance {address or 'in this process'!r} has {gpus:g} free; use fewer workers, a "
+                    "smaller share or add GPU nodes"
+                )
+        self._cls = _actor_class().options(num_cpus=threads_per_worker, num_gpus=gpus_per_worker)
         # The base weights go to the object store once; every actor (on any node) reads them from there.
         self._state = ray.put(state_dict) if state_dict is not None else None
         self.actors = [self._new_actor() for _ in range(workers)]
@@ -165,8 +217,8 @@ class RayEvaluatorPool:
         except ray.exceptions.RayError as exc:
             self.close()
             raise WorkerError(f"evaluation workers failed to start: {_cause(exc)}") from None
-        log.info("Ray pool ready: %d workers x %d threads%s", workers, threads_per_worker,
-                 f" on {address}" if address else " (local)")
+        log.info("Ray pool ready: %d workers x %d threads%s%s", workers, threads_per_worker,
+                 f" x {gpus_per_worker:g} GPU" if gpus_per_worker else "", f" on {address}" if address else " (local)")
 
     def _new_actor(self):
         return self._cls.remote(self.config, self.threads, self._state)

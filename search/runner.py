@@ -1,9 +1,10 @@
 """One loop for every strategy: build the context, search, record; :mod:`search.outputs` writes the rest.
 
 ``runs/<name>/``: ``config.json``, ``history.csv`` (every evaluation, written as it happens),
-``policy.json`` (the best policy), ``pruned.pt2``, ``report.png``, ``run.log`` and, for Optuna,
-``study.db`` (and ``pareto.json`` for NSGA-II). Ctrl-C stops the search and still writes the outputs
-for the best policy so far; ``--resume`` continues a run from its folder.
+``policy.json`` (the best policy), ``pruned.pt2``, ``report.png``, ``run.log``, for Optuna ``study.db``
+(and ``pareto.json`` for NSGA-II), for RL ``agent/checkpoint.zip`` (:mod:`search.rl_checkpoint`). Ctrl-C
+stops the search and still writes the outputs for the best policy so far; ``--resume`` continues a run
+from its folder.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from search.problem import SearchProblem
 log = logging.getLogger(__name__)
 # Settings a resumed run must share with the original: everything that changes what is evaluated.
 _RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward", "warmup", "storage")
-_RESUME_IGNORED_CONTEXT = ("cache_dir", "data_dir")  # where things are, not what they are
+# Settings added later, absent from older runs' config.json: they had this (default) value then.
+_DEFAULTED_CONTEXT = {"dataset_kwargs": []}
+_RESUME_IGNORED_CONTEXT = ("cache_dir", "data_dir", "device", "loader_workers")  # where things are or run, not what
+CHECKPOINT_INTERVAL = 2.0  # seconds at least between RL agent checkpoints (search.rl_checkpoint)
 
 
 def prepare_out(config: SearchConfig) -> Path:
@@ -71,7 +75,7 @@ def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
     if now["context"].get("resource") != "latency":
         ignored.add("latency")  # timing settings matter only to a latency budget (runs before it lack them)
     diffs += [f"context.{k}" for k in sorted(set(saved["context"]) | set(now["context"]))
-              if k not in ignored and saved["context"].get(k) != now["context"].get(k)]
+              if k not in ignored and saved["context"].get(k, _DEFAULTED_CONTEXT.get(k)) != now["context"].get(k)]
     if diffs:
         raise ConfigError(f"--resume of {str(out)!r} with different settings {diffs}; use the run's original "
                           "settings (see its config.json) or another --out")
@@ -82,7 +86,8 @@ def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1):
         from search.ddpg import RLStrategy
 
         return RLStrategy(config.strategy, warmup_episodes=config.warmup_episodes, min_keep=config.min_keep,
-                          max_keep=config.max_keep, reward=config.reward, n_envs=batch_size)
+                          max_keep=config.max_keep, reward=config.reward, n_envs=batch_size,
+                          checkpoint_dir=out / "agent", checkpoint_interval=CHECKPOINT_INTERVAL)
     if config.strategy == "optuna":
         from search.optuna_search import OptunaStrategy
 
@@ -152,17 +157,29 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
 
 def make_pool(config: SearchConfig, ctx: Context):
     """The Ray evaluator pool for ``config`` (workers build the same context, with the driver's weights)."""
-    from search.parallel import RayEvaluatorPool, init_ray
+    from search.parallel import RayEvaluatorPool, default_gpus_per_worker, init_ray
 
     workers = config.workers
-    if config.ray_address is not None and workers is None:
+    if config.ray_address is not None:
         import ray
 
         init_ray(address=config.ray_address, num_cpus=None)
-        workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // config.threads_per_worker)
-    state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+        if workers is None:
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // config.threads_per_worker)
+    gpus = config.gpus_per_worker
+    if gpus is None:  # an equal share of the GPUs (at most one each); none on the CPU
+        if config.context.device.startswith("cuda"):
+            if config.ray_address is not None:
+                available = ray.cluster_resources().get("GPU", 0)
+            else:
+                available = torch.cuda.device_count()
+        else:
+            available = 0
+        gpus = default_gpus_per_worker(config.context.device, workers or 1, available)
+    # The base weights go out from the CPU: every actor moves them to its own device.
+    state = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
     return RayEvaluatorPool(config.context, workers=workers or 1, threads_per_worker=config.threads_per_worker,
-                            address=config.ray_address, state_dict=state,
+                            gpus_per_worker=gpus, address=config.ray_address, state_dict=state,
                             key=lambda policy: ctx.evaluator.key(policy.ratios(ctx.graph)))
 
 

@@ -7,13 +7,10 @@ cached like any base model; every later benchmark run loads it.
 from __future__ import annotations
 
 import platform
+from typing import TYPE_CHECKING
 
-import torch
-
-from amc.context import ContextConfig
-from amc.data import DEFAULT_FASHION_MNIST_DIR
-from amc.evaluate import EvalConfig
-from amc.train import TrainConfig
+if TYPE_CHECKING:  # imported where used: the benchmark CLIs refuse bad arguments before torch loads
+    from amc.context import ContextConfig
 
 BASE_EPOCHS = 15
 VAL_SIZE = 5000  # carved from the 60,000 training images; the search sees the first VAL_LIMIT of them
@@ -24,6 +21,11 @@ def fashion_resnet20(*, data_dir: str | None = None, round_to: int = 8, val_limi
                      **kwargs) -> ContextConfig:
     """The benchmark context. ``round_to`` 8 (AMC's choice): oneDNN runs channel counts that are
     multiples of 8 much faster than odd ones (see BENCHMARKS.md, latency sections)."""
+    from amc.context import ContextConfig
+    from amc.data import DEFAULT_FASHION_MNIST_DIR
+    from amc.evaluate import EvalConfig
+    from amc.train import TrainConfig
+
     return ContextConfig(model="resnet20", dataset="fashion-mnist", data_dir=data_dir or DEFAULT_FASHION_MNIST_DIR,
                          seed=0, val_size=VAL_SIZE, round_to=round_to, train=TrainConfig(epochs=BASE_EPOCHS),
                          eval=EvalConfig(val_limit=val_limit), **kwargs)
@@ -32,6 +34,8 @@ def fashion_resnet20(*, data_dir: str | None = None, round_to: int = 8, val_limi
 def machine() -> str:
     """The machine line of a benchmark section: device, threads, Python and package versions."""
     from importlib import metadata
+
+    import torch
 
     from amc.latency import device_name
 

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from amc.cli import OneLineParser
+from amc.cli import OneLineParser, dataset_name, device_name, int_at_least, json_object
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for pruned.pt2 (default: the policy's folder)")
     p.add_argument("--model", help="override the policy's model")
     p.add_argument("--checkpoint", help="trained state_dict of the base model")
-    p.add_argument("--dataset", help="override the policy's dataset")
-    p.add_argument("--data-dir", dest="data_dir", help="folder of file-based datasets")
+    p.add_argument("--dataset", type=dataset_name, help="override the policy's dataset")
+    p.add_argument("--data-dir", dest="data_dir", help="folder of file-based datasets (imagefolder: its root)")
+    p.add_argument("--dataset-kwargs", dest="dataset_kwargs", type=json_object,
+                   help="override the policy's imagefolder settings or dataset-factory arguments (a JSON object)")
+    p.add_argument("--device", type=device_name, default="cpu",
+                   help="cpu, cuda or cuda:N for evaluation and fine-tuning, whatever the search ran on (cpu)")
+    p.add_argument("--loader-workers", dest="loader_workers", type=int_at_least(0),
+                   help="DataLoader processes that read an imagefolder or factory dataset (2)")
     p.add_argument("--seed", type=int, help="override the policy's seed")
     p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=0,
                    help="fine-tune the pruned model (SGD, cosine schedule) for N epochs (0)")
@@ -52,7 +58,7 @@ def comparison_table(applied):
 
     data = applied.context.data
     rows = [model_stats("base", applied.context.model, data.test), model_stats("pruned", applied.model, data.test)]
-    table = Table(title="base vs pruned (size: saved state_dict; latency: median on this machine's CPU)")
+    table = Table(title="base vs pruned (size: saved state_dict; latency and accuracy: on this machine's CPU)")
     for col in ("model", "params", "FLOPs", "size KiB", "latency b1 ms", "latency b64 ms", "test acc"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -82,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                                distill=args.distill, schedule=args.schedule,
                                steps=args.steps if args.schedule == "iterative" else 1, ramp=args.ramp,
                                model=args.model, checkpoint=args.checkpoint,
-                               dataset=args.dataset, data_dir=args.data_dir, seed=args.seed)
+                               dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
+                               dataset_kwargs=args.dataset_kwargs, device=args.device,
+                               loader_workers=args.loader_workers)
     except AmcError as exc:
         print(f"apply_policy.py: error: {exc}", file=sys.stderr)
         return 2

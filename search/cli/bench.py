@@ -87,6 +87,16 @@ def _headline(args: argparse.Namespace, console: Console, rest: list[str]) -> in
     return 0
 
 
+def _vit(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.vit import VitSettings, vit_report
+
+    settings = VitSettings(budget=args.budget, seeds=args.seeds, evaluations=args.evaluations, workers=args.workers,
+                           finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples)
+    vit_report(Path(args.root), settings, base_epochs=args.base_epochs, threads=args.threads, data_dir=args.data_dir,
+               command=_command("vit", rest), markdown=Path(args.markdown), console=console)
+    return 0
+
+
 def _fidelity(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     from search.bench.fidelity import FidelitySettings, fidelity_report
 
@@ -107,6 +117,35 @@ def _deployed(args: argparse.Namespace, console: Console, rest: list[str]) -> in
                         console=console)
     except (BenchError, RuntimeError) as exc:
         print(f"bench.py deployed: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _memory(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.common import BenchError
+    from search.bench.memory import memory_report
+
+    try:
+        memory_report(Path(args.root).expanduser(), fashion_dir=Path(args.fashion_dir), evaluations=args.evaluations,
+                      epochs=args.epochs, model=args.model, val_limit=args.val_limit, threads=args.threads,
+                      loader_workers=args.loader_workers, command=_command("memory", rest),
+                      markdown=Path(args.markdown), console=console)
+    except BenchError as exc:
+        print(f"bench.py memory: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _gpu(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.common import BenchError
+    from search.bench.gpu import gpu_report
+
+    try:
+        gpu_report(Path(args.root), evaluations=args.evaluations, cpu_evaluations=args.cpu_evaluations,
+                   epochs=args.epochs, workers=args.workers, threads=args.threads, data_dir=args.data_dir,
+                   command=_command("gpu", rest), markdown=Path(args.markdown), console=console)
+    except BenchError as exc:
+        print(f"bench.py gpu: error: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -199,6 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-headline", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_headline)
+    p = sub.add_parser("vit", help="vit/fashion-mnist: searched heads and MLP widths vs uniform and Torch-Pruning's "
+                                   "ViT pruning, before and after fine-tuning")
+    p.add_argument("--budget", type=number_in(0, 1, meaning=" (fraction of the base FLOPs)"), default=0.5)
+    p.add_argument("--seeds", type=comma_list(int_at_least(0)), default=(0, 1, 2), help="search seeds (0,1,2)")
+    p.add_argument("--evaluations", type=int_at_least(1), default=120)
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="Ray workers of each search (1: none)")
+    p.add_argument("--base-epochs", type=int_at_least(1), default=10, help="epochs of the cached base model (10)")
+    p.add_argument("--finetune-epochs", type=int_at_least(1), default=3)
+    p.add_argument("--finetune-samples", type=int_at_least(1), default=20000)
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads")
+    p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
+    p.add_argument("--root", default="runs/bench-vit", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_vit)
     p = sub.add_parser("fidelity", help="resnet20/fashion-mnist: each candidate score's rank correlation with the "
                                         "accuracy after fine-tuning")
     p.add_argument("--budgets", type=comma_list(number_in(0, 1, meaning=" (fraction of the base FLOPs)")),
@@ -214,6 +267,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-fidelity", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_fidelity)
+    p = sub.add_parser("memory", help="driver peak RSS: fashion-mnist as 60,000+10,000 PNGs (streamed) vs in memory")
+    p.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist", help="fashion-mnist IDX directory")
+    p.add_argument("--evaluations", type=int_at_least(1), default=8)
+    p.add_argument("--epochs", type=int_at_least(1), default=1, help="base-model epochs of each search (1)")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--val-limit", type=int_at_least(1), default=1000)
+    p.add_argument("--threads", type=int_at_least(1), default=2)
+    p.add_argument("--loader-workers", type=int_at_least(0), default=2)
+    p.add_argument("--root", default="~/.cache/amc-search/bench-memory",
+                   help="the PNG folder (outside the repo: 70,000 files), runs and results; a rerun skips finished runs")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_memory)
+    p = sub.add_parser("gpu", help="resnet20 search with --device cuda against the CPU (needs a GPU)")
+    p.add_argument("--evaluations", type=int_at_least(1), default=100, help="evaluations of the cuda searches")
+    p.add_argument("--cpu-evaluations", type=int_at_least(1), default=20, help="evaluations of the CPU search")
+    p.add_argument("--epochs", type=int_at_least(1), default=10, help="base-model epochs (trained on the GPU)")
+    p.add_argument("--workers", type=int_at_least(1), default=2, help="Ray workers sharing the GPU (1: no Ray row)")
+    p.add_argument("--threads", type=int_at_least(1), default=4, help="torch threads of each search process")
+    p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
+    p.add_argument("--root", default="runs/bench-gpu", help="runs, cache and results; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_gpu)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

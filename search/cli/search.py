@@ -11,12 +11,14 @@ long option names, e.g. ``budget = 0.3``, ``strategy = "optuna"``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from amc.cli import OneLineParser, comma_list, int_at_least, number_in, score_name
+from amc.cli import (OneLineParser, comma_list, dataset_name, device_name, int_at_least, json_object, number_in,
+                     score_name)
 
 DEFAULTS = {
     "budget": 0.3, "resource": "flops", "strategy": "optuna", "sampler": "tpe", "evaluations": 300, "warmup": None,
@@ -25,16 +27,17 @@ DEFAULTS = {
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
     "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
     "latency_batch": 1, "val_limit": None, "epochs": 60, "score": "bn", "ladder": None, "ladder_top_k": 8,
+    "model_kwargs": None, "dataset_kwargs": None, "device": "cpu", "gpus_per_worker": None, "loader_workers": 2,
 }
 
 
 _budget = number_in(0, 1, meaning=" (fraction of the base cost kept)")
 _positive_int = int_at_least(1)
+_gpu_share = number_in(0, 64, low_closed=True, meaning=" (GPUs per worker; fractions share a GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from amc.data import DATASETS
-    from amc.prune import CRITERIA
+    from amc.choices import CRITERIA
     from envs.rewards import REWARDS
     from search.config import RESOURCES, SAMPLERS, STRATEGIES
 
@@ -50,8 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="RL warm-up episodes (a quarter of --evaluations, at most 100)")
     p.add_argument("--model", help="built-in model or package.module:factory (cnn)")
     p.add_argument("--checkpoint", help="trained state_dict of --model (default: train and cache one)")
-    p.add_argument("--dataset", choices=DATASETS, help="dataset (digits)")
-    p.add_argument("--data-dir", dest="data_dir", help="folder of fashion-mnist / mnist / cifar10 files")
+    p.add_argument("--model-kwargs", dest="model_kwargs", type=json_object,
+                   help="extra keyword arguments of the model factory, a JSON object (none)")
+    p.add_argument("--dataset", type=dataset_name,
+                   help="digits, fashion-mnist, mnist, cifar10, imagefolder or package.module:factory (digits)")
+    p.add_argument("--data-dir", dest="data_dir",
+                   help="folder of fashion-mnist / mnist / cifar10 files, of an imagefolder, or a factory's data_dir")
+    p.add_argument("--dataset-kwargs", dest="dataset_kwargs", type=json_object,
+                   help="imagefolder settings or dataset-factory arguments, a JSON object, e.g. '{\"size\": 64}'")
+    p.add_argument("--loader-workers", dest="loader_workers", type=int_at_least(0),
+                   help="DataLoader processes that read an imagefolder or factory dataset (2)")
+    p.add_argument("--device", type=device_name,
+                   help="cpu, cuda or cuda:N: base training, evaluation and latency timing (cpu)")
     p.add_argument("--criterion", choices=CRITERIA, help="which channels go first (l1)")
     p.add_argument("--score", type=score_name,
                    help="candidate score: bn, reconstruct, finetune:K or finetune:K+kd (bn; see BENCHMARKS.md, fidelity)")
@@ -78,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel evaluation workers on Ray (1: no Ray; with --ray-address: the cluster's CPUs)")
     p.add_argument("--threads-per-worker", dest="threads_per_worker", type=_positive_int,
                    help="torch threads of each worker (1)")
+    p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=_gpu_share,
+                   help="GPUs each worker reserves with --device cuda, fractions allowed (an equal share, at most 1)")
     p.add_argument("--ray-address", dest="ray_address", help="join a Ray cluster: auto or host:port")
     p.add_argument("--no-export", dest="no_export", action="store_true", help="do not write pruned.pt2")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -110,6 +125,7 @@ class ConfigFileError(Exception):
 
 
 _FLAGS = ("resume", "no_export", "quiet")
+_JSON_KEYS = ("model_kwargs", "dataset_kwargs")  # TOML tables (or JSON strings)
 
 
 def toml_argv(values: dict, path: str) -> list[str]:
@@ -121,6 +137,8 @@ def toml_argv(values: dict, path: str) -> list[str]:
             if not isinstance(value, bool):
                 raise ConfigFileError(f"{key} in --config {path!r} must be true or false, got {value!r}")
             argv += [flag] if value else []
+        elif key in _JSON_KEYS and isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
         elif isinstance(value, (bool, dict, list)):
             raise ConfigFileError(f"{key} in --config {path!r} must be a number or a string, got {value!r}")
         elif value is not None:
@@ -154,11 +172,15 @@ def build_config(options: dict):
         model=options["model"], dataset=options["dataset"], data_dir=options["data_dir"],
         checkpoint=options["checkpoint"], seed=options["seed"], resource=options["resource"],
         round_to=options["round_to"], val_size=options["val_size"], train_limit=options["train_limit"],
+        model_kwargs=tuple((options["model_kwargs"] or {}).items()),
+        dataset_kwargs=tuple((options["dataset_kwargs"] or {}).items()),
+        device=options["device"], loader_workers=options["loader_workers"],
         eval=EvalConfig(criterion=options["criterion"], granularity=options["granularity"], seed=options["seed"],
                         score=options["score"],
                         val_limit=options["val_limit"]),
         train=TrainConfig(epochs=options["epochs"]),
-        latency=LatencyConfig(batch_size=options["latency_batch"], threads=options["threads"]),
+        latency=LatencyConfig(batch_size=options["latency_batch"], threads=options["threads"],
+                              device=options["device"] if options["resource"] == "latency" else "cpu"),
     )
     return SearchConfig(
         budget=options["budget"], strategy=options["strategy"], sampler=options["sampler"],
@@ -167,6 +189,7 @@ def build_config(options: dict):
         storage=options["storage"], context=context, progress=not options["quiet"], export=not options["no_export"],
         workers=options["workers"] if options["workers"] is not None else (None if options["ray_address"] else 1),
         threads_per_worker=options["threads_per_worker"], ray_address=options["ray_address"],
+        gpus_per_worker=options["gpus_per_worker"],
         ladder=tuple(options["ladder"] or ()), ladder_top_k=options["ladder_top_k"],
     )
 

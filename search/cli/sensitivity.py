@@ -29,8 +29,7 @@ def _keeps(text: str) -> tuple[float, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from amc.data import DATASETS
-    from amc.prune import CRITERIA
+    from amc.choices import CRITERIA, DATASETS
     from amc.sensitivity import DEFAULT_KEEPS
 
     p = OneLineParser(prog="sensitivity.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -153,3 +154,22 @@ class LogSoftmaxNet(nn.Module):
 def test_classifier_behind_log_softmax_is_never_a_decision() -> None:
     graph = discover(LogSoftmaxNet().eval(), torch.zeros(1, 1, 4, 4))
     assert graph.names == ("c",)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("cost_class", [FlopsCost, ParamsCost])
+def test_costs_varying_equals_the_cost_of_each_candidate(name: str, cost_class) -> None:
+    """The env's per-step curve (a quadratic form in the varied decision) equals ``cost`` one by one, exactly."""
+    model, shape = MODELS[name]()
+    rng = np.random.default_rng(5)
+    for round_to in (1, 4):
+        graph = discover(model, torch.zeros(1, *shape), round_to=round_to)
+        cost = cost_class(graph)
+        for _ in range(10):
+            keep = rng.uniform(0.05, 1.0, len(graph))
+            t = int(rng.integers(len(graph)))
+            n = graph[t].out_channels
+            candidates = np.arange(1, n + 1) / n
+            curve = cost.costs_varying(keep, t, candidates)
+            expected = [cost.cost([*keep[:t], c, *keep[t + 1:]]) for c in candidates]
+            assert curve.tolist() == expected, (name, round_to, t)

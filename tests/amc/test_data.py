@@ -1,4 +1,5 @@
-"""Tests for amc.data: real (digits) and tiny synthetic fixture data (IDX, CIFAR pickles)."""
+"""Tests for amc.data: real (digits) and tiny synthetic fixture data (IDX, CIFAR pickles); a user's own data
+(amc.userdata: a dataset factory, an image folder) and the streaming helpers (amc.streaming)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import torch
 from amc.data import (DATASETS, DEFAULT_FASHION_MNIST_DIR, DataSplits, load_cifar10, load_dataset,
                       load_digits, load_idx, read_idx)
 from amc.errors import ConfigError, DataError
+from amc.streaming import StreamedSplit, batches, take
+from amc.userdata import default_val_size, load_imagefolder
+from tests.user_data import write_digit_pngs, write_user_package
 
 IDX_IMAGE_MAGIC, IDX_LABEL_MAGIC = 0x00000803, 0x00000801
 
@@ -313,3 +317,289 @@ def test_cifar_requires_root_and_existing_dir(tmp_path: Path) -> None:
         load_dataset("cifar10")
     with pytest.raises(DataError, match="nope"):
         load_cifar10(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- a user's own data (amc.userdata)
+
+BAD_FACTORIES = '''
+import torch
+from torch.utils.data import Dataset
+
+
+class Items(Dataset):
+    def __init__(self, item, n=20):
+        self.item, self.n = item, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if self.item == "raise" and i > 0:
+            raise KeyError(f"no item {i}")
+        return self.item if self.item != "raise" else (torch.zeros(1, 4, 4), 0)
+
+
+def returns_int(seed=0):
+    return 42
+
+
+def returns_strings(seed=0):
+    return "train", "test"
+
+
+def uint8_images(seed=0):
+    return Items((torch.zeros(1, 4, 4, dtype=torch.uint8), 0)), Items((torch.zeros(1, 4, 4), 0))
+
+
+def float_labels(seed=0):
+    return Items((torch.zeros(1, 4, 4), 0.5)), Items((torch.zeros(1, 4, 4), 0))
+
+
+def not_pairs(seed=0):
+    return Items(torch.zeros(1, 4, 4)), Items(torch.zeros(1, 4, 4))
+
+
+def one_class(seed=0):
+    return Items((torch.zeros(1, 4, 4), 0)), Items((torch.zeros(1, 4, 4), 0))
+
+
+def fails(seed=0):
+    raise RuntimeError("the data server is down\\nsecond line")
+
+
+def empty_test(seed=0):
+    return Items((torch.zeros(1, 4, 4), 0)), Items((torch.zeros(1, 4, 4), 0), n=0)
+
+
+def bad_item_later(seed=0):
+    return Items("raise"), Items((torch.zeros(1, 4, 4), 0))
+'''
+
+NOT_IMPORTABLE = "import does_not_exist_anywhere\n"
+
+
+@pytest.fixture(scope="module")
+def user_package(tmp_path_factory: pytest.TempPathFactory):
+    """The test package (``mydata.factories`` and ``mydata.bad``) on ``sys.path`` for this module."""
+    import sys
+
+    root = write_user_package(tmp_path_factory.mktemp("userpkg"))
+    (root / "mydata" / "bad.py").write_text(BAD_FACTORIES)
+    (root / "mydata" / "broken.py").write_text(NOT_IMPORTABLE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root))
+        yield root
+    for name in [m for m in sys.modules if m == "mydata" or m.startswith("mydata.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def factory_digits(user_package) -> DataSplits:
+    return load_dataset("mydata.factories:digit_splits", seed=0)
+
+
+def test_factory_dataset_is_streamed_with_a_stratified_val_carved_from_train(factory_digits: DataSplits) -> None:
+    splits = factory_digits
+    assert not splits.in_memory
+    assert all(isinstance(ds, StreamedSplit) for ds in (splits.train, splits.val, splits.test))
+    n_train = int(0.8 * 1797)
+    assert len(splits.val) == default_val_size(n_train) == round(0.1 * n_train)
+    assert len(splits.train) + len(splits.val) == n_train and len(splits.test) == 1797 - n_train
+    assert splits.input_shape == (1, 8, 8) and splits.num_classes == 10
+    assert splits.name == "mydata.factories:digit_splits"
+    assert set(splits.train.indices).isdisjoint(splits.val.indices)  # both index the factory's train set
+    counts = np.bincount(splits.val.labels, minlength=10)
+    assert counts.min() >= 13 and counts.max() <= 16  # stratified: ~14 of each digit
+    x, y = take(splits.val, range(len(splits.val)))
+    assert x.shape == (len(splits.val), 1, 8, 8) and x.dtype == torch.float32
+    assert torch.equal(y, torch.from_numpy(splits.val.labels))  # labels read once match the items
+    assert splits.example(2).shape == (2, 1, 8, 8)
+
+
+def test_factory_fingerprint_covers_the_spec_and_is_stable(user_package, factory_digits: DataSplits) -> None:
+    again = load_dataset("mydata.factories:digit_splits", seed=0)
+    assert again.fingerprint() == factory_digits.fingerprint()
+    labelled = load_dataset("mydata.factories:digit_splits", kwargs={"labelled": True})
+    assert labelled.fingerprint() != factory_digits.fingerprint()  # other factory arguments, other key
+    assert load_dataset("mydata.factories:digit_splits", seed=1).fingerprint() != factory_digits.fingerprint()
+
+
+def test_factory_targets_skip_the_label_pass_and_give_the_same_splits(user_package, factory_digits, monkeypatch) -> None:
+    from mydata import factories
+
+    reads = []
+    original = factories.Digits.__getitem__
+    monkeypatch.setattr(factories.Digits, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
+    labelled = load_dataset("mydata.factories:digit_splits", kwargs={"labelled": True})
+    assert len(reads) < 100  # a few items are checked; the 1,437 labels come from .targets
+    assert np.array_equal(labelled.val.indices, factory_digits.val.indices)
+
+
+def test_factory_own_val_split_and_limits(user_package) -> None:
+    splits = load_dataset("mydata.factories:digit_splits", kwargs={"with_val": True}, train_limit=300)
+    assert len(splits.val) == 200 and len(splits.train) == 300
+    with pytest.raises(ConfigError, match="--val-size 100 .*own val split"):
+        load_dataset("mydata.factories:digit_splits", kwargs={"with_val": True}, val_size=100)
+
+
+@pytest.mark.parametrize(("spec", "kwargs", "root", "error", "names"), [
+    ("mydata.nosuch:f", {}, None, DataError, "cannot import module 'mydata.nosuch'"),
+    ("mydata.broken:f", {}, None, DataError, "cannot import module 'mydata.broken'"),
+    ("mydata.factories:nosuch", {}, None, DataError, "has no callable 'nosuch'"),
+    ("mydata.bad:returns_int", {}, None, DataError, "returned an int; return (train, test)"),
+    ("mydata.bad:returns_strings", {}, None, DataError, "returned a str as its train split"),
+    ("mydata.bad:uint8_images", {}, None, DataError, "torch.uint8 tensor of shape (1, 4, 4); return a float"),
+    ("mydata.bad:float_labels", {}, None, DataError, "the label of item 0 is 0.5"),
+    ("mydata.bad:not_pairs", {}, None, DataError, "item 0 is a Tensor; a dataset item must be an (image, label)"),
+    ("mydata.bad:one_class", {}, None, DataError, "has 1 class(es)"),
+    ("mydata.bad:fails", {}, None, DataError, "failed (RuntimeError: the data server is down second line)"),
+    ("mydata.bad:empty_test", {}, None, DataError, "empty test split"),
+    ("mydata.bad:bad_item_later", {}, None, DataError, "reading item 1 failed (KeyError"),
+    ("mydata.factories:digit_splits", {"nope": 1}, None, ConfigError, "does not accept ['nope']"),
+    ("mydata.factories:digit_splits", {}, "/tmp", ConfigError, "--data-dir '/tmp' is not used"),
+])
+def test_bad_factories_are_one_line_naming_the_value(user_package, spec, kwargs, root, error, names) -> None:
+    with pytest.raises(error) as info:
+        load_dataset(spec, kwargs=kwargs, root=root)
+    message = str(info.value)
+    assert names in message and "\n" not in message, message
+
+
+def test_builtin_datasets_refuse_dataset_kwargs() -> None:
+    with pytest.raises(ConfigError, match="takes no keyword arguments"):
+        load_dataset("digits", kwargs={"size": 8})
+    with pytest.raises(ConfigError, match="imagefolder .*package.module:factory"):
+        load_dataset("nosuch")
+
+
+def test_streamed_batches_match_the_tensor_slices_with_and_without_workers(digits: DataSplits) -> None:
+    order = torch.randperm(len(digits.val), generator=torch.Generator().manual_seed(3))
+    expected = list(batches(digits.val, 50, order=order))
+    for workers in (0, 2):
+        streamed = StreamedSplit(digits.val, source="digits val", workers=workers)
+        got = list(batches(streamed, 50, order=order))
+        assert len(got) == len(expected)
+        for (x, y), (ex, ey) in zip(got, expected):
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+    x, y = take(StreamedSplit(digits.val, source="digits val", workers=1), order[:7])
+    assert torch.equal(x, digits.val.tensors[0][order[:7]]) and torch.equal(y, digits.val.tensors[1][order[:7]])
+
+
+def test_training_and_evaluation_on_a_streamed_copy_match_the_in_memory_data(digits: DataSplits) -> None:
+    """The same seeded batches in the same order: a streamed dataset trains and scores like the tensors."""
+    from amc.evaluate import EvalConfig, PolicyEvaluator
+    from amc.layers import discover
+    from amc.models import build_model
+    from amc.train import TrainConfig, train
+
+    streamed = DataSplits(*(StreamedSplit(ds, source=f"digits {name}", workers=w)
+                            for ds, name, w in ((digits.train, "train", 1), (digits.val, "val", 0),
+                                                (digits.test, "test", 0))),
+                          num_classes=10, input_shape=(1, 8, 8), name="digits-streamed", spec="test")
+    models = []
+    for data in (digits, streamed):
+        torch.manual_seed(0)
+        model = build_model("cnn", in_channels=1, num_classes=10)
+        models.append(train(model, data.train, TrainConfig(epochs=1, batch_size=128), seed=0, progress=False))
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert torch.equal(a, b)
+    graph = discover(models[0], digits.example(1))
+    config = EvalConfig(score="finetune:2", bn_batches=2, val_limit=100)
+    policy = [0.5] * len(graph)
+    results = [PolicyEvaluator(models[0], graph, data, config).evaluate(policy) for data in (digits, streamed)]
+    assert results[0].accuracy == results[1].accuracy and results[0].loss == pytest.approx(results[1].loss, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def png_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digit_pngs(tmp_path_factory.mktemp("pngs"))
+
+
+def test_imagefolder_layout_normalisation_and_splits(png_digits: Path) -> None:
+    splits = load_dataset("imagefolder", root=png_digits, kwargs={"size": 8})
+    n_test = len(range(0, 1797, 5))
+    assert len(splits.test) == n_test and len(splits.train) + len(splits.val) == 1797 - n_test
+    assert len(splits.val) == default_val_size(1797 - n_test)
+    assert splits.input_shape == (1, 8, 8) and splits.num_classes == 10  # grayscale PNGs: one channel
+    x, y = take(splits.train, range(500))
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1  # standardised with train statistics
+    # classes are the sorted folder names: digit-0 ... digit-9 are labels 0 ... 9
+    assert splits.train.base.files[0].split("/")[-2] == "digit-0" and int(y[0]) == 0
+    again = load_dataset("imagefolder", root=png_digits, kwargs={"size": 8})
+    assert again.fingerprint() == splits.fingerprint()
+    bigger = load_dataset("imagefolder", root=png_digits, kwargs={"size": 12, "channels": 3})
+    assert bigger.input_shape == (3, 12, 12) and bigger.fingerprint() != splits.fingerprint()
+
+
+def test_imagefolder_without_test_folder_carves_it_and_fits_other_shapes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(tmp_path / "train" / c / f"{i}.jpg")
+        (tmp_path / "train" / c / "notes.txt").write_text("ignored: not an image")
+    splits = load_imagefolder(tmp_path, settings={"size": [10, 16], "mean": [0.5, 0.5, 0.5], "std": 0.25},
+                              val_size=6)
+    assert splits.input_shape == (3, 10, 16)  # RGB JPEGs: three channels; 20x40 covered then centre-cropped
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (42, 6, 12)  # test: 20% of 60
+    x, _ = splits.train[0]
+    assert x.shape == (3, 10, 16) and float(x.min()) >= -2.0 - 1e-6 and float(x.max()) <= 2.0 + 1e-6
+    assert set(splits.test.indices).isdisjoint(splits.train.indices)
+
+
+def _bad_folders(root: Path) -> dict[str, tuple[Path, dict, str]]:
+    """Broken image folders -> (data dir, settings, what the message must say)."""
+    from PIL import Image
+
+    def image(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4), 7, np.uint8)).save(path)
+
+    cases = {}
+    (root / "no-train").mkdir()
+    cases["no-train"] = (root / "no-train", {}, "has no train/ folder")
+    (root / "flat" / "train").mkdir(parents=True)
+    image(root / "flat" / "train" / "a.png")
+    cases["no-class-folders"] = (root / "flat", {}, "has no class subfolders; put one folder per class")
+    image(root / "one" / "train" / "a" / "x.png")
+    cases["one-class"] = (root / "one", {}, "one class subfolder ('a')")
+    image(root / "empty" / "train" / "a" / "x.png")
+    (root / "empty" / "train" / "b").mkdir()
+    cases["empty-class"] = (root / "empty", {}, "class folder '" + str(root / "empty" / "train" / "b"))
+    for c in "ab":
+        image(root / "bad" / "train" / c / "x.png")
+    (root / "bad" / "train" / "b" / "y.png").write_text("not a png")
+    cases["unreadable"] = (root / "bad", {}, "cannot read image '" + str(root / "bad" / "train" / "b" / "y.png"))
+    for c in "ab":
+        image(root / "foreign" / "train" / c / "x.png")
+    image(root / "foreign" / "test" / "c" / "x.png")
+    cases["test-class-not-in-train"] = (root / "foreign", {}, "/test/c' is not a class of")
+    cases["bad-size"] = (root / "foreign", {"size": "big"}, "size 'big' must be a positive int")
+    cases["bad-setting"] = (root / "foreign", {"resize": 3}, "imagefolder does not take ['resize']")
+    cases["missing-dir"] = (root / "nowhere", {}, "does not exist")
+    return cases
+
+
+def test_bad_image_folders_are_one_line_naming_the_value(tmp_path: Path) -> None:
+    for case, (root, settings, names) in _bad_folders(tmp_path).items():
+        with pytest.raises((DataError, ConfigError)) as info:
+            load_dataset("imagefolder", root=root, kwargs=settings)
+        assert names in str(info.value) and "\n" not in str(info.value), (case, str(info.value))
+    with pytest.raises(ConfigError, match="needs --data-dir"):
+        load_dataset("imagefolder")
+
+
+def test_an_image_that_fails_to_decode_later_is_one_line_from_a_worker(tmp_path: Path, png_digits: Path) -> None:
+    """The header is fine (checked up front), the pixels are not: the DataLoader worker's error is one line."""
+    from amc.userdata import ImageFiles
+
+    good = next((png_digits / "train" / "digit-0").iterdir())
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:60])
+    base = ImageFiles([str(good), str(broken)], np.zeros(2, np.int64), size=(8, 8), mode="L")
+    with pytest.raises(DataError) as info:
+        list(batches(StreamedSplit(base, source="test", workers=1), 2))
+    assert str(info.value) == f"cannot read image {str(broken)!r} (OSError: image file is truncated); replace or " \
+                              "delete the file"

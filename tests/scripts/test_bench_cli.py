@@ -48,3 +48,21 @@ def test_latency_bench_refuses_bad_options(args, expected, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], done.stderr
     assert not markdown.exists()  # nothing started
+
+
+def test_gpu_and_memory_benches_refuse_what_they_cannot_run(tmp_path, capsys, monkeypatch):
+    """``bench.py gpu`` without CUDA, ``bench.py memory`` without fashion-mnist: one line, exit 2, nothing written."""
+    import torch
+
+    from search.cli import bench
+
+    markdown = tmp_path / "B.md"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["gpu", "--root", str(tmp_path / "gpu"), "--markdown", str(markdown)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench.py gpu: error: no CUDA device on this machine"), lines
+    assert bench.main(["memory", "--fashion-dir", str(tmp_path / "nowhere"), "--root", str(tmp_path / "memory"),
+                       "--markdown", str(markdown)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "lacks the fashion-mnist train IDX files" in lines[0], lines
+    assert not markdown.exists() and not (tmp_path / "gpu").exists()

@@ -1,0 +1,326 @@
+"""The ViT benchmark (``scripts/bench.py vit``): searched per-block heads and MLP widths vs uniform and Torch-Pruning.
+
+The built-in ``vit`` (patch 4, 4 blocks of 64 wide, 4 heads, MLP 128) on fashion-mnist, trained once and
+cached like any base model. Its decisions are the embedding width (``patch_embed``), and per block the
+number of heads and the MLP hidden width. At one FLOPs budget, rows:
+
+- ``optuna``: the Optuna (TPE) search, the policy ``scripts/search.py --model vit --budget b`` finds, one
+  per search seed.
+- ``uniform``: the largest uniform keep ratio that meets the budget (deterministic: one run).
+- ``tp-vit``: Torch-Pruning's own ViT recipe (its ``examples/transformers/prune_timm_vit.py``):
+  ``MetaPruner`` with ``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``, magnitude
+  importance and one pruning ratio for every layer (``global_pruning=False``), used for both the channels
+  and ``head_pruning_ratio``; the ratio is bisected so the FLOPs just meet the budget (deterministic: one run).
+
+Every pruned model gets the same evaluation: the validation subset the search saw, the full test split, a
+FlopCounterMode count, and the same short fine-tuning (:func:`search.bench.headline.deployed_accuracy`).
+Each finished cell is written at once to ``<root>/budget<b>/<row>/seed<s>/cell.json``; a rerun reads
+finished cells back, and a search that was interrupted resumes from its ``history.csv``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from search.bench.common import VAL_LIMIT, VAL_SIZE, machine
+from search.bench.markdown import markdown_table, mean_std, update_section
+
+if TYPE_CHECKING:  # imported where used: the benchmark CLI refuses bad arguments before torch loads
+    from rich.console import Console
+    from torch import Tensor, nn
+    from torch.utils.data import TensorDataset
+
+    from amc.context import Context, ContextConfig
+
+log = logging.getLogger(__name__)
+
+BASE_EPOCHS = 10  # about 15-20 min on one core of the 2-core machine (see the section's base line)
+
+# (row label, strategy or None for the Torch-Pruning row, deterministic)
+ROWS = (("optuna", "optuna", False), ("uniform", "uniform", True), ("tp-vit", None, True))
+
+
+def fashion_vit(*, data_dir: str | None = None, epochs: int = BASE_EPOCHS, val_limit: int | None = VAL_LIMIT,
+                **kwargs) -> ContextConfig:
+    """The benchmark context: ``vit`` on fashion-mnist, its base model trained ``epochs`` (cached)."""
+    from amc.context import ContextConfig
+    from amc.data import DEFAULT_FASHION_MNIST_DIR
+    from amc.evaluate import EvalConfig
+    from amc.train import TrainConfig
+
+    return ContextConfig(model="vit", dataset="fashion-mnist", data_dir=data_dir or DEFAULT_FASHION_MNIST_DIR, seed=0,
+                         val_size=VAL_SIZE, train=TrainConfig(epochs=epochs), eval=EvalConfig(val_limit=val_limit),
+                         **kwargs)
+
+
+@dataclass(frozen=True)
+class VitSettings:
+    """What one run holds fixed. Cells are keyed by budget, row and seed only: use a new ``root`` for other settings."""
+
+    budget: float = 0.5
+    seeds: tuple[int, ...] = (0, 1, 2)
+    evaluations: int = 120
+    workers: int = 1
+    min_keep: float = 0.2
+    finetune_epochs: int = 3
+    finetune_samples: int = 20000
+    finetune_lr: float = 0.01
+    tp_iterations: int = 14  # bisection steps of the Torch-Pruning ratio
+
+
+@dataclass(frozen=True)
+class VitCell:
+    budget: float
+    row: str
+    seed: int
+    val_accuracy: float  # on the validation subset the search saw
+    test_accuracy: float  # full test split, no fine-tuning
+    finetuned_test_accuracy: float
+    flops_ratio: float  # FlopCounterMode, pruned / base
+    params_ratio: float
+    search_seconds: float  # tp-vit: the bisection
+    evaluations: int  # recorded evaluations (cache hits included); tp-vit: models pruned by the bisection
+    seconds: float  # wall time of the whole cell
+    widths: tuple[int, ...] = ()  # embedding width, then heads and MLP width per block
+
+
+def widths(model: nn.Module) -> tuple[int, ...]:
+    """The kept units of a ViT: the embedding width, then (heads, MLP hidden width) of each block."""
+    from amc.probe import attention_parts
+
+    out = [model.patch_embed.out_channels]
+    for block in model.blocks:
+        out += [attention_parts(block.attn).num_heads, block.mlp.fc1.out_features]
+    return tuple(out)
+
+
+def tp_vit_heads(model: nn.Module, example: Tensor, budget: float, *, min_keep: float = 0.2, p: int = 1,
+                 round_to: int | None = None, iterations: int = 14) -> tuple[nn.Module, float, float, int]:
+    """Torch-Pruning's ViT pruning (whole heads, uniform ratio), its ratio bisected so the FLOPs just meet ``budget``.
+
+    As in Torch-Pruning's timm ViT example: ``MetaPruner(model, example, GroupMagnitudeImportance(p),
+    pruning_ratio=r, num_heads={attn.qkv: attn.num_heads}, prune_num_heads=True, prune_head_dims=False,
+    head_pruning_ratio=r)``, the classifier ignored, one ``step()``, then each attention module's
+    ``num_heads`` set from ``pruner.num_heads``. Uniform pruning makes the FLOPs monotone in ``r``, so
+    bisection finds the smallest ``r`` (in ``[0, 1 - min_keep]``) whose model meets the budget.
+
+    Returns: (pruned copy, its FLOPs ratio, the pruning ratio, models pruned).
+    """
+    import torch_pruning as tp
+    from torch import nn
+
+    from amc.probe import attention_parts
+    from search.bench.headline import flops
+
+    shape = tuple(example.shape[1:])
+    base = flops(model, shape)
+
+    def prune_at(ratio: float) -> tuple[nn.Module, float, bool]:
+        pruned = copy.deepcopy(model).eval()
+        parts = [a for a in map(attention_parts, pruned.modules()) if a is not None]
+        pruner = tp.pruner.MetaPruner(
+            pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=p), global_pruning=False,
+            pruning_ratio=ratio, num_heads={a.qkv: a.num_heads for a in parts}, prune_num_heads=True,
+            prune_head_dims=False, head_pruning_ratio=ratio, round_to=round_to,
+            ignored_layers=[m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:])
+        pruner.step()
+        for a in parts:
+            a.module.num_heads = pruner.num_heads[a.qkv]
+        floor_ok = all(k >= min_keep * b - 1e-9 for k, b in zip(_units(pruned), initial))
+        return pruned.eval(), flops(pruned, shape) / base, floor_ok
+
+    # Torch-Pruning rounds the kept units down (4 heads at ratio 0.8 keep none), so a ratio that leaves
+    # any layer below min_keep counts as too large: the answer is the smallest ratio within the budget
+    # among those that respect min_keep.
+    initial = _units(model)
+    lo, hi = 0.0, 1.0 - min_keep
+    best, best_ratio, best_r = None, float("nan"), float("nan")
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        pruned, ratio, floor_ok = prune_at(mid)
+        if floor_ok and ratio <= budget:
+            hi, best, best_ratio, best_r = mid, pruned, ratio, mid
+        elif floor_ok:
+            lo = mid
+        else:
+            hi = mid
+    if best is None:
+        raise ValueError(f"Torch-Pruning's ViT pruning cannot reach FLOPs budget {budget}: with no layer below "
+                         f"min_keep {min_keep:g} the model keeps more of its FLOPs; use a larger budget")
+    return best, best_ratio, best_r, iterations
+
+
+def _units(model: nn.Module) -> list[int]:
+    """Output units of every prunable layer: Conv/Linear channels, then the heads of each attention module."""
+    from torch import nn
+
+    from amc.probe import attention_parts
+
+    units = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return units + [a.num_heads for a in map(attention_parts, model.modules()) if a is not None]
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def run_cell(root: Path, ctx: Context, settings: VitSettings, *, row: str, seed: int,
+             tune_set: TensorDataset) -> VitCell:
+    """One (row, seed) cell at ``settings.budget``: read back when finished, else run and written at once."""
+    from amc.evaluate import validate
+    from amc.policy import Policy
+    from amc.train import accuracy
+    from search.bench.headline import _search_config, deployed_accuracy, flops
+    from search.history import read_history
+    from search.runner import run_search
+
+    budget = settings.budget
+    out = root / f"budget{budget:g}" / row / f"seed{seed}"
+    cell_file = out / "cell.json"
+    if cell_file.exists():
+        data = json.loads(cell_file.read_text())
+        return VitCell(**{**data, "widths": tuple(data.get("widths", ()))})
+    start = time.perf_counter()
+    strategy = {label: s for label, s, _ in ROWS}[row]
+    if strategy is None:  # tp-vit
+        pruned, ratio, r, evaluations = tp_vit_heads(ctx.model, ctx.data.val.tensors[0][:2], budget,
+                                                     min_keep=settings.min_keep, iterations=settings.tp_iterations)
+        search_seconds = time.perf_counter() - start
+        log.info("tp-vit at budget %g: FLOPs ratio %.4f at pruning ratio %.4f", budget, ratio, r)
+    else:
+        run = out / "search"
+        if not (run / "policy.json").exists():
+            run_search(_search_config(settings, ctx, budget=budget, strategy=strategy, seed=seed,
+                                      evaluations=settings.evaluations, out=run), context=ctx)
+        records = read_history(run / "history.csv")
+        search_seconds = max(r.wall_time for r in records)  # to the last evaluation, not the run's test pass
+        evaluations = len(records)
+        pruned = ctx.evaluator.prune(Policy.load(run / "policy.json"))
+    shape = ctx.graph.input_shape
+    val, _ = validate(pruned, *ctx.evaluator.val_set)
+    cell = VitCell(budget=budget, row=row, seed=seed, val_accuracy=val, test_accuracy=accuracy(pruned, ctx.data.test),
+                   finetuned_test_accuracy=deployed_accuracy(ctx, pruned, tune_set, epochs=settings.finetune_epochs,
+                                                             lr=settings.finetune_lr, seed=seed),
+                   flops_ratio=flops(pruned, shape) / flops(ctx.model, shape),
+                   params_ratio=_params(pruned) / _params(ctx.model), search_seconds=search_seconds,
+                   evaluations=evaluations, seconds=time.perf_counter() - start, widths=widths(pruned))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = cell_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(cell), indent=1) + "\n")
+    tmp.replace(cell_file)
+    return cell
+
+
+def plan(settings: VitSettings) -> list[tuple[str, int]]:
+    """The cells of a run, in order: (row, seed); every row for the first seed, then the searches' other seeds
+    (deterministic rows run for the first seed only), so an interrupted run already has one of each row."""
+    first, *rest = settings.seeds
+    return [(row, first) for row, *_ in ROWS] + [(row, seed) for seed in rest
+                                                  for row, _, deterministic in ROWS if not deterministic]
+
+
+def vit_bench(root: Path, settings: VitSettings = VitSettings(), *, context: Context,
+              progress: bool = True, on_cell: Callable[[VitCell, bool], None] | None = None) -> list[VitCell]:
+    """Runs (or reads back) every cell of the benchmark; ``on_cell(cell, cached)`` after each."""
+    from amc.progress import progress_bar
+    from search.bench.headline import finetune_set
+
+    root.mkdir(parents=True, exist_ok=True)
+    tune_set = finetune_set(context, settings.finetune_samples)
+    todo = plan(settings)
+    cells = []
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task("vit", total=len(todo), status="")
+        for row, seed in todo:
+            bar.update(task, status=f"{row} seed {seed}")
+            cached = (root / f"budget{settings.budget:g}" / row / f"seed{seed}" / "cell.json").exists()
+            cell = run_cell(root, context, settings, row=row, seed=seed, tune_set=tune_set)
+            cells.append(cell)
+            if on_cell is not None:
+                on_cell(cell, cached)
+            bar.advance(task)
+    return cells
+
+
+def vit_markdown(cells: list[VitCell], settings: VitSettings, *, command: str, machine: str, base_epochs: int,
+                 base_test: float, base_widths: tuple[int, ...], base_seconds: float | None) -> str:
+    trained = f"trained in {base_seconds / 60:.0f} min" if base_seconds is not None else "cached"
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine}  ",
+        f"vit / fashion-mnist: patch 4, 4 blocks, embedding {base_widths[0]}, {base_widths[1]} heads, MLP "
+        f"{base_widths[2]}; base model {base_epochs} epochs (SGD, one-cycle, lr 0.05) on 55,000 images ({trained}), "
+        f"test accuracy **{100 * base_test:.2f}%**. Decisions: the embedding width, and per block the heads and the "
+        f"MLP width; min_keep {settings.min_keep:g}, round_to 1. Budget {settings.budget:g} of the FLOPs. Search: "
+        f"Optuna TPE, {settings.evaluations} evaluations, {settings.workers} worker(s) x 1 thread, candidates scored "
+        f"on the first {VAL_LIMIT:,} of {VAL_SIZE:,} validation images; seeds {', '.join(map(str, settings.seeds))} are "
+        "search seeds on the one base model (fine-tune seed = search seed). uniform and tp-vit are deterministic "
+        f"and run once (fine-tune seed {settings.seeds[0]}). tp-vit: Torch-Pruning's ViT recipe (whole heads, "
+        "`prune_num_heads=True`, `prune_head_dims=False`, L1 magnitude, one ratio for channels and heads, "
+        "classifier ignored), the ratio bisected to the budget. Test: the 10,000 test images. Fine-tuning: "
+        f"{settings.finetune_epochs} epoch(s) of SGD (cosine, lr {settings.finetune_lr:g}) on "
+        f"{settings.finetune_samples:,} training images, the same for every row. Widths: embedding, then "
+        f"heads/MLP per block. Whole benchmark: {sum(c.seconds for c in cells) / 60:.0f} min of cell time.", "",
+    ]
+    rows = []
+    for row, *_ in ROWS:
+        group = [c for c in cells if c.row == row]
+        if not group:
+            continue
+        shown = group[0].widths
+        rows.append((row if len(group) > 1 else f"{row} (1 run)", mean_std([c.val_accuracy for c in group]),
+                     mean_std([c.test_accuracy for c in group]), mean_std([c.finetuned_test_accuracy for c in group]),
+                     mean_std([c.flops_ratio for c in group], scale=1, digits=3),
+                     mean_std([c.params_ratio for c in group], scale=1, digits=3),
+                     f"{statistics.mean(c.search_seconds for c in group):.0f}",
+                     f"{shown[0]}; " + " ".join(f"{h}/{m}" for h, m in zip(shown[1::2], shown[2::2]))
+                     + (f" (seed {group[0].seed})" if len(group) > 1 else "")))
+    lines += markdown_table(("row", "val acc %", "test acc %", "test acc % after fine-tune", "FLOPs ratio",
+                             "params ratio", "search s", "widths"), rows)
+    return "\n".join(lines) + "\n"
+
+
+def vit_report(root: Path, settings: VitSettings, *, base_epochs: int, threads: int, data_dir: str | None,
+               command: str, markdown: Path, console: Console) -> None:
+    """Runs (or reads back) every cell, prints each and the table, writes the ``vit`` section of ``markdown``."""
+    import torch
+
+    from amc.context import build_context
+
+    torch.set_num_threads(threads)
+    ctx = build_context(fashion_vit(data_dir=data_dir, epochs=base_epochs), progress=True)
+    base_test = ctx.base.test_accuracy if ctx.base is not None else None
+    if base_test is None:
+        from amc.train import accuracy
+
+        base_test = accuracy(ctx.model, ctx.data.test)
+    console.print(f"base vit: test accuracy {100 * base_test:.2f}%"
+                  + ("" if ctx.base is None or ctx.base.cached else f", trained in {ctx.base.seconds / 60:.1f} min"))
+
+    def on_cell(cell: VitCell, cached: bool) -> None:
+        where = "cached" if cached else f"{cell.seconds / 60:.1f} min"
+        console.print(f"{cell.row:<8} seed {cell.seed}: val {100 * cell.val_accuracy:.2f} test "
+                      f"{100 * cell.test_accuracy:.2f} fine-tuned {100 * cell.finetuned_test_accuracy:.2f} FLOPs "
+                      f"{cell.flops_ratio:.3f} widths {cell.widths} ({where})")
+
+    cells = vit_bench(root, settings, context=ctx, on_cell=on_cell)
+    base_seconds = None if ctx.base is None or ctx.base.cached else ctx.base.seconds
+    body = vit_markdown(cells, settings, command=command, machine=machine(), base_epochs=base_epochs,
+                        base_test=base_test, base_widths=widths(ctx.model), base_seconds=base_seconds)
+    console.print(body)
+    update_section(markdown, "vit", body,
+                   title=f"ViT: searched heads and MLP widths vs uniform and Torch-Pruning (vit / fashion-mnist, "
+                         f"budget {settings.budget:g})")
+
+
+__all__ = ["ROWS", "VitCell", "VitSettings", "fashion_vit", "plan", "run_cell", "tp_vit_heads", "vit_bench",
+           "vit_markdown", "vit_report", "widths"]

@@ -1,0 +1,187 @@
+"""Where a search runs: the :class:`Executor` contract and the local one (a process per search).
+
+An executor starts the search worker (:mod:`search.service.worker`) with ``scripts/search.py``'s
+arguments and returns a *handle*: a small JSON object the service keeps in its database, so a
+restarted service can still find, stop or give up on the search. The Ray-job executor
+(:mod:`search.service.ray_jobs`: submit, status, logs, stop through ``JobSubmissionClient``) fits the
+same contract.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+EXIT_FILE = "service-exit.json"
+LOG_FILE = "service.log"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One attempt of a search: what to run and where.
+
+    Attributes:
+        search_id: The service's id of the search.
+        attempt: 1 for the first launch, +1 for each resume.
+        argv: ``scripts/search.py`` arguments (``--out`` and ``--storage`` included).
+        run_dir: The run folder (``--out``).
+    """
+
+    search_id: str
+    attempt: int
+    argv: tuple[str, ...]
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How an attempt ended: ``code`` is the worker's exit status, negative for a signal, None when unknown
+    (its process vanished without a word: killed, or its machine lost)."""
+
+    code: int | None
+
+
+class Executor(Protocol):
+    """Starts, watches and stops search attempts. Handles are JSON objects (stored in the database)."""
+
+    kind: str
+    outlives_service: bool  # True: the attempts go on when the service stops, and a restarted one follows them
+
+    def start(self, launch: Launch) -> dict[str, Any]:
+        """Starts ``launch`` and returns its handle."""
+
+    def poll(self, handle: dict[str, Any]) -> Exit | None:
+        """None while the attempt runs, else how it ended."""
+
+    def cancel(self, handle: dict[str, Any]) -> None:
+        """Asks the attempt to stop; it writes its best policy so far, then exits."""
+
+    def kill(self, handle: dict[str, Any]) -> None:
+        """Stops the attempt now (its history rows stay)."""
+
+    def logs(self, handle: dict[str, Any]) -> str:
+        """The attempt's output so far (may be cut to its end)."""
+
+
+def worker_command(python: str, launch: Launch) -> list[str]:
+    """The worker's command line (the exit file lets a restarted service learn how a lost child ended)."""
+    return [python, "-m", "search.service.worker", "--exit-file", str(launch.run_dir / EXIT_FILE),
+            "--attempt", str(launch.attempt), "--", *launch.argv]
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux ``/proc``); None if it is gone or a zombie.
+
+    A pid is reused after its process ends: the pair (pid, start time) names one process for good.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: int, start_time: int | None) -> bool:
+    if Path("/proc").is_dir():
+        return start_time is not None and process_start_time(pid) == start_time
+    try:  # no /proc (macOS): the pid alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalProcessExecutor:
+    """Each attempt is its own process (and process group) on this machine.
+
+    ``--workers N`` in a search's settings starts a local Ray pool inside that process, as the CLI does.
+    The processes outlive the service; a restarted service finds them again by pid and start time.
+
+    Args:
+        python: The interpreter to run the worker with.
+        workdir: The processes' working folder.
+        env: Extra environment variables of the processes.
+    """
+
+    kind = "local"
+    outlives_service = False  # a stopping service stops its searches (they become interrupted)
+
+    def __init__(self, python: str, *, workdir: str | os.PathLike = ".", env: dict[str, str] | None = None) -> None:
+        self.python = python
+        self.workdir = Path(workdir)
+        self.env = dict(env or {})
+        self._children: dict[int, subprocess.Popen] = {}
+
+    def start(self, launch: Launch) -> dict[str, Any]:
+        launch.run_dir.mkdir(parents=True, exist_ok=True)
+        (launch.run_dir / EXIT_FILE).unlink(missing_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **self.env}
+        with (launch.run_dir / LOG_FILE).open("ab") as out:
+            # A session of its own: a Ctrl-C meant for the service does not reach the search.
+            proc = subprocess.Popen(worker_command(self.python, launch), cwd=self.workdir, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self._children[proc.pid] = proc
+        log.info("search %s attempt %d: pid %d", launch.search_id, launch.attempt, proc.pid)
+        return {"kind": self.kind, "pid": proc.pid, "start_time": process_start_time(proc.pid),
+                "attempt": launch.attempt, "run_dir": str(launch.run_dir)}
+
+    def poll(self, handle: dict[str, Any]) -> Exit | None:
+        pid = handle["pid"]
+        child = self._children.get(pid)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return None
+            del self._children[pid]
+            return Exit(code)
+        if _alive(pid, handle.get("start_time")):
+            return None  # started by an earlier service process: it still runs
+        return Exit(read_exit_code(Path(handle["run_dir"]) / EXIT_FILE, handle["attempt"]))
+
+    def cancel(self, handle: dict[str, Any]) -> None:
+        # SIGINT is Ctrl-C: the runner stops, writes the best policy so far, and exits.
+        self._signal(handle, signal.SIGINT, group=False)
+
+    def kill(self, handle: dict[str, Any]) -> None:
+        self._signal(handle, signal.SIGKILL, group=True)  # with any Ray processes it started
+
+    def logs(self, handle: dict[str, Any], limit: int = 64 * 1024) -> str:
+        path = Path(handle["run_dir"]) / LOG_FILE
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, path.stat().st_size - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _signal(self, handle: dict[str, Any], sig: signal.Signals, *, group: bool) -> None:
+        pid = handle["pid"]
+        child = self._children.get(pid)
+        if (child.poll() is not None) if child is not None else not _alive(pid, handle.get("start_time")):
+            return  # never signal a pid that may now be another process
+        try:
+            os.killpg(pid, sig) if group else os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # it ended in between
+
+
+def read_exit_code(path: Path, attempt: int) -> int | None:
+    """The exit status the worker recorded in ``path`` for ``attempt``; None without such a record."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("exit_code") if data.get("attempt") == attempt else None

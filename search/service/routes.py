@@ -1,0 +1,146 @@
+"""``/v1/searches``: one router, thin; the work is the manager's (:mod:`search.service.manager`)."""
+
+# No ``from __future__ import annotations``: FastAPI reads the body's type, built at run time, from the signature.
+import asyncio
+import hashlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel
+
+from search.history import read_history
+from search.service.db import ACTIVE
+from search.service.manager import ARTIFACTS, NotFoundError, SearchManager
+from search.service.progress import record_dict
+from search.service.schemas import EvaluationPage, InvalidSetting, Problem, Search, SearchList, State
+from search.service.security import require_token
+from search.service.validation import validate_settings
+
+SearchId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="the id POST /v1/searches returned")]
+ERRORS = {401: {"model": Problem, "description": "missing or wrong bearer token"},
+          404: {"model": Problem, "description": "no such search"}}
+KEEPALIVE_S = 15.0
+
+
+def get_manager(request: Request) -> SearchManager:
+    return request.app.state.manager
+
+
+def searches_router(settings_model: type[BaseModel]) -> APIRouter:
+    """The routes; ``settings_model`` is the submit body (:func:`search.service.schemas.settings_model`)."""
+    router = APIRouter(prefix="/v1/searches", tags=["searches"], dependencies=[Depends(require_token)],
+                       responses={401: ERRORS[401], 422: {"model": InvalidSetting, "description": "a bad setting "
+                                                          "or parameter: which, and why"}})
+
+    @router.post("", status_code=201, response_model=Search, summary="Submit a search",
+                 responses={200: {"model": Search, "description": "a search submitted before with this "
+                                  "Idempotency-Key"},
+                            400: {"model": Problem, "description": "the body cannot be read as JSON"},
+                            409: {"model": Problem, "description": "Idempotency-Key reused with other settings"},
+                            413: {"model": Problem, "description": "request body too large"}})
+    def submit(body: settings_model, response: Response, request: Request,  # type: ignore[valid-type]
+               idempotency_key: str | None = Header(None, max_length=200, description="a retry with the same key "
+                                                     "returns the same search"),
+               manager: SearchManager = Depends(get_manager)) -> Search:
+        """The settings are ``scripts/search.py``'s long options (``{"budget": 0.3, "strategy": "random"}``)."""
+        settings = validate_settings(body.model_dump(exclude_unset=True),
+                                     max_evaluations=request.app.state.config.max_evaluations)
+        digest = hashlib.sha256(json.dumps(settings.given, sort_keys=True).encode()).hexdigest()
+        row, created = manager.submit(settings, idempotency_key=idempotency_key, request_hash=digest)
+        if not created:
+            response.status_code = 200
+        return Search.of(row)
+
+    @router.get("", response_model=SearchList, summary="List searches (in queue order)")
+    def list_searches(state: State | None = Query(None, description="only searches in this state"),
+                      limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10**9),
+                      manager: SearchManager = Depends(get_manager)) -> SearchList:
+        return SearchList(searches=[Search.of(r) for r in manager.list(state=state, limit=limit, offset=offset)])
+
+    @router.get("/{search_id}", response_model=Search, responses={404: ERRORS[404]}, summary="A search")
+    def get_search(search_id: SearchId, manager: SearchManager = Depends(get_manager)) -> Search:
+        return Search.of(manager.get(search_id))
+
+    @router.get("/{search_id}/evaluations", response_model=EvaluationPage, responses={404: ERRORS[404]},
+                summary="The search's history.csv rows")
+    def evaluations(search_id: SearchId,
+                    after: int = Query(0, ge=0, le=10**9, description="skip the first N rows"),
+                    limit: int = Query(1000, ge=1, le=10_000),
+                    manager: SearchManager = Depends(get_manager)) -> EvaluationPage:
+        row = manager.get(search_id)
+        records = read_history(f"{row.run_dir}/history.csv")[after: after + limit]
+        return EvaluationPage(evaluations=[record_dict(r) for r in records], next=after + len(records))
+
+    @router.get("/{search_id}/events", summary="Live progress (server-sent events)", response_class=StreamingResponse,
+                responses={200: {"content": {"text/event-stream": {}}, "description": "events 'state' and "
+                                 "'evaluation', each with its id; the stream ends when the search stops"},
+                           404: ERRORS[404]})
+    async def events(request: Request, search_id: SearchId,
+                     last_event_id: str | None = Header(None, max_length=18,
+                                                        description="resume after this event id"),
+                     after: int = Query(0, ge=0, le=10**18, description="start after this event id"),
+                     manager: SearchManager = Depends(get_manager)) -> StreamingResponse:
+        await run_in_threadpool(manager.get, search_id)  # 404 before the stream starts
+        start = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else after
+        interval = request.app.state.config.poll_interval
+        return StreamingResponse(_event_stream(manager, search_id, start, request, interval),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @router.get("/{search_id}/artifacts/{name}", summary="A file of the run folder", response_class=FileResponse,
+                responses={200: {"content": {t: {} for t in sorted(set(ARTIFACTS.values()))}},
+                           404: {"model": Problem, "description": f"not one of {', '.join(ARTIFACTS)}, or "
+                                 "not written (yet)"}})
+    def artifact(search_id: SearchId, name: Annotated[str, Path(max_length=100)],
+                 manager: SearchManager = Depends(get_manager)) -> FileResponse:
+        path, media_type = manager.artifact(search_id, name)
+        return FileResponse(path, media_type=media_type, filename=name)
+
+    @router.post("/{search_id}/cancel", status_code=202, response_model=Search, summary="Cancel a search",
+                 responses={404: ERRORS[404], 409: {"model": Problem, "description": "already finished"}})
+    def cancel(search_id: SearchId, manager: SearchManager = Depends(get_manager)) -> Search:
+        """A running search stops after writing its best policy so far (state ``cancelling``, then ``cancelled``)."""
+        return Search.of(manager.cancel(search_id))
+
+    @router.post("/{search_id}/resume", status_code=202, response_model=Search, summary="Resume a search",
+                 responses={404: ERRORS[404], 409: {"model": Problem, "description": "not resumable"}})
+    def resume(search_id: SearchId, manager: SearchManager = Depends(get_manager)) -> Search:
+        """An interrupted, cancelled or failed search continues where it stopped, up to its evaluations."""
+        return Search.of(manager.resume(search_id))
+
+    @router.delete("/{search_id}", status_code=204, summary="Delete a finished search",
+                   responses={404: ERRORS[404], 409: {"model": Problem, "description": "still queued or running"}})
+    def delete(search_id: SearchId, manager: SearchManager = Depends(get_manager)) -> Response:
+        manager.delete(search_id)
+        return Response(status_code=204)
+
+    return router
+
+
+async def _event_stream(manager: SearchManager, search_id: str, after: int, request: Request, interval: float):
+    yield "retry: 2000\n\n"
+    idle = 0.0
+    stopping = request.app.state.stopping
+    while not stopping.is_set():  # the server is stopping: end here, a client reconnects with Last-Event-ID
+        try:
+            row = await run_in_threadpool(manager.get, search_id)
+        except NotFoundError:
+            return  # deleted
+        batch = await run_in_threadpool(manager.events, search_id, after=after)
+        for event in batch:
+            yield f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
+            after = event.id
+        if batch:
+            idle = 0.0
+            continue
+        if row.state not in ACTIVE:  # read before the events: its last event is in the batch just sent
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(interval)
+        idle += interval
+        if idle >= KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"

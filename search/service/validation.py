@@ -1,0 +1,192 @@
+"""A submitted search's settings, checked by ``scripts/search.py``'s own parser and configs.
+
+The request body is a JSON object whose keys are ``scripts/search.py``'s long option names
+(``budget``, ``strategy``, ``no_export``, ...; dashes or underscores). Each value goes through the
+option's argparse type (the same function that checks ``--budget 0`` at the command line), then the
+whole set through :func:`search.cli.search.build_config` (the frozen configs' checks), so a setting
+the CLI rejects is rejected here with the same reason. The service adds bounds of its own
+(:data:`LIMITS`) and owns the run folder, the Optuna storage and the console output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from amc.errors import AmcError
+
+# Settings the service sets itself: where the run goes, its Optuna storage, the console, the cluster.
+SERVICE_OWNED = {
+    "out": "the service chooses the run folder (runs/<id> in its state folder)",
+    "resume": "use POST /v1/searches/{id}/resume",
+    "storage": "the service keeps each study in its own database",
+    "quiet": "a service search has no console",
+    "config": "send the settings themselves",
+    "ray_address": "the service decides where searches run",
+}
+# Service-only upper bounds (a request must not tie up the machine for days).
+LIMITS = {"evaluations": 10_000, "warmup": 10_000, "epochs": 1_000, "ladder_top_k": 1_000, "latency_batch": 4_096,
+          "round_to": 1_024, "val_size": 1_000_000, "train_limit": 10_000_000, "val_limit": 1_000_000,
+          "threads": 256, "workers": 1_024, "threads_per_worker": 256}
+MAX_TEXT = 1_000  # characters of a string setting
+MAX_FINETUNE_STEPS = 10_000  # K of a finetune:K score (per candidate)
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used: ``field`` names it, ``reason`` says why (answered as HTTP 422)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Checked settings.
+
+    Attributes:
+        given: The request's settings, keys in underscore form, None values dropped.
+        options: Every option's value (defaults filled in), as ``scripts/search.py`` resolves them.
+    """
+
+    given: dict[str, Any]
+    options: dict[str, Any]
+
+    @property
+    def evaluations(self) -> int:
+        """Rows the finished search's ``history.csv`` has (the one-policy strategies stop at one)."""
+        return 1 if self.options["strategy"] in ("uniform", "sensitivity") else self.options["evaluations"]
+
+
+def option_actions() -> dict[str, argparse.Action]:
+    """``scripts/search.py``'s options a request may set, by name (underscore form)."""
+    from search.cli.search import DEFAULTS, build_parser
+
+    return {a.dest: a for a in build_parser()._actions
+            if a.dest in DEFAULTS and a.dest not in SERVICE_OWNED}
+
+
+def option_argv(key: str, value: Any) -> list[str]:
+    """The command-line words of one setting (``--key=value`` keeps a value that starts with a dash a value)."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag] if value else []
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return [f"{flag}={value}"]
+
+
+def settings_argv(given: dict[str, Any]) -> list[str]:
+    """The ``scripts/search.py`` arguments of checked settings (without the service's own)."""
+    return [word for key, value in given.items() for word in option_argv(key, value)]
+
+
+def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["evaluations"]) -> Settings:
+    """Checks a request's settings as ``scripts/search.py`` checks its options.
+
+    Raises:
+        SettingsError: The first setting that cannot be used, with the reason.
+    """
+    from search.cli.search import DEFAULTS, build_config
+
+    actions = option_actions()
+    parser = _raising_parser()
+    given: dict[str, Any] = {}
+    options = dict(DEFAULTS)
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key in SERVICE_OWNED:
+            raise SettingsError(key, f"not settable: {SERVICE_OWNED[key]}")
+        if key not in actions:
+            raise SettingsError(key, f"unknown setting; use scripts/search.py's long option names "
+                                     f"({', '.join(sorted(actions))})")
+        if value is None:
+            continue
+        _check_kind(key, value, actions[key])
+        try:
+            options.update(vars(parser.parse_args(option_argv(key, value))))
+        except _ParseError as exc:
+            raise SettingsError(key, str(exc)) from None
+        given[key] = value
+    for key, high in {**LIMITS, "evaluations": max_evaluations}.items():
+        value = options.get(key)
+        if value is not None and not isinstance(value, bool) and isinstance(value, int) and not 0 <= value <= high:
+            raise SettingsError(key, f"must be in [0, {high}] on this service, got {value!r}")
+    for key in ("score", "ladder"):
+        for score in [options[key]] if isinstance(options.get(key), str) else options.get(key) or ():
+            steps = re.match(r"finetune:(\d+)", score)
+            if steps and int(steps.group(1)) > MAX_FINETUNE_STEPS:
+                raise SettingsError(key, f"{score!r}: at most finetune:{MAX_FINETUNE_STEPS} on this service")
+    options["out"] = "runs/service-check"  # a placeholder: the service sets the real folder at launch
+    try:
+        build_config(options)
+    except (AmcError, ValueError) as exc:
+        raise SettingsError(_named_field(str(exc), actions), str(exc)) from None
+    for key in SERVICE_OWNED:
+        options.pop(key, None)
+    if options.get("ladder") is not None:
+        options["ladder"] = list(options["ladder"])
+    return Settings(given=given, options=options)
+
+
+class _ParseError(Exception):
+    pass
+
+
+def _raising_parser() -> argparse.ArgumentParser:
+    from search.cli.search import build_parser
+
+    parser = build_parser()
+
+    def error(message: str) -> None:  # argparse's "argument --budget: must be ..." without the option's name
+        raise _ParseError(re.sub(r"^argument [^:]+: ", "", message))
+
+    parser.error = error  # the parser's only way out: report instead of exiting
+    return parser
+
+
+def _check_kind(key: str, value: Any, action: argparse.Action) -> None:
+    """The JSON kind of a value must be the option's (the OpenAPI schema says which)."""
+    kind = json_kind(action)
+    ok = {"boolean": lambda v: isinstance(v, bool),
+          "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "string": lambda v: isinstance(v, str),
+          "list": lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))}[kind]
+    if not ok(value):
+        raise SettingsError(key, f"must be {_KIND_WORDS[kind]}, got {value!r}")
+    texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+    for text in texts:
+        if len(text) > MAX_TEXT or any(ord(c) < 32 for c in text):
+            raise SettingsError(key, f"must be at most {MAX_TEXT} printable characters")
+
+
+_KIND_WORDS = {"boolean": "true or false", "integer": "an integer", "number": "a number", "string": "a string",
+               "list": "a list of strings or a comma-separated string"}
+
+
+def json_kind(action: argparse.Action) -> str:
+    """The JSON kind of an option's value: boolean, integer, number, string or list."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return "boolean"
+    kind = action.type
+    name = getattr(kind, "__qualname__", "")
+    if kind is int or name.startswith("int_at_least"):
+        return "integer"
+    if kind is float or name.startswith("number_in"):
+        return "number"
+    if name.startswith("comma_list"):
+        return "list"
+    return "string"
+
+
+def _named_field(message: str, actions: dict[str, argparse.Action]) -> str:
+    """The setting a config error names first (``--min-keep (0.9) must not exceed ...`` -> ``min_keep``)."""
+    for match in re.finditer(r"--([a-z][a-z0-9-]*)", message):
+        key = match.group(1).replace("-", "_")
+        if key in actions:
+            return key
+    return "settings"

@@ -1,0 +1,56 @@
+"""The process a service search runs in: ``scripts/search.py``'s ``main`` plus an exit record.
+
+    python -m search.service.worker --exit-file runs/<id>/service-exit.json --attempt 1 -- --budget 0.3 ...
+
+SIGTERM (what ``ray job stop`` and a system shutdown send) is handled like Ctrl-C: the search stops and
+writes its best policy so far. The exit status goes to ``--exit-file`` (with the attempt number), so a
+service that restarted while this process ran still learns how it ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def write_exit(path: Path, attempt: int, code: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"attempt": attempt, "exit_code": code}) + "\n")
+    os.replace(tmp, path)  # atomic: a reader sees the old record or the new one
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(prog="search.service.worker")
+    parser.add_argument("--exit-file", required=True)
+    parser.add_argument("--attempt", type=int, required=True)
+    args = parser.parse_args(argv[:split])
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        from search.cli.search import (
+            main as search_main,  # a stop may come while torch loads
+        )
+
+        code = search_main(argv[split + 1:])
+    except SystemExit as exc:  # argparse
+        code = exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:  # stopped before the search began, or while its outputs were written
+        code = 130
+    except BaseException:
+        write_exit(Path(args.exit_file), args.attempt, 1)
+        raise
+    write_exit(Path(args.exit_file), args.attempt, code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The service's parts without a server: processes by pid and start time, history tailing, token, checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from amc.errors import ConfigError
+from search.cli.search import build_parser
+from search.history import COLUMNS, HistoryWriter, Record
+from search.service.executor import EXIT_FILE, Exit, LocalProcessExecutor, process_start_time
+from search.service.progress import HistoryTail
+from search.service.settings import is_loopback, load_or_create_token
+from search.service.validation import SettingsError, validate_settings
+from search.service.worker import main as worker_main
+from tests.search.helpers import REPO
+
+
+def _record(index: int, accuracy: float, cost: float = 1.0) -> Record:
+    return Record(index=index, strategy="random", step=index, accuracy=accuracy, loss=0.5, cost=cost, cost_ratio=0.3,
+                  reward=accuracy, cached=False, seconds=0.1, wall_time=0.1 * index, keep=(0.5, 1.0))
+
+
+def test_a_pid_counts_only_with_its_start_time(tmp_path: Path) -> None:
+    """A pid reused by another process is not the search: never signalled, and its exit is the exit file's."""
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        started = process_start_time(sleeper.pid)
+        assert started is not None
+        executor = LocalProcessExecutor(sys.executable)  # not its parent: as after a service restart
+        reused = {"pid": sleeper.pid, "start_time": started - 1, "attempt": 2, "run_dir": str(tmp_path)}
+        (tmp_path / EXIT_FILE).write_text('{"attempt": 2, "exit_code": 3}')
+        assert executor.poll(reused) == Exit(3)
+        (tmp_path / EXIT_FILE).write_text('{"attempt": 1, "exit_code": 0}')  # an earlier attempt's record
+        assert executor.poll(reused) == Exit(None)
+        executor.kill(reused)
+        executor.cancel(reused)
+        time.sleep(0.2)
+        assert sleeper.poll() is None  # the other process was left alone
+        same = {**reused, "start_time": started}
+        assert executor.poll(same) is None
+        executor.kill(same)
+        assert sleeper.wait(5) == -9
+    finally:
+        sleeper.kill()
+
+
+def test_history_tail_reads_complete_rows_once_and_keeps_the_best(tmp_path: Path) -> None:
+    path = tmp_path / "history.csv"
+    tail = HistoryTail(path)
+    assert tail.read() == []  # no file yet
+    writer = HistoryWriter(path)
+    writer.append(_record(0, 0.5))
+    writer.append(_record(1, 0.7, cost=2.0))
+    writer.close()
+    with path.open("a") as f:
+        f.write("2,random,2,0.7,0.5")  # a row still being written
+    assert [r.index for r in tail.read()] == [0, 1]
+    assert tail.read() == []
+    with path.open("a") as f:
+        f.write(",1.0,0.3,0.7,0,0.1,0.2,\"[0.5, 1.0]\"\n")
+    assert [r.index for r in tail.read()] == [2]
+    assert (tail.count, tail.best.index) == (3, 2)  # same reward as row 1, cheaper
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+
+
+def test_token_is_generated_once_and_token_files_are_checked(tmp_path: Path) -> None:
+    token, generated = load_or_create_token(tmp_path)
+    assert generated and len(token) >= 32
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+    assert load_or_create_token(tmp_path) == (token, False)
+    given = tmp_path / "given"
+    given.write_text("a-token-of-mine\n")
+    assert load_or_create_token(tmp_path, given) == ("a-token-of-mine", False)
+    given.write_text("short\n")
+    with pytest.raises(ConfigError, match="at least 8"):
+        load_or_create_token(tmp_path, given)
+    with pytest.raises(ConfigError, match="nosuchfile"):
+        load_or_create_token(tmp_path, tmp_path / "nosuchfile")
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True),
+                                                ("localhost", True), ("0.0.0.0", False), ("::", False),
+                                                ("10.0.0.1", False), ("example.org", False)])
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_server_refuses_to_listen_beyond_loopback_without_a_token_file(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "serve.py"), "--host", "0.0.0.0",
+                           "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("serve.py: error: --host '0.0.0.0' reaches beyond this machine: pass --token-file")
+    assert not (tmp_path / "token").exists()
+
+
+def test_settings_are_refused_with_the_command_lines_reason(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--budget", "1.5"])
+    cli = capsys.readouterr().err
+    with pytest.raises(SettingsError) as caught:
+        validate_settings({"budget": 1.5})
+    assert caught.value.field == "budget"
+    assert caught.value.reason in cli
+    settings = validate_settings({"budget": 0.4, "strategy": "uniform", "evaluations": 50, "min-keep": 0.3})
+    assert settings.given == {"budget": 0.4, "strategy": "uniform", "evaluations": 50, "min_keep": 0.3}
+    assert settings.options["criterion"] == "l1" and "out" not in settings.options
+    assert settings.evaluations == 1  # uniform evaluates one policy
+
+
+def test_worker_records_the_search_exit_status(tmp_path: Path) -> None:
+    exit_file = tmp_path / EXIT_FILE
+    assert worker_main(["--exit-file", str(exit_file), "--attempt", "3", "--", "--budget", "0"]) == 2
+    assert exit_file.read_text().strip() == '{"attempt": 3, "exit_code": 2}'
