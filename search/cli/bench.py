@@ -150,6 +150,22 @@ def _gpu(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     return 0
 
 
+def _service_load(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.common import BenchError
+    from search.bench.service_load import LoadSettings, service_load_report
+
+    try:
+        settings = LoadSettings(searches=args.searches, max_concurrent=args.max_concurrent,
+                                evaluations=args.evaluations, strategy=args.strategy, seconds=args.poll_seconds,
+                                rate=args.rate, timeout=args.timeout)
+        service_load_report(settings, command=_command("service-load", rest), markdown=Path(args.markdown),
+                            console=console)
+    except BenchError as exc:
+        print(f"bench.py service-load: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from amc.cli import OneLineParser, comma_list, existing_file, int_at_least, number_in, score_name
 
@@ -273,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int_at_least(1), default=1, help="base-model epochs of each search (1)")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--val-limit", type=int_at_least(1), default=1000)
-    p.add_argument("--threads", type=int_at_least(1), default=2)
+    p.add_argument("--threads", type=int_at_least(1), default=1,
+                   help="torch threads of each search (1: on a shared 2-core machine 2 threads spin-wait, 6x slower)")
     p.add_argument("--loader-workers", type=int_at_least(0), default=2)
     p.add_argument("--root", default="~/.cache/amc-search/bench-memory",
                    help="the PNG folder (outside the repo: 70,000 files), runs and results; a rerun skips finished runs")
@@ -289,6 +306,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-gpu", help="runs, cache and results; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_gpu)
+    p = sub.add_parser("service-load", help="the search service on loopback: a burst of tiny searches through "
+                                            "--max-concurrent, then open-loop status polling (latency percentiles)")
+    p.add_argument("--searches", type=int_at_least(1), default=50, help="submitted at once (50)")
+    p.add_argument("--max-concurrent", type=int_at_least(1), default=2, help="the server's --max-concurrent (2)")
+    p.add_argument("--evaluations", type=int_at_least(1), default=2, help="of each search (2)")
+    p.add_argument("--strategy", choices=("random", "uniform"), default="random")
+    p.add_argument("--poll-seconds", type=number_in(0, 3600, meaning=" (seconds)"), default=30.0,
+                   help="length of the status polling (30)")
+    p.add_argument("--rate", type=number_in(0, 10_000, meaning=" (requests per second)"), default=200.0,
+                   help="status requests per second (200)")
+    p.add_argument("--timeout", type=number_in(0, 7200, meaning=" (seconds)"), default=1800.0,
+                   help="bound of the whole run, seconds (1800)")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_service_load)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

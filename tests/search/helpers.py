@@ -8,9 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-
 REPO = Path(__file__).resolve().parents[2]
 SEARCH_SCRIPT = REPO / "scripts" / "search.py"
 APPLY_SCRIPT = REPO / "scripts" / "apply_policy.py"
