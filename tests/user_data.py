@@ -7,6 +7,8 @@ factory). The image folder holds the same digits as 8x8 grayscale PNGs, one fold
 
 from __future__ import annotations
 
+import importlib
+import sys
 import textwrap
 from pathlib import Path
 
@@ -67,6 +69,13 @@ FACTORIES = textwrap.dedent('''
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
         )
 ''')
+
+
+def forget_package() -> None:
+    """Drops ``mydata`` (and its modules) from ``sys.modules``: each test module writes its own copy."""
+    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
 
 
 def write_user_package(root: Path) -> Path:

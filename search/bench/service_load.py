@@ -76,6 +76,7 @@ class Polling:
     achieved_rate: float  # requests sent per second of the phase
     max_lag_ms: float  # latest send behind its schedule (the client keeping up)
     load_average: float  # the machine's 1-minute load average as the polling began (other jobs included)
+    niceness: int  # of this process (and the server and searches it started)
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,10 @@ async def _run(server: ServeProcess, settings: LoadSettings,
                                  timeout=30, limits=limits) as client:
         await _wait_up(client, server)
         began = time.perf_counter()
-        bodies = [{"strategy": settings.strategy, "evaluations": settings.evaluations, "budget": 0.5,
-                   "no_export": True, "seed": i} for i in range(settings.searches)]
-        answers = await asyncio.gather(*(client.post("/v1/searches", json=b) for b in bodies), return_exceptions=True)
+        # One body for all: --seed also seeds the base model, so another seed would train (and cache) another.
+        body = {"strategy": settings.strategy, "evaluations": settings.evaluations, "budget": 0.5, "no_export": True}
+        answers = await asyncio.gather(*(client.post("/v1/searches", json=body) for _ in range(settings.searches)),
+                                       return_exceptions=True)
         burst = time.perf_counter() - began
         ids = [a.json()["id"] for a in answers if not isinstance(a, BaseException) and a.status_code == 201]
         samples, max_running, rows = 0, 0, []
@@ -266,7 +268,7 @@ async def _poll(client: Any, ids: list[str], *, rate: float, seconds: float) -> 
     cuts = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [0.0] * 99
     return Polling(requests=total, errors=sum(errors.values()), error_kinds=errors, p50=cuts[49], p95=cuts[94],
                    p99=cuts[98], max=max(latencies, default=0.0), achieved_rate=total / max(sending, 1e-9),
-                   max_lag_ms=1e3 * lag, load_average=load)
+                   max_lag_ms=1e3 * lag, load_average=load, niceness=os.nice(0))
 
 
 def service_load_report(settings: LoadSettings, *, command: str, markdown: Path, console: Console) -> LoadResult:
@@ -289,9 +291,10 @@ def service_load_report(settings: LoadSettings, *, command: str, markdown: Path,
                           "yes" if result.in_order else "no"),))
     polling = ResultTable(f"GET /v1/searches/<id> for {s.seconds:g} s at {s.rate:g}/s (open loop)",
                           ("requests", "errors", "achieved req/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
-                           "max send lag ms", "load average"),
+                           "max send lag ms", "load average", "nice"),
                           ((str(p.requests), str(p.errors), f"{p.achieved_rate:.1f}", f"{p.p50:.1f}", f"{p.p95:.1f}",
-                            f"{p.p99:.1f}", f"{p.max:.1f}", f"{p.max_lag_ms:.1f}", f"{p.load_average:.1f}"),))
+                            f"{p.p99:.1f}", f"{p.max:.1f}", f"{p.max_lag_ms:.1f}", f"{p.load_average:.1f}",
+                            str(p.niceness)),))
     console.print(queue.rich(), polling.rich())
     problems = result.problems()
     if problems:
@@ -301,7 +304,9 @@ def service_load_report(settings: LoadSettings, *, command: str, markdown: Path,
              "base model cached before the server starts. The queue is sampled every 0.2 s while it drains; "
              "\"recorded\" is the most searches whose `started_at`..`finished_at` overlap. Then status polling: "
              "each request sent at its scheduled time (open loop, an async httpx2 client, keep-alive), latency "
-             "from its send to its answer; the load average (1 min, the whole machine) as it began.")
+             "from its send to its answer; the load average (1 min, the whole machine) as it began. A send lag "
+             "near the tail latencies means the client itself waited for a CPU (a shared machine, this run "
+             "niced): that tail is the machine's as much as the service's.")
     lines = [f"Command: `{command}`  ", f"Machine: {machine()}  ", setup, "", *queue.markdown(), "",
              *polling.markdown()]
     update_section(markdown, "service-load", "\n".join(lines) + "\n", title="Service load")

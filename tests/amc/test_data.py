@@ -17,7 +17,7 @@ from amc.data import (DATASETS, DEFAULT_FASHION_MNIST_DIR, DataSplits, load_cifa
 from amc.errors import ConfigError, DataError
 from amc.streaming import StreamedSplit, batches, take
 from amc.userdata import default_val_size, load_imagefolder
-from tests.user_data import write_digit_pngs, write_user_package
+from tests.user_data import forget_package, write_digit_pngs, write_user_package
 
 IDX_IMAGE_MAGIC, IDX_LABEL_MAGIC = 0x00000803, 0x00000801
 
@@ -381,16 +381,14 @@ NOT_IMPORTABLE = "import does_not_exist_anywhere\n"
 @pytest.fixture(scope="module")
 def user_package(tmp_path_factory: pytest.TempPathFactory):
     """The test package (``mydata.factories`` and ``mydata.bad``) on ``sys.path`` for this module."""
-    import sys
-
     root = write_user_package(tmp_path_factory.mktemp("userpkg"))
     (root / "mydata" / "bad.py").write_text(BAD_FACTORIES)
     (root / "mydata" / "broken.py").write_text(NOT_IMPORTABLE)
+    forget_package()  # another module's copy may be imported in this process
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(root))
         yield root
-    for name in [m for m in sys.modules if m == "mydata" or m.startswith("mydata.")]:
-        del sys.modules[name]
+    forget_package()
 
 
 @pytest.fixture(scope="module")

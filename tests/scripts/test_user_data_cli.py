@@ -20,7 +20,7 @@ import torch
 
 from search.cli import search as search_cli
 from tests.search.helpers import APPLY_SCRIPT, REPO, SEARCH_SCRIPT, history_rows, subprocess_env
-from tests.user_data import write_digit_pngs, write_user_package
+from tests.user_data import forget_package, write_digit_pngs, write_user_package
 
 torch.set_num_threads(1)
 pytestmark = [pytest.mark.usefixtures("cache_env"), pytest.mark.xdist_group("user-data-cli")]
@@ -118,6 +118,7 @@ def _bad_inputs(root: Path, package: Path) -> dict[str, tuple[list[str], str]]:
 
 def test_bad_user_data_is_one_line_exit_2_and_nothing_written(package: Path, tmp_path: Path, capsys,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    forget_package()  # another module's copy may be imported in this process
     monkeypatch.syspath_prepend(str(package))
     for case, (args, names) in _bad_inputs(tmp_path, package).items():
         out = tmp_path / "runs" / case
@@ -129,6 +130,7 @@ def test_bad_user_data_is_one_line_exit_2_and_nothing_written(package: Path, tmp
         assert code == 2, (case, err)
         assert len(err) == 1 and err[0].startswith("search.py: error:") and names in err[0], (case, err)
         assert not out.exists(), case
+    forget_package()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")

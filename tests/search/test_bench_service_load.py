@@ -19,9 +19,11 @@ def test_service_load_keeps_the_queue_and_answers_every_poll(amc_cache: Path, tm
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMC_CACHE_DIR", str(amc_cache))  # the server's searches load the session's cnn
     markdown = tmp_path / "BENCHMARKS.md"
+    cached = sorted(amc_cache.iterdir())
     settings = LoadSettings(searches=2, max_concurrent=1, evaluations=1, seconds=2.0, rate=20.0, timeout=240.0)
     result = service_load_report(settings, command="bench.py service-load (test)", markdown=markdown,
                                  console=Console(file=io.StringIO()))
+    assert sorted(amc_cache.iterdir()) == cached  # the searches loaded the cached cnn: none trained its own
     assert result.problems() == []
     assert result.states == {"succeeded": 2} and result.submit_errors == 0
     assert (result.max_running_sampled, result.max_running_recorded) == (1, 1) and result.in_order
@@ -36,7 +38,7 @@ def test_service_load_keeps_the_queue_and_answers_every_poll(amc_cache: Path, tm
 
 def test_a_broken_invariant_is_a_problem() -> None:
     polling = Polling(requests=10, errors=1, error_kinds={"HTTP 500": 1}, p50=1, p95=2, p99=3, max=4,
-                      achieved_rate=10, max_lag_ms=0, load_average=1.0)
+                      achieved_rate=10, max_lag_ms=0, load_average=1.0, niceness=0)
     result = LoadResult(settings=LoadSettings(searches=3, max_concurrent=2), submit_errors=0, burst_seconds=1,
                         drain_seconds=2, states={"succeeded": 2, "failed": 1}, samples=5, max_running_sampled=2,
                         max_running_recorded=3, in_order=False, polling=polling)

@@ -84,6 +84,11 @@ class PostgresServer:
         Raises:
             PostgresUnavailable: initdb failed or the server did not come up (the log's end is in the message).
         """
+        try:
+            import psycopg  # noqa: F401  (the driver, from the service extra)
+        except ImportError:
+            raise PostgresUnavailable("the psycopg driver is not installed: pip install -c constraints.txt "
+                                      "-e '.[service]'") from None
         if self.user is not None:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
