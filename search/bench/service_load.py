@@ -305,8 +305,8 @@ def service_load_report(settings: LoadSettings, *, command: str, markdown: Path,
              "\"recorded\" is the most searches whose `started_at`..`finished_at` overlap. Then status polling: "
              "each request sent at its scheduled time (open loop, an async httpx2 client, keep-alive), latency "
              "from its send to its answer; the load average (1 min, the whole machine) as it began. A send lag "
-             "near the tail latencies means the client itself waited for a CPU (a shared machine, this run "
-             "niced): that tail is the machine's as much as the service's.")
+             "near the tail latencies means the client itself waited for a CPU (a shared machine: see the load "
+             "average and nice columns): that tail is the machine's as much as the service's.")
     lines = [f"Command: `{command}`  ", f"Machine: {machine()}  ", setup, "", *queue.markdown(), "",
              *polling.markdown()]
     update_section(markdown, "service-load", "\n".join(lines) + "\n", title="Service load")
