@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 
@@ -55,9 +56,10 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
         return Search.of(row)
 
     @router.get("", response_model=SearchList, summary="List searches (in queue order)")
-    def list_searches(state: State | None = Query(None, description="only searches in this state"),
+    def list_searches(request: Request, state: State | None = Query(None, description="only searches in this state"),
                       limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10**9),
                       manager: SearchManager = Depends(get_manager)) -> SearchList:
+        _whole_numbers(request, "limit", "offset")
         return SearchList(searches=[Search.of(r) for r in manager.list(state=state, limit=limit, offset=offset)])
 
     @router.get("/{search_id}", response_model=Search, responses={404: ERRORS[404]}, summary="A search")
@@ -66,10 +68,11 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
 
     @router.get("/{search_id}/evaluations", response_model=EvaluationPage, responses={404: ERRORS[404]},
                 summary="The search's history.csv rows")
-    def evaluations(search_id: SearchId,
+    def evaluations(search_id: SearchId, request: Request,
                     after: int = Query(0, ge=0, le=10**9, description="skip the first N rows"),
                     limit: int = Query(1000, ge=1, le=10_000),
                     manager: SearchManager = Depends(get_manager)) -> EvaluationPage:
+        _whole_numbers(request, "after", "limit")
         row = manager.get(search_id)
         records = read_history(f"{row.run_dir}/history.csv")[after: after + limit]
         return EvaluationPage(evaluations=[record_dict(r) for r in records], next=after + len(records))
@@ -117,6 +120,15 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
         return Response(status_code=204)
 
     return router
+
+
+def _whole_numbers(request: Request, *names: str) -> None:
+    """422 unless each query parameter given is written as a whole number (pydantic's lax mode takes ``0.0``)."""
+    for name in names:
+        text = request.query_params.get(name)
+        if text is not None and not (text.isascii() and text.isdigit()):
+            raise RequestValidationError([{"type": "int_type", "loc": ("query", name), "input": text,
+                                           "msg": f"must be a whole number like 10, got {text!r}"}])
 
 
 async def _event_stream(manager: SearchManager, search_id: str, after: int, request: Request, interval: float):

@@ -187,7 +187,7 @@ def test_artifact_names_stay_inside_the_run_folder(client: TestClient, finished)
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_cancel_keeps_the_best_and_resume_completes_exactly(client: TestClient, finished) -> None:
-    total = 40
+    total = 200  # a digits evaluation takes ~10 ms on an idle machine: 40 could all finish before the cancel lands
     running = client.post("/v1/searches", json={**SMALL, "evaluations": total}, headers=AUTH).json()
     waiting = client.post("/v1/searches", json={**SMALL, "evaluations": 5}, headers=AUTH).json()
     search_id = running["id"]
@@ -247,3 +247,13 @@ def test_delete_only_finished_searches(client: TestClient, finished) -> None:
     wait_for(lambda: _get(client, fresh_id), lambda s: s["state"] == "cancelled", timeout=30, what="cancelled")
     assert client.delete(f"/v1/searches/{fresh_id}", headers=AUTH).status_code == 204
     json.dumps(client.get("/v1/searches", headers=AUTH).json())  # the list stays serialisable
+
+
+def test_query_numbers_must_be_written_as_whole_numbers(client: TestClient, finished) -> None:
+    """Pydantic's lax ints take ``0.0``; the API answers 422 naming the parameter (found by schemathesis)."""
+    search_id, _ = finished
+    for url, name in ((f"/v1/searches/{search_id}/evaluations?after=0.0", "after"), ("/v1/searches?limit=1.5", "limit"),
+                      (f"/v1/searches/{search_id}/evaluations?limit=1e3", "limit")):
+        response = client.get(url, headers=AUTH)
+        assert response.status_code == 422 and response.json()["field"] == name, (url, response.text)
+    assert client.get(f"/v1/searches/{search_id}/evaluations?after=1&limit=2", headers=AUTH).json()["next"] == 3
