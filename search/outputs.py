@@ -224,8 +224,10 @@ def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: Searc
              f"{config.context.resource}")
     png = write_report(out / "report.png", problem.records, ctx.graph, best=best, uniform_keep=uniform,
                        budget=config.budget, title=title)
-    comparison = [model_stats("base", ctx.model, ctx.data.test, min_run_time=0.2),
-                  model_stats("pruned", pruned, ctx.data.test, min_run_time=0.2)]
+    # A stopped search (a cancel, Ctrl-C) is not timed: it should exit at once, and --resume writes the full report.
+    batches = () if interrupted else (1, 64)
+    comparison = [model_stats("base", ctx.model, ctx.data.test, min_run_time=0.2, batches=batches),
+                  model_stats("pruned", pruned, ctx.data.test, min_run_time=0.2, batches=batches)]
     summary = [("evaluations", str(problem.count)), ("best evaluation", str(best.index)),
                ("validation accuracy (base / best / uniform)",
                 f"{acc.base_val:.4f} / {best.accuracy:.4f} / {uniform_val:.4f}"),

@@ -79,7 +79,7 @@ def write_html(path: Path, png: Path, *, title: str, summary: Sequence[tuple[str
                "<th>latency b64 ms</th><th>test acc</th></tr>"
         body = "".join(
             f"<tr><td>{html.escape(s.name)}</td><td>{s.params:,}</td><td>{s.flops:,}</td>"
-            f"<td>{s.size_bytes / 1024:.1f}</td><td>{s.latency_ms[1]:.3f}</td><td>{s.latency_ms[64]:.3f}</td>"
+            f"<td>{s.size_bytes / 1024:.1f}</td><td>{_ms(s.latency_ms, 1)}</td><td>{_ms(s.latency_ms, 64)}</td>"
             f"<td>{s.test_accuracy:.4f}</td></tr>" for s in comparison)
         table = f"<h2>Base vs pruned</h2><table>{head}{body}</table>" \
                 "<p>Size: saved state_dict. Latency: median of torch.utils.benchmark runs on this machine's CPU.</p>"
@@ -96,3 +96,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} img{{max-width:
 """)
     return path
 
+
+def _ms(latency: dict[int, float], batch: int) -> str:
+    """A latency cell: milliseconds, or "not timed" (an interrupted search skips the timing)."""
+    return f"{latency[batch]:.3f}" if batch in latency else "not timed"

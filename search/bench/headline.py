@@ -44,6 +44,7 @@ from amc.latency import compare_latency
 from amc.policy import Policy
 from amc.progress import progress_bar
 from amc.train import TrainConfig, accuracy, train
+from search.bench import HEADLINE_ROWS
 from search.bench.common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20, machine
 from search.bench.markdown import markdown_table, mean_std, update_section
 from search.config import SearchConfig
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 ROWS = (("uniform", "uniform", True), ("tp-global", None, True), ("random", "random", False),
         ("sensitivity", "sensitivity", True), ("optuna-tpe", "optuna", False), ("ddpg", "ddpg", False),
         ("oracle", "random", True))
+assert tuple(label for label, *_ in ROWS) == HEADLINE_ROWS, "search.bench.HEADLINE_ROWS lists the rows for the CLI"
 ORACLE_STRATEGY = "random search"  # the strongest strategy at 100 evaluations (BENCHMARKS.md)
 SEARCHED = ("random", "sensitivity", "optuna-tpe", "ddpg")  # "our strategies" in the verdicts
 
@@ -77,6 +79,12 @@ class HeadlineSettings:
     finetune_lr: float = 0.01
     latency_batch: int = 64
     latency_repeats: int = 5
+    score: str = "bn"  # the searches' candidate score (amc.scores); the table's val column is adaptive BN for all
+    ladder: tuple[str, ...] = ()  # costlier scores re-ranking each search's best candidates (search.ladder)
+    rows: tuple[str, ...] = HEADLINE_ROWS
+    # Deterministic rows (uniform, tp-global, sensitivity, oracle) are fine-tuned with every seed too, their
+    # policy found once: the deployed accuracy's seed-to-seed spread is then measured for every row.
+    finetune_every_seed: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,8 @@ def _search_config(settings: HeadlineSettings, ctx: Context, *, budget: float, s
                    evaluations: int, out: Path) -> SearchConfig:
     return SearchConfig(budget=budget, strategy=strategy, evaluations=evaluations, out=str(out), seed=seed,
                         resume=out.exists(), progress=False, export=False, min_keep=settings.min_keep,
-                        workers=settings.workers if strategy not in ("uniform",) else 1, context=ctx.config)
+                        workers=settings.workers if strategy not in ("uniform",) else 1, context=ctx.config,
+                        ladder=settings.ladder)
 
 
 def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: float, row: str, seed: int,
@@ -213,6 +222,8 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
         return HeadlineCell(**data)
     start = time.perf_counter()
     strategy = {label: s for label, s, _ in ROWS}[row]
+    deterministic = {label: d for label, _, d in ROWS}[row]
+    search_seed = settings.seeds[0] if deterministic else seed  # a deterministic row's policy is found once
     shape = ctx.graph.input_shape
     if strategy is None:  # tp-global
         t = time.perf_counter()
@@ -223,9 +234,9 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
         recalibrate_bn(pruned, ctx.evaluator.bn_batches)  # the adaptive BN every searched policy gets
     else:
         evaluations = settings.evaluations * (settings.oracle_factor if row == "oracle" else 1)
-        run = out / "search"
+        run = root / f"budget{budget:g}" / row / f"seed{search_seed}" / "search"
         if not (run / "policy.json").exists():
-            run_search(_search_config(settings, ctx, budget=budget, strategy=strategy, seed=seed,
+            run_search(_search_config(settings, ctx, budget=budget, strategy=strategy, seed=search_seed,
                                       evaluations=evaluations, out=run), context=ctx)
         policy = Policy.load(run / "policy.json")
         records = read_history(run / "history.csv")
@@ -252,12 +263,23 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
     return cell
 
 
+def headline_context(settings: HeadlineSettings, *, data_dir: str | None = None):
+    """The benchmark's context config, its candidate score set to the settings' (the base model is the same)."""
+    import dataclasses
+
+    config = fashion_resnet20(data_dir=data_dir, round_to=settings.round_to)
+    return dataclasses.replace(config, eval=dataclasses.replace(config.eval, score=settings.score))
+
+
 def plan(settings: HeadlineSettings) -> list[tuple[float, str, int]]:
-    """The cells of a run, in order: (budget, row, seed); deterministic rows run for the first seed only."""
+    """The cells of a run, in order: (budget, row, seed); deterministic rows run for the first seed only
+    (every seed with ``finetune_every_seed``: the seed is then the fine-tune's)."""
     cells = []
     for budget in settings.budgets:
         for row, _, deterministic in ROWS:
-            for seed in settings.seeds[:1] if deterministic else settings.seeds:
+            if row not in settings.rows:
+                continue
+            for seed in settings.seeds[:1] if deterministic and not settings.finetune_every_seed else settings.seeds:
                 cells.append((budget, row, seed))
     return cells
 
@@ -267,7 +289,7 @@ def headline(root: Path, settings: HeadlineSettings = HeadlineSettings(), *, dat
              context: Context | None = None) -> list[HeadlineCell]:
     """Runs (or reads back) every cell of the benchmark; ``on_cell(cell, cached)`` after each."""
     root.mkdir(parents=True, exist_ok=True)
-    ctx = context or build_context(fashion_resnet20(data_dir=data_dir, round_to=settings.round_to), progress=progress)
+    ctx = context or build_context(headline_context(settings, data_dir=data_dir), progress=progress)
     tune_set = finetune_set(ctx, settings.finetune_samples)
     todo = plan(settings)
     cells = []
@@ -316,6 +338,29 @@ def verdicts(cells: list[HeadlineCell], budget: float = 0.3) -> list[str]:
     return lines
 
 
+def deployed_verdicts(cells: list[HeadlineCell], budget: float, *, over_uniform: float = 0.5,
+                      over_tp: float = 0.3) -> list[str]:
+    """Issue 19's targets at ``budget``: the best searched row's deployed accuracy (mean over seeds) against
+    uniform (>= +0.5 points) and Torch-Pruning global (>= +0.3 points)."""
+    rows = {}
+    for row, *_ in ROWS:
+        group = [c for c in cells if c.budget == budget and c.row == row]
+        if group:
+            rows[row] = (_mean(group, "finetuned_test_accuracy"), len(group))
+    ours = {r: v for r, v in rows.items() if r in SEARCHED}
+    if not ours or not {"uniform", "tp-global"} <= rows.keys():
+        return []
+    best = max(ours, key=lambda r: ours[r][0])
+    lines = [(f"Budget {budget:g}, deployed accuracy (test after the fine-tune, mean of {ours[best][1]} seed(s)): "
+              f"best searched row is **{best}** at {100 * ours[best][0]:.2f}%.")]
+    for name, margin in (("uniform", over_uniform), ("tp-global", over_tp)):
+        value, n = rows[name]
+        diff = 100 * (ours[best][0] - value)
+        lines.append(f"- vs {name} ({100 * value:.2f}%, {n} seed(s)): {diff:+.2f} points; target >= +{margin:g}: "
+                     f"**{'met' if diff >= margin - 1e-9 else 'missed'}**")
+    return lines
+
+
 def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, command: str, machine: str,
                       total_seconds: float) -> str:
     lines = [
@@ -324,10 +369,14 @@ def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, 
         f"resnet20 / fashion-mnist, base model {BASE_EPOCHS} epochs on 55,000 images (cached; not counted), "
         f"round_to {settings.round_to}, min_keep {settings.min_keep:g}. Searches: {settings.evaluations} evaluations "
         f"each (oracle: {settings.oracle_factor * settings.evaluations}, {ORACLE_STRATEGY}, seed "
-        f"{settings.seeds[0]}), {settings.workers} Ray workers x 1 thread, candidates scored on the first "
-        f"{VAL_LIMIT:,} of 5,000 validation images after adaptive BN (8 x 128 training images). Seeds "
+        f"{settings.seeds[0]}), {settings.workers} Ray workers x 1 thread, candidates scored with `{settings.score}`"
+        + (f" then re-ranked by the ladder {', '.join(settings.ladder)}" if settings.ladder else "")
+        + f" on the first {VAL_LIMIT:,} of 5,000 validation images (adaptive BN on 8 x 128 training images). Seeds "
         f"{', '.join(map(str, settings.seeds))} are search seeds on the one base model; uniform, tp-global, "
-        "sensitivity and the oracle are run once (the first three are deterministic). Test: the 10,000 test "
+        + ("sensitivity and the oracle find their policy once and are fine-tuned with each seed (the seed-to-seed "
+           "spread of a deterministic row is the fine-tune's). " if settings.finetune_every_seed else
+           "sensitivity and the oracle are run once (the first three are deterministic). ")
+        + "Test: the 10,000 test "
         f"images. Fine-tuning: {settings.finetune_epochs} epoch(s) of SGD (cosine, lr {settings.finetune_lr:g}) on "
         f"{settings.finetune_samples:,} training images, the same for every row. Latency: batch "
         f"{settings.latency_batch}, 1 thread, pruned and base timed interleaved, median of "
@@ -343,15 +392,18 @@ def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, 
                 f"{statistics.mean(c.evals_per_second for c in group):.2f} ({_mean(group, 'distinct'):.0f} of "
                 f"{_mean(group, 'evaluations'):.0f})")
             label = row if len(group) > 1 else f"{row} (1 run)"
-            rows.append((f"{budget:g}", label, mean_std([c.val_accuracy for c in group]),
-                         mean_std([c.test_accuracy for c in group]),
-                         mean_std([c.finetuned_test_accuracy for c in group]),
+            rows.append((f"{budget:g}", label, mean_std([c.finetuned_test_accuracy for c in group]),
+                         mean_std([c.val_accuracy for c in group]), mean_std([c.test_accuracy for c in group]),
                          mean_std([c.flops_ratio for c in group], scale=1, digits=3),
                          mean_std([c.latency_ratio for c in group], scale=1, digits=3),
                          f"{_mean(group, 'search_seconds'):.0f}", speed))
-    lines += markdown_table(("budget", "row", "val acc %", "test acc %", "test acc % after fine-tune", "FLOPs ratio",
-                             "latency ratio", "search s", "evals/s (distinct)"), rows)
+    lines += markdown_table(("budget", "row", "deployed: test acc % after fine-tune", "val acc %", "test acc %",
+                             "FLOPs ratio", "latency ratio", "search s", "evals/s (distinct)"), rows)
     lines.append("")
+    for budget in settings.budgets:
+        found = deployed_verdicts(cells, budget)
+        if found:
+            lines += found + [""]
     for budget in settings.budgets:
         found = verdicts(cells, budget)
         if found:
@@ -381,4 +433,4 @@ def headline_report(root: Path, settings: HeadlineSettings, *, threads: int, dat
 
 
 __all__ = ["HeadlineCell", "HeadlineSettings", "ROWS", "flops", "headline", "headline_markdown", "headline_report",
-           "plan", "tp_global_magnitude", "verdicts"]
+           "plan", "tp_global_magnitude", "verdicts", "deployed_verdicts", "headline_context"]

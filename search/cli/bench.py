@@ -81,7 +81,9 @@ def _headline(args: argparse.Namespace, console: Console, rest: list[str]) -> in
 
     settings = HeadlineSettings(budgets=args.budgets, seeds=args.seeds, evaluations=args.evaluations,
                                 oracle_factor=args.oracle_factor, workers=args.workers,
-                                finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples)
+                                finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples,
+                                score=args.score, ladder=tuple(args.ladder or ()), rows=args.rows,
+                                finetune_every_seed=args.finetune_every_seed)
     headline_report(Path(args.root), settings, threads=args.threads, data_dir=args.data_dir,
                     command=_command("headline", rest), markdown=Path(args.markdown), console=console)
     return 0
@@ -168,6 +170,12 @@ def _service_load(args: argparse.Namespace, console: Console, rest: list[str]) -
 
 def main(argv: list[str] | None = None) -> int:
     from amc.cli import OneLineParser, comma_list, existing_file, int_at_least, number_in, score_name
+    from search.bench import HEADLINE_ROWS
+
+    def _headline_row(text: str) -> str:
+        if text not in HEADLINE_ROWS:
+            raise argparse.ArgumentTypeError(f"unknown row {text!r}; use some of {', '.join(HEADLINE_ROWS)}")
+        return text
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = OneLineParser(prog="bench.py", description=__doc__)
@@ -251,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int_at_least(1), default=2,
                    help="torch threads of the driver (evaluation, fine-tuning)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--score", type=score_name, default="bn", help="the searches' candidate score (bn)")
+    p.add_argument("--ladder", type=comma_list(score_name), default=None,
+                   help="costlier scores re-ranking each search's best candidates, comma-separated (none)")
+    p.add_argument("--rows", type=comma_list(_headline_row), default=HEADLINE_ROWS,
+                   help="rows to run, comma-separated (all: " + ",".join(HEADLINE_ROWS) + ")")
+    p.add_argument("--finetune-every-seed", action="store_true",
+                   help="fine-tune the deterministic rows (uniform, tp-global, sensitivity, oracle) with every seed")
     p.add_argument("--root", default="runs/bench-headline", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_headline)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from torch import nn
 
 from amc.context import ContextConfig, build_context
+from amc.policy import Policy
 from search.bench.headline import (
     ROWS,
     HeadlineCell,
     HeadlineSettings,
+    deployed_accuracy,
+    deployed_verdicts,
+    finetune_set,
     flops,
     headline,
+    headline_context,
     headline_markdown,
     plan,
     tp_global_magnitude,
@@ -121,9 +127,55 @@ def test_verdicts_compare_the_best_strategy_with_the_targets():
     settings = HeadlineSettings(budgets=(0.3,), seeds=(0, 1))
     table = headline_markdown(cells, settings, command="python scripts/bench.py headline", machine="test machine",
                               total_seconds=600)
-    assert "| 0.3 | optuna-tpe | 25.50 ± 0.71 | 25.50 ± 0.71 |" in table
-    assert "| 0.3 | uniform (1 run) | 20.00 |" in table
+    assert "| 0.3 | optuna-tpe | 90.00 ± 0.00 | 25.50 ± 0.71 | 25.50 ± 0.71 |" in table  # deployed accuracy first
+    assert "| 0.3 | uniform (1 run) | 90.00 | 20.00 |" in table
     assert "10.00 (40 of 100)" in table and "10 min of cell time" in table
+
+
+def _tuned(row: str, seed: int, tuned: float) -> HeadlineCell:
+    return dataclasses.replace(_cell(row, seed, 0.3), finetuned_test_accuracy=tuned)
+
+
+def test_deployed_verdicts_hold_the_best_searched_row_to_the_fine_tuned_targets():
+    cells = [_tuned("uniform", 0, 0.910), _tuned("uniform", 1, 0.912), _tuned("tp-global", 0, 0.913),
+             _tuned("ddpg", 0, 0.918), _tuned("ddpg", 1, 0.920), _tuned("random", 0, 0.930), _tuned("random", 1, 0.900)]
+    text = "\n".join(deployed_verdicts(cells, 0.3))
+    assert "mean of 2 seed(s)): best searched row is **ddpg** at 91.90%." in text  # random's mean is 91.50
+    assert "vs uniform (91.10%, 2 seed(s)): +0.80 points; target >= +0.5: **met**" in text
+    assert "vs tp-global (91.30%, 1 seed(s)): +0.60 points; target >= +0.3: **met**" in text
+    close = [c if c.row != "tp-global" else _tuned("tp-global", 0, 0.917) for c in cells]
+    assert "+0.20 points; target >= +0.3: **missed**" in "\n".join(deployed_verdicts(close, 0.3))
+    assert deployed_verdicts([_tuned("uniform", 0, 0.9)], 0.3) == []
+
+
+def test_plan_fine_tunes_deterministic_rows_with_every_seed_and_keeps_only_the_rows_asked():
+    settings = HeadlineSettings(budgets=(0.3,), seeds=(0, 1, 2), finetune_every_seed=True,
+                                rows=("uniform", "tp-global", "ddpg"))
+    assert plan(settings) == [(0.3, row, seed) for row in ("uniform", "tp-global", "ddpg") for seed in (0, 1, 2)]
+
+
+def test_a_deterministic_row_finds_its_policy_once_and_is_fine_tuned_per_seed(ctx, tmp_path):
+    settings = HeadlineSettings(budgets=(0.5,), seeds=(0, 1), workers=1, round_to=1, finetune_samples=300,
+                                latency_repeats=1, rows=("uniform", "tp-global"), finetune_every_seed=True)
+    cells = headline(tmp_path, settings, context=ctx, progress=False)
+    assert [(c.row, c.seed) for c in cells] == [("uniform", 0), ("uniform", 1), ("tp-global", 0), ("tp-global", 1)]
+    assert (tmp_path / "budget0.5" / "uniform" / "seed0" / "search" / "policy.json").exists()
+    assert not (tmp_path / "budget0.5" / "uniform" / "seed1" / "search").exists()  # the seed-0 policy is reused
+    by = {(c.row, c.seed): c for c in cells}
+    for row in ("uniform", "tp-global"):
+        assert by[row, 0].channels == by[row, 1].channels and by[row, 0].val_accuracy == by[row, 1].val_accuracy
+    # Seed 1's cell is the seed-0 policy fine-tuned with seed 1 (the same recipe, measured again here).
+    policy = Policy.load(tmp_path / "budget0.5" / "uniform" / "seed0" / "search" / "policy.json")
+    tuned = deployed_accuracy(ctx, ctx.evaluator.prune(policy), finetune_set(ctx, 300), epochs=1, lr=0.01, seed=1)
+    assert by["uniform", 1].finetuned_test_accuracy == tuned
+
+
+def test_headline_context_sets_the_search_score_and_keeps_the_base_model():
+    from search.bench.common import fashion_resnet20
+
+    config = headline_context(HeadlineSettings(score="reconstruct"))
+    assert config.eval.score == "reconstruct"
+    assert dataclasses.replace(config, eval=fashion_resnet20().eval) == fashion_resnet20()
 
 
 def test_flops_counts_a_convolution():
