@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # imported when a config is built: the CLI lists the choices 
 
 STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform", "sensitivity")
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
+PRUNERS = ("halving", "hyperband")  # search.ladder.PRUNERS (here without importing optuna)
 RESOURCES = ("flops", "params", "latency")
 
 
@@ -51,9 +52,12 @@ class SearchConfig:
             only when ``workers > 1``.
         seed: Seed of the search strategy (None: ``context.seed``, which also seeds the data splits and
             the base model; set this to repeat a search on the same base model).
-        ladder: Costlier candidate scores (:mod:`amc.scores`, cheap to expensive) that re-rank the search's
-            best candidates after it (:mod:`search.ladder`); empty: the search's own score decides.
-        ladder_top_k: Candidates the first rung re-scores; each later rung keeps the better half.
+        ladder: Costlier candidate scores (:mod:`amc.scores`, cheap to expensive) for the promising
+            candidates (:mod:`search.ladder`): inside an Optuna study through its pruner, else a re-ranking of
+            the search's best candidates after it; empty: the search's own score decides.
+        ladder_top_k: Candidates the first rung re-scores after a non-Optuna search; each later rung keeps
+            the better half.
+        pruner: Optuna's pruner of a ladder: ``halving`` (successive halving) or ``hyperband``.
     """
 
     budget: float = 0.3
@@ -77,11 +81,17 @@ class SearchConfig:
     seed: int | None = None
     ladder: tuple[str, ...] = ()
     ladder_top_k: int = 8
+    pruner: str = "halving"
 
     def __post_init__(self) -> None:
         from amc.choices import check_score
 
         object.__setattr__(self, "ladder", tuple(check_score(s) for s in self.ladder))
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"unknown --pruner {self.pruner!r}: choose one of {', '.join(PRUNERS)}")
+        if self.ladder and self.strategy == "optuna" and self.sampler == "nsga2":
+            raise ConfigError("--ladder with --sampler nsga2: Optuna prunes single-objective studies only; "
+                              "use --sampler tpe, cmaes or random, or drop --ladder")
         if isinstance(self.ladder_top_k, bool) or not isinstance(self.ladder_top_k, int) or self.ladder_top_k < 1:
             raise ConfigError(f"--ladder-top-k must be a positive integer, got {self.ladder_top_k!r}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or math.isnan(self.budget) \

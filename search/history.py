@@ -2,6 +2,10 @@
 
 A crash or Ctrl-C loses nothing that was evaluated: each row is on disk before the next evaluation
 starts, and :func:`read_history` restores them for ``--resume``.
+
+With a multi-fidelity ladder (``--ladder``) a candidate has one row per score it got: ``rung`` 0 is the
+search's own score (``--score``), rung ``r`` the ladder's ``r``-th; the rows of one candidate share its
+``index`` and ``step``. The strategies see rung 0 only (one row per evaluation, as without a ladder).
 """
 
 from __future__ import annotations
@@ -9,13 +13,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from amc.errors import ConfigError
 
 COLUMNS = ("index", "strategy", "step", "accuracy", "loss", "cost", "cost_ratio", "reward", "cached",
-           "seconds", "wall_time", "keep")
+           "seconds", "wall_time", "keep", "rung", "score")
+OLD_COLUMNS = COLUMNS[:-2]  # before the ladder's rows (read as rung 0; rewritten with the new header on resume)
 
 
 @dataclass(frozen=True)
@@ -34,11 +40,14 @@ class Record:
     seconds: float
     wall_time: float  # seconds since the run started
     keep: tuple[float, ...]
+    rung: int = 0  # 0: the search's own score; r >= 1: the ladder's r-th score of the same candidate
+    score: str = ""  # the candidate score this row measured (amc.scores; "" in a file from before the ladder)
 
     def row(self) -> list[str]:
         return [str(self.index), self.strategy, str(self.step), repr(self.accuracy), repr(self.loss),
                 repr(self.cost), repr(self.cost_ratio), repr(self.reward), str(int(self.cached)),
-                f"{self.seconds:.4f}", f"{self.wall_time:.3f}", json.dumps(list(self.keep))]
+                f"{self.seconds:.4f}", f"{self.wall_time:.3f}", json.dumps(list(self.keep)), str(self.rung),
+                self.score]
 
 
 class HistoryWriter:
@@ -47,6 +56,7 @@ class HistoryWriter:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         drop_partial_row(self.path)
+        _upgrade(self.path)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = self.path.open("a", newline="")
         self._writer = csv.writer(self._file)
@@ -61,6 +71,22 @@ class HistoryWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _upgrade(path: Path) -> None:
+    """Rewrites a history.csv of the older layout (no ``rung``, ``score``) in this one, its rows as rung 0."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open(newline="") as f:
+        header = next(csv.reader(f), None)
+    if header is not None and tuple(header) == OLD_COLUMNS:
+        records = read_history(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            writer.writerows(r.row() for r in records)
+        os.replace(tmp, path)
 
 
 def drop_partial_row(path: Path) -> None:
@@ -80,17 +106,28 @@ def read_history(path: str | os.PathLike) -> list[Record]:
     records = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+        if reader.fieldnames is not None and tuple(reader.fieldnames) not in (COLUMNS, OLD_COLUMNS):
             raise ConfigError(f"{str(path)!r} is not a history.csv of this tool (columns {reader.fieldnames})")
         for row in reader:
             try:
-                records.append(Record(
-                    index=int(row["index"]), strategy=row["strategy"], step=int(row["step"]),
-                    accuracy=float(row["accuracy"]), loss=float(row["loss"]), cost=float(row["cost"]),
-                    cost_ratio=float(row["cost_ratio"]), reward=float(row["reward"]), cached=row["cached"] == "1",
-                    seconds=float(row["seconds"]), wall_time=float(row["wall_time"]),
-                    keep=tuple(json.loads(row["keep"])),
-                ))
+                records.append(parse_row(row))
             except (TypeError, ValueError, KeyError):
                 break  # a row cut short by a crash: everything before it is intact
     return records
+
+
+def parse_row(row: Mapping[str, str | None]) -> Record:
+    """The record of one row (column name -> text); raises KeyError, TypeError or ValueError for a bad one."""
+    return Record(
+        index=int(row["index"]), strategy=row["strategy"], step=int(row["step"]), accuracy=float(row["accuracy"]),
+        loss=float(row["loss"]), cost=float(row["cost"]), cost_ratio=float(row["cost_ratio"]),
+        reward=float(row["reward"]), cached=row["cached"] == "1", seconds=float(row["seconds"]),
+        wall_time=float(row["wall_time"]), keep=tuple(json.loads(row["keep"])), rung=int(row.get("rung") or 0),
+        score=row.get("score") or "",
+    )
+
+
+def rank(record: Record) -> tuple[int, float, float, int]:
+    """What makes a record the run's best: the highest rung reached (a ladder's verdict), then the reward;
+    ties (common on small validation sets) go to the cheaper, then the earlier policy: no timing luck."""
+    return record.rung, record.reward, -record.cost, -record.step

@@ -1,93 +1,70 @@
-"""Multi-fidelity re-ranking: the search's cheap score for every candidate, costlier scores for the best few.
+"""Multi-fidelity search: the search's cheap score for every candidate, costlier scores for the promising few.
 
-After the search (every candidate scored with ``--score``), the ``top_k`` best distinct candidates are
-scored again with the first rung's score, the better half of them with the next rung's, and so on
-(successive halving). The winner of the last rung becomes the run's best policy. Every rung's result is
-appended to ``ladder.csv`` (rung, score, the search record it re-scores, accuracy, loss, seconds, keep) as
-soon as it is measured; ``--resume`` reads the file back and scores only what is missing, so a killed
-ladder loses nothing and scores no candidate twice.
+Two forms, one record format (``history.csv`` rows with ``rung`` >= 1, see :mod:`search.history`):
+
+- **Optuna** (``--strategy optuna``) runs the ladder inside the study: each trial reports its rung-0 score
+  and then each rung's score with ``trial.report``, and Optuna's own pruner (``--pruner halving``:
+  :class:`optuna.pruners.SuccessiveHalvingPruner`, or ``hyperband``) stops the unpromising ones, which the
+  study (and optuna-dashboard) shows as PRUNED. See :meth:`search.optuna_search.OptunaStrategy.run`.
+- **Every other strategy** re-ranks its ``top_k`` best distinct candidates after the search
+  (:func:`run_ladder`): all of them get the first rung's score, the better half the next rung's, and so on
+  (successive halving).
+
+Either way the best policy is the best candidate of the highest rung reached (:func:`search.history.rank`).
+Each re-score is written to ``history.csv`` as soon as it is measured; ``--resume`` reads the rows back and
+scores only what is missing, so a killed ladder loses nothing and scores no candidate twice.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from amc.context import Context
 from amc.evaluate import PolicyEvaluator
-from search.history import Record, drop_partial_row
+from search.config import PRUNERS  # noqa: F401 (re-exported: one list for the config and the CLI)
+from search.history import Record
 from search.problem import SearchProblem
 
 log = logging.getLogger(__name__)
-COLUMNS = ("rung", "score", "source", "accuracy", "loss", "seconds", "keep")
 
 
-@dataclass(frozen=True)
-class LadderRow:
-    rung: int  # 1 for the first re-scoring (0 is the search itself)
-    score: str
-    source: int  # index of the search record (history.csv) this row re-scores
-    accuracy: float
-    loss: float
-    seconds: float
-    keep: tuple[float, ...]
+def rung_evaluators(ctx: Context, scores: Sequence[str]) -> list[PolicyEvaluator]:
+    """One evaluator per ladder score, on the context's base model and data (in this process)."""
+    return [PolicyEvaluator(ctx.model, ctx.graph, ctx.data, dataclasses.replace(ctx.config.eval, score=score))
+            for score in scores]
 
 
-def read_ladder(path: str | os.PathLike) -> list[LadderRow]:
-    """The rows of ``ladder.csv`` (none when it does not exist); a row cut short by a kill is dropped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            try:
-                rows.append(LadderRow(int(raw["rung"]), raw["score"], int(raw["source"]), float(raw["accuracy"]),
-                                      float(raw["loss"]), float(raw["seconds"]), tuple(json.loads(raw["keep"]))))
-            except (TypeError, ValueError, KeyError):
-                log.warning("ignoring an incomplete row of %s (written when the run was stopped)", path)
-    return rows
+def rung_step(rung: int) -> int:
+    """The ``trial.report`` step of a rung: 1, 2, 4, ... (a successive-halving pruner with ``min_resource`` 1
+    and reduction factor 2 decides at exactly these steps)."""
+    return 2 ** rung
 
 
-def run_ladder(problem: SearchProblem, ctx: Context, scores: Sequence[str], *, top_k: int,
-               path: str | os.PathLike) -> Record:
+def make_pruner(name: str, rungs: int):
+    """Optuna's pruner for a ladder of ``rungs`` scores after the search's own (each keeps the better half)."""
+    import optuna
+
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=rung_step(rungs), reduction_factor=2)
+    raise ValueError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
+
+
+def run_ladder(problem: SearchProblem, ctx: Context, scores: Sequence[str], *, top_k: int) -> Record:
     """Re-ranks the search's best candidates with ``scores`` (cheap to expensive); returns the winner's record."""
-    path = Path(path)
-    done = {(r.rung, r.score, r.source): r for r in read_ladder(path)}
     candidates = _top_distinct(problem, top_k)
-    drop_partial_row(path)  # a row a kill cut short: measured again below
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(COLUMNS)
-        for rung, score in enumerate(scores, 1):
-            evaluator = PolicyEvaluator(ctx.model, ctx.graph, ctx.data, dataclasses.replace(ctx.config.eval, score=score))
-            scored = []
-            for record in candidates:
-                row = done.get((rung, score, record.index))
-                if row is None:
-                    result = evaluator.evaluate(problem.policy(record.keep))
-                    row = LadderRow(rung, score, record.index, result.accuracy, result.loss, result.seconds,
-                                    tuple(record.keep))
-                    writer.writerow([row.rung, row.score, row.source, repr(row.accuracy), repr(row.loss),
-                                     f"{row.seconds:.4f}", json.dumps(list(row.keep))])
-                    f.flush()
-                    os.fsync(f.fileno())
-                scored.append((row, record))
-            scored.sort(key=lambda pair: (-pair[0].accuracy, pair[1].cost, pair[1].index))
-            log.info("ladder rung %d (%s): best %.4f of %d candidates (search record %d)", rung, score,
-                     scored[0][0].accuracy, len(scored), scored[0][1].index)
-            keep = len(scored) if rung == len(scores) else max(1, math.ceil(len(scored) / 2))
-            candidates = [record for _, record in scored[:keep]]
-    return candidates[0]
+    for rung, (score, evaluator) in enumerate(zip(scores, rung_evaluators(ctx, scores)), 1):
+        scored = sorted(((problem.rescore(record, rung, score, evaluator), record) for record in candidates),
+                        key=lambda pair: (-pair[0].reward, pair[1].cost, pair[1].index))
+        log.info("ladder rung %d (%s): best %.4f of %d candidates (evaluation %d)", rung, score,
+                 scored[0][0].accuracy, len(scored), scored[0][1].index)
+        keep = len(scored) if rung == len(scores) else max(1, math.ceil(len(scored) / 2))
+        candidates = [record for _, record in scored[:keep]]
+    return problem.best
 
 
 def _top_distinct(problem: SearchProblem, k: int) -> list[Record]:

@@ -4,6 +4,10 @@ Samplers: ``tpe`` (default), ``cmaes``, ``random``, and ``nsga2`` for a multi-ob
 accuracy, minimise cost ratio) whose Pareto front goes to ``pareto.json``. The study lives in an Optuna
 RDB storage (SQLite in the run folder by default), so an interrupted run resumes where it stopped:
 completed trials are kept, and trials that were running when it died are marked failed.
+
+With a ladder (``--ladder``), each trial reports its rung-0 score and each later rung's with
+``trial.report`` and Optuna's pruner (:func:`search.ladder.make_pruner`) stops the unpromising ones: they
+are PRUNED in the study. A trial that completes every rung has the last rung's score as its value.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import optuna
 
 from amc.errors import ConfigError
+from amc.evaluate import Evaluator
+from search.ladder import make_pruner, rung_step
 from search.problem import SearchProblem
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,16 @@ class OptunaStrategy:
     name = "optuna"
 
     def __init__(self, *, sampler: str = "tpe", storage: str, batch_size: int = 1, out: str | Path | None = None,
-                 study_name: str = STUDY_NAME, max_repeats: int = 20, reward: str = "acc") -> None:
+                 study_name: str = STUDY_NAME, max_repeats: int = 20, reward: str = "acc",
+                 ladder: Sequence[str] = (), rung_evaluators: Sequence[Evaluator] = (),
+                 pruner: str = "halving") -> None:
+        if len(ladder) != len(rung_evaluators):
+            raise ValueError("one evaluator per ladder score")
+        if ladder and sampler == "nsga2":
+            raise ConfigError("--ladder with --sampler nsga2: Optuna prunes single-objective studies only")
+        self.ladder = tuple(ladder)
+        self.rung_evaluators = tuple(rung_evaluators)
+        self.pruner = pruner
         self.max_repeats = max_repeats
         self.reward = reward  # names the study's objective
         self.sampler = sampler
@@ -70,8 +86,10 @@ class OptunaStrategy:
     def load_study(self, seed: int) -> optuna.Study:
         directions = ["maximize", "minimize"] if self.sampler == "nsga2" else ["maximize"]
         try:
+            pruner = make_pruner(self.pruner, len(self.ladder)) if self.ladder else None
             study = optuna.create_study(study_name=self.study_name, storage=self.storage, directions=directions,
-                                        sampler=make_sampler(self.sampler, seed), load_if_exists=True)
+                                        sampler=make_sampler(self.sampler, seed), pruner=pruner,
+                                        load_if_exists=True)
         except (ValueError, ImportError, RuntimeError) as exc:  # bad URL, missing driver, other directions
             raise ConfigError(f"cannot open Optuna study {self.study_name!r} in --storage {self.storage!r}: "
                               f"{exc}; pass a valid RDB URL such as sqlite:///study.db") from exc
@@ -93,7 +111,7 @@ class OptunaStrategy:
         names = problem.graph.names
         p = problem.projector
         self._sync(study, problem)
-        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
         known = {self._key(problem, r.keep): r for r in problem.records}
         rng = np.random.default_rng([seed, len(study.trials)])
         repeats = 0
@@ -106,9 +124,11 @@ class OptunaStrategy:
                 keep = p.project(raw)
                 trial.set_user_attr("keep", keep)
                 key = self._key(problem, keep)
+                if "step" in trial.user_attrs and key not in known:  # an enqueued record projected elsewhere
+                    trial.set_user_attr("step", trial.number)
                 if (key in known or key in batch_keys) and repeats < 2 * self.max_repeats:
                     if key in known:
-                        study.tell(trial, self._values(known[key]))  # known result: no evaluation spent
+                        self._finish(study, trial, problem, known[key])  # known result: no evaluation spent
                     else:  # proposed twice in this batch; its result is not known yet
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     repeats += 1
@@ -128,19 +148,42 @@ class OptunaStrategy:
                     if record is None:
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     else:
-                        study.tell(trial, self._values(record))
                         known.setdefault(self._key(problem, record.keep), record)
+                        self._finish(study, trial, problem, record)
                 if self.sampler == "nsga2" and self.out is not None:
                     write_pareto(study, self.out / "pareto.json")
             remaining -= len(trials)
-        total = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        total = len(study.get_trials(deepcopy=False, states=FINISHED))
         log.info("%d evaluations this run; the study has %d completed trials (%d before this run, repeats of "
                  "evaluated policies included)", evaluations, total, done)
 
+    def _finish(self, study: optuna.Study, trial: optuna.trial.Trial, problem: SearchProblem, record) -> None:
+        """Tells the study the trial's result: its record's, or with a ladder the rungs' through the pruner.
+
+        A rung measured before (a repeat of a known policy, a resumed run) is read back, not scored again.
+        """
+        if not self.ladder:
+            study.tell(trial, self._values(record))
+            return
+        row = record
+        trial.report(row.reward, rung_step(0))
+        for rung, (score, evaluator) in enumerate(zip(self.ladder, self.rung_evaluators), 1):
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return
+            row = problem.rescore(record, rung, score, evaluator)
+            trial.report(row.reward, rung_step(rung))
+        study.tell(trial, row.reward)
+
     def _sync(self, study: optuna.Study, problem: SearchProblem) -> None:
-        """Adds to the study every recorded evaluation it lacks (a run killed between the two writes)."""
-        complete = {_step(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
-        missing = [r for r in problem.records if r.step not in complete]
+        """Adds to the study every recorded evaluation it lacks (a run killed between the two writes).
+
+        With a ladder, an evaluation whose ladder was cut short by the kill is enqueued instead: the next
+        trial proposes it again, its rungs so far are read back and its ladder goes on from there.
+        """
+        finished = {_step(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
+        waiting = {_step(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
+        missing = [r for r in problem.records if r.step not in finished and r.step not in waiting]
         if not missing:
             return
         p = problem.projector
@@ -148,10 +191,16 @@ class OptunaStrategy:
                          for n in problem.graph.names}
         for record in missing:
             params = {f"keep:{n}": min(max(k, p.min_keep), p.max_keep) for n, k in zip(problem.graph.names, record.keep)}
+            attrs = {"keep": list(record.keep), "step": record.step}
+            rungs = problem.rungs(record)
+            if self.ladder and len(rungs) <= len(self.ladder):
+                study.enqueue_trial(params, user_attrs=attrs)  # its ladder goes on (nothing scored twice)
+                continue
+            intermediate = {rung_step(r.rung): r.reward for r in rungs} if self.ladder else None
+            values = self._values(rungs[-1])
             study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
-                                                      values=self._values(record) if self.sampler == "nsga2"
-                                                      else [self._values(record)],
-                                                      user_attrs={"keep": list(record.keep), "step": record.step}))
+                                                      values=values if self.sampler == "nsga2" else [values],
+                                                      intermediate_values=intermediate, user_attrs=attrs))
         log.info("added %d recorded evaluations the study had lost", len(missing))
 
     @staticmethod
@@ -163,6 +212,9 @@ class OptunaStrategy:
 
     def _values(self, record):
         return [record.reward, record.cost_ratio] if self.sampler == "nsga2" else record.reward
+
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # each stands for one record
 
 
 def _step(trial: optuna.trial.FrozenTrial) -> int:

@@ -7,6 +7,7 @@ path: every evaluation lands in ``history.csv`` at once and updates the best pol
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from amc.evaluate import EvalResult, Evaluator
 from amc.layers import LayerGraph
 from amc.policy import Policy
 from envs import BudgetProjector, RewardInput, get_reward
-from search.history import HistoryWriter, Record
+from search.history import HistoryWriter, Record, rank
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,15 @@ class SearchProblem:
         strategy: Name written into each record.
         reward: Reward name used for the records' ``reward`` column.
         criterion, granularity: Recorded in every policy.
-        previous: Records of an earlier, interrupted run (``--resume``).
-        on_record: Called after every record (progress bars).
+        previous: Records of an earlier, interrupted run (``--resume``), every rung.
+        on_record: Called after every record of an evaluation (progress bars); not for a ladder's re-scores.
+        score: The candidate score of the evaluations (rung 0), written into each row.
     """
 
     def __init__(self, *, graph: LayerGraph, cost_model, projector: BudgetProjector, evaluator: Evaluator,
                  history: HistoryWriter | None, strategy: str, reward: str = "acc", criterion: str = "l1",
                  granularity: str = "channel", previous: Sequence[Record] = (),
-                 on_record: Callable[[Record], None] | None = None) -> None:
+                 on_record: Callable[[Record], None] | None = None, score: str = "") -> None:
         self.graph = graph
         self.cost_model = cost_model
         self.projector = projector
@@ -49,11 +51,14 @@ class SearchProblem:
         self.criterion = criterion
         self.granularity = granularity
         self._reward = get_reward(reward, resource=cost_model.resource)
-        self.records: list[Record] = list(previous)
-        self.best: Record | None = max(self.records, key=lambda r: (r.reward, -r.cost, -r.step), default=None)
+        self.score = score
+        self.records: list[Record] = [r for r in previous if r.rung == 0]  # one per evaluation: what strategies see
+        # (candidate index, rung) -> the ladder's re-score of that candidate (rung >= 1)
+        self.rescored: dict[tuple[int, int], Record] = {(r.index, r.rung): r for r in previous if r.rung > 0}
+        self.best: Record | None = max([*self.records, *self.rescored.values()], key=rank, default=None)
         self.last_batch: dict[int, Record] = {}
         self.on_record = on_record
-        self._start = time.perf_counter() - (self.records[-1].wall_time if self.records else 0.0)
+        self._start = time.perf_counter() - max((r.wall_time for r in previous), default=0.0)
 
     @property
     def budget(self) -> float:
@@ -95,6 +100,30 @@ class SearchProblem:
         self.evaluate_many([self.policy(k) for k in keeps], steps=steps)
         return [self.last_batch[i] for i in range(len(keeps))]
 
+    def rescore(self, record: Record, rung: int, score: str, evaluator: Evaluator) -> Record:
+        """The ``rung``-th ladder score of the candidate ``record`` (a rung-0 record): read back if it was
+        measured before (``--resume``), else measured with ``evaluator`` and written to ``history.csv``."""
+        known = self.rescored.get((record.index, rung))
+        if known is not None:
+            return known
+        result = evaluator.evaluate(self.policy(record.keep))
+        reward = self._reward(RewardInput(result.accuracy, record.cost, self.cost_model.base, self.budget,
+                                          self.cost_model.resource))
+        rescored = dataclasses.replace(record, accuracy=result.accuracy, loss=result.loss, reward=reward,
+                                       cached=result.cached, seconds=result.seconds,
+                                       wall_time=time.perf_counter() - self._start, rung=rung, score=score)
+        self.rescored[record.index, rung] = rescored
+        self._keep(rescored)
+        return rescored
+
+    def rungs(self, record: Record) -> list[Record]:
+        """The candidate's rows, rung 0 first, as far as its ladder went."""
+        out, rung = [record], 1
+        while (record.index, rung) in self.rescored:
+            out.append(self.rescored[record.index, rung])
+            rung += 1
+        return out
+
     def _record(self, keep: list[float], result: EvalResult, step: int) -> Record:
         cost = self.cost_model.cost(keep)
         reward = self._reward(RewardInput(result.accuracy, cost, self.cost_model.base, self.budget,
@@ -102,16 +131,18 @@ class SearchProblem:
         record = Record(
             index=self.count, strategy=self.strategy, step=step, accuracy=result.accuracy, loss=result.loss,
             cost=cost, cost_ratio=cost / self.cost_model.base, reward=reward, cached=result.cached,
-            seconds=result.seconds, wall_time=time.perf_counter() - self._start, keep=tuple(keep),
+            seconds=result.seconds, wall_time=time.perf_counter() - self._start, keep=tuple(keep), score=self.score,
         )
         self.records.append(record)
-        if self.history is not None:
-            self.history.append(record)
-        # Ties (common on small validation sets) go to the cheaper, then the earlier policy: no timing luck.
-        if self.best is None or (record.reward, -record.cost, -record.step) > \
-                (self.best.reward, -self.best.cost, -self.best.step):
-            self.best = record
-            log.debug("new best %.4f at evaluation %d", record.accuracy, record.index)
+        self._keep(record)
         if self.on_record is not None:
             self.on_record(record)
         return record
+
+    def _keep(self, record: Record) -> None:
+        """Writes the row and updates the best (:func:`search.history.rank`)."""
+        if self.history is not None:
+            self.history.append(record)
+        if self.best is None or rank(record) > rank(self.best):
+            self.best = record
+            log.debug("new best %.4f at evaluation %d (rung %d)", record.accuracy, record.index, record.rung)

@@ -81,7 +81,8 @@ def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
                           "settings (see its config.json) or another --out")
 
 
-def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1):
+def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1, ctx: Context | None = None):
+    """The strategy of ``config`` (``ctx``: the context an Optuna ladder's rung evaluators score on)."""
     if config.strategy in ("ddpg", "td3", "sac"):
         from search.ddpg import RLStrategy
 
@@ -92,8 +93,16 @@ def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1):
         from search.optuna_search import OptunaStrategy
 
         storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+        ladder = {}
+        if config.ladder:
+            from search.ladder import rung_evaluators
+
+            if ctx is None:
+                raise ValueError("an Optuna ladder needs the context its rungs score on")
+            ladder = dict(ladder=config.ladder, rung_evaluators=rung_evaluators(ctx, config.ladder),
+                          pruner=config.pruner)
         return OptunaStrategy(sampler=config.sampler, storage=storage, batch_size=batch_size, out=out,
-                              study_name=f"amc-search/{out.resolve().name}", reward=config.reward)
+                              study_name=f"amc-search/{out.resolve().name}", reward=config.reward, **ladder)
     if config.strategy == "random":
         # Random samples are independent and the pool records each result as it arrives: big batches keep
         # every worker busy instead of waiting at each batch's slowest evaluation.
@@ -189,17 +198,18 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     cost = ctx.cost_model()
     projector = BudgetProjector(cost, config.budget, min_keep=config.min_keep, max_keep=config.max_keep)
-    previous = read_history(out / "history.csv") if config.resume else []
-    remaining = max(0, config.evaluations - len(previous))
+    previous = read_history(out / "history.csv") if config.resume else []  # every rung
+    done = sum(r.rung == 0 for r in previous)  # evaluations; a ladder's re-scores are not counted
+    remaining = max(0, config.evaluations - done)
     if config.strategy in ("uniform", "sensitivity"):  # one policy each (sensitivity's curves are not rows)
         remaining = min(remaining, 1)
     log.info("search %s, budget %.3f %s, %d evaluations (%d done before)", config.strategy, config.budget,
-             config.context.resource, config.evaluations, len(previous))
+             config.context.resource, config.evaluations, done)
     history = HistoryWriter(out / "history.csv")
     interrupted = False
     with progress_bar(enabled=config.progress) as bar:
-        task = bar.add_task(f"{config.strategy} search", total=len(previous) + remaining,
-                            completed=len(previous), status="")
+        task = bar.add_task(f"{config.strategy} search", total=done + remaining,
+                            completed=done, status="")
 
         def on_record(record: Record) -> None:
             bar.update(task, advance=1, status=f"best acc {problem.best.accuracy:.4f}")
@@ -208,23 +218,24 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
                                 evaluator=evaluator or ctx.evaluator, history=history, strategy=config.strategy,
                                 reward=config.reward, criterion=config.context.eval.criterion,
                                 granularity=config.context.eval.granularity, previous=previous,
-                                on_record=on_record)
+                                on_record=on_record, score=config.context.eval.score)
         try:
-            strategy = make_strategy(config, out, batch_size=batch_size)
+            strategy = make_strategy(config, out, batch_size=batch_size, ctx=ctx)
             strategy.run(problem, remaining, seed=config.search_seed)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted after %d evaluations; writing the best policy so far", problem.count)
+        else:
+            if config.ladder and config.strategy != "optuna":  # Optuna's ladder runs inside its study
+                from search.ladder import run_ladder
+
+                try:
+                    problem.best = run_ladder(problem, ctx, config.ladder, top_k=config.ladder_top_k)
+                except KeyboardInterrupt:  # the rungs measured so far are in history.csv; --resume goes on
+                    interrupted = True
+                    log.warning("interrupted in the ladder; writing the best policy so far (continue with --resume)")
         finally:
             history.close()
     if problem.best is None:
         raise KeyboardInterrupt("interrupted before the first evaluation finished; nothing to write")
-    if config.ladder and not interrupted:
-        from search.ladder import run_ladder
-
-        try:
-            problem.best = run_ladder(problem, ctx, config.ladder, top_k=config.ladder_top_k, path=out / "ladder.csv")
-        except KeyboardInterrupt:  # the rungs measured so far are in ladder.csv; --resume goes on from there
-            interrupted = True
-            log.warning("interrupted in the ladder; writing the search's best policy (continue with --resume)")
     return write_outputs(config, out, ctx, problem, started=start, interrupted=interrupted)

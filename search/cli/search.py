@@ -26,7 +26,7 @@ DEFAULTS = {
     "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
     "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
-    "latency_batch": 1, "val_limit": None, "epochs": 60, "score": "bn", "ladder": None, "ladder_top_k": 8,
+    "latency_batch": 1, "val_limit": None, "epochs": 60, "score": "bn", "ladder": None, "ladder_top_k": 8, "pruner": "halving",
     "model_kwargs": None, "dataset_kwargs": None, "device": "cpu", "gpus_per_worker": None, "loader_workers": 2,
 }
 
@@ -39,7 +39,7 @@ _gpu_share = number_in(0, 64, low_closed=True, meaning=" (GPUs per worker; fract
 def build_parser() -> argparse.ArgumentParser:
     from amc.choices import CRITERIA
     from envs.rewards import REWARDS
-    from search.config import RESOURCES, SAMPLERS, STRATEGIES
+    from search.config import PRUNERS, RESOURCES, SAMPLERS, STRATEGIES
 
     p = OneLineParser(prog="search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                       argument_default=argparse.SUPPRESS)
@@ -69,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", type=score_name,
                    help="candidate score: bn, reconstruct, finetune:K or finetune:K+kd (bn; see BENCHMARKS.md, fidelity)")
     p.add_argument("--ladder", type=comma_list(score_name),
-                   help="costlier scores that re-rank the best candidates after the search, e.g. finetune:50 (none)")
+                   help="costlier scores for the promising candidates, e.g. finetune:50: inside an Optuna study "
+                        "through --pruner, else re-ranking the best after the search (none)")
     p.add_argument("--ladder-top-k", dest="ladder_top_k", type=_positive_int,
-                   help="candidates the first ladder rung re-scores; each later rung keeps half (8)")
+                   help="candidates the first ladder rung re-scores after a non-Optuna search; each later rung "
+                        "keeps half (8)")
+    p.add_argument("--pruner", choices=PRUNERS,
+                   help="Optuna's pruner of a ladder: successive halving or hyperband (halving)")
     p.add_argument("--granularity", choices=("channel", "weight"), help="structured or unstructured (channel)")
     p.add_argument("--seed", type=int, help="seed of data splits, training and search (0)")
     p.add_argument("--out", help="run folder (runs/<timestamp>)")
@@ -190,7 +194,7 @@ def build_config(options: dict):
         workers=options["workers"] if options["workers"] is not None else (None if options["ray_address"] else 1),
         threads_per_worker=options["threads_per_worker"], ray_address=options["ray_address"],
         gpus_per_worker=options["gpus_per_worker"],
-        ladder=tuple(options["ladder"] or ()), ladder_top_k=options["ladder_top_k"],
+        ladder=tuple(options["ladder"] or ()), ladder_top_k=options["ladder_top_k"], pruner=options["pruner"],
     )
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 ARTIFACTS = {
     "policy.json": "application/json", "history.csv": "text/csv", "report.html": "text/html",
     "report.png": "image/png", "pruned.pt2": "application/octet-stream", "pruned.onnx": "application/octet-stream",
-    "config.json": "application/json", "pareto.json": "application/json", "ladder.csv": "text/csv",
+    "config.json": "application/json", "pareto.json": "application/json",
     "run.log": "text/plain", "service.log": "text/plain",
 }
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from search.history import COLUMNS, Record
+from search.history import COLUMNS, OLD_COLUMNS, Record, parse_row, rank
 
 
 class HistoryTail:
@@ -40,30 +39,21 @@ class HistoryTail:
         self.offset += len(complete)
         records = []
         for row in csv.reader(io.StringIO(complete.decode())):
-            if not row or tuple(row) == COLUMNS:
+            if not row or tuple(row) in (COLUMNS, OLD_COLUMNS):
                 continue
             record = _record(row)
             if record is None:
                 continue
             records.append(record)
             self.count += 1
-            if self.best is None or _rank(record) > _rank(self.best):
+            if self.best is None or rank(record) > rank(self.best):
                 self.best = record
         return records
 
 
-def _rank(record: Record) -> tuple[float, float, int]:
-    return record.reward, -record.cost, -record.step
-
-
 def _record(row: list[str]) -> Record | None:
-    values = dict(zip(COLUMNS, row))
     try:
-        return Record(index=int(values["index"]), strategy=values["strategy"], step=int(values["step"]),
-                      accuracy=float(values["accuracy"]), loss=float(values["loss"]), cost=float(values["cost"]),
-                      cost_ratio=float(values["cost_ratio"]), reward=float(values["reward"]),
-                      cached=values["cached"] == "1", seconds=float(values["seconds"]),
-                      wall_time=float(values["wall_time"]), keep=tuple(json.loads(values["keep"])))
+        return parse_row(dict(zip(COLUMNS, row)))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -81,4 +71,4 @@ def record_dict(record: Record) -> dict[str, Any]:
     return {"index": record.index, "strategy": record.strategy, "step": record.step, "accuracy": record.accuracy,
             "loss": record.loss, "cost": record.cost, "cost_ratio": record.cost_ratio, "reward": record.reward,
             "cached": record.cached, "seconds": record.seconds, "wall_time": record.wall_time,
-            "keep": list(record.keep)}
+            "keep": list(record.keep), "rung": record.rung, "score": record.score}

@@ -95,6 +95,8 @@ class Evaluation(BaseModel):
     seconds: float
     wall_time: float
     keep: list[float]
+    rung: int = Field(0, description="0: the search's own score; r >= 1: the ladder's r-th score of this candidate")
+    score: str = Field("", description="the candidate score of this row (bn, reconstruct, finetune:K[+kd])")
 
 
 class EvaluationPage(BaseModel):

@@ -26,3 +26,27 @@ def run_script(script: Path, *args: str, cache: Path, timeout: float = 300) -> s
 def history_rows(path: Path) -> list[dict[str, str]]:
     with Path(path).open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def kill_search_when(args: list[str], out: Path, cache: Path, until, *, timeout: float = 180,
+                     what: str = "the kill point") -> None:
+    """Runs ``scripts/search.py args`` and SIGKILLs it once ``until(records of out/history.csv)`` holds."""
+    import signal
+    import time
+
+    from search.history import read_history
+
+    proc = subprocess.Popen([sys.executable, str(SEARCH_SCRIPT), *args], cwd=REPO, env=subprocess_env(cache),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not until(read_history(out / "history.csv")):
+            assert proc.poll() is None, f"search ended before {what}: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, f"search did not reach {what} in {timeout:.0f} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL

@@ -8,7 +8,7 @@ const SHOWN_EVALUATIONS = 20;
 // search/service/manager.py's ARTIFACTS, with how the page shows each (a test keeps the two in step).
 export const ARTIFACTS = {
   "report.html": "text/html", "policy.json": "text/plain", "history.csv": "text/plain", "report.png": "image/png",
-  "config.json": "text/plain", "pareto.json": "text/plain", "ladder.csv": "text/plain", "run.log": "text/plain",
+  "config.json": "text/plain", "pareto.json": "text/plain", "run.log": "text/plain",
   "service.log": "text/plain", "pruned.pt2": "download", "pruned.onnx": "download",
 };
 
