@@ -47,7 +47,10 @@ class EvalConfig:
         cache: Remember results by channel counts.
         score: The candidate score (:mod:`amc.scores`): ``bn`` (adaptive BN), ``reconstruct``
             (least-squares refit of the layers after each pruned one, then adaptive BN), ``finetune:K``
-            or ``finetune:K+kd`` (K SGD steps, optionally distilled from the base model).
+            or ``finetune:K+kd`` (K SGD steps, optionally distilled from the base model). ``scripts/search.py``
+            defaults to ``reconstruct``, the cheapest score whose rank correlation with the fine-tuned
+            accuracy is within 0.05 of the best (BENCHMARKS.md, score fidelity); the library keeps ``bn``,
+            four times cheaper, for the callers (tests, benchmarks) that rank candidates before fine-tuning.
         reconstruct_images, reconstruct_points: Training images and (at most) output positions per image
             the ``reconstruct`` score fits on (AMC: 60 and 10; more positions fit better, see amc.scores).
     """

@@ -207,6 +207,8 @@ def _policy_record(config: SearchConfig, problem: SearchProblem, ratios: dict[st
         strategy=config.strategy, sampler=config.sampler if config.strategy == "optuna" else None,
         seed=config.search_seed, model=config.context.model, dataset=config.context.dataset,
         evaluations=problem.count, best_evaluation=best.index, duration_s=round(seconds, 3),
+        # val_accuracy is this score's (with a ladder: the highest rung the best candidate reached)
+        score=best.score or config.context.eval.score, best_rung=best.rung, ladder=list(config.ladder),
         interrupted=interrupted, round_to=config.context.round_to, min_keep=config.min_keep,
         max_keep=config.max_keep, context=config.to_dict()["context"], versions=_versions(),
     )

@@ -26,7 +26,7 @@ DEFAULTS = {
     "granularity": "channel", "seed": 0, "out": None, "resume": False, "min_keep": 0.2, "max_keep": 1.0,
     "reward": "acc", "round_to": 1, "val_size": None, "train_limit": None, "storage": None, "threads": None,
     "workers": None, "threads_per_worker": 1, "ray_address": None, "no_export": False, "quiet": False,
-    "latency_batch": 1, "val_limit": None, "epochs": 60, "score": "bn", "ladder": None, "ladder_top_k": 8, "pruner": "halving",
+    "latency_batch": 1, "val_limit": None, "epochs": 60, "score": "reconstruct", "ladder": None, "ladder_top_k": 8, "pruner": "halving",
     "model_kwargs": None, "dataset_kwargs": None, "device": "cpu", "gpus_per_worker": None, "loader_workers": 2,
 }
 
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N: base training, evaluation and latency timing (cpu)")
     p.add_argument("--criterion", choices=CRITERIA, help="which channels go first (l1)")
     p.add_argument("--score", type=score_name,
-                   help="candidate score: bn, reconstruct, finetune:K or finetune:K+kd (bn; see BENCHMARKS.md, fidelity)")
+                   help="candidate score: bn, reconstruct, finetune:K or finetune:K+kd (reconstruct: the cheapest score "
+                        "that ranks candidates as fine-tuning does; BENCHMARKS.md, score fidelity)")
     p.add_argument("--ladder", type=comma_list(score_name),
                    help="costlier scores for the promising candidates, e.g. finetune:50: inside an Optuna study "
                         "through --pruner, else re-ranking the best after the search (none)")

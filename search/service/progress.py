@@ -63,7 +63,7 @@ def best_summary(record: Record | None) -> dict[str, Any] | None:
     if record is None:
         return None
     return {"index": record.index, "accuracy": record.accuracy, "cost_ratio": record.cost_ratio,
-            "reward": record.reward, "keep": list(record.keep)}
+            "reward": record.reward, "keep": list(record.keep), "rung": record.rung, "score": record.score}
 
 
 def record_dict(record: Record) -> dict[str, Any]:

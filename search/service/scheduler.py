@@ -131,7 +131,7 @@ class Scheduler:
                 "accuracy": record.accuracy, "cost_ratio": record.cost_ratio, "reward": record.reward,
                 "best_accuracy": tail.best.accuracy, "best_cost_ratio": tail.best.cost_ratio,
                 "best_index": tail.best.index})
-        if tail.best is not None and row.best is None:
+        if tail.best is not None:  # also a ladder's re-score (a row of a candidate told before) can be the best
             row.best = best_summary(tail.best)
 
     def _final_state(self, row: SearchRow, ended: Exit) -> tuple[str, str | None]:

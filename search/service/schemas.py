@@ -46,11 +46,13 @@ def _schema_extra(extra: dict[str, Any]):
 
 
 class Best(BaseModel):
-    index: int = Field(description="row of history.csv")
+    index: int = Field(description="evaluation number (the index column of history.csv)")
     accuracy: float
     cost_ratio: float
     reward: float
     keep: list[float] = Field(description="per-layer keep ratios")
+    rung: int = Field(0, description="the ladder rung of this score (0: the search's own score)")
+    score: str = Field("", description="the candidate score that measured the accuracy")
 
 
 class Search(BaseModel):

@@ -67,6 +67,8 @@ def test_rungs_re_rank_the_best_candidates_and_the_winner_is_the_policy(laddered
     assert list(policy.keep.values()) == pytest.approx(list(winner.keep))
     assert (result.best.index, result.best.rung) == (winner.index, 2)
     assert policy.meta["evaluations"] == 10  # re-scores are not evaluations
+    assert (policy.meta["score"], policy.meta["best_rung"], policy.meta["ladder"]) == ("finetune:4", 2, list(LADDER))
+    assert policy.metrics["val_accuracy"] == winner.accuracy
     assert all(r.seconds > 0 and 0 <= r.accuracy <= 1 for r in first + second)
 
 
@@ -134,3 +136,20 @@ def test_a_killed_optuna_ladder_resumes_with_no_candidate_scored_twice(tmp_path,
     mine = [t for t in trials if int(t.user_attrs.get("step", t.number)) == cut.step]
     assert mine and rung_step(1) in mine[-1].intermediate_values
     assert mine[-1].intermediate_values[rung_step(1)] == cut.reward
+
+
+def test_hyperband_runs_the_ladder_too_and_refuses_a_pareto_study(tmp_path, amc_cache) -> None:
+    from amc.errors import ConfigError
+
+    out = tmp_path / "run"
+    result = run_search(_config(out, amc_cache, strategy="optuna", evaluations=12, pruner="hyperband"))
+    rows = read_history(out / "history.csv")
+    trials = _study(out).get_trials(deepcopy=False, states=(PRUNED, COMPLETE))
+    assert sum(r.rung == 0 for r in rows) == 12 and {t.state for t in trials} <= {PRUNED, COMPLETE}
+    for trial in trials:  # hyperband's rungs are the same report steps: each trial stopped at one of them
+        assert set(trial.intermediate_values) <= {rung_step(r) for r in range(len(LADDER) + 1)}
+    assert result.best.rung == max(r.rung for r in rows)
+    with pytest.raises(ConfigError, match="unknown --pruner 'asha'"):
+        _config(tmp_path / "a", amc_cache, pruner="asha")
+    with pytest.raises(ConfigError, match="nsga2: Optuna prunes single-objective studies only"):
+        _config(tmp_path / "b", amc_cache, strategy="optuna", sampler="nsga2")

@@ -10,7 +10,7 @@ from typing import Any
 TOKEN = "service-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # A real search on the session's digits cnn, a few seconds of evaluations; no pruned.pt2 (torch.export is slow).
-SMALL = {"strategy": "random", "budget": 0.5, "no_export": True}
+SMALL = {"strategy": "random", "budget": 0.5, "no_export": True, "score": "bn"}  # bn: the cheapest score
 
 
 def parse_sse(text: str) -> list[dict[str, Any]]:
