@@ -169,6 +169,27 @@ def choose_default(table: ResultTable, budget: float = 0.3, within: float = 0.05
     return min((s for s in spearman if spearman[s] >= best - within), key=lambda s: cost[s])
 
 
+def choose_default_everywhere(table: ResultTable, budgets: Sequence[float], within: float = 0.05) -> str | None:
+    """The cheapest score whose Spearman is within ``within`` of the best one's at every budget of ``budgets``."""
+    rows = {(r[0], r[1]): r for r in table.rows}
+    scores = {r[1] for r in table.rows}
+    cost: dict[str, float] = {}
+    fit = []
+    for score in sorted(scores):
+        ok = True
+        for budget in budgets:
+            key = (f"{budget:g}", score)
+            if key not in rows:
+                ok = False
+                break
+            best = max(float(r[3].split()[0]) for r in table.rows if r[0] == f"{budget:g}")
+            ok &= float(rows[key][3].split()[0]) >= best - within
+            cost[score] = cost.get(score, 0.0) + float(rows[key][5])
+        if ok:
+            fit.append(score)
+    return min(fit, key=lambda s: cost[s]) if fit else None
+
+
 def scatter(cells: Sequence[FidelityCell], settings: FidelitySettings, path: Path) -> Path:
     """Per budget, each score's value against the deployed accuracy (uniform and tp-global marked)."""
     import matplotlib
@@ -214,7 +235,12 @@ def fidelity_markdown(cells: Sequence[FidelityCell], settings: FidelitySettings,
         chosen = choose_default(table, budget)
         if chosen is not None:
             lines.append(f"- Budget {budget:g}: the cheapest score within 0.05 of the best Spearman is **{chosen}**.")
-    lines += ["", f"![score vs deployed accuracy]({plot})", ""]
+    everywhere = choose_default_everywhere(table, settings.budgets)
+    if everywhere is not None:
+        lines.append(f"- At every budget: the cheapest score within 0.05 of the best Spearman is **{everywhere}**.")
+    minutes = sum(sum(c.seconds.values()) + (c.deployed_seconds or 0.0) for c in cells) / 60
+    lines += [f"- Cell time: {minutes:.0f} min (every score and deployed fine-tune of {len(cells)} cells).", "",
+              f"![score vs deployed accuracy]({plot})", ""]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from amc.context import ContextConfig, build_context
 from search.bench.fidelity import (
     FidelitySettings,
     choose_default,
+    choose_default_everywhere,
     fidelity_table,
     rank_correlations,
     run_fidelity,
@@ -79,3 +80,9 @@ def test_the_default_is_the_cheapest_score_within_0_05_of_the_best() -> None:
     assert choose_default(table, 0.3) == "finetune:10"
     assert choose_default(table, 0.5) == "bn"
     assert choose_default(table, 0.7) is None
+    # At every budget: a score must be measured and within 0.05 of the best at each (bn is far off at 0.3).
+    assert choose_default_everywhere(table, (0.3, 0.5)) is None  # finetune:10 has no 0.5 row
+    both = ResultTable(title="", headers=table.headers, rows=(*table.rows, ("0.5", "finetune:10", "32",
+                                                                            "0.86 [0.7, 0.9]", "x", "0.90")))
+    assert choose_default_everywhere(both, (0.3, 0.5)) == "finetune:10"
+    assert choose_default_everywhere(both, (0.5,)) == "bn"
