@@ -128,7 +128,9 @@ class OptunaStrategy:
                     trial.set_user_attr("step", trial.number)
                 if (key in known or key in batch_keys) and repeats < 2 * self.max_repeats:
                     if key in known:
-                        self._finish(study, trial, problem, known[key])  # known result: no evaluation spent
+                        # Known result, no evaluation spent; an enqueued record of a killed run goes on with its
+                        # ladder, a repeat is told its known outcome without feeding the pruner's rungs again.
+                        self._finish(study, trial, problem, known[key], repeat="step" not in trial.user_attrs)
                     else:  # proposed twice in this batch; its result is not known yet
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     repeats += 1
@@ -157,13 +159,23 @@ class OptunaStrategy:
         log.info("%d evaluations this run; the study has %d completed trials (%d before this run, repeats of "
                  "evaluated policies included)", evaluations, total, done)
 
-    def _finish(self, study: optuna.Study, trial: optuna.trial.Trial, problem: SearchProblem, record) -> None:
+    def _finish(self, study: optuna.Study, trial: optuna.trial.Trial, problem: SearchProblem, record, *,
+                repeat: bool = False) -> None:
         """Tells the study the trial's result: its record's, or with a ladder the rungs' through the pruner.
 
-        A rung measured before (a repeat of a known policy, a resumed run) is read back, not scored again.
+        A rung measured before (a resumed run) is read back, not scored again. A ``repeat`` (a proposal of an
+        evaluated policy) is told its known outcome without reports: replayed reports would count again in
+        the pruner's rungs, and a rung full of copies of poor values promotes every new trial.
         """
         if not self.ladder:
             study.tell(trial, self._values(record))
+            return
+        if repeat:
+            rungs = problem.rungs(record)
+            if len(rungs) == len(self.ladder) + 1:
+                study.tell(trial, rungs[-1].reward)
+            else:  # it stopped short of the last rung (pruned)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
         row = record
         trial.report(row.reward, rung_step(0))

@@ -97,6 +97,9 @@ def test_optuna_prunes_trials_with_its_pruner_and_history_has_every_rung(optuna_
     trials = {t.number: t for t in _study(out).get_trials(deepcopy=False, states=(PRUNED, COMPLETE))}
     states = Counter(t.state for t in trials.values())
     assert states[PRUNED] > 0 and states[COMPLETE] > 0, states
+    # Only evaluated candidates report to the pruner: a repeat of a known policy is told its outcome without
+    # reports, so that copies of a value do not crowd a rung.
+    assert {n for n, t in trials.items() if t.intermediate_values} <= set(search)
     for step, record in search.items():  # each evaluation's trial: its reports are the candidate's rungs
         trial = trials[step]
         rungs = sorted((r for r in rows if r.index == record.index), key=lambda r: r.rung)
