@@ -208,7 +208,7 @@ def _search_config(settings: HeadlineSettings, ctx: Context, *, budget: float, s
     return SearchConfig(budget=budget, strategy=strategy, evaluations=evaluations, out=str(out), seed=seed,
                         resume=out.exists(), progress=False, export=False, min_keep=settings.min_keep,
                         workers=settings.workers if strategy not in ("uniform",) else 1, context=ctx.config,
-                        ladder=settings.ladder)
+                        ladder=getattr(settings, "ladder", ()))  # the ViT benchmark's settings have none
 
 
 def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: float, row: str, seed: int,

@@ -241,7 +241,8 @@ def test_a_checkpoint_of_another_worker_count_is_refused(ctx, tmp_path: Path) ->
 def test_killed_ddpg_search_resumes_its_agent(tmp_path: Path, tmp_path_factory, amc_cache: Path, ctx) -> None:
     out = tmp_path / "run"
     args = ["--budget", str(BUDGET), "--strategy", "ddpg", "--evaluations", str(N), "--warmup", str(WARMUP),
-            "--out", str(out), "--quiet", "--threads", "1", "--no-export"]
+            "--out", str(out), "--quiet", "--threads", "1", "--no-export",
+            "--score", "bn"]  # the reference run's score (the CLI's default is reconstruct)
     proc = subprocess.Popen([sys.executable, str(SEARCH_SCRIPT), *args], cwd=REPO, env=subprocess_env(amc_cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
