@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempt", type=int, required=True)
     args = parser.parse_args(argv[:split])
     signal.signal(signal.SIGTERM, _interrupt)
+    # The service cancels with SIGINT. A process started by one that ignores SIGINT (a test runner's worker,
+    # a shell's background job) inherits the ignore, and Python then installs no Ctrl-C handler: the cancel
+    # would be lost until the service's cancel_timeout kills the search. Handle it explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from search.cli.search import (
             main as search_main,  # a stop may come while torch loads

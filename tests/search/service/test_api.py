@@ -238,7 +238,7 @@ def test_delete_only_finished_searches(client: TestClient, finished) -> None:
         optuna.load_study(study_name=f"amc-search/{search_id}", storage=client.app.state.config.database_url)
     assert client.delete(f"/v1/searches/{search_id}", headers=AUTH).status_code == 404
     # The key of a deleted search is free again.
-    fresh = client.post("/v1/searches", json={**SMALL, "evaluations": 3},
+    fresh = client.post("/v1/searches", json={**SMALL, "evaluations": 200},  # still running when cancelled
                         headers={**AUTH, "Idempotency-Key": "first-search"})
     assert fresh.status_code == 201 and fresh.json()["id"] != search_id
     fresh_id = fresh.json()["id"]
