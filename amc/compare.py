@@ -38,8 +38,12 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch: in
 
 
 def model_stats(name: str, model: nn.Module, test: Dataset, *, batches: tuple[int, ...] = (1, 64),
-                min_run_time: float = 1.0) -> ModelStats:
-    """The model's size, FLOPs, latency and test accuracy, all measured on the CPU (a GPU model is copied there)."""
+                min_run_time: float = 1.0, test_accuracy: float | None = None) -> ModelStats:
+    """The model's size, FLOPs, latency and test accuracy, all measured on the CPU (a GPU model is copied there).
+
+    ``test_accuracy``: the model's accuracy on ``test`` when the caller has measured it already (it is not
+    measured again).
+    """
     if any(p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).cpu()
     model = model.eval()
@@ -54,5 +58,5 @@ def model_stats(name: str, model: nn.Module, test: Dataset, *, batches: tuple[in
         flops=counter.get_total_flops(),
         size_bytes=buffer.getbuffer().nbytes,
         latency_ms={b: measure_latency(model, shape, batch=b, min_run_time=min_run_time) for b in batches},
-        test_accuracy=accuracy(model, test),
+        test_accuracy=accuracy(model, test) if test_accuracy is None else test_accuracy,
     )

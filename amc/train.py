@@ -251,7 +251,7 @@ def load_or_train(
     train(model, data.train, config, seed=seed, progress=progress, description=f"training {model_name}")
     seconds = time.perf_counter() - start
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # two processes may train the same base at once
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
     return model, _result(model, data, seconds, False, path)

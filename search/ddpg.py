@@ -29,6 +29,7 @@ import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
@@ -267,6 +268,8 @@ class RLStrategy:
         callback = None if self.checkpoint_dir is None else CheckpointCallback(
             self.checkpoint_dir, kind=self.kind, n_layers=n_layers, resumes=resumes, interval=self.checkpoint_interval,
             evaluations=lambda: problem.count - len(evaluator.pending))
+        # SB3's default logger makes an empty /tmp/SB3-<date> folder at every learn(), even with verbose=0.
+        agent.set_logger(Logger(folder=None, output_formats=[]))
         agent.learn(total_timesteps=(evaluations + len(pending)) * n_layers, callback=callback,
                     reset_num_timesteps=info is None)
 

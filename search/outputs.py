@@ -228,8 +228,10 @@ def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: Searc
                        budget=config.budget, title=title)
     # A stopped search (a cancel, Ctrl-C) is not timed: it should exit at once, and --resume writes the full report.
     batches = () if interrupted else (1, 64)
-    comparison = [model_stats("base", ctx.model, ctx.data.test, min_run_time=0.2, batches=batches),
-                  model_stats("pruned", pruned, ctx.data.test, min_run_time=0.2, batches=batches)]
+    comparison = [model_stats("base", ctx.model, ctx.data.test, min_run_time=0.2, batches=batches,
+                              test_accuracy=acc.base_test),
+                  model_stats("pruned", pruned, ctx.data.test, min_run_time=0.2, batches=batches,
+                              test_accuracy=acc.test)]
     summary = [("evaluations", str(problem.count)), ("best evaluation", str(best.index)),
                ("validation accuracy (base / best / uniform)",
                 f"{acc.base_val:.4f} / {best.accuracy:.4f} / {uniform_val:.4f}"),

@@ -50,12 +50,29 @@ def digits() -> DataSplits:
 
 @pytest.fixture(scope="session")
 def trained_cnn(digits: DataSplits, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, TrainResult]:
-    """The default cnn trained on digits with the default config, into a fresh session cache dir.
+    """The default cnn trained on digits with the default config, into a fresh cache dir of the session.
 
-    Its result is the first (uncached) call, so tests can check training time and accuracy on it.
+    Its result is the first (uncached) call, so tests can check training time and accuracy on it. Under
+    xdist the workers share it: the first to ask trains (under a file lock) and records that call's result;
+    the others load the checkpoint and get the same first-call result (training costs ~30 s a worker).
     """
-    cache = tmp_path_factory.mktemp("amc-cache")
-    return load_or_train("cnn", digits, cache_dir=cache, progress=False)
+    import dataclasses
+    import json
+    import os
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above the workers' own (pytest-N/popen-gwK)
+    cache, record = root / "amc-cache", root / "amc-cache-first-call.json"
+    with FileLock(str(root / "amc-cache.lock")):
+        if record.exists():
+            model, _ = load_or_train("cnn", digits, cache_dir=cache, progress=False)
+            return model, TrainResult(**json.loads(record.read_text()))
+        model, result = load_or_train("cnn", digits, cache_dir=cache, progress=False)
+        record.write_text(json.dumps(dataclasses.asdict(result)))
+        return model, result
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 EXIT_FILE = "service-exit.json"
+CANCEL_FILE = "service-cancel.json"  # a cancel of an attempt, written before its SIGINT (see worker.py)
 LOG_FILE = "service.log"
 
 
@@ -76,6 +77,23 @@ def worker_command(python: str, launch: Launch) -> list[str]:
             "--attempt", str(launch.attempt), "--", *launch.argv]
 
 
+def write_cancel(run_dir: Path, attempt: int) -> None:
+    """Records that ``attempt`` was cancelled. A worker reads it once it handles SIGINT, so a signal that
+    came before (while the interpreter started, when SIGINT is still ignored) is not lost."""
+    path = run_dir / CANCEL_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"attempt": attempt}) + "\n")
+    os.replace(tmp, path)
+
+
+def cancel_requested(run_dir: Path, attempt: int) -> bool:
+    """Whether :func:`write_cancel` recorded a cancel of ``attempt`` (an earlier attempt's does not count)."""
+    try:
+        return json.loads((run_dir / CANCEL_FILE).read_text()).get("attempt") == attempt
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def process_start_time(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot, Linux ``/proc``); None if it is gone or a zombie.
 
@@ -127,6 +145,7 @@ class LocalProcessExecutor:
     def start(self, launch: Launch) -> dict[str, Any]:
         launch.run_dir.mkdir(parents=True, exist_ok=True)
         (launch.run_dir / EXIT_FILE).unlink(missing_ok=True)
+        (launch.run_dir / CANCEL_FILE).unlink(missing_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **self.env}
         with (launch.run_dir / LOG_FILE).open("ab") as out:
             # A session of its own: a Ctrl-C meant for the service does not reach the search.
@@ -152,7 +171,10 @@ class LocalProcessExecutor:
         return Exit(read_exit_code(Path(handle["run_dir"]) / EXIT_FILE, handle["attempt"]))
 
     def cancel(self, handle: dict[str, Any]) -> None:
-        # SIGINT is Ctrl-C: the runner stops, writes the best policy so far, and exits.
+        # SIGINT is Ctrl-C: the runner stops, writes the best policy so far, and exits. The record comes
+        # first: a worker that is still starting reads it as soon as it can handle the signal.
+        if "run_dir" in handle and "attempt" in handle and Path(handle["run_dir"]).is_dir():
+            write_cancel(Path(handle["run_dir"]), handle["attempt"])
         self._signal(handle, signal.SIGINT, group=False)
 
     def kill(self, handle: dict[str, Any]) -> None:

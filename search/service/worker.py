@@ -16,6 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
+from search.service.executor import cancel_requested
+
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     # would be lost until the service's cancel_timeout kills the search. Handle it explicitly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        # A cancel that came before the handler above was lost as a signal; its record was written first.
+        if cancel_requested(Path(args.exit_file).parent, args.attempt):
+            raise KeyboardInterrupt
         from search.cli.search import (
             main as search_main,  # a stop may come while torch loads
         )

@@ -6,6 +6,7 @@ Two searches through ``--max-concurrent 1`` (one waits in the queue), then 2 s o
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,18 @@ from search.bench.service_load import LoadResult, LoadSettings, Polling, _max_ov
 @pytest.mark.timeout(300)
 def test_service_load_keeps_the_queue_and_answers_every_poll(amc_cache: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AMC_CACHE_DIR", str(amc_cache))  # the server's searches load the session's cnn
+    # A cache of this test's own (the session's is shared with other test workers): the session's cnn.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for checkpoint in amc_cache.glob("cnn-*.pt"):
+        shutil.copy2(checkpoint, cache)
+    monkeypatch.setenv("AMC_CACHE_DIR", str(cache))  # the server's searches load the session's cnn
     markdown = tmp_path / "BENCHMARKS.md"
-    cached = sorted(amc_cache.iterdir())
+    cached = sorted(cache.iterdir())
     settings = LoadSettings(searches=2, max_concurrent=1, evaluations=1, seconds=2.0, rate=20.0, timeout=240.0)
     result = service_load_report(settings, command="bench.py service-load (test)", markdown=markdown,
                                  console=Console(file=io.StringIO()))
-    assert sorted(amc_cache.iterdir()) == cached  # the searches loaded the cached cnn: none trained its own
+    assert sorted(cache.iterdir()) == cached  # the searches loaded the cached cnn: none trained its own
     assert result.problems() == []
     assert result.states == {"succeeded": 2} and result.submit_errors == 0
     assert (result.max_running_sampled, result.max_running_recorded) == (1, 1) and result.in_order

@@ -118,20 +118,20 @@ def test_optuna_prunes_trials_with_its_pruner_and_history_has_every_rung(optuna_
 
 def test_a_killed_optuna_ladder_resumes_with_no_candidate_scored_twice(tmp_path, amc_cache) -> None:
     out = tmp_path / "run"
-    args = ["--budget", "0.4", "--strategy", "optuna", "--evaluations", "150", "--ladder", ",".join(LADDER),
+    args = ["--budget", "0.4", "--strategy", "optuna", "--evaluations", "40", "--ladder", ",".join(LADDER),
             "--out", str(out), "--quiet", "--threads", "1", "--no-export"]
     # Killed mid-ladder: a candidate's rung-1 score is written, and several evaluations before it.
     kill_search_when(args, out, amc_cache, lambda rows: len(rows) > 12 and rows[-1].rung == 1,
                      what="a rung-1 row after 12 rows")
     before = (out / "history.csv").read_text().splitlines()
     killed = read_history(out / "history.csv")
-    assert sum(r.rung == 0 for r in killed) < 150
+    assert sum(r.rung == 0 for r in killed) < 40
 
     done = run_script(SEARCH_SCRIPT, *args, "--resume", cache=amc_cache)
     assert done.returncode == 0, done.stderr
     assert (out / "history.csv").read_text().splitlines()[: len(before)] == before  # rows before the kill stay
     rows = read_history(out / "history.csv")
-    assert sorted(r.index for r in rows if r.rung == 0) == list(range(150))  # none lost, none repeated
+    assert sorted(r.index for r in rows if r.rung == 0) == list(range(40))  # none lost, none repeated
     assert Counter((r.index, r.rung) for r in rows).most_common(1)[0][1] == 1  # no candidate scored twice
     # The candidate killed mid-ladder went on from its rung 1 (or its trial was pruned there).
     cut = killed[-1]

@@ -10,10 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import signal
-import subprocess
-import sys
-import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +27,7 @@ from search.ddpg import RLStrategy
 from search.history import COLUMNS, HistoryWriter, read_history
 from search.problem import SearchProblem
 from search.rl_checkpoint import CHECKPOINT, read_info
-from tests.search.helpers import REPO, SEARCH_SCRIPT, run_script, subprocess_env
+from tests.search.helpers import SEARCH_SCRIPT, kill_search_when, run_script
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.xdist_group("rl_resume")
@@ -243,20 +239,8 @@ def test_killed_ddpg_search_resumes_its_agent(tmp_path: Path, tmp_path_factory, 
     args = ["--budget", str(BUDGET), "--strategy", "ddpg", "--evaluations", str(N), "--warmup", str(WARMUP),
             "--out", str(out), "--quiet", "--threads", "1", "--no-export",
             "--score", "bn"]  # the reference run's score (the CLI's default is reconstruct)
-    proc = subprocess.Popen([sys.executable, str(SEARCH_SCRIPT), *args], cwd=REPO, env=subprocess_env(amc_cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while len(read_history(out / "history.csv")) < WARMUP + 1:
-            assert proc.poll() is None, f"search ended before it was killed: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "search did not evaluate 3 policies in 120 s"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_search_when(args, out, amc_cache, lambda rows: len(rows) >= WARMUP + 1, timeout=120,
+                     what=f"{WARMUP + 1} evaluations")
     before = (out / "history.csv").read_text().splitlines()
     killed_at = len(read_history(out / "history.csv"))
     assert WARMUP + 1 <= killed_at < N

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +22,13 @@ from amc.policy import Policy
 from search.config import SearchConfig
 from search.history import read_history
 from search.runner import run_search
-from tests.search.helpers import APPLY_SCRIPT, REPO, SEARCH_SCRIPT, history_rows, run_script, subprocess_env
+from tests.search.helpers import (
+    APPLY_SCRIPT,
+    SEARCH_SCRIPT,
+    history_rows,
+    kill_search_when,
+    run_script,
+)
 
 torch.set_num_threads(1)
 # Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
@@ -73,21 +75,8 @@ def _completed_trials(out: Path) -> set[int]:
 def test_killed_optuna_search_resumes(tmp_path: Path, amc_cache: Path) -> None:
     out = tmp_path / "run"
     args = ["--budget", "0.3", "--strategy", "optuna", "--evaluations", "40", "--out", str(out), "--quiet",
-            "--threads", "1"]
-    proc = subprocess.Popen([sys.executable, str(SEARCH_SCRIPT), *args], cwd=REPO, env=subprocess_env(amc_cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while len(read_history(out / "history.csv")) < 8:
-            assert proc.poll() is None, f"search ended before it was killed: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "search did not evaluate 8 policies in 180 s"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+            "--threads", "1", "--no-export"]  # (the export is tested on its own)
+    kill_search_when(args, out, amc_cache, lambda rows: len(rows) >= 8, what="8 evaluations")
     lines_before = (out / "history.csv").read_text().splitlines()
     before = len(lines_before) - 1
     assert 8 <= before < 40

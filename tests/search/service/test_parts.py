@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -12,12 +14,12 @@ import pytest
 from amc.errors import ConfigError
 from search.cli.search import build_parser
 from search.history import COLUMNS, HistoryWriter, Record
-from search.service.executor import EXIT_FILE, Exit, LocalProcessExecutor, process_start_time
+from search.service.executor import EXIT_FILE, Exit, Launch, LocalProcessExecutor, process_start_time
 from search.service.progress import HistoryTail
 from search.service.settings import is_loopback, load_or_create_token
 from search.service.validation import SettingsError, validate_settings
 from search.service.worker import main as worker_main
-from tests.search.helpers import REPO
+from tests.search.helpers import REPO, subprocess_env
 
 
 def _record(index: int, accuracy: float, cost: float = 1.0) -> Record:
@@ -116,3 +118,35 @@ def test_worker_records_the_search_exit_status(tmp_path: Path) -> None:
     exit_file = tmp_path / EXIT_FILE
     assert worker_main(["--exit-file", str(exit_file), "--attempt", "3", "--", "--budget", "0"]) == 2
     assert exit_file.read_text().strip() == '{"attempt": 3, "exit_code": 2}'
+
+
+def test_a_cancel_at_once_after_start_is_not_lost(tmp_path: Path, amc_cache: Path) -> None:
+    """Under a parent that ignores SIGINT (a test runner's worker, a background shell), the worker inherits
+    the ignore until it installs its handler: a SIGINT in that window was lost, and the search ran on. The
+    cancel's record is read once the worker can handle it. Without it this search would run its 5000 rows."""
+    run_dir = tmp_path / "run"
+    executor = LocalProcessExecutor(sys.executable, workdir=REPO, env=subprocess_env(amc_cache))
+    argv = ("--strategy", "random", "--budget", "0.5", "--evaluations", "5000", "--score", "bn", "--no-export",
+            "--out", str(run_dir))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        handle = executor.start(Launch("s1", 1, argv, run_dir))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    executor.cancel(handle)  # at once: the interpreter is still starting
+    deadline = time.monotonic() + 120
+    while (ended := executor.poll(handle)) is None:
+        assert time.monotonic() < deadline, "the cancelled worker still runs after 120 s"
+        time.sleep(0.1)
+    assert ended == Exit(130)
+    assert json.loads((run_dir / EXIT_FILE).read_text()) == {"attempt": 1, "exit_code": 130}
+    rows = (run_dir / "history.csv").read_text().splitlines() if (run_dir / "history.csv").exists() else []
+    assert len(rows) <= 1  # stopped before its search began: a header at most
+
+    # A resumed attempt is not stopped by the earlier attempt's cancel.
+    second = executor.start(Launch("s1", 2, (*argv[:5], "3", *argv[6:]), run_dir))
+    deadline = time.monotonic() + 120
+    while (ended := executor.poll(second)) is None:
+        assert time.monotonic() < deadline, "the second attempt still runs after 120 s"
+        time.sleep(0.1)
+    assert ended == Exit(0), executor.logs(second)
