@@ -72,8 +72,15 @@ def _check_run(out: Path, *, strategy: str, rows_expected: int) -> list[dict[str
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "random", "optuna", "ddpg", "td3", "sac"])
-def test_strategy_writes_a_feasible_best_policy(strategy: str, tmp_path: Path, context_config: ContextConfig) -> None:
+def test_strategy_writes_a_feasible_best_policy(strategy: str, tmp_path: Path, context_config: ContextConfig,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where SB3's default logger makes its folders
     out = _search(tmp_path / "run", context_config, strategy=strategy)
+    assert not list(scratch.glob("SB3-*"))  # the agents log nowhere: no empty folder per search in /tmp
     rows = _check_run(out, strategy=strategy, rows_expected=1 if strategy == "uniform" else EVALUATIONS)
     if strategy == "uniform":
         assert len(set(json.loads(rows[0]["keep"]))) == 1
