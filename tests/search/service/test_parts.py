@@ -120,6 +120,14 @@ def test_worker_records_the_search_exit_status(tmp_path: Path) -> None:
     assert exit_file.read_text().strip() == '{"attempt": 3, "exit_code": 2}'
 
 
+def _wait_for_exit(executor: LocalProcessExecutor, handle: dict, what: str, timeout: float = 120) -> Exit:
+    deadline = time.monotonic() + timeout
+    while (ended := executor.poll(handle)) is None:
+        assert time.monotonic() < deadline, f"{what} still runs after {timeout:.0f} s"
+        time.sleep(0.1)
+    return ended
+
+
 def test_a_cancel_at_once_after_start_is_not_lost(tmp_path: Path, amc_cache: Path) -> None:
     """Under a parent that ignores SIGINT (a test runner's worker, a background shell), the worker inherits
     the ignore until it installs its handler: a SIGINT in that window was lost, and the search ran on. The
@@ -133,20 +141,20 @@ def test_a_cancel_at_once_after_start_is_not_lost(tmp_path: Path, amc_cache: Pat
         handle = executor.start(Launch("s1", 1, argv, run_dir))
     finally:
         signal.signal(signal.SIGINT, previous)
-    executor.cancel(handle)  # at once: the interpreter is still starting
-    deadline = time.monotonic() + 120
-    while (ended := executor.poll(handle)) is None:
-        assert time.monotonic() < deadline, "the cancelled worker still runs after 120 s"
-        time.sleep(0.1)
-    assert ended == Exit(130)
-    assert json.loads((run_dir / EXIT_FILE).read_text()) == {"attempt": 1, "exit_code": 130}
-    rows = (run_dir / "history.csv").read_text().splitlines() if (run_dir / "history.csv").exists() else []
-    assert len(rows) <= 1  # stopped before its search began: a header at most
+    try:
+        executor.cancel(handle)  # at once: the interpreter is still starting
+        ended = _wait_for_exit(executor, handle, "the cancelled worker")
+        assert ended == Exit(130)
+        assert json.loads((run_dir / EXIT_FILE).read_text()) == {"attempt": 1, "exit_code": 130}
+        history = run_dir / "history.csv"
+        assert not history.exists() or len(history.read_text().splitlines()) <= 1  # stopped before its search
+    finally:
+        executor.kill(handle)  # a failed check leaves no search running (nothing to kill when it passed)
 
     # A resumed attempt is not stopped by the earlier attempt's cancel.
     second = executor.start(Launch("s1", 2, (*argv[:5], "3", *argv[6:]), run_dir))
-    deadline = time.monotonic() + 120
-    while (ended := executor.poll(second)) is None:
-        assert time.monotonic() < deadline, "the second attempt still runs after 120 s"
-        time.sleep(0.1)
+    try:
+        ended = _wait_for_exit(executor, second, "the second attempt")
+    finally:
+        executor.kill(second)
     assert ended == Exit(0), executor.logs(second)
