@@ -31,8 +31,10 @@ from search.problem import SearchProblem
 
 log = logging.getLogger(__name__)
 # Settings a resumed run must share with the original: everything that changes what is evaluated.
-_RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward", "warmup", "storage")
+_RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward", "warmup", "storage", "ladder",
+                "ladder_top_k", "pruner")
 # Settings added later, absent from older runs' config.json: they had this (default) value then.
+_DEFAULTED = {"ladder": [], "ladder_top_k": 8, "pruner": "halving"}
 _DEFAULTED_CONTEXT = {"dataset_kwargs": []}
 _RESUME_IGNORED_CONTEXT = ("cache_dir", "data_dir", "device", "loader_workers")  # where things are or run, not what
 CHECKPOINT_INTERVAL = 2.0  # seconds at least between RL agent checkpoints (search.rl_checkpoint)
@@ -70,7 +72,7 @@ def prepare_out(config: SearchConfig) -> Path:
 
 def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
     now = config.to_dict()
-    diffs = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    diffs = [k for k in _RESUME_KEYS if saved.get(k, _DEFAULTED.get(k)) != now.get(k)]
     ignored = set(_RESUME_IGNORED_CONTEXT)
     if now["context"].get("resource") != "latency":
         ignored.add("latency")  # timing settings matter only to a latency budget (runs before it lack them)

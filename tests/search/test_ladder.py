@@ -87,6 +87,14 @@ def test_a_killed_ladder_resumes_without_scoring_a_candidate_twice(laddered, tmp
     before = (out / "history.csv").read_text()
     run_search(_config(out, amc_cache, resume=True))  # a finished ladder: nothing more to score
     assert (out / "history.csv").read_text() == before
+    # Another ladder (or its top-k, or Optuna's pruner) is another search: refused, naming the setting.
+    from amc.errors import ConfigError
+
+    for change, name in ((dict(ladder=("finetune:2",)), "ladder"), (dict(ladder_top_k=2), "ladder_top_k"),
+                         (dict(pruner="hyperband"), "pruner")):
+        with pytest.raises(ConfigError, match=f"different settings \\['{name}'\\]"):
+            run_search(_config(out, amc_cache, resume=True, **change))
+    assert (out / "history.csv").read_text() == before
 
 
 def test_optuna_prunes_trials_with_its_pruner_and_history_has_every_rung(optuna_laddered) -> None:
