@@ -202,7 +202,7 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
         policy = Policy.load(policy)
     ctx = build_context(context_config_of(policy, **overrides), progress=progress)
     ratios = policy.ratios(ctx.graph)  # refuses a foreign model
-    pruned = ctx.evaluator.prune(policy)
+    pruned = ctx.evaluator.scored_model(policy)  # as the search's score measured it (refitted by reconstruct)
     val = ctx.evaluator.evaluate(policy).accuracy
     test = accuracy(pruned, ctx.data.test)
     if policy.resource == "latency":  # the policy's own latency table (cached where it was searched)

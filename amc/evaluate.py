@@ -236,6 +236,19 @@ class PolicyEvaluator:
         recalibrate_bn(pruned, self._bn_batches)
         return pruned
 
+    def scored_model(self, policy: Policy | Sequence[float]) -> nn.Module:
+        """The pruned copy of the base model as its score measured it: BatchNorm recalibrated and, with
+        ``reconstruct`` or ``finetune:K``, refitted or tuned the same way (seeded: the same weights every
+        time). Its validation accuracy is :meth:`evaluate`'s; it is the model a search reports and exports.
+        """
+        ratios = self._ratios(policy)
+        kept: dict[str, list[int]] = {}
+        pruned = prune_model(self.model, self.graph, ratios, criterion=self.config.criterion,
+                             granularity=self.config.granularity, calibration=self._calibration,
+                             seed=self.config.seed, kept=kept)
+        self.score(pruned, kept)
+        return pruned.eval()
+
     def forward_passes(self, pruned: nn.Module) -> tuple[float, float]:
         """The forward passes an evaluation contains (BN recalibration + validation) on ``pruned``."""
         recalibrate_bn(pruned, self._bn_batches)

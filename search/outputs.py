@@ -78,7 +78,7 @@ def write_outputs(config: SearchConfig, out: Path, ctx: Context, problem: Search
     uniform = uniform_keep(problem)
     uniform_eval = ctx.evaluator.evaluate(problem.policy(uniform))
     uniform_record = _uniform_record(problem, uniform, uniform_eval)
-    pruned = ctx.evaluator.prune(problem.policy(best.keep))
+    pruned = ctx.evaluator.scored_model(problem.policy(best.keep))  # with --score reconstruct: refitted
     acc = _accuracies(ctx, problem, pruned, uniform)
     ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
     exported = _export(pruned, ctx, out) if config.export else None
@@ -109,7 +109,7 @@ def _uniform_record(problem: SearchProblem, uniform: Sequence[float], result: Ev
 
 def _accuracies(ctx: Context, problem: SearchProblem, pruned, uniform: Sequence[float]) -> _Accuracies:
     test = accuracy(pruned, ctx.data.test)
-    uniform_test = accuracy(ctx.evaluator.prune(problem.policy(uniform)), ctx.data.test)
+    uniform_test = accuracy(ctx.evaluator.scored_model(problem.policy(uniform)), ctx.data.test)
     # The base model on the same validation samples as the candidates (--val-limit may use fewer).
     base_val = ctx.evaluator.evaluate([1.0] * len(ctx.graph)).accuracy if ctx.config.eval.val_limit \
         else accuracy(ctx.model, ctx.data.val)

@@ -46,6 +46,24 @@ def test_reconstruct_raises_the_uniform_policy_over_bn_at_budget_0_2(setup) -> N
     assert rebuilt > bn + 0.02, (bn, rebuilt)
 
 
+@pytest.mark.parametrize("score", ["bn", "reconstruct", "finetune:3"])
+def test_the_scored_model_is_the_one_the_score_measured(setup, score: str) -> None:
+    """What a search exports and reports the test accuracy of: its validation accuracy is the score's, so
+    with reconstruct the refitted weights, not the merely pruned ones (which score far lower at 0.2)."""
+    from amc.evaluate import validate
+
+    _, graph, digits = setup
+    evaluator = _evaluator(setup, score)
+    keep = _uniform(graph, 0.2)
+    model = evaluator.scored_model(keep)
+    assert not model.training
+    accuracy, _ = validate(model, *digits.val.tensors, batch_size=evaluator.config.batch_size)
+    assert accuracy == evaluator.evaluate(keep).accuracy
+    if score == "reconstruct":
+        merely_pruned, _ = validate(evaluator.prune(keep), *digits.val.tensors, batch_size=evaluator.config.batch_size)
+        assert accuracy > merely_pruned + 0.02, (merely_pruned, accuracy)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_reconstruct_lowers_each_refitted_layer_s_error_against_the_base(seed) -> None:
     """The ridge fit towards the current weights can only lower the squared error on its samples, whatever
