@@ -229,10 +229,7 @@ class PolicyEvaluator:
 
     def prune(self, policy: Policy | Sequence[float]) -> nn.Module:
         """The pruned copy of the base model for ``policy``, BatchNorm recalibrated."""
-        ratios = self._ratios(policy)
-        pruned = prune_model(self.model, self.graph, ratios, criterion=self.config.criterion,
-                             granularity=self.config.granularity, calibration=self._calibration,
-                             seed=self.config.seed)
+        pruned = self._pruned(self._ratios(policy), {})
         recalibrate_bn(pruned, self._bn_batches)
         return pruned
 
@@ -241,13 +238,16 @@ class PolicyEvaluator:
         ``reconstruct`` or ``finetune:K``, refitted or tuned the same way (seeded: the same weights every
         time). Its validation accuracy is :meth:`evaluate`'s; it is the model a search reports and exports.
         """
-        ratios = self._ratios(policy)
         kept: dict[str, list[int]] = {}
-        pruned = prune_model(self.model, self.graph, ratios, criterion=self.config.criterion,
-                             granularity=self.config.granularity, calibration=self._calibration,
-                             seed=self.config.seed, kept=kept)
+        pruned = self._pruned(self._ratios(policy), kept)
         self.score(pruned, kept)
         return pruned.eval()
+
+    def _pruned(self, ratios: list[float], kept: dict[str, list[int]]) -> nn.Module:
+        """The base model pruned to ``ratios`` with this evaluator's criterion (``kept``: filled in)."""
+        return prune_model(self.model, self.graph, ratios, criterion=self.config.criterion,
+                           granularity=self.config.granularity, calibration=self._calibration,
+                           seed=self.config.seed, kept=kept)
 
     def forward_passes(self, pruned: nn.Module) -> tuple[float, float]:
         """The forward passes an evaluation contains (BN recalibration + validation) on ``pruned``."""
@@ -275,9 +275,7 @@ class PolicyEvaluator:
             return EvalResult(hit.accuracy, hit.loss, key, 0.0, 0.0, cached=True)
         start = time.perf_counter()
         kept: dict[str, list[int]] = {}
-        pruned = prune_model(self.model, self.graph, ratios, criterion=self.config.criterion,
-                             granularity=self.config.granularity, calibration=self._calibration,
-                             seed=self.config.seed, kept=kept)
+        pruned = self._pruned(ratios, kept)
         forward_start = time.perf_counter()
         accuracy, loss = self.score(pruned, kept)
         end = time.perf_counter()
