@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from amc.layers import discover
 from amc.models import build_model
 from amc.policy import Policy
 from amc.prune import prune_model
+from tests import forkserver
 from tests.amc import modern_models as mm
 
 N_POLICIES = 20
@@ -227,7 +227,7 @@ def test_search_cli_exits_2_on_an_unsupported_model(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     checkpoint = tmp_path / "mha.pt"
     torch.save(mm.mha_net(1, 10).state_dict(), checkpoint)
-    done = subprocess.run(
+    done = forkserver.run(
         [sys.executable, str(root / "scripts" / "search.py"), "--model", "tests.amc.modern_models:mha_net",
          "--checkpoint", str(checkpoint), "--dataset", "digits", "--budget", "0.5", "--out", str(tmp_path / "run")],
         cwd=root, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from search.cli import search as search_cli
+from tests import forkserver
 from tests.search.helpers import APPLY_SCRIPT, REPO, SEARCH_SCRIPT, history_rows, subprocess_env
 from tests.user_data import forget_package, write_digit_pngs, write_user_package
 
@@ -31,7 +32,7 @@ def run(script: Path, *args: str, cache: Path, pythonpath: Path | None = None,
     env = subprocess_env(cache)
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True,
+    return forkserver.run([sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

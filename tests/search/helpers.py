@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import forkserver
+
 REPO = Path(__file__).resolve().parents[2]
 SEARCH_SCRIPT = REPO / "scripts" / "search.py"
 APPLY_SCRIPT = REPO / "scripts" / "apply_policy.py"
@@ -19,7 +21,8 @@ def subprocess_env(cache: Path) -> dict[str, str]:
 
 
 def run_script(script: Path, *args: str, cache: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=subprocess_env(cache),
+    """``python script args`` in the repository with the session cache (forked from :mod:`tests.forkserver`)."""
+    return forkserver.run([sys.executable, str(script), *args], cwd=REPO, env=subprocess_env(cache),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -36,8 +39,8 @@ def kill_search_when(args: list[str], out: Path, cache: Path, until, *, timeout:
 
     from search.history import read_history
 
-    proc = subprocess.Popen([sys.executable, str(SEARCH_SCRIPT), *args], cwd=REPO, env=subprocess_env(cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = forkserver.Process([sys.executable, str(SEARCH_SCRIPT), *args], cwd=REPO, env=subprocess_env(cache),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + timeout
         while not until(read_history(out / "history.csv")):

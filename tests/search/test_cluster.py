@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from amc.context import ContextConfig
 from search.history import read_history
+from tests import forkserver
 
 ROOT = Path(__file__).resolve().parents[2]
 # Ray instances of their own: these tests run on one xdist worker, one after another (--dist loadgroup).
@@ -47,8 +47,9 @@ def cluster():
 def test_search_through_ray_address_uses_both_nodes(cluster, tmp_path, amc_cache) -> None:
     cache = amc_cache  # the session's trained base model
     out = tmp_path / "run"
-    env = {**os.environ, "AMC_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run(
+    env = {**os.environ, "AMC_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}
+    proc = forkserver.run(
         [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "random", "--evaluations", "10",
          "--ray-address", cluster.address, "--out", str(out), "--quiet", "--no-export"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,

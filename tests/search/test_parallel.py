@@ -19,6 +19,7 @@ from search.config import SearchConfig
 from search.history import read_history
 from search.parallel import RayEvaluatorPool, check_address
 from search.runner import run_search
+from tests import forkserver
 
 ROOT = Path(__file__).resolve().parents[2]
 # Ray instances of their own: these tests run on one xdist worker, one after another (--dist loadgroup).
@@ -121,8 +122,8 @@ def _ray_processes() -> set[int]:
 def test_cli_with_two_workers_completes_and_leaves_no_ray_process(cache_dir, tmp_path, pool) -> None:
     before = _ray_processes()  # the module pool's own processes
     out = tmp_path / "cli"
-    env = {**os.environ, "AMC_CACHE_DIR": cache_dir}
-    proc = subprocess.run(
+    env = {**os.environ, "AMC_CACHE_DIR": cache_dir, "OMP_NUM_THREADS": "1"}
+    proc = forkserver.run(
         [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "optuna", "--workers", "2",
          "--evaluations", "8", "--out", str(out), "--quiet", "--no-export"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -145,11 +146,11 @@ def test_unreachable_address_fails_fast() -> None:
 
 
 def test_cli_refuses_bad_workers_and_unreachable_address(cache_dir, tmp_path) -> None:
-    env = {**os.environ, "AMC_CACHE_DIR": cache_dir}
+    env = {**os.environ, "AMC_CACHE_DIR": cache_dir, "OMP_NUM_THREADS": "1"}
     for args, needle in ((["--workers", "0"], "'0'"), (["--workers", "-2"], "'-2'"),
                          (["--ray-address", "127.0.0.1:1"], "127.0.0.1:1")):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "scripts/search.py", "--budget", "0.3", "--quiet",
+        proc = forkserver.run([sys.executable, "scripts/search.py", "--budget", "0.3", "--quiet",
                                "--out", str(tmp_path / "x"), *args],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr
