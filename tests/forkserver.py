@@ -38,7 +38,7 @@ PRELOAD = ("torch", "torch._dynamo", "torch.export", "sklearn.model_selection", 
            "stable_baselines3", "rich.progress", "rich.logging", "amc.context", "amc.data", "amc.export",
            "amc.compare", "amc.latency", "amc.userdata", "search.runner", "search.outputs", "search.report",
            "search.optuna_search", "search.ddpg", "search.cli.search", "search.cli.apply", "search.cli.sensitivity",
-           "search.cli.lottery", "search.cli.bench", "search.cli.serve")
+           "search.cli.lottery", "search.cli.bench", "search.cli.serve", "search.service.worker")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -112,14 +112,19 @@ def _serve(path: str) -> dict:
 
 
 def _become(request: dict, base_path: list[str]) -> str:
-    """Turns the forked child into ``python <script> <args>`` run in ``cwd`` with ``env``; returns the script."""
+    """Turns the forked child into ``python <script> <args>`` (or ``python -m <module> <args>``) run in ``cwd``
+    with ``env``; returns the script ("-m" for a module)."""
+    if request["session"]:
+        os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     script = request["argv"][1]
     sys.argv = request["argv"][1:]
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:] = [os.path.dirname(os.path.abspath(script)), *extra, *base_path]
+    # ``python script.py``: the script's folder first; ``python -m module``: the working folder.
+    first = os.getcwd() if script == "-m" else os.path.dirname(os.path.abspath(script))
+    sys.path[:] = [first, *extra, *base_path]
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as a new interpreter installs it
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import torch
@@ -136,7 +141,11 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
     del sys.path[0]
     import runpy
 
-    runpy.run_path(_become(_request, _base), run_name="__main__")
+    if _become(_request, _base) == "-m":
+        sys.argv = sys.argv[1:]  # [module, *args]; run_module sets argv[0] to the module's file
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(sys.argv[0], run_name="__main__")
     sys.exit(0)
 
 
@@ -179,7 +188,9 @@ def _forkable(argv: list[str], env: dict[str, str] | None) -> bool:
     env = os.environ if env is None else env
     if any(env.get(var) not in (None, "1") for var in THREAD_VARS) or env.get("OMP_NUM_THREADS") != "1":
         return False
-    return len(argv) >= 2 and argv[0] == sys.executable and str(argv[1]).endswith(".py")
+    if len(argv) < 2 or argv[0] != sys.executable:
+        return False
+    return argv[1].endswith(".py") or (argv[1] == "-m" and len(argv) >= 3)
 
 
 def _stream(spec, mode: str):
@@ -195,15 +206,17 @@ def _stream(spec, mode: str):
 
 
 class Process:
-    """``subprocess.Popen(argv, cwd=, env=, stdout=, stderr=, text=)`` for a Python script, forked from the
-    worker's fork server (``subprocess.Popen`` itself when it cannot be). ``stderr=subprocess.STDOUT`` works."""
+    """``subprocess.Popen(argv, cwd=, env=, stdout=, stderr=, text=, start_new_session=)`` for a Python script or
+    module, forked from the worker's fork server (``subprocess.Popen`` itself when it cannot be); stdin is
+    ``/dev/null``. ``stderr=subprocess.STDOUT`` works."""
 
-    def __init__(self, argv, *, cwd=None, env=None, stdout=None, stderr=None, text: bool = False) -> None:
+    def __init__(self, argv, *, cwd=None, env=None, stdout=None, stderr=None, text: bool = False,
+                 start_new_session: bool = False) -> None:
         global _server
         self.args = [str(a) for a in argv]
         if not _forkable(self.args, env):
             self._popen = subprocess.Popen(self.args, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text,
-                                           stdin=subprocess.DEVNULL)
+                                           stdin=subprocess.DEVNULL, start_new_session=start_new_session)
             self.pid, self.stdout, self.stderr = self._popen.pid, self._popen.stdout, self._popen.stderr
             return
         self._popen = None
@@ -217,7 +230,8 @@ class Process:
         else:
             err_fd, err_ours, err_opened = _stream(stderr, "w")
         request = json.dumps({"argv": self.args, "cwd": str(cwd or os.getcwd()),
-                              "env": dict(os.environ if env is None else env)}).encode()
+                              "env": dict(os.environ if env is None else env),
+                              "session": start_new_session}).encode()
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._conn.connect(_server.path)
@@ -332,3 +346,9 @@ def run(argv, *, cwd=None, env=None, capture_output: bool = False, text: bool = 
         proc.wait()
         raise
     return subprocess.CompletedProcess(proc.args, proc._code, out, err)
+
+
+def spawn_worker(argv, *, cwd, env, stdout) -> Process:
+    """The service's :class:`~search.service.executor.LocalProcessExecutor` ``spawn``: its worker process
+    (a session of its own, stderr into stdout), forked from the fork server."""
+    return Process(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)

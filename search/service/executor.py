@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,16 +132,21 @@ class LocalProcessExecutor:
         python: The interpreter to run the worker with.
         workdir: The processes' working folder.
         env: Extra environment variables of the processes.
+        spawn: Starts a worker process: ``spawn(argv, cwd=, env=, stdout=)`` returns an object with ``pid`` and
+            ``poll()``, like the default, ``subprocess.Popen`` in a session of its own (stdin ``/dev/null``,
+            stderr into stdout). The tests pass one that forks the worker from a process that has imported it.
     """
 
     kind = "local"
     outlives_service = False  # a stopping service stops its searches (they become interrupted)
 
-    def __init__(self, python: str, *, workdir: str | os.PathLike = ".", env: dict[str, str] | None = None) -> None:
+    def __init__(self, python: str, *, workdir: str | os.PathLike = ".", env: dict[str, str] | None = None,
+                 spawn: Callable[..., Any] | None = None) -> None:
         self.python = python
         self.workdir = Path(workdir)
         self.env = dict(env or {})
-        self._children: dict[int, subprocess.Popen] = {}
+        self._spawn = spawn or _popen
+        self._children: dict[int, Any] = {}
 
     def start(self, launch: Launch) -> dict[str, Any]:
         launch.run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,10 +154,7 @@ class LocalProcessExecutor:
         (launch.run_dir / CANCEL_FILE).unlink(missing_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **self.env}
         with (launch.run_dir / LOG_FILE).open("ab") as out:
-            # A session of its own: a Ctrl-C meant for the service does not reach the search.
-            proc = subprocess.Popen(worker_command(self.python, launch), cwd=self.workdir, env=env,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = self._spawn(worker_command(self.python, launch), cwd=self.workdir, env=env, stdout=out)
         self._children[proc.pid] = proc
         log.info("search %s attempt %d: pid %d", launch.search_id, launch.attempt, proc.pid)
         return {"kind": self.kind, "pid": proc.pid, "start_time": process_start_time(proc.pid),
@@ -198,6 +201,12 @@ class LocalProcessExecutor:
             os.killpg(pid, sig) if group else os.kill(pid, sig)
         except ProcessLookupError:
             pass  # it ended in between
+
+
+def _popen(argv: list[str], *, cwd: Path, env: dict[str, str], stdout) -> subprocess.Popen:
+    # A session of its own: a Ctrl-C meant for the service does not reach the search.
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def read_exit_code(path: Path, attempt: int) -> int | None:

@@ -19,7 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from search.service.app import create_app
+from search.service.executor import LocalProcessExecutor
 from search.service.settings import ServiceConfig
+from tests import forkserver
 from tests.search.service.helpers import AUTH, SMALL, TOKEN, parse_sse, wait_for
 
 # One service and its search processes for the whole module, on one xdist worker.
@@ -42,7 +44,9 @@ def client(tmp_path_factory: pytest.TempPathFactory, amc_cache: Path, db_url: st
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AMC_CACHE_DIR", str(amc_cache))  # the search processes load the session's cnn
         mp.setenv("OMP_NUM_THREADS", "1")
-        with TestClient(create_app(config)) as c:
+        # The searches' worker processes are forked from the test worker's fork server (tests/forkserver.py).
+        executor = LocalProcessExecutor(config.python, workdir=config.workdir, spawn=forkserver.spawn_worker)
+        with TestClient(create_app(config, executor=executor)) as c:
             yield c
 
 
