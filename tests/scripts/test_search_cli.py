@@ -90,7 +90,7 @@ def test_config_file_values_are_overridden_by_the_command_line(tmp_path: Path, a
     toml.write_text('budget = 0.5\nstrategy = "random"\nevaluations = 5\n')
     out = tmp_path / "run"
     done = run_script(SEARCH_SCRIPT, "--config", str(toml), "--evaluations", "3", "--out", str(out), "--quiet",
-                      "--threads", "1", "--no-export", cache=amc_cache)
+                      "--threads", "1", "--no-export", "--score", "bn", cache=amc_cache)
     assert done.returncode == 0, done.stderr
     rows = history_rows(out / "history.csv")
     assert len(rows) == 3

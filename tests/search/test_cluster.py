@@ -51,7 +51,7 @@ def test_search_through_ray_address_uses_both_nodes(cluster, tmp_path, amc_cache
            "OMP_NUM_THREADS": "1"}
     proc = forkserver.run(
         [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "random", "--evaluations", "10",
-         "--ray-address", cluster.address, "--out", str(out), "--quiet", "--no-export"],
+         "--ray-address", cluster.address, "--out", str(out), "--quiet", "--no-export", "--score", "bn"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

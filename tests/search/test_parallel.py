@@ -125,7 +125,7 @@ def test_cli_with_two_workers_completes_and_leaves_no_ray_process(cache_dir, tmp
     env = {**os.environ, "AMC_CACHE_DIR": cache_dir, "OMP_NUM_THREADS": "1"}
     proc = forkserver.run(
         [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "optuna", "--workers", "2",
-         "--evaluations", "8", "--out", str(out), "--quiet", "--no-export"],
+         "--evaluations", "8", "--out", str(out), "--quiet", "--no-export", "--score", "bn"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
