@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,31 +51,81 @@ def digits() -> DataSplits:
     return load_dataset("digits")
 
 
-@pytest.fixture(scope="session")
-def trained_cnn(digits: DataSplits, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, TrainResult]:
-    """The default cnn trained on digits with the default config, into a fresh cache dir of the session.
+# The xdist controller starts the session's cnn training in a process of its own at once, so it runs while
+# the workers start (they collect for ~10 s) and run tests that do not need it; it holds the cache's lock,
+# and this marker says it is coming (removed once the lock is held).
+PRETRAIN_MARKER = "amc-cache-pretraining"
 
-    Its result is the first (uncached) call, so tests can check training time and accuracy on it. Under
-    xdist the workers share it: the first to ask trains (under a file lock) and records that call's result;
-    the others load the checkpoint and get the same first-call result (training costs ~30 s a worker).
+
+def _shared_root(factory: pytest.TempPathFactory) -> Path:
+    """The session's folder: under xdist the workers' own folders (pytest-N/popen-gwK) are below it."""
+    root = factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+def train_shared_cnn(root: str | Path) -> tuple[nn.Module, TrainResult]:
+    """The default cnn trained on digits into ``root/amc-cache``, once for everyone who shares ``root``.
+
+    The first caller trains (under a file lock) and records that call's result; the others load the
+    checkpoint and get the same first-call result.
     """
     import dataclasses
     import json
-    import os
 
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the session's folder, above the workers' own (pytest-N/popen-gwK)
+    root = Path(root)
     cache, record = root / "amc-cache", root / "amc-cache-first-call.json"
     with FileLock(str(root / "amc-cache.lock")):
+        (root / PRETRAIN_MARKER).unlink(missing_ok=True)
+        digits = load_dataset("digits")
         if record.exists():
             model, _ = load_or_train("cnn", digits, cache_dir=cache, progress=False)
             return model, TrainResult(**json.loads(record.read_text()))
         model, result = load_or_train("cnn", digits, cache_dir=cache, progress=False)
         record.write_text(json.dumps(dataclasses.asdict(result)))
         return model, result
+
+
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin has set up the session's folder
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None) \
+            or config.option.collectonly:
+        return
+    if any(not Path(arg.split("::")[0]).is_dir() for arg in config.args):
+        return  # chosen test files: the first test that needs the cnn trains it, if any does
+    root = config._tmp_path_factory.getbasetemp()
+    (root / PRETRAIN_MARKER).touch()
+    code = "import sys; from tests.conftest import train_shared_cnn; train_shared_cnn(sys.argv[1])"
+    config.stash[_PRETRAIN] = subprocess.Popen(
+        [sys.executable, "-c", code, str(root)], cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    proc = config.stash.get(_PRETRAIN, None)
+    if proc is not None:  # a short run that never needed the cnn: it need not finish
+        proc.kill()
+        proc.wait()
+
+
+_PRETRAIN = pytest.StashKey[subprocess.Popen]()
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, TrainResult]:
+    """The default cnn trained on digits with the default config, into a fresh cache dir of the session.
+
+    Its result is the first (uncached) call, so tests can check training time and accuracy on it. Under
+    xdist the workers share it (:func:`train_shared_cnn`); the controller has started its training already.
+    """
+    import time
+
+    root = _shared_root(tmp_path_factory)
+    deadline = time.monotonic() + 60
+    while (root / PRETRAIN_MARKER).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the controller's training process holds the lock
+    return train_shared_cnn(root)
 
 
 @pytest.fixture(scope="session")
