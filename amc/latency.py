@@ -440,7 +440,8 @@ def _fit_remainder(points: list[dict]) -> tuple[float, float]:
     gamma = min(gamma, measured[0] / table[0])  # alpha = measured[0] - gamma * table[0] >= 0
     if gamma <= 0:  # degenerate (measurements all alike, or falling as the table grows): the base's own scale
         gamma = measured[0] / table[0]
-    return float(measured[0] - gamma * table[0]), float(gamma)
+    # At the cap, measured[0] - (measured[0] / table[0]) * table[0] can round to -2e-16: a table _load refuses.
+    return max(0.0, float(measured[0] - gamma * table[0])), float(gamma)
 
 
 def _cache_key(graph: LayerGraph, config: LatencyConfig, entries: list[_Entry] | None = None) -> dict:
