@@ -65,6 +65,10 @@ class _AnalyticCost:
                     self._owner[m] = d
         self._weight_numel = np.array([float(r.weight_numel) for r in recs])
         self._coupling: tuple[np.ndarray, np.ndarray] | None = None  # built on first costs_varying
+        # Per decision, the modules' channel changes as contiguous rows (costs_varying reads one decision's).
+        self._a_out_rows = np.ascontiguousarray(self._a_out.T)  # (D, M)
+        self._a_in_rows = np.ascontiguousarray(self._a_in.T)
+        self._candidate_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.base = float(self._value_channels(self._n))
 
     def cost(self, keep: Sequence[float]) -> float:
@@ -102,7 +106,7 @@ class _AnalyticCost:
             per_weight = self._per_weight[owned][:, None]
             return self._value_weights_fast(kept) + (per_weight * (cand - kept[owned][:, None])).sum(0)
         channels = self.round_channels(keep)
-        cand = self.round_channels(candidates, self._n[t])  # (C,)
+        cand = self._candidate_channels(t, candidates)  # (C,)
         out, inp = self._shapes(channels)  # (M,)
         delta = cand - channels[t]  # (C,)
         form = self._quadratic_form()
@@ -112,11 +116,23 @@ class _AnalyticCost:
                 self._coupling = (quad @ (self._a_out * self._a_in), lin @ self._a_out)
             c2, lin_t = self._coupling[0][t], self._coupling[1][t]
             c0 = self._curve(out, inp)
-            c1 = quad @ (self._a_out[:, t] * inp + out * self._a_in[:, t]) + lin_t
+            c1 = quad @ (self._a_out_rows[t] * inp + out * self._a_in_rows[t]) + lin_t
             return c0 + delta * (c1 + c2 * delta)  # integers below 2**53: exactly the (M, C) evaluation
         out_c = out[:, None] + self._a_out[:, t, None] * delta[None, :]  # (M, C)
         in_c = inp[:, None] + self._a_in[:, t, None] * delta[None, :]
         return self._curve(out_c, in_c)
+
+    def _candidate_channels(self, t: int, candidates: np.ndarray) -> np.ndarray:
+        """``round_channels(candidates, n_t)``, remembered for read-only arrays (the projector's fixed candidates)."""
+        if candidates.flags.writeable:
+            return self.round_channels(candidates, self._n[t])
+        key = (t, id(candidates))
+        hit = self._candidate_cache.get(key)
+        if hit is None or hit[0] is not candidates:
+            if len(self._candidate_cache) > 4096:
+                self._candidate_cache.clear()
+            hit = self._candidate_cache[key] = (candidates, self.round_channels(candidates, self._n[t]))
+        return hit[1]
 
     def _quadratic_form(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(quad, lin)`` when the cost is ``const + quad @ (out * in) + lin @ out`` (None: any other curve)."""
@@ -132,8 +148,18 @@ class _AnalyticCost:
         """Vectorised :func:`amc.layers.channels_for`."""
         n = self._n if n is None else n
         r = self.graph.round_to
-        wanted = np.ceil(keep * n / r - 1e-9) * r
-        return np.minimum(n, np.maximum(r, wanted))
+        wanted = np.multiply(keep, n)
+        if not isinstance(wanted, np.ndarray) or wanted.dtype != np.float64:  # scalars, integer counts
+            return np.minimum(n, np.maximum(r, np.ceil(wanted / r - 1e-9) * r))
+        # In place, the same operations as ceil(keep * n / r - 1e-9) * r clipped to [r, n] (x / 1 == x exactly).
+        if r != 1:
+            wanted /= r
+        wanted -= 1e-9
+        np.ceil(wanted, out=wanted)
+        if r != 1:
+            wanted *= r
+        np.maximum(wanted, r, out=wanted)
+        return np.minimum(wanted, n, out=wanted)
 
     def _kept_weights_fast(self, keep: np.ndarray) -> np.ndarray:
         kept = self._weight_numel.copy()

@@ -57,6 +57,7 @@ class BudgetProjector:
         self.max_keep = float(max_keep)
         self.n_layers = len(cost_model.graph.layers)
         self.target = self.budget * cost_model.base
+        self._limit = self.target * (1 + 1e-12)
         self._floor = np.full(self.n_layers, self.min_keep)
         smallest = cost_model.cost(self._floor.tolist()) / cost_model.base
         if smallest > self.budget + 1e-12:
@@ -75,7 +76,9 @@ class BudgetProjector:
         n = self.cost_model.graph.layers[t].out_channels
         lo, hi = self.cost_model.round_channels(np.array([self.min_keep, self.max_keep]), n)
         counts = np.unique(self.cost_model.round_channels(np.arange(lo, hi + 1) / n, n))
-        return counts / n
+        ratios = counts / n
+        ratios.setflags(write=False)  # fixed: a cost model may remember their channel counts
+        return ratios
 
     def max_keep_at(self, t: int, keep: Sequence[float] | np.ndarray) -> float:
         """The largest keep ratio of layer ``t`` that keeps the budget reachable.
@@ -102,7 +105,7 @@ class BudgetProjector:
         state = self._floor.copy()
         state[:t] = np.asarray(keep, dtype=np.float64)[:t]
         candidates = self._candidates[t]
-        ok = self.cost_model.costs_varying(state, t, candidates) <= self.target * (1 + 1e-12)
+        ok = self.cost_model.costs_varying(state, t, candidates) <= self._limit
         if self.cost_model.granularity == "weight":  # a grid of ratios; sparse costs grow with every weight
             feasible = np.nonzero(ok)[0]
             return min(bounded, float(candidates[feasible[-1]]) if len(feasible) else float(candidates[0]))

@@ -146,7 +146,8 @@ class PruningEnv(gym.Env):
         reduced = 1.0 - self.cost_model.cost_of(decided) / self.cost_model.base
         prev = self._keep[t - 1] if t > 0 else 1.0
         obs = np.concatenate([self._static[t], [reduced, self._rest[t], prev]])
-        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+        np.maximum(obs, 0.0, out=obs)  # np.clip(obs, 0, 1), without its dispatch cost (the env's every step)
+        return np.minimum(obs, 1.0, out=obs).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
