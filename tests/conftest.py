@@ -155,6 +155,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     module fixtures were built on both, and the Ray tests could overlap. This does what xdist means to,
     through pytest 9's id, and checks that it took.
     """
+    if getattr(config.option, "numprocesses", None):
+        # Modules that need the session's cnn go last (each keeps its order): the workers run the others
+        # while the controller's process trains it (pytest_configure).
+        needs: dict[str, bool] = {}
+        for item in items:
+            module = item.nodeid.split("::")[0]
+            needs[module] = needs.get(module, False) or not {"trained_cnn", "amc_cache"}.isdisjoint(item.fixturenames)
+        items.sort(key=lambda item: needs[item.nodeid.split("::")[0]])
     if not getattr(config.option, "loadgroup", False):
         return
     from _pytest.nodeid import coerce_node_id

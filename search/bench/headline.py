@@ -79,6 +79,7 @@ class HeadlineSettings:
     finetune_lr: float = 0.01
     latency_batch: int = 64
     latency_repeats: int = 5
+    latency_run_time: float = 0.2  # seconds of timing per model in each repeat
     score: str = "bn"  # the searches' candidate score (amc.scores); the table's val column is adaptive BN for all
     ladder: tuple[str, ...] = ()  # costlier scores re-ranking each search's best candidates (search.ladder)
     rows: tuple[str, ...] = HEADLINE_ROWS
@@ -248,7 +249,7 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
     test = accuracy(pruned, ctx.data.test)
     flops_ratio = flops(pruned, shape) / flops(ctx.model, shape)
     ms = compare_latency({"base": ctx.model, "pruned": pruned}, shape, batch_size=settings.latency_batch, threads=1,
-                         repeats=settings.latency_repeats, min_run_time=0.2)
+                         repeats=settings.latency_repeats, min_run_time=settings.latency_run_time)
     tuned = deployed_accuracy(ctx, pruned, tune_set, epochs=settings.finetune_epochs, lr=settings.finetune_lr,
                               seed=seed)
     cell = HeadlineCell(budget=budget, row=row, seed=seed, val_accuracy=val, test_accuracy=test,

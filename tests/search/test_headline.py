@@ -77,7 +77,8 @@ def test_plan_runs_deterministic_rows_once():
 
 def test_headline_cells_are_saved_and_a_rerun_skips_them(ctx, tmp_path):
     settings = HeadlineSettings(budgets=(0.5,), seeds=(0,), evaluations=4, oracle_factor=2, workers=1,
-                                round_to=1, finetune_samples=300, latency_repeats=1)
+                                round_to=1, finetune_samples=300, latency_repeats=1,
+                                latency_run_time=0.02)
     seen = []
     cells = headline(tmp_path, settings, context=ctx, progress=False, on_cell=lambda c, cached: seen.append(cached))
     assert [c.row for c in cells] == [row for row, *_ in ROWS] and seen == [False] * len(ROWS)
@@ -156,7 +157,8 @@ def test_plan_fine_tunes_deterministic_rows_with_every_seed_and_keeps_only_the_r
 
 def test_a_deterministic_row_finds_its_policy_once_and_is_fine_tuned_per_seed(ctx, tmp_path):
     settings = HeadlineSettings(budgets=(0.5,), seeds=(0, 1), workers=1, round_to=1, finetune_samples=300,
-                                latency_repeats=1, rows=("uniform", "tp-global"), finetune_every_seed=True)
+                                latency_repeats=1, latency_run_time=0.02, rows=("uniform", "tp-global"),
+                                finetune_every_seed=True)
     cells = headline(tmp_path, settings, context=ctx, progress=False)
     assert [(c.row, c.seed) for c in cells] == [("uniform", 0), ("uniform", 1), ("tp-global", 0), ("tp-global", 1)]
     assert (tmp_path / "budget0.5" / "uniform" / "seed0" / "search" / "policy.json").exists()

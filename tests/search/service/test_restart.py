@@ -90,9 +90,12 @@ def test_killed_search_is_interrupted_after_restart_and_resumes_exactly(state: P
         token = token_file.read_text().strip()
         with first.client(token) as api:
             killed = api.post("/v1/searches", json={**SMALL, "evaluations": 30}).json()["id"]
-            survivor = api.post("/v1/searches", json={**SMALL, "evaluations": 400, "budget": 0.4}).json()["id"]
             wait_for(lambda: api.get(f"/v1/searches/{killed}").json(), lambda s: s["evaluations_done"] >= 3,
                      timeout=90, what="three evaluations")
+            # Started only now (it runs until the second service stops it, a core's worth of evaluations).
+            survivor = api.post("/v1/searches", json={**SMALL, "evaluations": 400, "budget": 0.4}).json()["id"]
+            wait_for(lambda: api.get(f"/v1/searches/{survivor}").json(), lambda s: s["state"] == "running",
+                     timeout=30, what="the survivor running")
     finally:
         first.stop()  # SIGKILL: no shutdown, the searches go on
     handle = _search_pids(state)[killed]
