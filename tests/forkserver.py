@@ -94,7 +94,10 @@ def _serve(path: str) -> dict:
                 for fd in fds:
                     os.close(fd)
                 children[pid] = conn
-                _send(conn, {"pid": pid})
+                try:
+                    _send(conn, {"pid": pid})
+                except OSError:
+                    pass  # the caller is gone; the child is reaped below all the same
             elif not os.read(sys.stdin.fileno(), 1024):
                 os.unlink(path)
                 raise SystemExit(0)
