@@ -156,13 +156,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     through pytest 9's id, and checks that it took.
     """
     if getattr(config.option, "numprocesses", None):
-        # Modules that need the session's cnn go last (each keeps its order): the workers run the others
-        # while the controller's process trains it (pytest_configure).
+        # Modules that need the session's cnn go last: the workers run the others while the controller's
+        # process trains it (pytest_configure). Within each part the tests marked slow go first, so that the
+        # run does not end with one worker on a long test and the other idle. (xdist sends its groups first,
+        # largest first, and then the ungrouped tests one by one in this order.)
         needs: dict[str, bool] = {}
         for item in items:
             module = item.nodeid.split("::")[0]
             needs[module] = needs.get(module, False) or not {"trained_cnn", "amc_cache"}.isdisjoint(item.fixturenames)
-        items.sort(key=lambda item: needs[item.nodeid.split("::")[0]])
+        items.sort(key=lambda item: (needs[item.nodeid.split("::")[0]], item.get_closest_marker("slow") is None))
     if not getattr(config.option, "loadgroup", False):
         return
     from _pytest.nodeid import coerce_node_id

@@ -66,6 +66,7 @@ def test_an_unfolded_program_is_not_timed_against_a_folded_base(run_dir, tmp_pat
     assert deployed_latency(missing / "policy.json", repeats=1, sample_time=0.01).program.endswith("does not exist)")
 
 
+@pytest.mark.slow
 def test_cli_times_in_fresh_processes_and_compares_with_the_budget(run_dir, amc_cache):
     done = run_script(BENCH, "deployed", str(run_dir / "policy.json"), "--processes", "2", "--repeats", "2",
                       "--sample-time", "0.01", cache=amc_cache)

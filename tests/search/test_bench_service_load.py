@@ -15,6 +15,7 @@ from rich.console import Console
 from search.bench.service_load import LoadResult, LoadSettings, Polling, _max_overlap, service_load_report
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_service_load_keeps_the_queue_and_answers_every_poll(amc_cache: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,6 +75,7 @@ def test_plan_runs_deterministic_rows_once():
     assert len(cells) == 2 * (4 + 3 * 3)
 
 
+@pytest.mark.slow
 def test_headline_cells_are_saved_and_a_rerun_skips_them(ctx, tmp_path):
     settings = HeadlineSettings(budgets=(0.5,), seeds=(0,), evaluations=4, oracle_factor=2, workers=1,
                                 round_to=1, finetune_samples=300, latency_repeats=1,

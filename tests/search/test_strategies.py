@@ -296,6 +296,7 @@ def test_shared_noise_gives_each_environment_its_own_draw_and_counts_every_episo
     assert noise.base_noise.sigma == pytest.approx(0.5 * 0.95**3)
 
 
+@pytest.mark.slow
 def test_optuna_spends_evaluations_on_new_policies_in_a_coarse_space(amc_cache: Path, tmp_path: Path) -> None:
     """With round_to 8 many proposals project onto one policy; those repeats are told their known result
     instead of being evaluated again, so TPE keeps exploring (max_repeats=0 shows the waste)."""
