@@ -155,7 +155,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     module fixtures were built on both, and the Ray tests could overlap. This does what xdist means to,
     through pytest 9's id, and checks that it took.
     """
-    if getattr(config.option, "numprocesses", None):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers collect; the controller sends work in their order
         # Modules that need the session's cnn go last: the workers run the others while the controller's
         # process trains it (pytest_configure). Within each part the tests marked slow go first, so that the
         # run does not end with one worker on a long test and the other idle. (xdist sends its groups first,
