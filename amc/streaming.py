@@ -106,10 +106,17 @@ def _original_message(text: str) -> str:
 
 
 def _unwrapped(loader: DataLoader) -> Iterator:
+    batches_ = iter(loader)
     try:
-        yield from loader
+        yield from batches_
     except DataError as exc:
         raise DataError(_original_message(str(exc))) from None
+    finally:
+        # A worker's error (or a consumer that stops early) leaves the iterator to the garbage collector,
+        # whose finalizer then waits 5 s for the workers (torch's MP_STATUS_CHECK_INTERVAL): stop them now.
+        shutdown = getattr(batches_, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def batches(dataset: Dataset, batch_size: int, *, order: Tensor | Sequence[int] | None = None,

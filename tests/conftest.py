@@ -137,6 +137,13 @@ def amc_cache(trained_cnn) -> Path:
     return Path(trained_cnn[1].checkpoint).parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SB3's ``learn()`` without a logger of ours makes an ``SB3-<time>`` folder in the system's temp dir per
+    call (the tests that drive SB3 directly): ``$SB3_LOGDIR`` puts them in the session's folder instead."""
+    os.environ.setdefault("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3-logs")))
+
+
 @pytest.fixture
 def cache_env(amc_cache, monkeypatch: pytest.MonkeyPatch) -> None:
     """Anything that falls back to ``$AMC_CACHE_DIR`` finds the session cache, never ``~/.cache``.
