@@ -23,9 +23,10 @@ search: $(STAMP)
 serve: $(STAMP)
 	$(PY) scripts/serve.py $(ARGS)
 
-# Two test processes (xdist) on a 2-core machine; the Ray tests share one of them (--dist loadgroup).
+# Two test processes (xdist) on a 2-core machine; the Ray tests share one of them (--dist loadgroup), and
+# the work goes out in the order tests/conftest.py sets (--no-loadscope-reorder).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup $(ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --no-loadscope-reorder $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)

@@ -153,6 +153,52 @@ def cache_env(amc_cache, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMC_CACHE_DIR", str(amc_cache))
 
 
+# The longest xdist groups, longest first (measured: ray ~135 s, service ~75 s, ... lottery ~19 s).
+LONG_GROUPS = ("ray", "service", "runner", "ladder", "user-data-cli", "search-cli", "latency", "web", "lottery",
+               "rl_resume")
+# Many short, independent tests that need no cnn (1-5 s each): the end of the run, where they even out the
+# workers' last minutes.
+FILLER_MODULES = ("tests/envs/test_projection.py",)
+
+
+def _schedule_key(items: list[pytest.Item]):
+    """The order ``make test`` sends work in (``--no-loadscope-reorder``: xdist keeps it, unit by unit).
+
+    1. Ungrouped tests that need no cnn, while the controller's process trains it (pytest_configure).
+    2. The groups that need it, longest first: a long group started last would end the run alone.
+    3. The ungrouped tests that need it.
+    4. The filler modules.
+    Within each part the tests marked slow go first.
+    """
+    needs: dict[str, bool] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        needs[module] = needs.get(module, False) or not {"trained_cnn", "amc_cache"}.isdisjoint(item.fixturenames)
+    sizes: dict[str, int] = {}
+    for item in items:
+        for group in _groups(item):
+            sizes[group] = sizes.get(group, 0) + 1
+
+    def key(item: pytest.Item) -> tuple:
+        module = item.nodeid.split("::")[0]
+        groups = _groups(item)
+        group = groups[0] if groups else ""
+        if module in FILLER_MODULES and not group:
+            part = 3
+        elif group:
+            part = 1 if needs[module] or group in LONG_GROUPS else 0
+        else:
+            part = 2 if needs[module] else 0
+        rank = (LONG_GROUPS.index(group), 0) if group in LONG_GROUPS else (len(LONG_GROUPS), -sizes.get(group, 0))
+        return part, rank, group, item.get_closest_marker("slow") is None
+
+    return key
+
+
+def _groups(item: pytest.Item) -> list[str]:
+    return sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``--dist loadgroup`` (``make test``) on pytest 9: send each ``xdist_group`` to one worker.
@@ -163,22 +209,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     through pytest 9's id, and checks that it took.
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers collect; the controller sends work in their order
-        # Modules that need the session's cnn go last: the workers run the others while the controller's
-        # process trains it (pytest_configure). Within each part the tests marked slow go first, so that the
-        # run does not end with one worker on a long test and the other idle. (xdist sends its groups first,
-        # largest first, and then the ungrouped tests one by one in this order.)
-        needs: dict[str, bool] = {}
-        for item in items:
-            module = item.nodeid.split("::")[0]
-            needs[module] = needs.get(module, False) or not {"trained_cnn", "amc_cache"}.isdisjoint(item.fixturenames)
-        items.sort(key=lambda item: (needs[item.nodeid.split("::")[0]], item.get_closest_marker("slow") is None))
+        items.sort(key=_schedule_key(items))
     if not getattr(config.option, "loadgroup", False):
         return
     from _pytest.nodeid import coerce_node_id
 
     for item in items:
-        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                        for m in item.iter_markers("xdist_group")})
+        names = _groups(item)
         suffix = "@" + "_".join(names)
         if names and not item.nodeid.endswith(suffix):
             item._id = coerce_node_id(item.nodeid + suffix)

@@ -100,6 +100,10 @@ def test_killed_search_is_interrupted_after_restart_and_resumes_exactly(state: P
         first.stop()  # SIGKILL: no shutdown, the searches go on
     handle = _search_pids(state)[killed]
     os.killpg(handle["pid"], signal.SIGKILL)
+    # The survivor is paused until the end: only its being alive matters to the second service meanwhile, and
+    # its evaluations would take a core from the rest of the suite.
+    paused = _search_pids(state)[survivor]["pid"]
+    os.killpg(paused, signal.SIGSTOP)
     wait_for(lambda: process_start_time(handle["pid"]), lambda t: t != handle["start_time"], timeout=10,
              what="the search process gone")
     history = state / "runs" / killed / "history.csv"
@@ -118,6 +122,9 @@ def test_killed_search_is_interrupted_after_restart_and_resumes_exactly(state: P
             assert (resumed["state"], resumed["evaluations_done"], resumed["attempt"]) == ("succeeded", 30, 2)
             events = parse_sse(api.get(f"/v1/searches/{killed}/events").text)
             assert api.get(f"/v1/searches/{survivor}").json()["state"] == "running"
+            os.killpg(paused, signal.SIGCONT)
+            wait_for(lambda: api.get(f"/v1/searches/{survivor}").json(), lambda s: s["evaluations_done"] >= 3,
+                     timeout=60, what="the survivor's first three evaluations")
         second.proc.send_signal(signal.SIGINT)  # a graceful stop: the running search stops with its best so far
         assert second.proc.wait(40) == 0
     finally:
