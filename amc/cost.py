@@ -16,6 +16,7 @@ import numpy as np
 
 from amc.errors import ConfigError
 from amc.layers import LayerGraph
+from amc.records import rounded_channels
 
 RESOURCES = ("flops", "params")
 GRANULARITIES = ("channel", "weight")
@@ -65,6 +66,7 @@ class _AnalyticCost:
                     self._owner[m] = d
         self._weight_numel = np.array([float(r.weight_numel) for r in recs])
         self._coupling: tuple[np.ndarray, np.ndarray] | None = None  # built on first costs_varying
+        self._form: tuple | None = None  # (the _quadratic_form,) once asked
         # Per decision, the modules' channel changes as contiguous rows (costs_varying reads one decision's).
         self._a_out_rows = np.ascontiguousarray(self._a_out.T)  # (D, M)
         self._a_in_rows = np.ascontiguousarray(self._a_in.T)
@@ -106,10 +108,18 @@ class _AnalyticCost:
             per_weight = self._per_weight[owned][:, None]
             return self._value_weights_fast(kept) + (per_weight * (cand - kept[owned][:, None])).sum(0)
         channels = self.round_channels(keep)
-        cand = self._candidate_channels(t, candidates)  # (C,)
         out, inp = self._shapes(channels)  # (M,)
-        delta = cand - channels[t]  # (C,)
-        form = self._quadratic_form()
+        return self.costs_at(out, inp, t, channels[t], candidates)
+
+    def costs_at(self, out: np.ndarray, inp: np.ndarray, t: int, channel_t: float,
+                 candidates: np.ndarray) -> np.ndarray:
+        """:meth:`costs_varying` from the state's module shapes ``out, inp`` (M,) and decision ``t``'s channel
+        count in it (structured only): what :class:`PrefixWalk` callers give without the (M, D) products."""
+        cand = self._candidate_channels(t, candidates)  # (C,)
+        delta = cand - channel_t  # (C,)
+        if self._form is None:
+            self._form = (self._quadratic_form(),)
+        form = self._form[0]
         if form is not None:  # cost = c0 + c1 d + c2 d^2 in the change d of decision t: O(M + C), not O(M C)
             quad, lin = form
             if self._coupling is None:  # per decision: quad @ (a_out * a_in) and lin @ a_out
@@ -172,6 +182,32 @@ class _AnalyticCost:
         removed = self._n - channels  # (D,)
         return self._out0 - self._a_out @ removed, self._in0 - self._a_in @ removed  # (M,), (M,)
 
+    def suffix_shapes(self, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What decisions ``t, t+1, ...`` at ``channels`` (one count per decision) take from the modules' output
+        and input channels: two (D + 1, M) arrays, row ``t`` for the decisions from ``t`` on (row D: none)."""
+        removed = self._n - np.asarray(channels, dtype=np.float64)  # (D,)
+        out, inp = np.zeros((2, len(removed) + 1, len(self._out0)))
+        # Integer-valued float64 sums (far below 2**53): exact in any order, as the (M, D) products are.
+        out[:-1] = np.cumsum((self._a_out_rows * removed[:, None])[::-1], axis=0)[::-1]
+        inp[:-1] = np.cumsum((self._a_in_rows * removed[:, None])[::-1], axis=0)[::-1]
+        return out, inp
+
+    @property
+    def walks(self) -> bool:
+        """Whether a :class:`PrefixWalk`'s module shapes give this model's costs (structured only): not for a
+        subclass that changes ``costs_varying`` or ``_value_channels`` (a cost not of the shapes alone)."""
+        cls = type(self)
+        return (self.granularity == "channel" and cls.costs_varying is _AnalyticCost.costs_varying
+                and cls._value_channels is _AnalyticCost._value_channels)
+
+    def prefix_walk(self) -> PrefixWalk:
+        """The module shapes of a policy decided in layer order (structured); see :class:`PrefixWalk`."""
+        return PrefixWalk(self)
+
+    def value_shapes(self, out: np.ndarray, inp: np.ndarray) -> float:
+        """The cost of the structured model whose modules have ``out`` output and ``inp`` input channels."""
+        return float(self._curve(out, inp))
+
     def _kept_weights(self, keep: Sequence[float]) -> np.ndarray:
         if len(keep) != len(self.graph.layers):
             raise ConfigError(f"expected {len(self.graph.layers)} keep ratios (one per layer), got {len(keep)}")
@@ -185,6 +221,9 @@ class _AnalyticCost:
         return kept
 
     def _value_channels(self, channels: np.ndarray) -> float:
+        return self.value_shapes(*self._shapes(channels))
+
+    def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def _value_weights(self, keep: Sequence[float]) -> float:
@@ -204,10 +243,6 @@ class FlopsCost(_AnalyticCost):
     def __init__(self, graph: LayerGraph, *, granularity: str = "channel") -> None:
         super().__init__(graph, granularity=granularity)
         self._per_weight = self._flops_coef / np.maximum(self._weight_coef, 1.0)  # 2 * positions
-
-    def _value_channels(self, channels: np.ndarray) -> float:
-        out, inp = self._shapes(channels)
-        return float(self.graph.other_flops + self._flops_coef @ (out * inp))
 
     def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
         return self.graph.other_flops + self._flops_coef @ (out * inp)
@@ -231,10 +266,6 @@ class ParamsCost(_AnalyticCost):
         super().__init__(graph, granularity=granularity)
         self._per_weight = np.ones(len(graph.modules))
 
-    def _value_channels(self, channels: np.ndarray) -> float:
-        out, inp = self._shapes(channels)
-        return float(self.graph.other_params + self._weight_coef @ (out * inp) + self._bias_coef @ out)
-
     def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
         return self.graph.other_params + self._weight_coef @ (out * inp) + self._bias_coef @ out
 
@@ -256,3 +287,32 @@ def make_cost_model(resource: str, graph: LayerGraph, *, granularity: str = "cha
     if resource not in COST_MODELS:
         raise ConfigError(f"unknown resource {resource!r}: use one of {sorted(COST_MODELS)}")
     return COST_MODELS[resource](graph, granularity=granularity)
+
+
+class PrefixWalk:
+    """The module shapes of a structured policy decided layer by layer, the layers not yet decided whole.
+
+    :meth:`decide` updates them in O(modules) (one decision's coupling rows), so an environment step or a
+    projection costs O(modules) instead of the (modules x decisions) products of :meth:`_AnalyticCost.cost`.
+    The shapes are integer-valued, so every cost read from them equals the direct computation exactly.
+    """
+
+    def __init__(self, cost: _AnalyticCost) -> None:
+        self._cost = cost
+        self.t = 0
+        self.out = cost._out0.copy()  # (M,) output channels with decisions < t applied
+        self.inp = cost._in0.copy()
+
+    def decide(self, keep: float) -> None:
+        """Decision ``t`` keeps ``keep`` (a valid ratio); moves on to the next decision."""
+        cost, t = self._cost, self.t
+        n = int(cost._n[t])
+        removed = n - rounded_channels(keep, n, cost.graph.round_to)
+        if removed:
+            self.out -= removed * cost._a_out_rows[t]
+            self.inp -= removed * cost._a_in_rows[t]
+        self.t = t + 1
+
+    def cost(self) -> float:
+        """Cost of the decided layers with every later layer whole."""
+        return self._cost.value_shapes(self.out, self.inp)

@@ -239,8 +239,7 @@ class LatencyCost(_AnalyticCost):
         self._strides = np.array(strides)
         super().__init__(graph, granularity="channel")  # sets ``base`` from the tables above
 
-    def _value_channels(self, channels: np.ndarray) -> float:
-        out, inp = self._shapes(channels)
+    def value_shapes(self, out: np.ndarray, inp: np.ndarray) -> float:
         return float(self._curve(out[:, None], inp[:, None])[0])
 
     def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:

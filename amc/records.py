@@ -189,6 +189,11 @@ def channels_for(keep: float, out_channels: int, round_to: int = 1, *, name: str
     keep = float(keep)
     if round_to < 1:
         raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
+    return rounded_channels(keep, out_channels, round_to)
+
+
+def rounded_channels(keep: float, out_channels: int, round_to: int = 1) -> int:
+    """:func:`channels_for` without its checks, for a ``keep`` known valid (the environment's every step)."""
     # The epsilon stops 0.3 * 10 = 3.0000000000000004 from rounding up to 4.
     wanted = math.ceil(keep * out_channels / round_to - 1e-9) * round_to
     return min(out_channels, max(round_to, wanted))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from amc.errors import BudgetError, ConfigError
-from amc.layers import channels_for
+from amc.records import rounded_channels
 
 
 def check_budget(budget: object, *, name: str = "budget") -> float:
@@ -68,6 +68,10 @@ class BudgetProjector:
             )
         self.smallest_budget = smallest
         self._candidates = [self._layer_candidates(t, grid) for t in range(self.n_layers)]
+        self._walks = bool(getattr(cost_model, "walks", False))
+        if self._walks:  # what the layers still to decide take away at min_keep (clip_next's later layers)
+            self._floor_channels = cost_model.round_channels(self._floor.copy())
+            self._floor_out, self._floor_in = cost_model.suffix_shapes(self._floor_channels)
 
     def _layer_candidates(self, t: int, grid: int) -> np.ndarray:
         """Keep ratios layer ``t`` can really take in [min_keep, max_keep], ascending."""
@@ -101,16 +105,31 @@ class BudgetProjector:
         A measured latency need not grow (an odd channel count can run slower than a larger, aligned one),
         so the action's own channel count is checked, and the next feasible count below it taken if needed.
         """
-        bounded = min(max(float(action), self.min_keep), self.max_keep)
         state = self._floor.copy()
         state[:t] = np.asarray(keep, dtype=np.float64)[:t]
+        return self._clipped(t, action, lambda candidates: self.cost_model.costs_varying(state, t, candidates))
+
+    def walk(self):
+        """A :class:`~amc.cost.PrefixWalk` of the cost model for :meth:`clip_next` (None: use :meth:`clip`)."""
+        return self.cost_model.prefix_walk() if self._walks else None
+
+    def clip_next(self, walk, action: float) -> float:
+        """:meth:`clip` of the walk's next layer, the layers before it as ``walk`` decided them (the same
+        result, in O(modules)); the caller then records its choice with ``walk.decide``."""
+        t = walk.t
+        out, inp = walk.out - self._floor_out[t], walk.inp - self._floor_in[t]
+        floor = self._floor_channels[t]
+        return self._clipped(t, action, lambda candidates: self.cost_model.costs_at(out, inp, t, floor, candidates))
+
+    def _clipped(self, t: int, action: float, costs) -> float:
+        bounded = min(max(float(action), self.min_keep), self.max_keep)
         candidates = self._candidates[t]
-        ok = self.cost_model.costs_varying(state, t, candidates) <= self._limit
+        ok = costs(candidates) <= self._limit
         if self.cost_model.granularity == "weight":  # a grid of ratios; sparse costs grow with every weight
             feasible = np.nonzero(ok)[0]
             return min(bounded, float(candidates[feasible[-1]]) if len(feasible) else float(candidates[0]))
         n = self.cost_model.graph.layers[t].out_channels
-        own = int(np.searchsorted(candidates, channels_for(bounded, n, self.cost_model.graph.round_to) / n - 1e-9))
+        own = int(np.searchsorted(candidates, rounded_channels(bounded, n, self.cost_model.graph.round_to) / n - 1e-9))
         own = min(own, len(candidates) - 1)
         if ok[own]:
             return bounded
@@ -123,10 +142,15 @@ class BudgetProjector:
         if len(keep) != self.n_layers:
             raise ConfigError(f"expected {self.n_layers} keep ratios (one per layer), got {len(keep)}")
         out = np.zeros(self.n_layers)
+        walk = self.walk()
         for t, value in enumerate(keep):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or math.isnan(value):
                 raise ConfigError(f"keep ratio {t} must be a number, got {value!r}")
-            out[t] = self.clip(t, out, value)
+            if walk is None:
+                out[t] = self.clip(t, out, value)
+            else:
+                out[t] = self.clip_next(walk, value)
+                walk.decide(out[t])
         return out.tolist()
 
     def feasible(self, keep: Sequence[float]) -> bool:

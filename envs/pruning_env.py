@@ -124,6 +124,7 @@ class PruningEnv(gym.Env):
             self._rest /= FlopsCost(graph).base
         self._keep = np.ones(self.n_layers)
         self._t = 0
+        self._walk = None
 
     def _static_features(self) -> np.ndarray:
         cost_attr = "params" if self.cost_model.resource == "params" else "flops"
@@ -141,9 +142,13 @@ class PruningEnv(gym.Env):
 
     def _observation(self) -> np.ndarray:
         t = self._t
-        decided = self._keep.copy()
-        decided[t:] = 1.0
-        reduced = 1.0 - self.cost_model.cost_of(decided) / self.cost_model.base
+        if self._walk is not None:
+            decided_cost = self._walk.cost()
+        else:
+            decided = self._keep.copy()
+            decided[t:] = 1.0
+            decided_cost = self.cost_model.cost_of(decided)
+        reduced = 1.0 - decided_cost / self.cost_model.base
         prev = self._keep[t - 1] if t > 0 else 1.0
         obs = np.concatenate([self._static[t], [reduced, self._rest[t], prev]])
         np.maximum(obs, 0.0, out=obs)  # np.clip(obs, 0, 1), without its dispatch cost (the env's every step)
@@ -153,6 +158,8 @@ class PruningEnv(gym.Env):
         super().reset(seed=seed)
         self._keep = np.ones(self.n_layers)
         self._t = 0
+        # The decided layers' module shapes, updated per step (O(modules)); None: computed from scratch.
+        self._walk = self.projector.walk() if self.clip else None
         return self._observation(), {}
 
     def keep_of_action(self, action: float) -> float:
@@ -185,6 +192,8 @@ class PruningEnv(gym.Env):
         if value.shape != (1,) or not math.isfinite(value[0]) or not -1.0 - 1e-6 <= value[0] <= 1.0 + 1e-6:
             raise ValueError(f"action must be one number in [-1, 1] (Box(-1, 1, (1,))), got {action!r}")
         keep = self.keep_of_action(min(max(value[0], -1.0), 1.0))
+        if self._walk is not None:
+            return self.projector.clip_next(self._walk, keep)
         if self.clip:
             keep = self.projector.clip(self._t, self._keep, keep)
         return keep
@@ -207,6 +216,8 @@ class PruningEnv(gym.Env):
     def step(self, action):
         keep = self._keep_for(action)
         self._keep[self._t] = keep
+        if self._walk is not None:
+            self._walk.decide(keep)
         self._t += 1
         if self._t < self.n_layers:
             return self._observation(), 0.0, False, False, {}

@@ -196,7 +196,8 @@ def _schedule_key(items: list[pytest.Item]):
 
 
 def _groups(item: pytest.Item) -> list[str]:
-    return sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
+    names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    return sorted(names)
 
 
 @pytest.hookimpl(trylast=True)

@@ -255,6 +255,33 @@ def test_project_agrees_with_the_env_exactly(name, granularity, model_graph) -> 
         assert any(k != r for keep, req in zip(policies, requested) for k, r in zip(keep, req))
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_the_incremental_walk_equals_the_direct_computation(name, model_graph) -> None:
+    """``clip_next`` on a :class:`PrefixWalk` (the env's and ``project``'s path) gives what ``clip`` gives from
+    the whole vector, and the walk's cost is ``cost_of`` the decided layers with the rest whole: exactly, for
+    FLOPs and params, with and without rounding."""
+    rng = np.random.default_rng(8)
+    for round_to in (1, 4):
+        _, graph = model_graph(name, round_to=round_to)
+        n = len(graph)
+        for cost_model in (FlopsCost(graph), ParamsCost(graph)):
+            assert cost_model.walks
+            for budget in (0.2, 0.5):
+                projector = BudgetProjector(cost_model, budget)
+                lowered = 0
+                for raw in rng.uniform(0.1, 1.0, size=(20, n)) ** 0.5:  # mostly above the budget's share
+                    walk, keep = projector.walk(), np.ones(n)
+                    for t, value in enumerate(raw):
+                        assert walk.cost() == cost_model.cost_of(np.concatenate([keep[:t], np.ones(n - t)]))
+                        keep[t] = projector.clip_next(walk, value)
+                        assert keep[t] == projector.clip(t, keep, value)
+                        lowered += keep[t] < max(value, MIN_KEEP)
+                        walk.decide(keep[t])
+                    assert walk.cost() == cost_model.cost_of(keep)
+                assert lowered > 0  # the budget really clipped, so the agreement is not that of identities
+    assert not OddChannelsAreSlow(graph).walks  # a cost of more than the module shapes takes the direct path
+
+
 def test_project_leaves_feasible_policies_unchanged(model_graph) -> None:
     _, graph = model_graph("resnet20")
     cost_model = FlopsCost(graph)
