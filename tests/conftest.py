@@ -153,9 +153,8 @@ def cache_env(amc_cache, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMC_CACHE_DIR", str(amc_cache))
 
 
-# The longest xdist groups, longest first (measured: ray ~135 s, service ~75 s, ... lottery ~19 s).
-LONG_GROUPS = ("ray", "service", "runner", "ladder", "user-data-cli", "search-cli", "latency", "web", "lottery",
-               "rl_resume")
+# The longest xdist groups, longest first (measured: ray ~170 s, service ~55 s, ... lottery ~20 s).
+LONG_GROUPS = ("ray", "service", "runner", "ladder", "web", "lottery", "search-cli", "latency", "rl_resume")
 # Many short, independent tests that need no cnn (1-5 s each): the end of the run, where they even out the
 # workers' last minutes.
 FILLER_MODULES = ("tests/envs/test_projection.py",)

@@ -24,7 +24,9 @@ from tests.search.helpers import APPLY_SCRIPT, REPO, SEARCH_SCRIPT, history_rows
 from tests.user_data import forget_package, write_digit_pngs, write_user_package
 
 torch.set_num_threads(1)
-pytestmark = [pytest.mark.usefixtures("cache_env"), pytest.mark.xdist_group("user-data-cli")]
+# With the other modules that start Ray instances (its two-worker search does): one worker runs them one
+# after another, since Ray instances starting side by side on two cores wait on each other.
+pytestmark = [pytest.mark.usefixtures("cache_env"), pytest.mark.xdist_group("ray")]
 
 
 def run(script: Path, *args: str, cache: Path, pythonpath: Path | None = None,

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from search.service.db import EventRow, SearchRow, open_database
 from search.service.executor import process_start_time
+from tests import forkserver
 from tests.search.helpers import REPO, subprocess_env
 from tests.search.service.helpers import SMALL, parse_sse, wait_for
 
@@ -43,7 +44,7 @@ class Server:
         self.port = _free_port()
         self.log = state / f"serve-{n}.log"
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
+            self.proc = forkserver.Process(  # a real process, forked from the worker's server (no imports)
                 [sys.executable, str(REPO / "scripts" / "serve.py"), "--port", str(self.port), "--state-dir",
                  str(state), "--poll-interval", "0.1", "--max-concurrent", "2", "--log-level", "warning"],
                 cwd=REPO, env=subprocess_env(cache), stdout=out, stderr=subprocess.STDOUT)

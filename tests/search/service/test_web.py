@@ -24,6 +24,7 @@ import pytest
 from search.service.manager import ARTIFACTS
 from search.service.validation import option_actions
 from search.service.web import COOKIE, STATIC_DIR, session_valid, session_value
+from tests import forkserver
 from tests.search.helpers import REPO, subprocess_env
 from tests.search.service.helpers import TOKEN, wait_for
 
@@ -65,7 +66,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         port = s.getsockname()[1]
     log = state / "serve.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "serve.py"), "--port", str(port),
+        proc = forkserver.Process([sys.executable, str(REPO / "scripts" / "serve.py"), "--port", str(port),
                                  "--state-dir", str(state), "--token-file", str(state / "token"),
                                  "--poll-interval", "0.1", "--log-level", "warning"],
                                 cwd=REPO, env=subprocess_env(amc_cache), stdout=out, stderr=subprocess.STDOUT)
