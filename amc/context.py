@@ -135,10 +135,17 @@ class Context:
         return self.base.val_accuracy if self.base else accuracy(self.model, self.data.val)
 
 
-def build_context(config: ContextConfig, *, progress: bool = True, state_dict: dict | None = None) -> Context:
+def build_context(config: ContextConfig, *, progress: bool = True, state_dict: dict | None = None,
+                  graph: LayerGraph | None = None) -> Context:
     """Loads data, loads or trains the base model, discovers its layers and builds the evaluator.
 
     ``state_dict`` (e.g. shipped to a Ray worker on another node) replaces the checkpoint/cache lookup.
+    ``graph``, the layers discovered on the same model (shipped along with its weights), is used instead of
+    discovering them again: a Ray worker then starts without the probe (and the ~1.5 s of ``torch._dynamo``
+    imports that ``FlopCounterMode`` brings).
+
+    Raises:
+        ConfigError: ``graph`` names a layer the model does not have, or one of another width.
     """
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed, val_size=config.val_size,
@@ -160,9 +167,28 @@ def build_context(config: ContextConfig, *, progress: bool = True, state_dict: d
                                     cache_dir=config.cache_dir, model_kwargs=model_kwargs, progress=progress,
                                     device=device)
     model.cpu().eval()  # layers are discovered on the CPU, then the model moves to its device for good
-    graph = discover(model, data.example(1), round_to=config.round_to)
+    if graph is None:
+        graph = discover(model, data.example(1), round_to=config.round_to)
+    else:
+        if graph.round_to != config.round_to:
+            raise ConfigError(f"the layer graph was discovered with round_to={graph.round_to}, the config has "
+                              f"round_to={config.round_to}: pass a graph discovered with the config's, or none")
+        _check_graph(graph, model)
     model.to(device)
     evaluator = PolicyEvaluator(model, graph, data, config.eval)
     log.info("context: %s on %s, %d decisions, device %s, pid %d", config.model, config.dataset, len(graph), device,
              os.getpid())
     return Context(config=config, model=model, data=data, graph=graph, evaluator=evaluator, base=base)
+
+
+def _check_graph(graph: LayerGraph, model: nn.Module) -> None:
+    for spec in graph.layers:
+        try:
+            module = model.get_submodule(spec.name)
+        except AttributeError:
+            raise ConfigError(f"the layer graph names {spec.name!r}, which the model does not have: pass the graph "
+                              "discovered on this model, or none") from None
+        width = getattr(module, "out_channels", getattr(module, "out_features", None))
+        if spec.pattern == "channel" and width is not None and width != spec.out_channels:
+            raise ConfigError(f"the layer graph gives {spec.name!r} {spec.out_channels} channels, the model {width}: "
+                              "pass the graph discovered on this model, or none")

@@ -190,7 +190,7 @@ def make_pool(config: SearchConfig, ctx: Context):
     # The base weights go out from the CPU: every actor moves them to its own device.
     state = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
     return RayEvaluatorPool(config.context, workers=workers or 1, threads_per_worker=config.threads_per_worker,
-                            gpus_per_worker=gpus, address=config.ray_address, state_dict=state,
+                            gpus_per_worker=gpus, address=config.ray_address, state_dict=state, graph=ctx.graph,
                             key=lambda policy: ctx.evaluator.key(policy.ratios(ctx.graph)))
 
 

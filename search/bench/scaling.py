@@ -78,7 +78,7 @@ def scaling(root: Path, *, evaluations: int = 32, seed: int = 0, fashion_dir: st
     torch.set_num_threads(1)
     state = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     for workers in (1, 2):
-        with RayEvaluatorPool(config, workers=workers, threads_per_worker=1, state_dict=state) as pool:
+        with RayEvaluatorPool(config, workers=workers, threads_per_worker=1, state_dict=state, graph=ctx.graph) as pool:
             seconds, each = _run(root, f"ray{workers}", config, evaluations, seed, context=ctx, evaluator=pool,
                                  batch_size=workers)
         rows.append(ScalingRow(f"{workers} worker{'s' if workers > 1 else ''} x 1 thread", evaluations, seconds, each))

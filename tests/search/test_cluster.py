@@ -1,9 +1,12 @@
-"""A search on a two-node Ray cluster (both nodes on this machine), joined through --ray-address."""
+"""Searches on Ray instances of their own: a two-node cluster joined through --ray-address, and the local
+instance a search with --workers starts (and leaves nothing of)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,27 @@ def test_search_through_ray_address_uses_both_nodes(cluster, tmp_path, amc_cache
     assert len(records) == 10 and sorted(r.index for r in records) == list(range(10))
     log = (out / "run.log").read_text()
     assert "Ray pool ready: 2 workers" in log  # one worker per cluster CPU, one CPU on each node
+
+
+def _ray_processes() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()[1:]
+            if any(tag in line for tag in ("ray::", "raylet", "gcs_server", "ray/dashboard", "default_worker.py"))}
+
+
+def test_cli_with_two_workers_completes_and_leaves_no_ray_process(amc_cache, tmp_path) -> None:
+    """A search on a local Ray instance of its own (no other is running here: this module starts its per test)."""
+    before = _ray_processes()  # any earlier test's instance still exiting
+    out = tmp_path / "cli"
+    env = {**os.environ, "AMC_CACHE_DIR": str(amc_cache), "OMP_NUM_THREADS": "1"}
+    proc = forkserver.run(
+        [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "optuna", "--workers", "2",
+         "--evaluations", "8", "--out", str(out), "--quiet", "--no-export", "--score", "bn"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(read_history(out / "history.csv")) == 8
+    deadline = time.monotonic() + 30  # Ray's processes exit shortly after ray.shutdown() returns
+    while not _ray_processes() <= before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _ray_processes() <= before, f"the search left Ray processes running: {_ray_processes() - before}"
