@@ -100,6 +100,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_PRETRAIN] = subprocess.Popen(
         [sys.executable, "-c", code, str(root)], cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL)
+    if os.environ.get("AMC_TEST_FORKSERVER") != "0":  # one fork server for both workers (they inherit its path)
+        from tests import forkserver
+
+        config.stash[_FORKSERVER] = forkserver.start_shared()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -107,9 +111,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if proc is not None:  # a short run that never needed the cnn: it need not finish
         proc.kill()
         proc.wait()
+    server = config.stash.get(_FORKSERVER, None)
+    if server is not None:
+        server.close()
 
 
 _PRETRAIN = pytest.StashKey[subprocess.Popen]()
+_FORKSERVER = pytest.StashKey[object]()
 
 
 @pytest.fixture(scope="session")

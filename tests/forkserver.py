@@ -155,17 +155,21 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
 # ----------------------------------------------------------------------------------------------- client
 
 class _Server:
-    def __init__(self) -> None:
+    """The fork server process; ``wait=False`` returns at once (the socket exists once it has imported)."""
+
+    def __init__(self, *, wait: bool = True) -> None:
         self.folder = tempfile.mkdtemp(prefix="amc-forkserver-", dir="/tmp" if os.path.isdir("/tmp") else None)
         self.path = os.path.join(self.folder, "socket")
         env = {**os.environ, **dict.fromkeys(THREAD_VARS, "1")}
+        env.pop(SHARED_ENV, None)
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", self.path],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env)
-        line = self.proc.stdout.readline()
-        if line != b"ready\n":
-            self.proc.kill()
-            raise RuntimeError(f"the test fork server did not start (exit {self.proc.wait()})")
         atexit.register(self.close)
+        if wait:
+            line = self.proc.stdout.readline()
+            if line != b"ready\n":
+                self.proc.kill()
+                raise RuntimeError(f"the test fork server did not start (exit {self.proc.wait()})")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -181,7 +185,40 @@ class _Server:
             pass
 
 
-_server: _Server | None = None
+class _Shared:
+    """The session's server, started by the xdist controller (``SHARED_ENV`` names its socket): both test
+    workers fork from it, so its imports are paid once."""
+
+    def __init__(self, path: str, timeout: float = 120) -> None:
+        self.path = path
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):  # bound once the server has imported everything
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the session's test fork server did not start: no socket {path} after {timeout} s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        pass  # the controller's
+
+
+def start_shared() -> _Server:
+    """A server for the whole session (the xdist controller calls this; workers find it through the env)."""
+    server = _Server(wait=False)
+    os.environ[SHARED_ENV] = server.path
+    return server
+
+
+def _get_server():
+    global _server
+    with _server_lock:
+        if _server is None:
+            shared = os.environ.get(SHARED_ENV)
+            _server = _Shared(shared) if shared else _Server()
+        return _server
+
+
+SHARED_ENV = "AMC_TEST_FORKSERVER_SOCKET"
+_server: _Server | _Shared | None = None
 _server_lock = threading.Lock()
 
 
@@ -215,7 +252,6 @@ class Process:
 
     def __init__(self, argv, *, cwd=None, env=None, stdout=None, stderr=None, text: bool = False,
                  start_new_session: bool = False) -> None:
-        global _server
         self.args = [str(a) for a in argv]
         if not _forkable(self.args, env):
             self._popen = subprocess.Popen(self.args, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text,
@@ -223,9 +259,7 @@ class Process:
             self.pid, self.stdout, self.stderr = self._popen.pid, self._popen.stdout, self._popen.stderr
             return
         self._popen = None
-        with _server_lock:
-            if _server is None:
-                _server = _Server()
+        server = _get_server()
         stdin_fd, _, stdin_opened = _stream(subprocess.DEVNULL, "r")
         out_fd, out_ours, out_opened = _stream(stdout, "w")
         if stderr == subprocess.STDOUT:
@@ -237,7 +271,7 @@ class Process:
                               "session": start_new_session}).encode()
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._conn.connect(_server.path)
+            self._conn.connect(server.path)
             socket.send_fds(self._conn, [struct.pack("!I", len(request))], [stdin_fd, out_fd, err_fd])
             self._conn.sendall(request)
             self.pid = self._read()["pid"]
