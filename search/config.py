@@ -43,6 +43,9 @@ class SearchConfig:
         context: Model, data and evaluation settings.
         progress: Show progress bars.
         export: Write ``pruned.pt2`` for the best policy.
+        report: Write ``report.png`` and ``report.html`` (whose comparison table times the base and the pruned
+            model). False: ``policy.json`` and the history only, for callers that table the results themselves
+            (the headline benchmark's cells).
         workers: Parallel evaluation workers (Ray actors); None with ``ray_address``: one per
             ``threads_per_worker`` CPUs of the cluster.
         threads_per_worker: Torch threads (and CPUs reserved) per worker.
@@ -74,6 +77,7 @@ class SearchConfig:
     context: ContextConfig = field(default_factory=_default_context)
     progress: bool = True
     export: bool = True
+    report: bool = True
     workers: int | None = 1
     threads_per_worker: int = 1
     gpus_per_worker: float | None = None

@@ -94,8 +94,9 @@ def write_outputs(config: SearchConfig, out: Path, ctx: Context, problem: Search
     policy = _policy_record(config, problem, ratios, acc, uniform_eval.accuracy, seconds=seconds,
                             interrupted=interrupted)
     policy.save(out / "policy.json")
-    _write_reports(config, out, ctx, problem, pruned, uniform, acc, uniform_eval.accuracy, latency_rows,
-                   seconds=seconds, interrupted=interrupted)
+    if config.report:
+        _write_reports(config, out, ctx, problem, pruned, uniform, acc, uniform_eval.accuracy, latency_rows,
+                       seconds=seconds, interrupted=interrupted)
     log.info("best policy: val %.4f test %.4f cost ratio %.4f (%s)", best.accuracy, acc.test, best.cost_ratio, out)
     return SearchResult(out=out, policy=policy, best=best, uniform=uniform_record,
                         uniform_policy=problem.policy(uniform), base_val_accuracy=acc.base_val,

@@ -207,7 +207,7 @@ def _channels(model: nn.Module) -> tuple[int, ...]:
 def _search_config(settings: HeadlineSettings, ctx: Context, *, budget: float, strategy: str, seed: int,
                    evaluations: int, out: Path) -> SearchConfig:
     return SearchConfig(budget=budget, strategy=strategy, evaluations=evaluations, out=str(out), seed=seed,
-                        resume=out.exists(), progress=False, export=False, min_keep=settings.min_keep,
+                        resume=out.exists(), progress=False, export=False, report=False, min_keep=settings.min_keep,
                         workers=settings.workers if strategy not in ("uniform",) else 1, context=ctx.config,
                         ladder=getattr(settings, "ladder", ()))  # the ViT benchmark's settings have none
 

@@ -83,6 +83,9 @@ def test_headline_cells_are_saved_and_a_rerun_skips_them(ctx, tmp_path):
     seen = []
     cells = headline(tmp_path, settings, context=ctx, progress=False, on_cell=lambda c, cached: seen.append(cached))
     assert [c.row for c in cells] == [row for row, *_ in ROWS] and seen == [False] * len(ROWS)
+    # The cells' searches write their policy and history, not a report each (the benchmark tables them).
+    assert list(tmp_path.rglob("policy.json")) and list(tmp_path.rglob("history.csv"))
+    assert not list(tmp_path.rglob("report.png")) and not list(tmp_path.rglob("report.html"))
     for cell in cells:
         assert (tmp_path / "budget0.5" / cell.row / "seed0" / "cell.json").exists()
         assert 0 < cell.flops_ratio <= 0.5 + 1e-9, cell
