@@ -19,12 +19,12 @@ from torch import nn
 from torch.nn.utils import prune
 
 from amc.context import Context, ContextConfig, build_context
-from amc.cost import make_cost_model
-from amc.evaluate import EvalConfig
+from amc.cost.analytic import make_cost_model
+from amc.evaluation.evaluator import EvalConfig
 from amc.errors import ConfigError
-from amc.export import export_onnx, export_pt2
-from amc.latency import LatencyConfig
-from amc.policy import Policy
+from amc.pruning.export import export_onnx, export_pt2
+from amc.cost.latency import LatencyConfig
+from amc.pruning.policy import Policy
 from amc.train import TrainConfig, accuracy, train
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,9 @@ def _epochs_per_round(total: int, steps: int) -> list[int]:
 def _iterative(ctx: Context, policy: Policy, *, steps: int, ramp: str, epochs: int, config: TrainConfig,
                distill: bool, progress: bool) -> nn.Module:
     """Reaches ``policy`` in ``steps`` prune / fine-tune rounds, ``epochs`` epochs in all."""
-    from amc.evaluate import recalibrate_bn
-    from amc.layers import discover
-    from amc.prune import prune_model
+    from amc.evaluation.evaluator import recalibrate_bn
+    from amc.graph.discover import discover
+    from amc.pruning.pruner import prune_model
 
     evaluator = ctx.evaluator
     example = ctx.example(1).to(ctx.device)

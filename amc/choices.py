@@ -1,7 +1,7 @@
 """Names of the built-in datasets, pruning criteria and candidate scores, free of heavy imports.
 
 The command lines offer them as choices, so a bad argument fails at once, before torch is imported.
-:mod:`amc.data`, :mod:`amc.prune` and :mod:`amc.scores` implement them and re-export these names.
+:mod:`amc.data.datasets`, :mod:`amc.pruning.pruner` and :mod:`amc.evaluation.scores` implement them and re-export these names.
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from amc.cost import make_cost_model
-from amc.data import DataSplits, load_dataset
+from amc.cost.analytic import make_cost_model
+from amc.data.datasets import DataSplits, load_dataset
 from amc.device import resolve_device
 from amc.errors import ConfigError
-from amc.evaluate import EvalConfig, PolicyEvaluator
-from amc.latency import LatencyConfig
-from amc.layers import LayerGraph, discover
+from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
+from amc.cost.latency import LatencyConfig
+from amc.graph.discover import LayerGraph, discover
 from amc.train import TrainConfig, TrainResult, accuracy, load_checkpoint, load_or_train
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,13 @@ class ContextConfig:
 
     Attributes:
         model: Built-in model name or ``package.module:factory``.
-        dataset: Built-in dataset name (see :data:`amc.data.DATASETS`), ``imagefolder`` or
-            ``package.module:factory`` (:mod:`amc.userdata`).
+        dataset: Built-in dataset name (see :data:`amc.data.datasets.DATASETS`), ``imagefolder`` or
+            ``package.module:factory`` (:mod:`amc.data.factory`, :mod:`amc.data.imagefolder`).
         data_dir: Directory of file-based datasets (fashion-mnist, mnist, cifar10, imagefolder; a
             factory's ``data_dir`` argument).
         checkpoint: A trained ``state_dict`` for ``model``; None trains (and caches) a base model.
         seed: Seeds data splits, base-model training and evaluation.
-        resource: ``"flops"``, ``"params"`` or ``"latency"`` (measured, see :mod:`amc.latency`).
+        resource: ``"flops"``, ``"params"`` or ``"latency"`` (measured, see :mod:`amc.cost.latency`).
         round_to: Channel counts are multiples of this.
         val_size: Validation samples carved from the training set (None: the dataset's default).
         train_limit: Use at most this many training samples (None: all).
@@ -108,7 +108,7 @@ class Context:
         granularity = self.config.eval.granularity
         if resource not in self._costs:
             if resource == "latency":
-                from amc.latency import build_latency_cost
+                from amc.cost.latency import build_latency_cost
 
                 if granularity != "channel":
                     raise ConfigError("a latency budget needs --granularity channel: unstructured sparsity "

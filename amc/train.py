@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from amc.data import DataSplits
+from amc.data.datasets import DataSplits
 from amc.device import model_device
 from amc.errors import ConfigError, ModelError
-from amc.layers import fingerprint
+from amc.graph.discover import fingerprint
 from amc.models import build_model
 from amc.progress import progress_bar
 
@@ -70,9 +70,9 @@ def default_cache_dir() -> Path:
 def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on a dataset, on the model's device.
 
-    A ``TensorDataset`` is sliced; any other dataset is streamed (:func:`amc.streaming.batches`).
+    A ``TensorDataset`` is sliced; any other dataset is streamed (:func:`amc.data.streaming.batches`).
     """
-    from amc.streaming import batches
+    from amc.data.streaming import batches
 
     was_training = model.training
     model.eval()
@@ -110,7 +110,7 @@ def train(
     Args:
         model: The model to train, on the device it is on.
         train_set: Dataset of (inputs, labels): a ``TensorDataset`` is sliced, any other dataset is
-            streamed through a ``DataLoader`` in the same seeded order (:func:`amc.streaming.batches`).
+            streamed through a ``DataLoader`` in the same seeded order (:func:`amc.data.streaming.batches`).
         config: Optimiser settings.
         seed: Seeds shuffling, augmentation and initial state, for reproducible training.
         teacher: Optional model to distil from (KL on soft targets, Hinton et al., 2015).
@@ -120,7 +120,7 @@ def train(
             learning rate of the full run (the optimiser's momentum starts at zero). Used to rewind.
         on_epoch: Called with (epochs done, model, mean loss) after each epoch.
     """
-    from amc.streaming import batches
+    from amc.data.streaming import batches
 
     n = len(train_set)
     device = model_device(model)

@@ -48,7 +48,7 @@ def _entry_point(**kwargs: Any) -> PruningEnv:
     if "graph" in kwargs:
         return PruningEnv(**kwargs)
     from amc.context import ContextConfig, build_context
-    from amc.evaluate import EvalConfig
+    from amc.evaluation.evaluator import EvalConfig
 
     env_keys = ("budget", "min_keep", "max_keep", "reward", "clip", "render_mode")
     env_kwargs = {k: kwargs.pop(k) for k in env_keys if k in kwargs}

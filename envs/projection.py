@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from amc.errors import BudgetError, ConfigError
-from amc.records import rounded_channels
+from amc.graph.widths import SLACK, rounded_channels
 
 
 def check_budget(budget: object, *, name: str = "budget") -> float:
@@ -32,7 +32,7 @@ class BudgetProjector:
     """Clips keep ratios so the pruned model costs at most ``budget * cost_model.base``.
 
     Args:
-        cost_model: An analytic cost model with ``costs_varying`` (see :mod:`amc.cost`).
+        cost_model: An analytic cost model with ``costs_varying`` (see :mod:`amc.cost.analytic`).
         budget: Fraction of the base cost the pruned model may keep, in (0, 1].
         min_keep: Lowest keep ratio of any layer.
         max_keep: Highest keep ratio of any layer.
@@ -110,7 +110,7 @@ class BudgetProjector:
         return self._clipped(t, action, lambda candidates: self.cost_model.costs_varying(state, t, candidates))
 
     def walk(self):
-        """A :class:`~amc.cost.PrefixWalk` of the cost model for :meth:`clip_next` (None: use :meth:`clip`)."""
+        """A :class:`~amc.cost.analytic.PrefixWalk` of the cost model for :meth:`clip_next` (None: use :meth:`clip`)."""
         return self.cost_model.prefix_walk() if self._walks else None
 
     def clip_next(self, walk, action: float) -> float:
@@ -129,7 +129,7 @@ class BudgetProjector:
             feasible = np.nonzero(ok)[0]
             return min(bounded, float(candidates[feasible[-1]]) if len(feasible) else float(candidates[0]))
         n = self.cost_model.graph.layers[t].out_channels
-        own = int(np.searchsorted(candidates, rounded_channels(bounded, n, self.cost_model.graph.round_to) / n - 1e-9))
+        own = int(np.searchsorted(candidates, rounded_channels(bounded, n, self.cost_model.graph.round_to) / n - SLACK))
         own = min(own, len(candidates) - 1)
         if ok[own]:
             return bounded

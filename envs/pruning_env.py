@@ -10,9 +10,9 @@ import numpy as np
 from gymnasium import spaces
 
 from amc.errors import ConfigError
-from amc.evaluate import Evaluator
-from amc.layers import LayerGraph
-from amc.policy import Policy
+from amc.evaluation.evaluator import Evaluator
+from amc.graph.discover import LayerGraph
+from amc.pruning.policy import Policy
 from envs.projection import BudgetProjector
 from envs.rewards import RewardInput, get_reward
 
@@ -67,22 +67,22 @@ class PruningEnv(gym.Env):
     ## Episode End
 
     Terminates after the last layer (``len(graph)`` steps); never truncates by itself. ``info`` at
-    the last step holds ``policy`` (a :class:`~amc.policy.Policy`), ``accuracy``, ``cost``,
-    ``base_cost``, ``cost_ratio``, ``keep`` and ``eval`` (the :class:`~amc.evaluate.EvalResult`).
+    the last step holds ``policy`` (a :class:`~amc.pruning.policy.Policy`), ``accuracy``, ``cost``,
+    ``base_cost``, ``cost_ratio``, ``keep`` and ``eval`` (the :class:`~amc.evaluation.evaluator.EvalResult`).
 
     ## Version History
 
     * v0: first version (``render_mode``: ``None`` or ``"rgb_array"``).
 
     Args:
-        graph: The base model's :class:`~amc.layers.LayerGraph`.
+        graph: The base model's :class:`~amc.graph.discover.LayerGraph`.
         cost_model: Cost model of the constrained resource (``FlopsCost``, ``ParamsCost``, ...).
         evaluator: Evaluates the finished policy.
         budget: Fraction of the base cost the pruned model may keep, in (0, 1].
         min_keep, max_keep: Range of keep ratios (AMC: 0.2 .. 1.0).
         reward: Name of the reward in :data:`envs.rewards.REWARDS`.
         clip: Apply AMC's budget clipping (every episode feasible).
-        criterion, granularity: Recorded in the produced :class:`~amc.policy.Policy`.
+        criterion, granularity: Recorded in the produced :class:`~amc.pruning.policy.Policy`.
         render_mode: Gymnasium's standard argument: ``None`` or ``"rgb_array"`` (:meth:`render` returns
             the keep ratios decided so far as a bar image; Stable-Baselines3's ``make_vec_env`` asks
             for it by default).
@@ -119,7 +119,7 @@ class PruningEnv(gym.Env):
         if cost_model.resource in ("flops", "params"):
             self._rest /= cost_model.base  # AMC scales "rest" and "reduced" by the same total
         else:  # a latency budget: "rest" stays a share of the FLOPs (layers have no latency of their own)
-            from amc.cost import FlopsCost
+            from amc.cost.analytic import FlopsCost
 
             self._rest /= FlopsCost(graph).base
         self._keep = np.ones(self.n_layers)

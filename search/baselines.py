@@ -1,7 +1,7 @@
 """Baselines every benchmark reports beside the searches.
 
 - ``uniform``: the same keep ratio in every layer, the largest that meets the budget.
-- ``sensitivity``: greedy keep ratios from per-layer sensitivity curves (:mod:`amc.sensitivity`).
+- ``sensitivity``: greedy keep ratios from per-layer sensitivity curves (:mod:`amc.analysis.sensitivity`).
 - ``random``: EagleEye-style random search (Li et al., 2020): random per-layer ratios, scaled to use
   the budget, projected to be feasible, each evaluated with adaptive BN.
 """
@@ -54,7 +54,7 @@ class UniformStrategy:
 
 
 class SensitivityStrategy:
-    """Greedy keep ratios from per-layer sensitivity curves (:mod:`amc.sensitivity`), one recorded policy.
+    """Greedy keep ratios from per-layer sensitivity curves (:mod:`amc.analysis.sensitivity`), one recorded policy.
 
     The curves (one evaluation per layer and keep ratio, not recorded in the history: they break the
     budget) are written to ``sensitivity.csv`` and ``sensitivity.png`` in the run folder; a resumed run
@@ -69,8 +69,8 @@ class SensitivityStrategy:
         self.batch_size = batch_size
 
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
-        from amc.sensitivity import DEFAULT_KEEPS, greedy_allocation, plot_curves, read_csv, sensitivity_curves
-        from amc.sensitivity import write_csv
+        from amc.analysis.sensitivity import DEFAULT_KEEPS, greedy_allocation, plot_curves, read_csv, sensitivity_curves
+        from amc.analysis.sensitivity import write_csv
 
         if evaluations <= 0:
             return

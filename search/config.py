@@ -55,7 +55,7 @@ class SearchConfig:
             only when ``workers > 1``.
         seed: Seed of the search strategy (None: ``context.seed``, which also seeds the data splits and
             the base model; set this to repeat a search on the same base model).
-        ladder: Costlier candidate scores (:mod:`amc.scores`, cheap to expensive) for the promising
+        ladder: Costlier candidate scores (:mod:`amc.evaluation.scores`, cheap to expensive) for the promising
             candidates (:mod:`search.ladder`): inside an Optuna study through its pruner, else a re-ranking of
             the search's best candidates after it; empty: the search's own score decides.
         ladder_top_k: Candidates the first rung re-scores after a non-Optuna search; each later rung keeps

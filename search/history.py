@@ -41,7 +41,7 @@ class Record:
     wall_time: float  # seconds since the run started
     keep: tuple[float, ...]
     rung: int = 0  # 0: the search's own score; r >= 1: the ladder's r-th score of the same candidate
-    score: str = ""  # the candidate score this row measured (amc.scores; "" in a file from before the ladder)
+    score: str = ""  # the candidate score this row measured (amc.evaluation.scores; "" in a file from before the ladder)
 
     def row(self) -> list[str]:
         return [str(self.index), self.strategy, str(self.step), repr(self.accuracy), repr(self.loss),

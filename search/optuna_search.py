@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 
 from amc.errors import ConfigError
-from amc.evaluate import Evaluator
+from amc.evaluation.evaluator import Evaluator
 from search.ladder import make_pruner, rung_step
 from search.problem import SearchProblem
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from amc.context import Context
-from amc.evaluate import EvalResult
-from amc.export import export_pt2
-from amc.policy import Policy
+from amc.evaluation.evaluator import EvalResult
+from amc.pruning.export import export_pt2
+from amc.pruning.policy import Policy
 from amc.train import accuracy
 from search.baselines import uniform_keep
 from search.config import SearchConfig
@@ -138,10 +138,10 @@ def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: floa
     """Base and pruned model timed in short interleaved rounds (median), as the table was calibrated.
 
     With ``exported`` (the pruned ``.pt2`` file), the deployable program loaded back from it is timed in the
-    same rounds against the base model exported the same way (batch norm folded, :func:`amc.export.export_program`).
+    same rounds against the base model exported the same way (batch norm folded, :func:`amc.pruning.export.export_program`).
     """
-    from amc.export import export_program
-    from amc.latency import cache_path, compare_latency
+    from amc.pruning.export import export_program
+    from amc.cost.latency import cache_path, compare_latency
 
     cfg = ctx.config.latency
     models = {"base": ctx.model, "pruned": pruned}
@@ -223,7 +223,7 @@ def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: Searc
                    uniform: Sequence[float], acc: _Accuracies, uniform_val: float,
                    latency_rows: list[tuple[str, str]], *, seconds: float, interrupted: bool) -> None:
     """``report.png`` and ``report.html`` (the figure, a summary and the base/pruned comparison)."""
-    from amc.compare import model_stats
+    from amc.evaluation.compare import model_stats
     from search.report import write_html, write_report
 
     best = problem.best

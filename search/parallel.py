@@ -1,7 +1,7 @@
 """Parallel evaluation on Ray: a pool of actors that each hold the model and data once.
 
-:class:`RayEvaluatorPool` implements the :class:`~amc.evaluate.Evaluator` contract. Only policies (a
-few hundred bytes) go out and :class:`~amc.evaluate.EvalResult` objects come back. An actor that dies
+:class:`RayEvaluatorPool` implements the :class:`~amc.evaluation.evaluator.Evaluator` contract. Only policies (a
+few hundred bytes) go out and :class:`~amc.evaluation.evaluator.EvalResult` objects come back. An actor that dies
 is replaced, and the policies it had not answered are evaluated again, so a batch always returns one
 result per policy, in order.
 
@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from amc.context import ContextConfig
-from amc.layers import LayerGraph
+from amc.graph.discover import LayerGraph
 from amc.errors import AmcError, ConfigError
-from amc.evaluate import EvalResult
-from amc.policy import Policy
+from amc.evaluation.evaluator import EvalResult
+from amc.pruning.policy import Policy
 
 log = logging.getLogger(__name__)
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
@@ -148,7 +148,7 @@ def _actor_class():
 
 
 class RayEvaluatorPool:
-    """An :class:`~amc.evaluate.Evaluator` whose evaluations run on a pool of Ray actors.
+    """An :class:`~amc.evaluation.evaluator.Evaluator` whose evaluations run on a pool of Ray actors.
 
     Args:
         config: How each actor builds its context (model, checkpoint, data, evaluator). The base model

@@ -1,6 +1,6 @@
 """The search problem every strategy talks to: evaluate policies, record them, keep the best.
 
-:class:`SearchProblem` is itself an :class:`~amc.evaluate.Evaluator`, so the Gymnasium environment
+:class:`SearchProblem` is itself an :class:`~amc.evaluation.evaluator.Evaluator`, so the Gymnasium environment
 (RL strategies) and whole-policy strategies (Optuna, random, uniform) go through the same recording
 path: every evaluation lands in ``history.csv`` at once and updates the best policy and progress bar.
 """
@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from amc.evaluate import EvalResult, Evaluator
-from amc.layers import LayerGraph
-from amc.policy import Policy
+from amc.evaluation.evaluator import EvalResult, Evaluator
+from amc.graph.discover import LayerGraph
+from amc.pruning.policy import Policy
 from envs import BudgetProjector, RewardInput, get_reward
 from search.history import HistoryWriter, Record, rank
 

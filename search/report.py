@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from amc.layers import LayerGraph
+from amc.graph.discover import LayerGraph
 from search.history import Record
 
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from amc.evaluate import EvalResult
-from amc.layers import LayerGraph
-from amc.policy import Policy
+from amc.evaluation.evaluator import EvalResult
+from amc.graph.discover import LayerGraph
+from amc.pruning.policy import Policy
 from search.history import Record
 from search.problem import SearchProblem
 

@@ -20,7 +20,7 @@ import torch
 
 from amc.context import Context, build_context
 from amc.errors import AmcError, ConfigError
-from amc.evaluate import Evaluator
+from amc.evaluation.evaluator import Evaluator
 from amc.progress import progress_bar
 from envs import BudgetProjector
 from search.baselines import RandomStrategy, SensitivityStrategy, UniformStrategy

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from amc.data import DataSplits, load_dataset
+from amc.data.datasets import DataSplits, load_dataset
 from amc.models import build_model
 from amc.train import TrainResult, load_or_train
 

@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 # What a search, apply_policy.py, sensitivity.py, lottery.py or bench.py imports before its first line of work.
 PRELOAD = ("torch", "torch._dynamo", "torch.export", "sklearn.model_selection", "sklearn.datasets", "numpy",
            "matplotlib.figure", "matplotlib.backends.backend_agg", "optuna", "torch_pruning", "gymnasium",
-           "stable_baselines3", "rich.progress", "rich.logging", "amc.context", "amc.data", "amc.export",
-           "amc.compare", "amc.latency", "amc.userdata", "search.runner", "search.outputs", "search.report",
+           "stable_baselines3", "rich.progress", "rich.logging", "amc.context", "amc.data.datasets", "amc.pruning.export",
+           "amc.evaluation.compare", "amc.cost.latency", "amc.data.factory", "amc.data.imagefolder", "search.runner", "search.outputs", "search.report",
            "search.optuna_search", "search.ddpg", "search.cli.search", "search.cli.apply", "search.cli.sensitivity",
            "search.cli.lottery", "search.cli.bench", "search.cli.serve", "search.service.worker")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")

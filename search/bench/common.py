@@ -22,8 +22,8 @@ def fashion_resnet20(*, data_dir: str | None = None, round_to: int = 8, val_limi
     """The benchmark context. ``round_to`` 8 (AMC's choice): oneDNN runs channel counts that are
     multiples of 8 much faster than odd ones (see BENCHMARKS.md, latency sections)."""
     from amc.context import ContextConfig
-    from amc.data import DEFAULT_FASHION_MNIST_DIR
-    from amc.evaluate import EvalConfig
+    from amc.data.datasets import DEFAULT_FASHION_MNIST_DIR
+    from amc.evaluation.evaluator import EvalConfig
     from amc.train import TrainConfig
 
     return ContextConfig(model="resnet20", dataset="fashion-mnist", data_dir=data_dir or DEFAULT_FASHION_MNIST_DIR,
@@ -37,7 +37,7 @@ def machine() -> str:
 
     import torch
 
-    from amc.latency import device_name
+    from amc.cost.latency import device_name
 
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in
                          ("torch", "torch-pruning", "optuna", "stable-baselines3", "ray"))

@@ -1,7 +1,7 @@
 """Deployed latency of a searched policy (``scripts/bench.py deployed``): the exported program against the base.
 
 The policy's ``pruned.pt2`` (the file next to ``policy.json``, or the pruned model exported again) is loaded
-back and timed with the base model exported the same way (:func:`amc.export.export_program`) and with both
+back and timed with the base model exported the same way (:func:`amc.pruning.export.export_program`) and with both
 PyTorch modules, all four in the same interleaved rounds (median of repeats), so a spell of the machine hits
 all alike. :func:`in_fresh_processes` repeats that in new processes, one after the other: on a noisy machine
 the ratio moves between processes more than within one.
@@ -53,8 +53,8 @@ def deployed_latency(policy_path: str | os.PathLike, *, batch_size: int = 1, thr
     (for a run written by an older version, or with ``--no-export``; a missing file is exported anyway).
     """
     from amc.apply import apply_policy
-    from amc.export import export_program, export_pt2
-    from amc.latency import compare_latency
+    from amc.pruning.export import export_program, export_pt2
+    from amc.cost.latency import compare_latency
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from amc.cost import make_cost_model
-from amc.evaluate import EvalResult
-from amc.layers import discover
+from amc.cost.analytic import make_cost_model
+from amc.evaluation.evaluator import EvalResult
+from amc.graph.discover import discover
 from amc.models import build_model
 from envs import PruningEnv
 from search.bench.markdown import ResultTable, update_section

@@ -2,7 +2,7 @@
 
 For each FLOPs budget, ``policies`` random feasible policies (EagleEye's sampling: :func:`search.baselines.random_keep`)
 plus the uniform policy and Torch-Pruning global pruning's widths (:func:`search.bench.headline.tp_global_magnitude`,
-its channel counts applied with our pruner) are each scored with every candidate score of :mod:`amc.scores`
+its channel counts applied with our pruner) are each scored with every candidate score of :mod:`amc.evaluation.scores`
 (its cost in seconds recorded), and then *deployed*: pruned, adaptive BN, and fine-tuned with the headline's
 recipe (:func:`search.bench.headline.deployed_accuracy`) before the full test split is scored. The table gives
 each score's Spearman and Kendall rank correlation with the deployed accuracy over the policies of a budget, with
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from amc.context import Context
-from amc.evaluate import PolicyEvaluator
+from amc.evaluation.evaluator import PolicyEvaluator
 from search.bench.markdown import ResultTable
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class FidelityCell:
 
 def plan_policies(ctx: Context, budget: float, settings: FidelitySettings) -> list[tuple[str, list[float]]]:
     """(name, keep ratios) of every policy of a budget: uniform, tp-global's widths, then the random ones."""
-    from amc.cost import FlopsCost
+    from amc.cost.analytic import FlopsCost
     from envs import BudgetProjector
     from search.baselines import random_keep, uniform_keep
     from search.bench.headline import tp_global_magnitude
@@ -83,7 +83,7 @@ def _width(module) -> int:
 def run_fidelity(root: Path, ctx: Context, settings: FidelitySettings = FidelitySettings(), *,
                  on_cell: Callable[[FidelityCell, bool], None] | None = None) -> list[FidelityCell]:
     """Every cell of every budget, read back when finished, else measured and written at once."""
-    from amc.cost import FlopsCost
+    from amc.cost.analytic import FlopsCost
     from search.bench.headline import deployed_accuracy, finetune_set
 
     evaluators = {s: PolicyEvaluator(ctx.model, ctx.graph, ctx.data,

@@ -29,10 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from amc.apply import apply_policy
 from amc.context import build_context
 from amc.errors import ConfigError
-from amc.export import export_pt2
-from amc.latency import LatencyConfig, compare_latency
-from amc.policy import Policy
-from amc.prune import prune_model
+from amc.pruning.export import export_pt2
+from amc.cost.latency import LatencyConfig, compare_latency
+from amc.pruning.policy import Policy
+from amc.pruning.pruner import prune_model
 from search.bench.common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20, machine
 from search.bench.markdown import markdown_table, update_section
 from search.config import SearchConfig

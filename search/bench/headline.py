@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -39,11 +38,12 @@ from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amc.context import Context, build_context
-from amc.evaluate import recalibrate_bn, validate
-from amc.latency import compare_latency
-from amc.policy import Policy
+from amc.evaluation.evaluator import recalibrate_bn, validate
+from amc.cost.latency import compare_latency
+from amc.pruning.policy import Policy
 from amc.progress import progress_bar
 from amc.train import TrainConfig, accuracy, train
+from amc.graph.widths import rounded_channels
 from search.bench import HEADLINE_ROWS
 from search.bench.common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20, machine
 from search.bench.markdown import markdown_table, mean_std, update_section
@@ -80,7 +80,7 @@ class HeadlineSettings:
     latency_batch: int = 64
     latency_repeats: int = 5
     latency_run_time: float = 0.2  # seconds of timing per model in each repeat
-    score: str = "bn"  # the searches' candidate score (amc.scores); the table's val column is adaptive BN for all
+    score: str = "bn"  # the searches' candidate score (amc.evaluation.scores); the table's val column is adaptive BN for all
     ladder: tuple[str, ...] = ()  # costlier scores re-ranking each search's best candidates (search.ladder)
     rows: tuple[str, ...] = HEADLINE_ROWS
     # Deterministic rows (uniform, tp-global, sensitivity, oracle) are fine-tuned with every seed too, their
@@ -172,7 +172,7 @@ def _respect_min_keep(pruner, group, *, min_keep: float, round_to: int) -> list[
         current, initial = pruner.DG.get_out_channels(module), pruner.layer_init_out_ch[module]
     else:
         current, initial = pruner.DG.get_in_channels(module), pruner.layer_init_in_ch[module]
-    floor = min(current, max(round_to, math.ceil(min_keep * initial / round_to - 1e-9) * round_to))
+    floor = min(current, rounded_channels(min_keep, initial, round_to))
     allowed = current - floor
     idxs = list(idxs)
     if len(idxs) <= allowed:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from amc.latency import LatencyConfig, build_latency_cost, compare_latency
-from amc.layers import discover
+from amc.cost.latency import LatencyConfig, build_latency_cost, compare_latency
+from amc.graph.discover import discover
 from amc.models import build_model
-from amc.prune import prune_model
+from amc.pruning.pruner import prune_model
 from envs.projection import BudgetProjector
 from search.bench.markdown import ResultTable, update_section
 

@@ -2,7 +2,7 @@
 
 Each seed trains the dense network, then prunes ``prune_per_round`` of the remaining weights per round,
 rewinds the survivors to their initial (or ``rewind_epoch``) values and retrains; the control trains the
-same mask from a fresh random init (:mod:`amc.lottery`). Rows go to ``<out>/lottery.csv`` (one per seed
+same mask from a fresh random init (:mod:`amc.analysis.lottery`). Rows go to ``<out>/lottery.csv`` (one per seed
 and round); a rerun with the same settings skips the seeds already there.
 """
 
@@ -167,8 +167,8 @@ def lottery_report(settings: LotterySettings, *, out: Path, markdown: Path | Non
     """
     import torch
 
-    from amc.data import load_dataset
-    from amc.lottery import LotteryConfig, LotteryExperiment, run_lottery
+    from amc.data.datasets import load_dataset
+    from amc.analysis.lottery import LotteryConfig, LotteryExperiment, run_lottery
     from amc.train import TrainConfig
 
     torch.set_num_threads(settings.threads)

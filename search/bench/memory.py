@@ -59,7 +59,7 @@ def _measure_loader(argv: list[str]) -> None:
     import PIL.Image  # noqa: F401 - imported before the baseline, like everything the loaders import
     import sklearn.model_selection  # noqa: F401
 
-    from amc.data import load_dataset
+    from amc.data.datasets import load_dataset
 
     def status_mb(key: str) -> float:
         with open("/proc/self/status") as f:
@@ -79,7 +79,7 @@ def write_pngs(fashion_dir: Path, out: Path, *, console: Console | None = None) 
     import numpy as np
     from PIL import Image
 
-    from amc.data import read_idx
+    from amc.data.datasets import read_idx
 
     total = 0
     for split, prefix in (("train", "train"), ("test", "t10k")):

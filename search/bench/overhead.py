@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from amc.data import DataSplits, load_dataset
+from amc.data.datasets import DataSplits, load_dataset
 from amc.errors import DataError
-from amc.evaluate import EvalConfig, PolicyEvaluator
-from amc.layers import discover
+from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
+from amc.graph.discover import discover
 from amc.models import build_model
 from amc.train import load_or_train
 from search.bench.markdown import ResultTable, update_section

@@ -18,8 +18,8 @@ import torch
 from rich.console import Console
 
 from amc.context import ContextConfig, build_context
-from amc.evaluate import EvalConfig
-from amc.policy import Policy
+from amc.evaluation.evaluator import EvalConfig
+from amc.pruning.policy import Policy
 from search.bench.markdown import markdown_table, mean_std, update_section
 from search.config import SearchConfig
 from search.runner import run_search

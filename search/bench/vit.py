@@ -52,8 +52,8 @@ def fashion_vit(*, data_dir: str | None = None, epochs: int = BASE_EPOCHS, val_l
                 **kwargs) -> ContextConfig:
     """The benchmark context: ``vit`` on fashion-mnist, its base model trained ``epochs`` (cached)."""
     from amc.context import ContextConfig
-    from amc.data import DEFAULT_FASHION_MNIST_DIR
-    from amc.evaluate import EvalConfig
+    from amc.data.datasets import DEFAULT_FASHION_MNIST_DIR
+    from amc.evaluation.evaluator import EvalConfig
     from amc.train import TrainConfig
 
     return ContextConfig(model="vit", dataset="fashion-mnist", data_dir=data_dir or DEFAULT_FASHION_MNIST_DIR, seed=0,
@@ -94,7 +94,7 @@ class VitCell:
 
 def widths(model: nn.Module) -> tuple[int, ...]:
     """The kept units of a ViT: the embedding width, then (heads, MLP hidden width) of each block."""
-    from amc.probe import attention_parts
+    from amc.graph.probe import attention_parts
 
     out = [model.patch_embed.out_channels]
     for block in model.blocks:
@@ -117,7 +117,7 @@ def tp_vit_heads(model: nn.Module, example: Tensor, budget: float, *, min_keep: 
     import torch_pruning as tp
     from torch import nn
 
-    from amc.probe import attention_parts
+    from amc.graph.probe import attention_parts
     from search.bench.headline import flops
 
     shape = tuple(example.shape[1:])
@@ -162,7 +162,7 @@ def _units(model: nn.Module) -> list[int]:
     """Output units of every prunable layer: Conv/Linear channels, then the heads of each attention module."""
     from torch import nn
 
-    from amc.probe import attention_parts
+    from amc.graph.probe import attention_parts
 
     units = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in model.modules()
              if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -176,8 +176,8 @@ def _params(module: nn.Module) -> int:
 def run_cell(root: Path, ctx: Context, settings: VitSettings, *, row: str, seed: int,
              tune_set: TensorDataset) -> VitCell:
     """One (row, seed) cell at ``settings.budget``: read back when finished, else run and written at once."""
-    from amc.evaluate import validate
-    from amc.policy import Policy
+    from amc.evaluation.evaluator import validate
+    from amc.pruning.policy import Policy
     from amc.train import accuracy
     from search.bench.headline import _search_config, deployed_accuracy, flops
     from search.history import read_history

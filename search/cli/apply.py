@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from amc.cli import OneLineParser, dataset_name, device_name, int_at_least, json_object
+from search.cli.common import OneLineParser, dataset_name, device_name, int_at_least, json_object
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def comparison_table(applied):
     from rich.table import Table
 
-    from amc.compare import model_stats
+    from amc.evaluation.compare import model_stats
 
     data = applied.context.data
     rows = [model_stats("base", applied.context.model, data.test), model_stats("pruned", applied.model, data.test)]

@@ -19,7 +19,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from amc.cli import OneLineParser, int_at_least, number_in
+from search.cli.common import OneLineParser, int_at_least, number_in
 from search.bench.lottery import CSV_NAME, LotterySettings, SettingsError, lottery_report
 
 _fraction = number_in(0, 1, high_closed=False, meaning=" (fraction of the remaining weights)")

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from amc.cli import (OneLineParser, comma_list, dataset_name, device_name, int_at_least, json_object, number_in,
+from search.cli.common import (OneLineParser, comma_list, dataset_name, device_name, int_at_least, json_object, number_in,
                      score_name)
 
 DEFAULTS = {
@@ -168,8 +168,8 @@ def resolve_options(argv: list[str] | None) -> dict:
 def build_config(options: dict):
     """Frozen configs from the resolved options (the only place that reads them)."""
     from amc.context import ContextConfig
-    from amc.evaluate import EvalConfig
-    from amc.latency import LatencyConfig
+    from amc.evaluation.evaluator import EvalConfig
+    from amc.cost.latency import LatencyConfig
     from amc.train import TrainConfig
     from search.config import SearchConfig
 

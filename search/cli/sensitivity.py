@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from amc.cli import OneLineParser, int_at_least
+from search.cli.common import OneLineParser, int_at_least
 
 
 def _keeps(text: str) -> tuple[float, ...]:
@@ -30,7 +30,7 @@ def _keeps(text: str) -> tuple[float, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     from amc.choices import CRITERIA, DATASETS
-    from amc.sensitivity import DEFAULT_KEEPS
+    from amc.analysis.sensitivity import DEFAULT_KEEPS
 
     p = OneLineParser(prog="sensitivity.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cnn")
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from amc.context import ContextConfig, build_context
     from amc.errors import AmcError
-    from amc.evaluate import EvalConfig
-    from amc.sensitivity import plot_curves, sensitivity_curves, write_csv
+    from amc.evaluation.evaluator import EvalConfig
+    from amc.analysis.sensitivity import plot_curves, sensitivity_curves, write_csv
     from amc.train import TrainConfig
 
     if args.threads:

@@ -19,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from amc.cli import OneLineParser, int_at_least, number_in
+from search.cli.common import OneLineParser, int_at_least, number_in
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import pytest
 import amc.context
 from amc.context import ContextConfig, build_context
 from amc.errors import ConfigError
-from amc.layers import discover
+from amc.graph.discover import discover
 from tests.conftest import build_small_model
 
 

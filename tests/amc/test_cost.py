@@ -10,11 +10,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from amc.cost import FlopsCost, ParamsCost, make_cost_model, weights_kept
+from amc.cost.analytic import FlopsCost, ParamsCost, make_cost_model
+
+from amc.graph.widths import weights_kept
 from amc.errors import ConfigError
-from amc.layers import channels_for, discover
+from amc.graph.discover import discover
+from amc.graph.widths import channels_for
 from amc.models import build_model
-from amc.prune import prune_model
+from amc.pruning.pruner import prune_model
 
 N_POLICIES = 50
 

@@ -1,5 +1,5 @@
-"""Tests for amc.data: real (digits) and tiny synthetic fixture data (IDX, CIFAR pickles); a user's own data
-(amc.userdata: a dataset factory, an image folder) and the streaming helpers (amc.streaming)."""
+"""Tests for amc.data.datasets: real (digits) and tiny synthetic fixture data (IDX, CIFAR pickles); a user's own data
+(amc.data.factory, amc.data.imagefolder: a dataset factory, an image folder) and the streaming helpers (amc.data.streaming)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from amc.data import (DATASETS, DEFAULT_FASHION_MNIST_DIR, DataSplits, load_cifar10, load_dataset,
+from amc.data.datasets import (DATASETS, DEFAULT_FASHION_MNIST_DIR, DataSplits, load_cifar10, load_dataset,
                       load_digits, load_idx, read_idx)
 from amc.errors import ConfigError, DataError
-from amc.streaming import StreamedSplit, batches, take
-from amc.userdata import default_val_size, load_imagefolder
+from amc.data.streaming import StreamedSplit, batches, take
+from amc.data.imagefolder import load_imagefolder
+from amc.data.splits import default_val_size
 from tests.user_data import forget_package, write_digit_pngs, write_user_package
 
 IDX_IMAGE_MAGIC, IDX_LABEL_MAGIC = 0x00000803, 0x00000801
@@ -320,7 +321,7 @@ def test_cifar_requires_root_and_existing_dir(tmp_path: Path) -> None:
         load_cifar10(tmp_path / "nope")
 
 
-# ---------------------------------------------------------------- a user's own data (amc.userdata)
+# ---------------------------------------------------------------- a user's own data (amc.data.factory, amc.data.imagefolder)
 
 BAD_FACTORIES = '''
 import torch
@@ -486,8 +487,8 @@ def test_streamed_batches_match_the_tensor_slices_with_and_without_workers(digit
 
 def test_training_and_evaluation_on_a_streamed_copy_match_the_in_memory_data(digits: DataSplits) -> None:
     """The same seeded batches in the same order: a streamed dataset trains and scores like the tensors."""
-    from amc.evaluate import EvalConfig, PolicyEvaluator
-    from amc.layers import discover
+    from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
+    from amc.graph.discover import discover
     from amc.models import build_model
     from amc.train import TrainConfig, train
 
@@ -592,7 +593,7 @@ def test_bad_image_folders_are_one_line_naming_the_value(tmp_path: Path) -> None
 
 def test_an_image_that_fails_to_decode_later_is_one_line_from_a_worker(tmp_path: Path, png_digits: Path) -> None:
     """The header is fine (checked up front), the pixels are not: the DataLoader worker's error is one line."""
-    from amc.userdata import ImageFiles
+    from amc.data.imagefolder import ImageFiles
 
     good = next((png_digits / "train" / "digit-0").iterdir())
     broken = tmp_path / "broken.png"

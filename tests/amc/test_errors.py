@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from amc.data import load_dataset
+from amc.data.datasets import load_dataset
 from amc.errors import AmcError, ConfigError, DataError, ModelError, PolicyError
-from amc.evaluate import EvalConfig
-from amc.layers import LayerGraph, discover
+from amc.evaluation.evaluator import EvalConfig
+from amc.graph.discover import LayerGraph, discover
 from amc.models import build_model
-from amc.policy import Policy
-from amc.prune import CRITERIA, prune_model
+from amc.pruning.policy import Policy
+from amc.pruning.pruner import CRITERIA, prune_model
 from amc.train import TrainConfig, load_checkpoint
 
 BAD_KEEP = [0, -0.1, 1.5, math.nan]
@@ -153,7 +153,7 @@ def test_negative_epochs() -> None:
 def test_numpy_and_tensor_scalars_are_valid_keep_ratios() -> None:
     import numpy as np
 
-    from amc.layers import channels_for
+    from amc.graph.widths import channels_for
 
     assert channels_for(np.float32(0.5), 10) == 5
     assert channels_for(torch.tensor(0.5).item(), 10) == 5
@@ -173,7 +173,7 @@ def test_factory_failures_are_model_errors(name: str) -> None:
 @pytest.mark.parametrize(("field", "value"), [("criterion", "bogus"), ("resource", "watts"), ("budget", True)])
 def test_policy_refuses_bad_criterion_resource_budget(field: str, value: object) -> None:
     from amc.errors import PolicyError
-    from amc.policy import Policy
+    from amc.pruning.policy import Policy
 
     with pytest.raises(PolicyError, match=field):
         Policy(keep={"a": 0.5}, **{field: value})

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from amc.apply import apply_policy
-from amc.compare import model_stats
+from amc.evaluation.compare import model_stats
 from amc.context import ContextConfig, build_context
 from amc.errors import ConfigError
-from amc.export import export_onnx, export_pt2, fold_batchnorm
-from amc.policy import Policy
+from amc.pruning.export import export_onnx, export_pt2, fold_batchnorm
+from amc.pruning.policy import Policy
 
 KEEP = [0.3, 0.3, 0.4, 0.4, 0.5, 0.5]  # an aggressive policy for the 6 decisions of the default cnn
 
@@ -114,7 +114,7 @@ def test_a_model_fx_cannot_trace_is_exported_unfolded(caplog, tmp_path) -> None:
             return y if x.shape[-1] > 4 else -y
 
     model = Shapey().eval()
-    with caplog.at_level("WARNING", logger="amc.export"):
+    with caplog.at_level("WARNING", logger="amc.pruning.export"):
         program = torch.export.load(export_pt2(model, torch.randn(2, 1, 8, 8), tmp_path / "s.pt2")).module()
     assert "batch norm not folded" in caplog.text and "Shapey" in caplog.text
     assert any("batch_norm" in op for op in _aten_ops(program))  # deployed as it is
@@ -187,7 +187,7 @@ def test_schedules_end_at_the_policy_and_agp_prunes_early() -> None:
 def test_iterative_reaches_the_policy_channels(policy_path, ctx, ramp) -> None:
     done = apply_policy(policy_path, export=False, progress=False, schedule="iterative", steps=3,
                         finetune_epochs=3, ramp=ramp)
-    from amc.layers import discover
+    from amc.graph.discover import discover
 
     graph = discover(done.model, ctx.data.val.tensors[0][:1])
     assert graph.channels([1.0] * len(graph)) == ctx.graph.channels(KEEP)
@@ -195,7 +195,7 @@ def test_iterative_reaches_the_policy_channels(policy_path, ctx, ramp) -> None:
 
 
 def test_iterative_unstructured_masks_only_grow(ctx, tmp_path) -> None:
-    from amc.cost import weights_kept
+    from amc.graph.widths import weights_kept
 
     path = tmp_path / "weight.json"
     Policy.from_ratios(ctx.graph, KEEP, granularity="weight", budget=0.5,

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import amc.latency as latency
+import amc.cost.latency as latency
 from amc.context import ContextConfig, build_context
 from amc.errors import BudgetError, ConfigError
-from amc.latency import LatencyConfig, LatencyCost, build_latency_cost, cache_path
-from amc.layers import discover
+from amc.cost.latency import LatencyConfig, LatencyCost, build_latency_cost, cache_path
+from amc.graph.discover import discover
 from envs.projection import BudgetProjector
 
 # Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
@@ -89,7 +89,7 @@ def test_corrupt_or_foreign_cache_is_rebuilt(cost, resnet, table_dir, damage, ca
     measured = []
     original = latency._measure_entries
     monkeypatch.setattr(latency, "_measure_entries", lambda *a, **k: measured.append(1) or original(*a, **k))
-    with caplog.at_level(logging.WARNING, logger="amc.latency"):
+    with caplog.at_level(logging.WARNING, logger="amc.cost.latency"):
         rebuilt = build_latency_cost(model, graph, config, progress=False)
     assert measured == [1], "the damaged table was trusted"
     assert "rebuilding" in caplog.text
@@ -205,7 +205,7 @@ def test_bad_latency_settings_are_refused():
 
 
 def test_weight_granularity_has_no_latency_budget(digits, amc_cache):
-    from amc.evaluate import EvalConfig
+    from amc.evaluation.evaluator import EvalConfig
 
     ctx = build_context(ContextConfig(cache_dir=str(amc_cache), resource="latency",
                                       eval=EvalConfig(granularity="weight")), progress=False)
@@ -300,8 +300,8 @@ def test_same_shapes_other_stride_is_a_foreign_table(tmp_path):
 def test_exported_programs_can_be_timed(small_model, tmp_path):
     import torch
 
-    from amc.export import export_pt2
-    from amc.latency import compare_latency
+    from amc.pruning.export import export_pt2
+    from amc.cost.latency import compare_latency
 
     model, example = small_model("cnn")
     program = torch.export.load(export_pt2(model, example, tmp_path / "m.pt2")).module()
@@ -352,7 +352,7 @@ def test_a_spell_of_the_machine_moves_no_table_entry(resnet, tmp_path, monkeypat
 
 
 def test_a_spell_during_interleaved_timing_moves_no_model(monkeypatch):
-    from amc.latency import compare_latency
+    from amc.cost.latency import compare_latency
 
     models = {"base": torch.nn.Linear(4, 4), "pruned": torch.nn.Linear(4, 2)}
     cost = {id(m): ms for m, ms in zip(models.values(), (2.0, 1.0))}

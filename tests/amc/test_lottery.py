@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from amc.data import DataSplits
+from amc.data.datasets import DataSplits
 from amc.errors import ConfigError, ModelError
-from amc.lottery import (
+from amc.analysis.lottery import (
     LotteryConfig,
     LotteryExperiment,
     apply_masks,

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from amc.cost import FlopsCost, ParamsCost
+from amc.cost.analytic import FlopsCost, ParamsCost
 from amc.errors import UnsupportedModelError
-from amc.export import export_onnx, export_program
-from amc.layers import discover
+from amc.pruning.export import export_onnx, export_program
+from amc.graph.discover import discover
 from amc.models import build_model
-from amc.policy import Policy
-from amc.prune import prune_model
+from amc.pruning.policy import Policy
+from amc.pruning.pruner import prune_model
 from tests import forkserver
 from tests.amc import modern_models as mm
 
@@ -195,7 +195,7 @@ def test_channel_shuffle_is_refused_in_one_line() -> None:
 
 def test_unsupported_layer_keeps_its_width_with_a_warning(caplog) -> None:
     model = mm.MhaNet(3, 5, hidden=8).eval()
-    with caplog.at_level(logging.WARNING, logger="amc.layers"):
+    with caplog.at_level(logging.WARNING, logger="amc.graph.discover"):
         graph = discover(model, torch.zeros(1, *SHAPE))
     assert graph.names == ("hidden",)
     assert [(s.name, s.type) for s in graph.skipped] == [("embed", "Conv2d")]

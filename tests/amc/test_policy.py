@@ -1,4 +1,4 @@
-"""Tests for amc.policy: JSON round trip, strict loading, and refusing a policy of another model."""
+"""Tests for amc.pruning.policy: JSON round trip, strict loading, and refusing a policy of another model."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from amc.errors import PolicyError
-from amc.layers import LayerGraph, discover
+from amc.graph.discover import LayerGraph, discover
 from amc.models import build_model
-from amc.policy import FORMAT, Policy
+from amc.pruning.policy import FORMAT, Policy
 
 
 @pytest.fixture(scope="module")

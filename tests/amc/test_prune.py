@@ -1,4 +1,4 @@
-"""Tests for amc.prune and amc.evaluate.
+"""Tests for amc.pruning.pruner and amc.evaluation.evaluator.
 
 Acceptance: every pruned model (all criteria, both granularities) runs forward with the original input
 shape and output shape; structured pruning makes the model physically smaller.
@@ -13,13 +13,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from amc.cost import ParamsCost, weights_kept
+from amc.cost.analytic import ParamsCost
+
+from amc.graph.widths import weights_kept
 from amc.errors import ConfigError
-from amc.evaluate import EvalConfig, PolicyEvaluator
-from amc.layers import LayerGraph, discover
+from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
+from amc.graph.discover import LayerGraph, discover
 from amc.models import MODELS
-from amc.policy import Policy
-from amc.prune import CRITERIA, prune_model
+from amc.pruning.policy import Policy
+from amc.pruning.pruner import CRITERIA, prune_model
 
 MODEL_NAMES = ("cnn", "resnet20", "resnet56", "mobilenetv2")
 GRANULARITIES = ("channel", "weight")

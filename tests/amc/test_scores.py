@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from amc.cost import FlopsCost
+from amc.cost.analytic import FlopsCost
 from amc.errors import ConfigError
-from amc.evaluate import EvalConfig, PolicyEvaluator, reconstruction_targets
-from amc.layers import discover
-from amc.prune import prune_model
-from amc.scores import SCORE_CHOICES, Score, _inputs, _outputs, reconstruct
+from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator, reconstruction_targets
+from amc.graph.discover import discover
+from amc.pruning.pruner import prune_model
+from amc.evaluation.scores import SCORE_CHOICES, Score, _inputs, _outputs, reconstruct
 from envs import BudgetProjector
 from tests.conftest import build_small_model
 
@@ -50,7 +50,7 @@ def test_reconstruct_raises_the_uniform_policy_over_bn_at_budget_0_2(setup) -> N
 def test_the_scored_model_is_the_one_the_score_measured(setup, score: str) -> None:
     """What a search exports and reports the test accuracy of: its validation accuracy is the score's, so
     with reconstruct the refitted weights, not the merely pruned ones (which score far lower at 0.2)."""
-    from amc.evaluate import validate
+    from amc.evaluation.evaluator import validate
 
     _, graph, digits = setup
     evaluator = _evaluator(setup, score)

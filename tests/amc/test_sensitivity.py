@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amc.cost import FlopsCost
+from amc.cost.analytic import FlopsCost
 from amc.errors import ConfigError
-from amc.evaluate import EvalConfig, PolicyEvaluator
-from amc.layers import discover
-from amc.sensitivity import SensitivityCurve, greedy_allocation, plot_curves, read_csv, sensitivity_curves, write_csv
+from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
+from amc.graph.discover import discover
+from amc.analysis.sensitivity import SensitivityCurve, greedy_allocation, plot_curves, read_csv, sensitivity_curves, write_csv
 from envs.projection import BudgetProjector
 
 # Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).

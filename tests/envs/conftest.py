@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from amc.data import DataSplits
-from amc.evaluate import EvalConfig, EvalResult, PolicyEvaluator
-from amc.layers import LayerGraph, discover
-from amc.policy import Policy
+from amc.data.datasets import DataSplits
+from amc.evaluation.evaluator import EvalConfig, EvalResult, PolicyEvaluator
+from amc.graph.discover import LayerGraph, discover
+from amc.pruning.policy import Policy
 from tests.conftest import SMALL_MODELS, build_small_model
 
 MODEL_NAMES = tuple(SMALL_MODELS)  # cnn, resnet20, resnet56, mobilenetv2
@@ -22,7 +22,7 @@ TINY_EVAL = EvalConfig(val_limit=64, bn_batches=1, bn_batch_size=32)
 
 
 class StubEvaluator:
-    """An :class:`~amc.evaluate.Evaluator` that prunes nothing: accuracy is a fixed number.
+    """An :class:`~amc.evaluation.evaluator.Evaluator` that prunes nothing: accuracy is a fixed number.
 
     It records the policies it saw, so tests can check what the environment evaluated.
     """
@@ -63,7 +63,7 @@ def _reshape(dataset: TensorDataset, shape: tuple[int, int, int]) -> TensorDatas
 @pytest.fixture(scope="session")
 def digits_as() -> Callable[[tuple[int, int, int]], DataSplits]:
     """``digits_as((C, H, W))``: sklearn's digits, upsampled to H x W and repeated over C channels."""
-    from amc.data import load_dataset
+    from amc.data.datasets import load_dataset
 
     digits = load_dataset("digits")
 

@@ -12,10 +12,10 @@ import stable_baselines3.common.env_checker as sb3_checker
 from gymnasium.utils import env_checker as gym_checker
 
 import envs
-from amc.cost import FlopsCost, ParamsCost
+from amc.cost.analytic import FlopsCost, ParamsCost
 from amc.errors import ConfigError
-from amc.evaluate import EvalResult, PolicyEvaluator
-from amc.policy import Policy
+from amc.evaluation.evaluator import EvalResult, PolicyEvaluator
+from amc.pruning.policy import Policy
 from amc.train import TrainConfig
 from envs import ENV_ID, OBS_FEATURES, REWARDS, PruningEnv
 from tests.envs.conftest import MODEL_NAMES, TINY_EVAL, StubEvaluator
@@ -303,7 +303,7 @@ def test_granularity_must_match_the_cost_model(cnn_parts) -> None:
 
 
 def test_stub_evaluator_meets_the_evaluator_protocol() -> None:
-    from amc.evaluate import Evaluator
+    from amc.evaluation.evaluator import Evaluator
 
     assert isinstance(StubEvaluator(), Evaluator)
 
@@ -311,7 +311,7 @@ def test_stub_evaluator_meets_the_evaluator_protocol() -> None:
 def test_make_env_takes_evaluation_settings_by_name(tmp_path) -> None:
     import envs
     from amc.errors import ConfigError
-    from amc.evaluate import EvalConfig
+    from amc.evaluation.evaluator import EvalConfig
     from amc.train import TrainConfig
 
     env = envs.make_env(model="cnn", dataset="digits", budget=0.3, cache_dir=str(tmp_path),

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from amc.cost import FlopsCost, ParamsCost, weights_kept
+from amc.cost.analytic import FlopsCost, ParamsCost
+
+from amc.graph.widths import weights_kept
 from amc.errors import BudgetError, ConfigError
-from amc.layers import LayerGraph
-from amc.prune import prune_model
+from amc.graph.discover import LayerGraph
+from amc.pruning.pruner import prune_model
 from envs import BudgetProjector, PruningEnv
 from tests.envs.conftest import MODEL_NAMES, StubEvaluator
 

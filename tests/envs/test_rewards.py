@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from amc.cost import FlopsCost, ParamsCost
+from amc.cost.analytic import FlopsCost, ParamsCost
 from amc.errors import ConfigError
 from envs import REWARDS, PruningEnv, RewardInput, get_reward
 from envs.rewards import acc, acc_log_flops, acc_log_params, acc_penalty

@@ -29,7 +29,7 @@ def test_headline_refuses_bad_options(args, expected, tmp_path):
 
 
 def test_comma_list_parses_every_item():
-    from amc.cli import comma_list, int_at_least, number_in
+    from search.cli.common import comma_list, int_at_least, number_in
 
     assert comma_list(number_in(0, 1))("0.3, 0.5") == (0.3, 0.5)
     assert comma_list(int_at_least(0))("2") == (2,)

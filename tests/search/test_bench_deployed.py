@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from amc.context import ContextConfig, build_context
-from amc.export import export_pt2
-from amc.policy import Policy
+from amc.pruning.export import export_pt2
+from amc.pruning.policy import Policy
 from search.bench.deployed import MODELS, deployed_latency
 from tests.search.helpers import REPO, run_script
 

@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from amc.cost import FlopsCost, ParamsCost
+from amc.cost.analytic import FlopsCost, ParamsCost
 from amc.errors import ConfigError
-from amc.latency import LatencyConfig, build_latency_cost
-from amc.layers import discover
+from amc.cost.latency import LatencyConfig, build_latency_cost
+from amc.graph.discover import discover
 from search.bench.finetune import lattice_bound
 
 

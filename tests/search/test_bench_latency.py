@@ -20,16 +20,16 @@ def test_latency_bench_rows_time_every_policy_and_the_base_together(monkeypatch)
         return real(models, *args, **kwargs)
 
     monkeypatch.setattr(bench, "compare_latency", spy)
-    import amc.latency
+    import amc.cost.latency
 
     measured = []  # every table build that times its modules (a build read from the cache times none)
-    real_measure = amc.latency._measure_entries
+    real_measure = amc.cost.latency._measure_entries
 
     def measure_spy(entries, *args, **kwargs):
         measured.append(len(entries))
         return real_measure(entries, *args, **kwargs)
 
-    monkeypatch.setattr(amc.latency, "_measure_entries", measure_spy)
+    monkeypatch.setattr(amc.cost.latency, "_measure_entries", measure_spy)
     seen = []
     rows = list(latency_accuracy(("cnn",), (1, 8), policies=4, repeats=3, sample_time=0.005, round_to=4, table=FAST,
                                  on_policy=lambda model, batch, row: seen.append((model, batch))))

@@ -9,7 +9,7 @@ import pytest
 from torch import nn
 
 from amc.context import ContextConfig, build_context
-from amc.policy import Policy
+from amc.pruning.policy import Policy
 from search.bench.headline import (
     ROWS,
     HeadlineCell,

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from amc.context import ContextConfig
-from amc.policy import Policy
+from amc.pruning.policy import Policy
 from search.config import SearchConfig
 from search.history import read_history
 from search.ladder import rung_step

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import amc.latency
+import amc.cost.latency
 from amc.apply import apply_policy, context_config_of
 from amc.context import ContextConfig
 from amc.errors import BudgetError
-from amc.latency import LatencyConfig
-from amc.policy import Policy
+from amc.cost.latency import LatencyConfig
+from amc.pruning.policy import Policy
 from search.config import SearchConfig
 from search.history import read_history
 from search.runner import run_search
@@ -81,15 +81,15 @@ def test_a_machine_that_changed_speed_since_the_table_is_named(tmp_path, amc_cac
         return {name: 2.0 * table_base[0] * (1.0 if name == "base" else 0.5) for name in models}
 
     table_base = []
-    real_build = amc.latency.build_latency_cost
+    real_build = amc.cost.latency.build_latency_cost
 
     def build(*args, **kwargs):
         cost = real_build(*args, **kwargs)
         table_base.append(cost.measured_base)
         return cost
 
-    monkeypatch.setattr(amc.latency, "build_latency_cost", build)
-    monkeypatch.setattr(amc.latency, "compare_latency", twice_as_slow)
+    monkeypatch.setattr(amc.cost.latency, "build_latency_cost", build)
+    monkeypatch.setattr(amc.cost.latency, "compare_latency", twice_as_slow)
     with caplog.at_level(logging.WARNING):
         run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
     metrics = Policy.load(tmp_path / "run" / "policy.json").metrics
@@ -109,7 +109,7 @@ def test_a_pruned_model_that_measures_over_the_budget_is_named(tmp_path, amc_cac
         ms = {"base": 1.0, "pruned": 0.5, "base_exported": 1.0, "pruned_exported": exported_ms}
         return {name: ms[name] for name in models}
 
-    monkeypatch.setattr(amc.latency, "compare_latency", fake)
+    monkeypatch.setattr(amc.cost.latency, "compare_latency", fake)
     with caplog.at_level(logging.WARNING):
         run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
     assert timed == [["base", "base_exported", "pruned", "pruned_exported"]]  # all four in the same rounds
@@ -153,7 +153,7 @@ def test_a_reapplied_latency_policy_reports_its_latency_ratio(tmp_path, amc_cach
     def no_timing(*args, **kwargs):
         raise AssertionError("the latency table was measured again")
 
-    monkeypatch.setattr(amc.latency, "_measure_entries", no_timing)  # the search's cached table is used
+    monkeypatch.setattr(amc.cost.latency, "_measure_entries", no_timing)  # the search's cached table is used
     applied = apply_policy(tmp_path / "run" / "policy.json", export=False, progress=False)
     assert applied.resource == "latency"
     assert applied.cost_ratio == pytest.approx(policy.metrics["latency_ratio_predicted"], abs=1e-12)

@@ -60,7 +60,7 @@ def _policies(context, n: int, seed: int = 0):
 
 
 def _policy(context, keep):
-    from amc.policy import Policy
+    from amc.pruning.policy import Policy
 
     return Policy.from_ratios(context.graph, keep)
 

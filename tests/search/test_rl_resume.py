@@ -19,8 +19,8 @@ import torch
 
 from amc.context import ContextConfig, build_context
 from amc.errors import ConfigError
-from amc.evaluate import EvalResult
-from amc.policy import Policy
+from amc.evaluation.evaluator import EvalResult
+from amc.pruning.policy import Policy
 from envs import BudgetProjector
 from search import rl_checkpoint
 from search.ddpg import RLStrategy

@@ -16,9 +16,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from amc.apply import apply_policy
 from amc.context import ContextConfig, build_context
 from amc.errors import ConfigError, PolicyError
-from amc.evaluate import EvalResult
+from amc.evaluation.evaluator import EvalResult
 from amc.models import build_model
-from amc.policy import Policy
+from amc.pruning.policy import Policy
 from search.config import SearchConfig
 from search.history import read_history
 from search.runner import run_search

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from amc.context import ContextConfig
-from amc.policy import Policy
+from amc.pruning.policy import Policy
 from search.config import SearchConfig
 from search.history import read_history
 from search.runner import run_search
@@ -28,12 +28,12 @@ def test_sensitivity_strategy_records_one_feasible_policy(tmp_path, amc_cache, m
     assert result.best.accuracy > result.uniform.accuracy - 0.05  # a sensible policy, not a broken one
 
     # Resuming reads the curves back instead of measuring them again.
-    import amc.sensitivity
+    import amc.analysis.sensitivity
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("curves measured again on resume")
 
-    monkeypatch.setattr(amc.sensitivity, "sensitivity_curves", no_measuring)
+    monkeypatch.setattr(amc.analysis.sensitivity, "sensitivity_curves", no_measuring)
     (out / "history.csv").write_text((out / "history.csv").read_text().splitlines()[0] + "\n")
     run_search(SearchConfig(**{**config.__dict__, "resume": True}))
     assert len(read_history(out / "history.csv")) == 1

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from amc.context import ContextConfig, build_context
-from amc.policy import Policy
+from amc.pruning.policy import Policy
 from envs import BudgetProjector, PruningEnv
 from search.baselines import random_keep, uniform_keep
 from search.config import SearchConfig

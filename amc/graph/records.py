@@ -1,20 +1,19 @@
 """What layer discovery produces: decisions (:class:`LayerSpec`), module records and the graph.
 
-Kept apart from the discovery itself (:mod:`amc.layers`, which re-exports these names) so the data
+Kept apart from the discovery itself (:mod:`amc.graph.discover`, which re-exports these names) so the data
 contract reads in one sitting.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from amc.errors import ConfigError
+from amc.graph.widths import channels_for
 
 PATTERNS = ("channel", "head", "group")
 _WEIGHTED = ("conv", "depthwise", "linear")
@@ -141,7 +140,7 @@ class SkippedLayer:
 
 @dataclass(frozen=True)
 class LayerGraph:
-    """What :func:`amc.layers.discover` finds: the decisions, the module records and the fingerprint."""
+    """What :func:`amc.graph.discover.discover` finds: the decisions, the module records and the fingerprint."""
 
     layers: tuple[LayerSpec, ...]
     modules: tuple[ModuleRecord, ...]
@@ -173,30 +172,6 @@ class LayerGraph:
         return tuple(
             channels_for(k, spec.out_channels, self.round_to, name=spec.name) for k, spec in zip(keep, self.layers)
         )
-
-
-def channels_for(keep: float, out_channels: int, round_to: int = 1, *, name: str = "layer") -> int:
-    """The one channel-rounding rule: ``max(round_to, round_up(keep * n, round_to))``, capped at n.
-
-    Shared by the cost models, the pruner and the exported policy, so a policy's reported cost is the
-    cost of the model it produces. Never returns 0.
-
-    Raises:
-        ConfigError: ``keep`` is not in (0, 1].
-    """
-    if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or math.isnan(keep) or not 0.0 < keep <= 1.0:
-        raise ConfigError(f"keep ratio of {name!r} must be a number in (0, 1], got {keep!r}")
-    keep = float(keep)
-    if round_to < 1:
-        raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
-    return rounded_channels(keep, out_channels, round_to)
-
-
-def rounded_channels(keep: float, out_channels: int, round_to: int = 1) -> int:
-    """:func:`channels_for` without its checks, for a ``keep`` known valid (the environment's every step)."""
-    # The epsilon stops 0.3 * 10 = 3.0000000000000004 from rounding up to 4.
-    wanted = math.ceil(keep * out_channels / round_to - 1e-9) * round_to
-    return min(out_channels, max(round_to, wanted))
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -1,6 +1,6 @@
 """Analytic cost models: FLOPs and parameters of the model a policy produces.
 
-Costs are computed from the :class:`~amc.layers.LayerGraph` records with the shared rounding rule, so
+Costs are computed from the :class:`~amc.graph.discover.LayerGraph` records with the shared rounding rule, so
 they equal what ``torch.utils.flop_counter.FlopCounterMode`` counts on the pruned model (per sample)
 and its parameter count, exactly. For ``granularity="weight"`` (unstructured pruning) the cost is the
 sparse cost: FLOPs of the non-zero weights and the number of non-zero parameters.
@@ -8,18 +8,16 @@ sparse cost: FLOPs of the non-zero weights and the number of non-zero parameters
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from amc.errors import ConfigError
-from amc.layers import LayerGraph
-from amc.records import rounded_channels
+from amc.graph.discover import LayerGraph
+from amc.graph.widths import GRANULARITIES, rounded_channels, rounded_channels_array, weights_kept, weights_kept_array
 
 RESOURCES = ("flops", "params")
-GRANULARITIES = ("channel", "weight")
 
 
 @runtime_checkable
@@ -104,7 +102,7 @@ class _AnalyticCost:
             kept = self._kept_weights_fast(keep)  # (M,)
             owned = self._owner == t
             numel = self._weight_numel[owned][:, None]  # (m, 1)
-            cand = np.clip(np.ceil(candidates[None, :] * numel - 1e-9), 1, numel)  # (m, C)
+            cand = weights_kept_array(candidates[None, :], numel)  # (m, C)
             per_weight = self._per_weight[owned][:, None]
             return self._value_weights_fast(kept) + (per_weight * (cand - kept[owned][:, None])).sum(0)
         channels = self.round_channels(keep)
@@ -155,27 +153,14 @@ class _AnalyticCost:
         return float(self._value_channels(self.round_channels(np.asarray(keep, dtype=np.float64))))
 
     def round_channels(self, keep: np.ndarray, n: np.ndarray | float | None = None) -> np.ndarray:
-        """Vectorised :func:`amc.layers.channels_for`."""
-        n = self._n if n is None else n
-        r = self.graph.round_to
-        wanted = np.multiply(keep, n)
-        if not isinstance(wanted, np.ndarray) or wanted.dtype != np.float64:  # scalars, integer counts
-            return np.minimum(n, np.maximum(r, np.ceil(wanted / r - 1e-9) * r))
-        # In place, the same operations as ceil(keep * n / r - 1e-9) * r clipped to [r, n] (x / 1 == x exactly).
-        if r != 1:
-            wanted /= r
-        wanted -= 1e-9
-        np.ceil(wanted, out=wanted)
-        if r != 1:
-            wanted *= r
-        np.maximum(wanted, r, out=wanted)
-        return np.minimum(wanted, n, out=wanted)
+        """Vectorised :func:`amc.graph.widths.channels_for`."""
+        return rounded_channels_array(keep, self._n if n is None else n, self.graph.round_to)
 
     def _kept_weights_fast(self, keep: np.ndarray) -> np.ndarray:
         kept = self._weight_numel.copy()
         owned = self._owner >= 0
         ratio = keep[self._owner[owned]]
-        kept[owned] = np.clip(np.ceil(ratio * self._weight_numel[owned] - 1e-9), 1, self._weight_numel[owned])
+        kept[owned] = weights_kept_array(ratio, self._weight_numel[owned])
         return kept
 
     def _shapes(self, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,11 +213,6 @@ class _AnalyticCost:
 
     def _value_weights(self, keep: Sequence[float]) -> float:
         raise NotImplementedError
-
-
-def weights_kept(keep: float, numel: int) -> int:
-    """Number of weights unstructured pruning keeps in a tensor: ``ceil(keep * numel)``, at least 1."""
-    return max(1, min(numel, math.ceil(keep * numel - 1e-9)))
 
 
 class FlopsCost(_AnalyticCost):

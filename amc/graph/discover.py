@@ -5,7 +5,7 @@ channels are removed (residual additions, concatenations, depthwise convs, flatt
 GroupNorm and bare parameters such as a class token, a position embedding or a layer scale). Each
 such group is one decision, a :class:`LayerSpec`. For every module the discovery also records, per
 decision, how many of the module's input/output channels go with one unit of the decision (1 for a
-plain connection, ``h*w`` through a flatten). The analytic cost models in :mod:`amc.cost` use these
+plain connection, ``h*w`` through a flatten). The analytic cost models in :mod:`amc.cost.analytic` use these
 records, so a predicted cost equals the pruned model's measured cost exactly.
 
 Decisions come in three patterns:
@@ -13,7 +13,7 @@ Decisions come in three patterns:
 - ``channel``: any set of output channels;
 - ``head``: whole heads of a timm-style attention module (``num_heads``, fused ``qkv``, ``proj``),
   grouped as Torch-Pruning groups them for ``prune_num_heads`` (rooted at ``proj``'s inputs); the
-  attention matmuls are costed as FlopCounterMode counts them (see :mod:`amc.probe`);
+  attention matmuls are costed as FlopCounterMode counts them (see :mod:`amc.graph.probe`);
 - ``group``: a group that reaches a grouped conv or a GroupNorm loses the same channels in every group,
   so each group keeps the same width; the decision counts channels per group.
 
@@ -33,21 +33,20 @@ import torch_pruning as tp
 from torch import nn
 
 from amc.errors import ConfigError, UnsupportedModelError
-from amc.graph_build import build_graph
-from amc.groups import Decision, channel_decision, heads_decision, module_type
-from amc.probe import attention_parts, probe
-from amc.records import (
+from amc.graph.build import build_graph
+from amc.graph.groups import Decision, channel_decision, heads_decision, module_type
+from amc.graph.probe import attention_parts, probe
+from amc.graph.records import (
     LayerGraph,
     LayerSpec,
     ModuleRecord,
     SkippedLayer,
-    channels_for,
     fingerprint,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LayerGraph", "LayerSpec", "ModuleRecord", "SkippedLayer", "channels_for", "discover", "fingerprint"]
+__all__ = ["LayerGraph", "LayerSpec", "ModuleRecord", "SkippedLayer", "discover", "fingerprint"]
 
 def _forward_shapes(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Module], dict[nn.Module, tuple]]:
     """Runs one forward pass; returns modules in call order and each leaf's (input, output) shapes."""

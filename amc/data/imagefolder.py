@@ -1,20 +1,4 @@
-"""A user's own data: a dataset factory (``--dataset package.module:factory``) or a folder of images.
-
-Both are streamed (:mod:`amc.streaming`): nothing is concatenated into one tensor. The evaluator keeps
-only its validation subset and its BatchNorm-recalibration batches in memory; training and
-fine-tuning read batches through ``DataLoader``s. Ray workers rebuild the same splits from the same
-settings (the name, ``--data-dir``, ``--dataset-kwargs`` and the seed).
-
-**Factories.** ``--dataset mypkg.data:make_splits`` imports ``mypkg.data`` and calls ``make_splits``
-with the keyword arguments among ``data_dir`` (``--data-dir``, only when given) and ``seed`` that it
-accepts, plus ``--dataset-kwargs``. It returns ``(train, test)``, ``(train, val, test)`` (``val`` may be
-None) or a dict with those keys: any map-style ``torch.utils.data.Dataset`` whose items are ``(image,
-label)``, the image a float tensor ``(C, H, W)`` (already normalised: it is used as it is), the label an
-int. Without ``val``, ``--val-size`` images (default 10% of train, at most 5,000) are carved from
-train, stratified by label as for the built-in datasets. Labels come from a ``targets`` attribute
-(list, array or tensor, as torchvision's datasets have) when there is one, else from one pass over
-train that reads every item; the class count from ``num_classes`` or ``classes`` attributes, else the
-largest label + 1.
+"""A user's folder of images: ``--dataset imagefolder --data-dir D``, streamed (:mod:`amc.data.streaming`).
 
 **Image folders.** ``--dataset imagefolder --data-dir D`` reads ``D/train/<class>/`` (one folder per
 class, named as you like; classes are numbered in sorted order), ``D/test/<class>/`` when it exists
@@ -32,227 +16,26 @@ checked before anything runs, so an unreadable file is reported at once, by name
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from amc.data import DataSplits, _count, _limit, _stratified_split
-from amc.errors import AmcError, ConfigError, DataError
-from amc.streaming import StreamedSplit, batches, labels_of, one_line
+from amc.data.splits import DataSplits, default_val_size, limited, split_count, stratified_split
+from amc.errors import ConfigError, DataError
+from amc.data.streaming import StreamedSplit, batches, one_line
 
 log = logging.getLogger(__name__)
 
-MAX_DEFAULT_VAL = 5000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGEFOLDER_SETTINGS = ("size", "channels", "mean", "std", "test_size")
 STAT_IMAGES = 1000  # training images the default mean and std are estimated on
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-
-
-def default_val_size(n_train: int) -> int:
-    """Validation images carved from ``n_train`` training images when ``val_size`` is not given."""
-    return max(1, min(MAX_DEFAULT_VAL, round(0.1 * n_train)))
-
-
-# ---------------------------------------------------------------------------------------------- factories
-
-def _resolve(spec: str):
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"--dataset {spec!r}: name a factory as package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DataError(f"cannot import module {module_name!r} of --dataset {spec!r} ({one_line(exc)}); check "
-                        "that it is on PYTHONPATH") from None
-    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-        raise DataError(f"importing module {module_name!r} of --dataset {spec!r} failed ({one_line(exc)}); fix "
-                        "the module") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise DataError(f"{module_name!r} has no callable {attr!r} (--dataset {spec!r}); name a function that "
-                        "returns (train, test) or (train, val, test) datasets")
-    return factory
-
-
-def _factory_args(factory, spec: str, root, seed: int, kwargs: dict) -> dict:
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"cannot inspect the dataset factory {spec!r} ({exc}); name a Python function") from None
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    wanted = {"seed": seed, **({"data_dir": str(root)} if root is not None else {}), **kwargs}
-    args = {k: v for k, v in wanted.items() if takes_any or k in params}
-    unused = sorted(set(kwargs) - set(args))
-    if unused:
-        raise ConfigError(f"the dataset factory {spec!r} does not accept {unused}; remove them from --dataset-kwargs")
-    if root is not None and "data_dir" not in args:
-        raise ConfigError(f"--data-dir {str(root)!r} is not used: the dataset factory {spec!r} has no data_dir "
-                          "parameter; drop --data-dir or add the parameter")
-    return args
-
-
-def _is_dataset(obj: object) -> bool:
-    return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and not isinstance(obj, (str, bytes, Mapping))
-
-
-def _parts(result: object, spec: str) -> tuple[Dataset, Dataset | None, Dataset]:
-    shape = ("return (train, test), (train, val, test) or a dict with those keys: torch.utils.data.Dataset "
-             "objects (val may be None)")
-    if isinstance(result, Mapping):
-        unknown = sorted(set(map(str, result)) - {"train", "val", "test"})
-        if unknown or "train" not in result or "test" not in result:
-            raise DataError(f"the dataset factory {spec!r} returned a dict with keys {sorted(map(str, result))}; "
-                            f"{shape}")
-        parts = (result["train"], result.get("val"), result["test"])
-    elif isinstance(result, (tuple, list)) and len(result) in (2, 3) and not _is_dataset_pair(result):
-        parts = (result[0], None, result[1]) if len(result) == 2 else tuple(result)
-    else:
-        raise DataError(f"the dataset factory {spec!r} returned {_describe(result)}; {shape}")
-    for name, part in zip(("train", "val", "test"), parts):
-        if part is None and name == "val":
-            continue
-        if not _is_dataset(part):
-            raise DataError(f"the dataset factory {spec!r} returned {_describe(part)} as its {name} split; {shape}")
-        if len(part) == 0:
-            raise DataError(f"the dataset factory {spec!r} returned an empty {name} split; give it images")
-    return parts  # type: ignore[return-value]
-
-
-def _is_dataset_pair(result) -> bool:
-    """An (image, label) item returned by mistake instead of datasets."""
-    return len(result) == 2 and isinstance(result[0], Tensor)
-
-
-def _describe(obj: object) -> str:
-    if isinstance(obj, (tuple, list)):
-        return f"{_a(type(obj).__name__)} of {len(obj)} ({', '.join(type(o).__name__ for o in obj[:4])})"
-    return _a(type(obj).__name__)
-
-
-def _a(noun: str) -> str:
-    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
-
-
-def _known_labels(ds: Dataset) -> np.ndarray | None:
-    """Labels a dataset carries without reading its images: ``targets`` (torchvision), through ``Subset``s."""
-    if isinstance(ds, Subset):
-        base = _known_labels(ds.dataset)
-        return None if base is None else base[np.asarray(ds.indices, dtype=np.int64)]
-    targets = getattr(ds, "targets", None)
-    if targets is None:
-        return None
-    try:
-        labels = np.asarray(targets.numpy() if isinstance(targets, Tensor) else targets)
-    except (TypeError, ValueError):
-        return None
-    if labels.shape != (len(ds),) or not np.issubdtype(labels.dtype, np.integer):
-        return None
-    return labels.astype(np.int64)
-
-
-def _num_classes(ds: Dataset, labels: np.ndarray, spec: str) -> int:
-    declared = getattr(ds, "num_classes", None)
-    if not isinstance(declared, (int, np.integer)) or isinstance(declared, bool):
-        classes = getattr(ds, "classes", None)
-        declared = len(classes) if isinstance(classes, (list, tuple)) else None
-    n = int(declared) if declared is not None else int(labels.max()) + 1
-    if n < 2:
-        raise DataError(f"the train split of --dataset {spec!r} has {n} class(es); a classifier needs at least two")
-    return n
-
-
-def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"{what} has labels in [{labels.min()}, {labels.max()}]; labels must be class indices in "
-                        f"[0, {num_classes - 1}]")
-
-
-def _seeded_subset(idx: np.ndarray, labels: np.ndarray | None, limit: int | None, seed: int, what: str) -> np.ndarray:
-    """``_limit`` (stratified) when labels are known, else a seeded random subset of at most ``limit``."""
-    if labels is not None:
-        return _limit(idx, labels, limit, seed, what)
-    if limit is None:
-        return idx
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-        raise ConfigError(f"{what}={limit!r} must be a positive int or None.")
-    if limit >= len(idx):
-        return idx
-    return np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
-
-
-def load_factory(spec: str, *, root: str | os.PathLike | None = None, kwargs: dict | None = None, seed: int = 0,
-                 val_size: int | float | None = None, train_limit: int | None = None,
-                 test_limit: int | None = None, workers: int = 0) -> DataSplits:
-    """The splits of ``--dataset package.module:factory`` (see the module docstring).
-
-    Raises:
-        DataError: The factory cannot be imported or called, returns something else than datasets, or
-            its items are not (float image, int label) pairs.
-        ConfigError: Arguments it does not take, or ``val_size`` with a factory that returns a val split.
-    """
-    kwargs = dict(kwargs or {})
-    factory = _resolve(spec)
-    args = _factory_args(factory, spec, root, seed, kwargs)
-    try:
-        result = factory(**args)
-    except AmcError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the user's function
-        raise DataError(f"calling the dataset factory {spec!r} with {sorted(args)} failed ({one_line(exc)}); fix "
-                        "the factory or its --dataset-kwargs") from None
-    train, val, test = _parts(result, spec)
-    source = f"--dataset {spec}"
-    x, _ = StreamedSplit(train, source=f"{source} train split")[0]
-    labels = _known_labels(train)
-    if labels is None:
-        log.info("%s: reading all %d training items once for their labels (a 'targets' attribute skips this)",
-                 spec, len(train))
-        labels = labels_of(StreamedSplit(train, source=f"{source} train split", workers=workers))
-    num_classes = _num_classes(train, labels, spec)
-    _check_labels(labels, num_classes, f"the train split of --dataset {spec!r}")
-    if val is None:
-        n_val = _count(default_val_size(len(labels)) if val_size is None else val_size, len(labels), "val_size")
-        rest, val_idx = _stratified_split(labels, n_val, seed, "val_size")
-        val_split = StreamedSplit(train, val_idx, source=f"{source} val split (carved from train)",
-                                  labels=labels[val_idx], workers=workers)
-    else:
-        if val_size is not None:
-            raise ConfigError(f"--val-size {val_size!r} carves validation images from train, but the dataset factory "
-                              f"{spec!r} returns its own val split; drop --val-size")
-        rest = np.arange(len(labels))
-        val_labels = _known_labels(val)
-        if val_labels is not None:
-            _check_labels(val_labels, num_classes, f"the val split of --dataset {spec!r}")
-        val_split = StreamedSplit(val, source=f"{source} val split", labels=val_labels, workers=workers)
-    train_idx = _limit(rest, labels, train_limit, seed, "train_limit")
-    test_labels = _known_labels(test)
-    if test_labels is not None:
-        _check_labels(test_labels, num_classes, f"the test split of --dataset {spec!r}")
-    test_idx = _seeded_subset(np.arange(len(test)), test_labels, test_limit, seed, "test_limit")
-    splits = DataSplits(
-        train=StreamedSplit(train, train_idx, source=f"{source} train split", labels=labels[train_idx], workers=workers),
-        val=val_split,
-        test=StreamedSplit(test, test_idx, source=f"{source} test split",
-                           labels=None if test_labels is None else test_labels[test_idx], workers=workers),
-        num_classes=num_classes, input_shape=tuple(x.shape), name=spec,
-        spec=json.dumps({"factory": spec, "kwargs": kwargs, "own_val": val is not None}, sort_keys=True, default=str),
-    )
-    log.info("Loaded %s: train=%d val=%d test=%d, input %s, %d classes, seed %d", spec, len(splits.train),
-             len(splits.val), len(splits.test), splits.input_shape, num_classes, seed)
-    return splits
-
-
-# ---------------------------------------------------------------------------------------------- image folders
 
 class ImageFiles(Dataset):
     """Image files decoded with Pillow: converted to ``mode``, fitted to ``size`` (h, w), scaled to [0, 1] and
@@ -448,7 +231,7 @@ def load_imagefolder(root: str | os.PathLike | None, *, settings: dict | None = 
     if "test" in bases:
         test_base, test_pool = bases["test"], np.arange(len(bases["test"]))
     else:
-        rest, test_pool = _stratified_split(labels, _count(opts["test_size"], len(labels), "test_size"), seed, "test_size")
+        rest, test_pool = stratified_split(labels, split_count(opts["test_size"], len(labels), "test_size"), seed, "test_size")
         test_base = train_base
     if "val" in bases:
         if val_size is not None:
@@ -456,11 +239,11 @@ def load_imagefolder(root: str | os.PathLike | None, *, settings: dict | None = 
                               "is the validation split; drop --val-size or the folder")
         val_base, val_idx = bases["val"], np.arange(len(bases["val"]))
     else:
-        n_val = _count(default_val_size(len(rest)) if val_size is None else val_size, len(rest), "val_size")
-        kept, carved = _stratified_split(labels[rest], n_val, seed, "val_size")
+        n_val = split_count(default_val_size(len(rest)) if val_size is None else val_size, len(rest), "val_size")
+        kept, carved = stratified_split(labels[rest], n_val, seed, "val_size")
         val_base, val_idx, rest = train_base, rest[carved], rest[kept]
-    train_idx = _limit(rest, labels, train_limit, seed, "train_limit")
-    test_idx = _limit(test_pool, test_base.targets, test_limit, seed, "test_limit")
+    train_idx = limited(rest, labels, train_limit, seed, "train_limit")
+    test_idx = limited(test_pool, test_base.targets, test_limit, seed, "test_limit")
     if mean is None:
         mean, std = _estimate_stats(train_base, train_idx, seed, workers)
         for base in bases.values():
@@ -480,7 +263,3 @@ def load_imagefolder(root: str | os.PathLike | None, *, settings: dict | None = 
              len(classes), len(splits.train), len(splits.val), len(splits.test), splits.input_shape,
              [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std], seed)
     return splits
-
-
-__all__ = ["IMAGEFOLDER_SETTINGS", "IMAGE_SUFFIXES", "ImageFiles", "default_val_size", "load_factory",
-           "load_imagefolder"]

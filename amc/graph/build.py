@@ -13,9 +13,9 @@ from collections import defaultdict
 from torch import nn
 
 from amc.errors import UnsupportedModelError
-from amc.groups import Decision, ParamRef, module_type
-from amc.probe import Probe
-from amc.records import LayerGraph, LayerSpec, ModuleRecord, SkippedLayer, fingerprint
+from amc.graph.groups import Decision, ParamRef, module_type
+from amc.graph.probe import Probe
+from amc.graph.records import LayerGraph, LayerSpec, ModuleRecord, SkippedLayer, fingerprint
 
 _WEIGHTED = ("conv", "depthwise", "grouped", "linear")
 

@@ -37,7 +37,7 @@ def finetune_samples(train_set: Dataset, *, steps: int, seed: int) -> TensorData
 
     The same samples for every candidate: an evaluator gathers them once (a streamed dataset is read once).
     """
-    from amc.streaming import take
+    from amc.data.streaming import take
 
     generator = torch.Generator().manual_seed(seed)
     order = torch.randint(len(train_set), (steps * FINETUNE_BATCH,), generator=generator)

@@ -44,9 +44,9 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-from amc.cost import _AnalyticCost
+from amc.cost.analytic import _AnalyticCost
 from amc.errors import ConfigError
-from amc.layers import LayerGraph, ModuleRecord
+from amc.graph.discover import LayerGraph, ModuleRecord
 from amc.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -391,7 +391,7 @@ class _Calibration:
     random ones, timed one interleaved round at a time (:meth:`round`); a model's median over rounds counts."""
 
     def __init__(self, model: nn.Module, graph: LayerGraph, config: LatencyConfig) -> None:
-        from amc.prune import prune_model
+        from amc.pruning.pruner import prune_model
 
         self.graph, self.config = graph, config
         rng = np.random.default_rng(0)

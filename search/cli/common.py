@@ -60,7 +60,7 @@ def comma_list(item):
 
 
 def score_name(text: str) -> str:
-    """argparse type: a candidate score (:mod:`amc.scores`), in its canonical spelling."""
+    """argparse type: a candidate score (:mod:`amc.evaluation.scores`), in its canonical spelling."""
     from amc.errors import ConfigError
     from amc.choices import check_score
 

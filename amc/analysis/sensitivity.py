@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from amc.errors import ConfigError
-from amc.layers import LayerGraph
+from amc.graph.discover import LayerGraph
 from amc.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def sensitivity_curves(evaluator, graph: LayerGraph, keeps: Sequence[float] = DE
                        progress: bool = True, batch: int = 16, to_policy=None) -> list[SensitivityCurve]:
     """Prunes each decision alone at each of ``keeps`` and records validation accuracy.
 
-    ``evaluator`` has ``evaluate_many(list of keep vectors)`` (a :class:`~amc.evaluate.PolicyEvaluator`
+    ``evaluator`` has ``evaluate_many(list of keep vectors)`` (a :class:`~amc.evaluation.evaluator.PolicyEvaluator`
     or a Ray pool; ``to_policy`` turns a keep vector into what it takes). ``len(graph) * (len(keeps) - 1) + 1``
     evaluations (keep 1.0 is the base model).
     """

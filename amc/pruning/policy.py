@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from amc.choices import CRITERIA
-from amc.cost import GRANULARITIES
+from amc.graph.widths import GRANULARITIES
 from amc.errors import PolicyError
-from amc.layers import LayerGraph
+from amc.graph.discover import LayerGraph
 
 RESOURCES = ("flops", "params", "latency")
 
@@ -40,8 +40,8 @@ class Policy:
     Attributes:
         keep: ``LayerSpec.name`` -> fraction of channels (or weights) kept, in (0, 1].
         granularity: ``"channel"`` (structured) or ``"weight"`` (unstructured).
-        criterion: Which channels/weights go first (see :data:`amc.prune.CRITERIA`).
-        model_fingerprint: :func:`amc.layers.fingerprint` of the base model; refuses a foreign model.
+        criterion: Which channels/weights go first (see :data:`amc.pruning.pruner.CRITERIA`).
+        model_fingerprint: :func:`amc.graph.discover.fingerprint` of the base model; refuses a foreign model.
         resource: ``"flops"``, ``"params"`` or ``"latency"``.
         budget: Fraction of the base model's resource the pruned model may keep.
         metrics: Measurements taken at search time (accuracy, cost ratio, ...).

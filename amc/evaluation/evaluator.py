@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amc.cost import weights_kept
-from amc.data import DataSplits
+from amc.graph.widths import weights_kept
+from amc.data.datasets import DataSplits
 from amc.device import model_device
 from amc.errors import ConfigError, DataError
-from amc.layers import LayerGraph
-from amc.policy import Policy
-from amc.prune import check_criterion, prune_model
-from amc.scores import Score, check_score, finetune_samples, finetune_steps, reconstruct
-from amc.streaming import take
+from amc.graph.discover import LayerGraph
+from amc.pruning.policy import Policy
+from amc.pruning.pruner import check_criterion, prune_model
+from amc.evaluation.scores import Score, check_score, finetune_samples, finetune_steps, reconstruct
+from amc.data.streaming import take
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class EvalConfig:
     """How candidates are evaluated.
 
     Attributes:
-        criterion: Channel/weight selection criterion (:data:`amc.prune.CRITERIA`).
+        criterion: Channel/weight selection criterion (:data:`amc.pruning.pruner.CRITERIA`).
         granularity: ``"channel"`` or ``"weight"``.
         bn_batches: Training batches used to re-estimate BatchNorm statistics (0 = keep the base's).
         bn_batch_size: Size of those batches.
@@ -45,14 +45,14 @@ class EvalConfig:
         calibration_size: Samples of the calibration batch (``taylor``, ``apoz``, ``obd`` criteria).
         seed: Seeds the random criterion and the choice of BN/calibration batches.
         cache: Remember results by channel counts.
-        score: The candidate score (:mod:`amc.scores`): ``bn`` (adaptive BN), ``reconstruct``
+        score: The candidate score (:mod:`amc.evaluation.scores`): ``bn`` (adaptive BN), ``reconstruct``
             (least-squares refit of the layers after each pruned one, then adaptive BN), ``finetune:K``
             or ``finetune:K+kd`` (K SGD steps, optionally distilled from the base model). ``scripts/search.py``
             defaults to ``reconstruct``, the cheapest score whose rank correlation with the fine-tuned
             accuracy is within 0.05 of the best (BENCHMARKS.md, score fidelity); the library keeps ``bn``,
             four times cheaper, for the callers (tests, benchmarks) that rank candidates before fine-tuning.
         reconstruct_images, reconstruct_points: Training images and (at most) output positions per image
-            the ``reconstruct`` score fits on (AMC: 60 and 10; more positions fit better, see amc.scores).
+            the ``reconstruct`` score fits on (AMC: 60 and 10; more positions fit better, see amc.evaluation.scores).
     """
 
     criterion: str = "l1"
@@ -156,11 +156,11 @@ class PolicyEvaluator:
 
     Everything it evaluates on is gathered into memory once, on the model's device: the BatchNorm and
     calibration batches, the validation subset and (for ``finetune:K``) the fine-tuning samples. A
-    streamed dataset (:mod:`amc.userdata`) is read for those items only.
+    streamed dataset (:mod:`amc.data.factory`, :mod:`amc.data.imagefolder`) is read for those items only.
 
     Args:
         model: The trained base model (not modified), on the device candidates are evaluated on.
-        graph: Its :class:`~amc.layers.LayerGraph`.
+        graph: Its :class:`~amc.graph.discover.LayerGraph`.
         data: The dataset splits; only ``train`` (BN/calibration batches) and ``val`` are touched.
         config: Evaluation settings.
     """

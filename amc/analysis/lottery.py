@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
 
-from amc.data import DataSplits
+from amc.data.datasets import DataSplits
 from amc.errors import ConfigError, ModelError
 from amc.models import build_model
 from amc.progress import progress_bar

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as tprune
 
 from amc.choices import CRITERIA
-from amc.cost import GRANULARITIES, weights_kept
+from amc.graph.widths import GRANULARITIES, weights_kept
 from amc.errors import ConfigError
-from amc.layers import LayerGraph
+from amc.graph.discover import LayerGraph
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def prune_model(
 
     Args:
         model: The base model that ``graph`` was discovered on.
-        graph: Its :class:`~amc.layers.LayerGraph`.
+        graph: Its :class:`~amc.graph.discover.LayerGraph`.
         keep: One keep ratio in (0, 1] per decision, in ``graph`` order.
         criterion: One of :data:`CRITERIA`.
         granularity: ``"channel"`` (structured) or ``"weight"`` (unstructured).

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from amc.probe import AttentionParts
+from amc.graph.probe import AttentionParts
 
 _BN = nn.modules.batchnorm._BatchNorm
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)

@@ -1,0 +1,1 @@
+"""Experiments around a search: per-layer sensitivity and lottery tickets."""

@@ -1,0 +1,6 @@
+"""Cost models: what a policy's pruned model costs, as a fraction of the base model.
+
+- :mod:`amc.cost.base`: :class:`CostModel`, the public base every cost model extends, and the resources.
+- :mod:`amc.cost.analytic`: exact FLOPs and parameter counts.
+- :mod:`amc.cost.latency`: measured latency from a per-layer lookup table (:mod:`amc.cost.timing` times it).
+"""

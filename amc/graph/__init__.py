@@ -1,0 +1,8 @@
+"""Layer discovery: the pruning decisions of a model and the modules each one resizes.
+
+- :mod:`amc.graph.discover`: :func:`discover`, one decision per group of channel-coupled layers.
+- :mod:`amc.graph.records`: what discovery produces (:class:`LayerSpec`, :class:`LayerGraph`).
+- :mod:`amc.graph.widths`: keep ratio -> channels / weights, the one rounding rule.
+- :mod:`amc.graph.probe`, :mod:`amc.graph.groups`, :mod:`amc.graph.build`: the probing pass, Torch-Pruning's
+  dependency groups turned into decisions, and the records built from both.
+"""
