@@ -25,7 +25,8 @@ from amc.errors import ConfigError
 from amc.pruning.export import export_onnx, export_pt2
 from amc.cost.latency import LatencyConfig
 from amc.pruning.policy import Policy
-from amc.train import TrainConfig, accuracy, train
+from amc.evaluation.metrics import accuracy
+from amc.train import TrainConfig, seeded, train
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,6 @@ def _epochs_per_round(total: int, steps: int) -> list[int]:
 def _iterative(ctx: Context, policy: Policy, *, steps: int, ramp: str, epochs: int, config: TrainConfig,
                distill: bool, progress: bool) -> nn.Module:
     """Reaches ``policy`` in ``steps`` prune / fine-tune rounds, ``epochs`` epochs in all."""
-    from amc.evaluation.evaluator import recalibrate_bn
     from amc.graph.discover import discover
     from amc.pruning.pruner import prune_model
 
@@ -141,7 +141,7 @@ def _iterative(ctx: Context, policy: Policy, *, steps: int, ramp: str, epochs: i
                                                   _epochs_per_round(epochs, steps))):
         if policy.granularity == "weight":  # sparsity relative to the whole tensor; zeros go first
             current = prune_model(current, ctx.graph, keeps, criterion=policy.criterion, granularity="weight",
-                                  calibration=evaluator._calibration, seed=ctx.config.seed)
+                                  calibration=evaluator.calibration, seed=ctx.config.seed)
         else:  # channel counts relative to the base model, cut from the current (smaller) model
             wanted = ctx.graph.channels(keeps)
             graph = discover(current, example)
@@ -150,15 +150,16 @@ def _iterative(ctx: Context, policy: Policy, *, steps: int, ramp: str, epochs: i
                                   f"{i}: use --schedule oneshot for this model")
             relative = [w / spec.out_channels for w, spec in zip(wanted, graph)]
             current = prune_model(current, graph, relative, criterion=policy.criterion,
-                                  calibration=evaluator._calibration, seed=ctx.config.seed)
+                                  calibration=evaluator.calibration, seed=ctx.config.seed)
             assert discover(current, example).channels([1.0] * len(graph)) == tuple(wanted)
-        recalibrate_bn(current, evaluator._bn_batches)
+        evaluator.recalibrate(current)
         log.info("round %d/%d: keep %s, %d epoch(s)", i + 1, steps, [round(k, 3) for k in keeps], round_epochs)
         if round_epochs:
             masked = _freeze_zeros(current) if policy.granularity == "weight" else []
-            train(current, ctx.data.train, dataclasses.replace(config, epochs=round_epochs),
-                  seed=ctx.config.seed + i, teacher=ctx.model if distill else None, progress=progress,
-                  description=f"round {i + 1}/{steps}")
+            with seeded(ctx.config.seed + i, ctx.device):  # dropout draws: the round's seed, not the caller's
+                train(current, ctx.data.train, dataclasses.replace(config, epochs=round_epochs),
+                      seed=ctx.config.seed + i, teacher=ctx.model if distill else None, progress=progress,
+                      description=f"round {i + 1}/{steps}")
             for module in masked:
                 prune.remove(module, "weight")
     return current.eval()
@@ -218,8 +219,9 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
         tuned_val, tuned_test = accuracy(pruned, ctx.data.val), accuracy(pruned, ctx.data.test)
     elif finetune_epochs:
         masked = _freeze_zeros(pruned) if policy.granularity == "weight" else []
-        train(pruned, ctx.data.train, config, seed=ctx.config.seed, teacher=ctx.model if distill else None,
-              progress=progress, description="fine-tuning")
+        with seeded(ctx.config.seed, ctx.device):  # dropout draws: the policy's seed, not the caller's
+            train(pruned, ctx.data.train, config, seed=ctx.config.seed, teacher=ctx.model if distill else None,
+                  progress=progress, description="fine-tuning")
         for module in masked:  # bake the masks again: the zeros stayed zero through fine-tuning
             prune.remove(module, "weight")
         tuned_val, tuned_test = accuracy(pruned, ctx.data.val), accuracy(pruned, ctx.data.test)

@@ -20,7 +20,8 @@ from amc.errors import ConfigError
 from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
 from amc.cost.latency import LatencyConfig
 from amc.graph.discover import LayerGraph, discover
-from amc.train import TrainConfig, TrainResult, accuracy, load_checkpoint, load_or_train
+from amc.evaluation.metrics import accuracy
+from amc.train import TrainConfig, TrainResult, load_checkpoint, load_or_train
 
 log = logging.getLogger(__name__)
 

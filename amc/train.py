@@ -9,7 +9,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from torch.utils.data import Dataset
 
 from amc.data.datasets import DataSplits
 from amc.device import model_device
+from amc.evaluation.metrics import accuracy
 from amc.errors import ConfigError, ModelError
 from amc.graph.discover import fingerprint
 from amc.models import build_model
+from amc.paths import default_cache_dir
 from amc.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -61,26 +64,22 @@ class TrainResult:
     checkpoint: str | None
 
 
-def default_cache_dir() -> Path:
-    """``$AMC_CACHE_DIR`` or ``~/.cache/amc-search``."""
-    return Path(os.environ.get("AMC_CACHE_DIR") or Path.home() / ".cache" / "amc-search")
+@contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Runs the block with the CPU's global generator and ``device``'s seeded with ``seed``, then puts them back.
 
-
-@torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on a dataset, on the model's device.
-
-    A ``TensorDataset`` is sliced; any other dataset is streamed (:func:`amc.data.streaming.batches`).
+    Initial weights and dropout draw from the global generators; seeding them here, rather than with a
+    process-wide ``torch.manual_seed``, keeps training reproducible per seed and leaves the caller's draws
+    alone. Only ``device``'s CUDA generator is forked: CUDA is not started for a model on the CPU.
     """
-    from amc.data.streaming import batches
-
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for x, y in batches(dataset, batch_size, device=model_device(model)):
-        correct += int((model(x).argmax(1) == y).sum())
-    model.train(was_training)
-    return correct / len(dataset)
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def _shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -112,7 +111,8 @@ def train(
         train_set: Dataset of (inputs, labels): a ``TensorDataset`` is sliced, any other dataset is
             streamed through a ``DataLoader`` in the same seeded order (:func:`amc.data.streaming.batches`).
         config: Optimiser settings.
-        seed: Seeds shuffling, augmentation and initial state, for reproducible training.
+        seed: Seeds shuffling and augmentation (a generator of their own). Dropout draws from the global
+            generator: callers seed it in :func:`seeded` (as :func:`load_or_train` does).
         teacher: Optional model to distil from (KL on soft targets, Hinton et al., 2015).
         progress: Show a progress bar.
         start_epoch: Resume the schedule here: the skipped epochs' data order, augmentation draws and
@@ -230,9 +230,15 @@ def load_or_train(
     ``weights_only=True``); a corrupt or foreign file is retrained and overwritten, never trusted. The
     key does not depend on ``device``: a model trained on a GPU is found again on the CPU.
     """
-    model_kwargs = dict(model_kwargs or {})
+    with seeded(seed, device):  # initial weights and dropout draws: the seed's, the caller's generator untouched
+        return _load_or_train(model_name, data, seed=seed, config=config, cache_dir=cache_dir,
+                              model_kwargs=dict(model_kwargs or {}), progress=progress, device=device)
+
+
+def _load_or_train(model_name: str, data: DataSplits, *, seed: int, config: TrainConfig,
+                   cache_dir: str | os.PathLike | None, model_kwargs: dict, progress: bool,
+                   device: torch.device | str) -> tuple[nn.Module, TrainResult]:
     c, _, _ = data.input_shape
-    torch.manual_seed(seed)
     model = build_model(model_name, in_channels=c, num_classes=data.num_classes, **model_kwargs)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     safe_name = model_name.replace(":", "_").replace("/", "_")
@@ -264,5 +270,4 @@ def _result(model: nn.Module, data: DataSplits, seconds: float, cached: bool, pa
     )
 
 
-__all__ = ["TrainConfig", "TrainResult", "accuracy", "default_cache_dir", "fingerprint", "load_checkpoint",
-           "load_or_train", "train"]
+__all__ = ["TrainConfig", "TrainResult", "fingerprint", "load_checkpoint", "load_or_train", "seeded", "train"]

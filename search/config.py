@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from amc.errors import ConfigError
+from search.values import (
+    PRUNERS,  # noqa: F401 (re-exported: search.ladder's list)
+    pruner_names,
+    resource_names,
+    sampler_names,
+    strategy_names,
+)
 
-if TYPE_CHECKING:  # imported when a config is built: the CLI lists the choices below without torch
+if TYPE_CHECKING:  # imported when a config is built: the CLI lists the choices without torch
     from amc.context import ContextConfig
-
-STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform", "sensitivity")
-SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
-PRUNERS = ("halving", "hyperband")  # search.ladder.PRUNERS (here without importing optuna)
-RESOURCES = ("flops", "params", "latency")
 
 
 def _default_context() -> ContextConfig:
@@ -31,8 +33,8 @@ class SearchConfig:
 
     Attributes:
         budget: Fraction of the base model's resource the pruned model may keep, in (0, 1].
-        strategy: One of :data:`STRATEGIES`.
-        sampler: Optuna sampler (``optuna`` strategy only), one of :data:`SAMPLERS`.
+        strategy: One of :func:`search.values.strategy_names`.
+        sampler: Optuna sampler (``optuna`` strategy only), one of :func:`search.values.sampler_names`.
         evaluations: Policies to evaluate (episodes for RL, trials for Optuna).
         warmup: RL warm-up episodes with random actions (None: a quarter of ``evaluations``, <= 100).
         min_keep, max_keep: Range of per-layer keep ratios.
@@ -88,11 +90,11 @@ class SearchConfig:
     pruner: str = "halving"
 
     def __post_init__(self) -> None:
-        from amc.choices import check_score
+        from search.values import canonical_score
 
-        object.__setattr__(self, "ladder", tuple(check_score(s) for s in self.ladder))
-        if self.pruner not in PRUNERS:
-            raise ConfigError(f"unknown --pruner {self.pruner!r}: choose one of {', '.join(PRUNERS)}")
+        object.__setattr__(self, "ladder", tuple(canonical_score(s) for s in self.ladder))
+        if self.pruner not in pruner_names():
+            raise ConfigError(f"unknown --pruner {self.pruner!r}: choose one of {', '.join(pruner_names())}")
         if self.ladder and self.strategy == "optuna" and self.sampler == "nsga2":
             raise ConfigError("--ladder with --sampler nsga2: Optuna prunes single-objective studies only; "
                               "use --sampler tpe, cmaes or random, or drop --ladder")
@@ -101,12 +103,13 @@ class SearchConfig:
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or math.isnan(self.budget) \
                 or not 0.0 < self.budget <= 1.0:
             raise ConfigError(f"--budget must be a fraction in (0, 1] of the base model's cost, got {self.budget!r}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown --strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"unknown --sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        if self.context.resource not in RESOURCES:
-            raise ConfigError(f"unknown --resource {self.context.resource!r}: choose one of {', '.join(RESOURCES)}")
+        if self.strategy not in strategy_names():
+            raise ConfigError(f"unknown --strategy {self.strategy!r}: choose one of {', '.join(strategy_names())}")
+        if self.sampler not in sampler_names():
+            raise ConfigError(f"unknown --sampler {self.sampler!r}: choose one of {', '.join(sampler_names())}")
+        if self.context.resource not in resource_names():
+            raise ConfigError(f"unknown --resource {self.context.resource!r}: choose one of "
+                              f"{', '.join(resource_names())}")
         if self.context.resource == "latency" and self.context.eval.granularity != "channel":
             raise ConfigError("--resource latency needs --granularity channel: unstructured sparsity leaves "
                               "dense kernels as slow as before")
@@ -118,7 +121,9 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
         if self.min_keep > self.max_keep:
             raise ConfigError(f"--min-keep ({self.min_keep}) must not exceed --max-keep ({self.max_keep})")
-        from envs.rewards import get_reward  # the registry; checks the reward fits the resource
+        from envs.rewards import (
+            get_reward,  # the registry; checks the reward fits the resource
+        )
 
         get_reward(self.reward, resource=self.context.resource)
         if self.warmup is not None and not 0 <= self.warmup:

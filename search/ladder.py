@@ -5,7 +5,7 @@ Two forms, one record format (``history.csv`` rows with ``rung`` >= 1, see :mod:
 - **Optuna** (``--strategy optuna``) runs the ladder inside the study: each trial reports its rung-0 score
   and then each rung's score with ``trial.report``, and Optuna's own pruner (``--pruner halving``:
   :class:`optuna.pruners.SuccessiveHalvingPruner`, or ``hyperband``) stops the unpromising ones, which the
-  study (and optuna-dashboard) shows as PRUNED. See :meth:`search.optuna_search.OptunaStrategy.run`.
+  study (and optuna-dashboard) shows as PRUNED. See :meth:`search.strategies.optuna_search.OptunaStrategy.run`.
 - **Every other strategy** re-ranks its ``top_k`` best distinct candidates after the search
   (:func:`run_ladder`): all of them get the first rung's score, the better half the next rung's, and so on
   (successive halving).
@@ -68,10 +68,10 @@ def run_ladder(problem: SearchProblem, ctx: Context, scores: Sequence[str], *, t
 
 
 def _top_distinct(problem: SearchProblem, k: int) -> list[Record]:
-    """The ``k`` best records of the search by reward, one per distinct policy (channel counts)."""
+    """The ``k`` best records of the search by reward, one per distinct candidate (:meth:`SearchProblem.key`)."""
     seen, out = set(), []
     for record in sorted(problem.records, key=lambda r: (-r.reward, r.cost, r.index)):
-        key = problem.graph.channels(list(record.keep)) if problem.granularity == "channel" else record.keep
+        key = problem.key(record.keep)
         if key not in seen:
             seen.add(key)
             out.append(record)

@@ -21,8 +21,8 @@ from amc.context import Context
 from amc.evaluation.evaluator import EvalResult
 from amc.pruning.export import export_pt2
 from amc.pruning.policy import Policy
-from amc.train import accuracy
-from search.baselines import uniform_keep
+from amc.evaluation.metrics import accuracy
+from search.strategies.uniform import uniform_keep
 from search.config import SearchConfig
 from search.history import Record
 from search.problem import SearchProblem
@@ -141,7 +141,8 @@ def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: floa
     same rounds against the base model exported the same way (batch norm folded, :func:`amc.pruning.export.export_program`).
     """
     from amc.pruning.export import export_program
-    from amc.cost.latency import cache_path, compare_latency
+    from amc.cost.latency import cache_path
+    from amc.cost.timing import compare_latency
 
     cfg = ctx.config.latency
     models = {"base": ctx.model, "pruned": pruned}

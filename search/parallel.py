@@ -17,7 +17,8 @@ import math
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from amc.context import ContextConfig
@@ -27,6 +28,7 @@ from amc.evaluation.evaluator import EvalResult
 from amc.pruning.policy import Policy
 
 log = logging.getLogger(__name__)
+# No usage reporting, no token prompt for a local instance, every worker's log lines kept.
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
 
 
@@ -92,15 +94,14 @@ def init_ray(*, address: str | None, num_cpus: int | None, num_gpus: int | None 
     """
     import ray
 
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return None
     if address is not None:
         check_address(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     logging_level=logging.WARNING)
+            with _quiet_ray_environment():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         logging_level=logging.WARNING)
         except ConnectionError as exc:
             raise ConfigError(f"cannot join a Ray cluster at --ray-address {address!r}: {exc}; start one with "
                               "'ray start --head' or drop --ray-address") from None
@@ -109,10 +110,28 @@ def init_ray(*, address: str | None, num_cpus: int | None, num_gpus: int | None 
     # Local workers import this project by module name: let them find it from any working directory.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, logging_level=logging.WARNING, _temp_dir=temp_dir,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    with _quiet_ray_environment():
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, logging_level=logging.WARNING, _temp_dir=temp_dir,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
     return temp_dir
+
+
+@contextmanager
+def _quiet_ray_environment() -> Iterator[None]:
+    """:data:`QUIET_ENV` (where the user has not set them) in this process's environment while Ray starts.
+
+    Ray reads these settings only from the environment of the process calling ``ray.init``, and the
+    processes it starts (GCS, raylet and through it the workers) inherit them from there; there is no
+    argument for them. They are removed again afterwards, so the driver's own environment is left as it was.
+    """
+    added = {key: value for key, value in QUIET_ENV.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _actor_class():
@@ -159,11 +178,14 @@ class RayEvaluatorPool:
             the actor evaluates on the GPU Ray gives it. 0 with a ``cuda`` device: every actor uses
             ``config.device`` without reserving it.
         address: Ray cluster to join (``"auto"`` or ``host:port``); None starts a local instance.
-        key: Cache key of a policy (e.g. ``PolicyEvaluator.key``); repeated keys are not re-evaluated.
+        key: Cache key of a policy (its :meth:`~amc.graph.records.LayerGraph.candidate_key`); repeated keys are
+            not re-evaluated.
         state_dict: Base-model weights shipped to every actor (instead of each loading or training it).
         graph: Their layer graph (the driver's ``context.graph``), shipped with them: the actors do not
             discover it again, which saves each its probe and ``torch._dynamo``'s imports (~1.5 s).
     """
+
+    streams_results = True  # evaluate_many calls on_result as each result arrives (a StreamingEvaluator)
 
     def __init__(self, config: ContextConfig, *, workers: int = 2, threads_per_worker: int = 1,
                  gpus_per_worker: float = 0.0, address: str | None = None,
@@ -235,8 +257,6 @@ class RayEvaluatorPool:
 
     def evaluate(self, policy: Policy) -> EvalResult:
         return self.evaluate_many([policy])[0]
-
-    streams_results = True  # evaluate_many calls on_result as each result arrives
 
     def evaluate_many(self, policies: Sequence[Policy], *,
                       on_result: Callable[[int, EvalResult], None] | None = None) -> list[EvalResult]:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from amc.evaluation.evaluator import EvalResult, Evaluator
+from amc.evaluation.evaluator import EvalResult, Evaluator, StreamingEvaluator
 from amc.graph.discover import LayerGraph
 from amc.pruning.policy import Policy
 from envs import BudgetProjector, RewardInput, get_reward
@@ -56,7 +56,6 @@ class SearchProblem:
         # (candidate index, rung) -> the ladder's re-score of that candidate (rung >= 1)
         self.rescored: dict[tuple[int, int], Record] = {(r.index, r.rung): r for r in previous if r.rung > 0}
         self.best: Record | None = max([*self.records, *self.rescored.values()], key=rank, default=None)
-        self.last_batch: dict[int, Record] = {}
         self.on_record = on_record
         self._start = time.perf_counter() - max((r.wall_time for r in previous), default=0.0)
 
@@ -72,19 +71,34 @@ class SearchProblem:
         return Policy.from_ratios(self.graph, list(keep), granularity=self.granularity, criterion=self.criterion,
                                   resource=self.cost_model.resource, budget=self.budget)
 
+    def key(self, keep: Sequence[float]) -> tuple[int, ...]:
+        """What makes two keep-ratio vectors the same candidate (:meth:`LayerGraph.candidate_key`)."""
+        return self.graph.candidate_key(keep, self.granularity)
+
     # The Evaluator contract, for the environment.
+    streams_results = False  # records arrive through evaluate_many's ``recorded``, not ``on_result``
+
     def evaluate(self, policy: Policy) -> EvalResult:
         return self.evaluate_many([policy])[0]
 
-    def evaluate_many(self, policies: Sequence[Policy], *, steps: Sequence[int] | None = None) -> list[EvalResult]:
+    def evaluate_many(self, policies: Sequence[Policy], *, steps: Sequence[int] | None = None,
+                      recorded: dict[int, Record] | None = None) -> list[EvalResult]:
+        """Evaluates and records ``policies``; returns their results in order.
+
+        Args:
+            policies: The policies (already feasible).
+            steps: Each one's ``step`` column (default: the next evaluation numbers).
+            recorded: Filled with batch position -> record as each result is recorded, so a caller knows
+                what was recorded also when the batch is interrupted.
+        """
         policies = list(policies)
         steps = list(steps) if steps is not None else list(range(self.count, self.count + len(policies)))
-        self.last_batch: dict[int, Record] = {}  # batch position -> record, filled as results arrive
+        recorded = {} if recorded is None else recorded
 
         def record(i: int, result: EvalResult) -> None:
-            self.last_batch[i] = self._record(policies[i].ratios(self.graph), result, steps[i])
+            recorded[i] = self._record(policies[i].ratios(self.graph), result, steps[i])
 
-        if getattr(self.evaluator, "streams_results", False):
+        if isinstance(self.evaluator, StreamingEvaluator) and self.evaluator.streams_results:
             # Each result is recorded the moment it arrives: an interrupt loses only unfinished work.
             return self.evaluator.evaluate_many(policies, on_result=record)
         results = self.evaluator.evaluate_many(policies)
@@ -92,13 +106,16 @@ class SearchProblem:
             record(i, result)
         return results
 
-    def evaluate_keeps(self, keeps: Sequence[Sequence[float]], *, steps: Sequence[int] | None = None) -> list[Record]:
+    def evaluate_keeps(self, keeps: Sequence[Sequence[float]], *, steps: Sequence[int] | None = None,
+                       recorded: dict[int, Record] | None = None) -> list[Record]:
         """Evaluates keep-ratio vectors (already feasible); returns their records in the order of ``keeps``.
 
-        (Records land in ``history.csv`` in the order results arrive, which a parallel pool decides.)
+        (Records land in ``history.csv`` in the order results arrive, which a parallel pool decides;
+        ``recorded``: see :meth:`evaluate_many`.)
         """
-        self.evaluate_many([self.policy(k) for k in keeps], steps=steps)
-        return [self.last_batch[i] for i in range(len(keeps))]
+        recorded = {} if recorded is None else recorded
+        self.evaluate_many([self.policy(k) for k in keeps], steps=steps, recorded=recorded)
+        return [recorded[i] for i in range(len(keeps))]
 
     def rescore(self, record: Record, rung: int, score: str, evaluator: Evaluator) -> Record:
         """The ``rung``-th ladder score of the candidate ``record`` (a rung-0 record): read back if it was

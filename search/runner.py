@@ -2,9 +2,13 @@
 
 ``runs/<name>/``: ``config.json``, ``history.csv`` (every evaluation, written as it happens),
 ``policy.json`` (the best policy), ``pruned.pt2``, ``report.png``, ``run.log``, for Optuna ``study.db``
-(and ``pareto.json`` for NSGA-II), for RL ``agent/checkpoint.zip`` (:mod:`search.rl_checkpoint`). Ctrl-C
-stops the search and still writes the outputs for the best policy so far; ``--resume`` continues a run
-from its folder.
+(and ``pareto.json`` for NSGA-II), for RL ``agent/checkpoint.zip`` (:mod:`search.strategies.rl.checkpoint`).
+Ctrl-C stops the search and still writes the outputs for the best policy so far; ``--resume`` continues a
+run from its folder.
+
+The loop knows no strategy by name: it looks ``--strategy`` up in :mod:`search.strategies` once, and the
+class says how large its batches are, whether it proposes a single policy and whether it runs the ladder
+itself (:class:`~search.strategies.Strategy`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from amc.errors import AmcError, ConfigError
 from amc.evaluation.evaluator import Evaluator
 from amc.progress import progress_bar
 from envs import BudgetProjector
-from search.baselines import RandomStrategy, SensitivityStrategy, UniformStrategy
+from search import strategies
 from search.config import SearchConfig
 from search.history import HistoryWriter, Record, read_history
+from search.ladder import run_ladder
 from search.outputs import SearchResult, write_outputs
 from search.problem import SearchProblem
+from search.strategies.seeding import seeded_generators
 
 log = logging.getLogger(__name__)
 # Settings a resumed run must share with the original: everything that changes what is evaluated.
@@ -37,7 +43,6 @@ _RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward
 _DEFAULTED = {"ladder": [], "ladder_top_k": 8, "pruner": "halving"}
 _DEFAULTED_CONTEXT = {"dataset_kwargs": []}
 _RESUME_IGNORED_CONTEXT = ("cache_dir", "data_dir", "device", "loader_workers")  # where things are or run, not what
-CHECKPOINT_INTERVAL = 2.0  # seconds at least between RL agent checkpoints (search.rl_checkpoint)
 
 
 def prepare_out(config: SearchConfig) -> Path:
@@ -83,37 +88,6 @@ def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
                           "settings (see its config.json) or another --out")
 
 
-def make_strategy(config: SearchConfig, out: Path, *, batch_size: int = 1, ctx: Context | None = None):
-    """The strategy of ``config`` (``ctx``: the context an Optuna ladder's rung evaluators score on)."""
-    if config.strategy in ("ddpg", "td3", "sac"):
-        from search.ddpg import RLStrategy
-
-        return RLStrategy(config.strategy, warmup_episodes=config.warmup_episodes, min_keep=config.min_keep,
-                          max_keep=config.max_keep, reward=config.reward, n_envs=batch_size,
-                          checkpoint_dir=out / "agent", checkpoint_interval=CHECKPOINT_INTERVAL)
-    if config.strategy == "optuna":
-        from search.optuna_search import OptunaStrategy
-
-        storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-        ladder = {}
-        if config.ladder:
-            from search.ladder import rung_evaluators
-
-            if ctx is None:
-                raise ValueError("an Optuna ladder needs the context its rungs score on")
-            ladder = dict(ladder=config.ladder, rung_evaluators=rung_evaluators(ctx, config.ladder),
-                          pruner=config.pruner)
-        return OptunaStrategy(sampler=config.sampler, storage=storage, batch_size=batch_size, out=out,
-                              study_name=f"amc-search/{out.resolve().name}", reward=config.reward, **ladder)
-    if config.strategy == "random":
-        # Random samples are independent and the pool records each result as it arrives: big batches keep
-        # every worker busy instead of waiting at each batch's slowest evaluation.
-        return RandomStrategy(batch_size=batch_size * 16 if batch_size > 1 else 1)
-    if config.strategy == "sensitivity":
-        return SensitivityStrategy(out, batch_size=max(16, batch_size * 4))
-    return UniformStrategy()
-
-
 def run_search(config: SearchConfig, *, context: Context | None = None, evaluator: Evaluator | None = None,
                batch_size: int = 1) -> SearchResult:
     """Runs one search and writes its outputs.
@@ -122,7 +96,8 @@ def run_search(config: SearchConfig, *, context: Context | None = None, evaluato
         config: The run's settings.
         context: A prebuilt context (tests, benchmarks); None builds it from ``config.context``.
         evaluator: Evaluator of candidate policies (e.g. a Ray pool); None uses the context's.
-        batch_size: Policies evaluated together (parallel workers).
+        batch_size: Parallel workers of ``evaluator``; each strategy sizes its batches from it
+            (:meth:`~search.strategies.Strategy.batch_size`).
     """
     created = not Path(config.out).exists()
     out = prepare_out(config)
@@ -152,18 +127,18 @@ def run_search(config: SearchConfig, *, context: Context | None = None, evaluato
 def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evaluator | None,
          batch_size: int) -> SearchResult:
     start = time.perf_counter()
-    torch.manual_seed(config.search_seed)
-    ctx = ctx or build_context(config.context, progress=config.progress)
-    ctx.cost_model(progress=config.progress)  # a latency table is timed now, before workers load the CPUs
-    pool = None
-    try:
-        if evaluator is None and config.parallel:
-            pool = make_pool(config, ctx)
-            evaluator, batch_size = pool, pool.workers
-        return _search(config, out, ctx, evaluator, batch_size, start)
-    finally:
-        if pool is not None:
-            pool.close()
+    with seeded_generators(config.search_seed, device=config.context.device):
+        ctx = ctx or build_context(config.context, progress=config.progress)
+        ctx.cost_model(progress=config.progress)  # a latency table is timed now, before workers load the CPUs
+        pool = None
+        try:
+            if evaluator is None and config.parallel:
+                pool = make_pool(config, ctx)
+                evaluator, batch_size = pool, pool.workers
+            return _search(config, out, ctx, evaluator, batch_size, start)
+        finally:
+            if pool is not None:
+                pool.close()
 
 
 def make_pool(config: SearchConfig, ctx: Context):
@@ -191,7 +166,7 @@ def make_pool(config: SearchConfig, ctx: Context):
     state = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
     return RayEvaluatorPool(config.context, workers=workers or 1, threads_per_worker=config.threads_per_worker,
                             gpus_per_worker=gpus, address=config.ray_address, state_dict=state, graph=ctx.graph,
-                            key=lambda policy: ctx.evaluator.key(policy.ratios(ctx.graph)))
+                            key=lambda policy: ctx.graph.candidate_key(policy.ratios(ctx.graph), policy.granularity))
 
 
 def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator | None, batch_size: int,
@@ -203,7 +178,8 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
     previous = read_history(out / "history.csv") if config.resume else []  # every rung
     done = sum(r.rung == 0 for r in previous)  # evaluations; a ladder's re-scores are not counted
     remaining = max(0, config.evaluations - done)
-    if config.strategy in ("uniform", "sensitivity"):  # one policy each (sensitivity's curves are not rows)
+    strategy_class = strategies.get(config.strategy)  # what the loop needs to know of it, it declares
+    if strategy_class.single_policy:
         remaining = min(remaining, 1)
     log.info("search %s, budget %.3f %s, %d evaluations (%d done before)", config.strategy, config.budget,
              config.context.resource, config.evaluations, done)
@@ -222,15 +198,14 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
                                 granularity=config.context.eval.granularity, previous=previous,
                                 on_record=on_record, score=config.context.eval.score)
         try:
-            strategy = make_strategy(config, out, batch_size=batch_size, ctx=ctx)
+            strategy = strategy_class.from_config(config, out=out, batch_size=strategy_class.batch_size(batch_size),
+                                                  ctx=ctx)
             strategy.run(problem, remaining, seed=config.search_seed)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted after %d evaluations; writing the best policy so far", problem.count)
         else:
-            if config.ladder and config.strategy != "optuna":  # Optuna's ladder runs inside its study
-                from search.ladder import run_ladder
-
+            if config.ladder and not strategy_class.runs_own_ladder:
                 try:
                     problem.best = run_ladder(problem, ctx, config.ladder, top_k=config.ladder_top_k)
                 except KeyboardInterrupt:  # the rungs measured so far are in history.csv; --resume goes on

@@ -37,7 +37,7 @@ PRELOAD = ("torch", "torch._dynamo", "torch.export", "sklearn.model_selection", 
            "matplotlib.figure", "matplotlib.backends.backend_agg", "optuna", "torch_pruning", "gymnasium",
            "stable_baselines3", "rich.progress", "rich.logging", "amc.context", "amc.data.datasets", "amc.pruning.export",
            "amc.evaluation.compare", "amc.cost.latency", "amc.data.factory", "amc.data.imagefolder", "search.runner", "search.outputs", "search.report",
-           "search.optuna_search", "search.ddpg", "search.cli.search", "search.cli.apply", "search.cli.sensitivity",
+           "search.strategies.optuna_search", "search.strategies.rl", "search.cli.search", "search.cli.apply", "search.cli.sensitivity",
            "search.cli.lottery", "search.cli.bench", "search.cli.serve", "search.service.worker")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

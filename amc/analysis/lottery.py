@@ -40,10 +40,12 @@ from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
 
 from amc.data.datasets import DataSplits
+from amc.device import model_device
 from amc.errors import ConfigError, ModelError
 from amc.models import build_model
 from amc.progress import progress_bar
-from amc.train import TrainConfig, accuracy, train
+from amc.evaluation.metrics import accuracy
+from amc.train import TrainConfig, seeded, train
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +274,7 @@ class LotteryExperiment:
 
     def build(self, seed: int) -> nn.Module:
         """A freshly initialised model, seeded (the global RNG is left as it was)."""
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with seeded(seed):  # built on the CPU
             model = self._factory()
         if not isinstance(model, nn.Module):
             raise ModelError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
@@ -288,8 +289,7 @@ class LotteryExperiment:
         def on_epoch(epoch: int, loss: float) -> None:
             self.status(f"{label}: epoch {epoch}/{cfg.epochs} loss {loss:.3f}")
 
-        with torch.random.fork_rng():  # dropout draws: the same for the ticket and its control
-            torch.manual_seed(self.config.seed)
+        with seeded(self.config.seed, model_device(model)):  # dropout draws: the same for the ticket and its control
             return train_span(model, self.data.train, cfg, seed=self.config.seed, start_epoch=start_epoch,
                               snapshot_epoch=snapshot_epoch, on_epoch=on_epoch)
 

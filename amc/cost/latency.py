@@ -20,18 +20,17 @@ With ``round_to`` 8 every reachable count is aligned and, for small layers, time
 
 Tables are cached as JSON in the base-model cache, keyed by device, torch version, threads, batch size,
 model fingerprint, input shape and grid; a corrupt or foreign file is rebuilt, never trusted.
+The table's layout is :mod:`amc.cost.lookup`; the timers are :mod:`amc.cost.timing`.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
 import hashlib
 import json
 import logging
 import math
 import os
-import platform
 import re
 import statistics
 import time
@@ -42,18 +41,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
 
-from amc.cost.analytic import _AnalyticCost
+from amc.cost import timing
+from amc.cost.base import ShapeCost
+from amc.cost.lookup import TableEntry, bilinear, standalone_module, table_entries
+from amc.cost.timing import device_name, freed_memory_kept, measure_model_latency
 from amc.errors import ConfigError
-from amc.graph.discover import LayerGraph, ModuleRecord
+from amc.graph.discover import LayerGraph
+from amc.paths import default_cache_dir
 from amc.progress import progress_bar
+from amc.pruning.pruner import prune_model
 
 log = logging.getLogger(__name__)
 
 FORMAT = "amc-latency/4"  # 4: fit through the base; 3: calibration spread over the passes; 2: medians; 1: minimums
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
-_MEMORY_KEPT = False
 _CALLS = 10  # module calls per timed run of a table entry
 DEVICES = ("cpu", "cuda")
 
@@ -117,86 +118,7 @@ class LatencyConfig:
         return self.threads or torch.get_num_threads()
 
 
-def keep_freed_memory() -> bool:
-    """Stops glibc from returning large freed blocks to the OS after every operator (Linux only).
-
-    By default each large activation is ``mmap``-ed and unmapped again, so every forward pass pays page
-    faults: on this project's 2-core VM that made batch-64 latency bimodal (50-75 ms for a model that
-    runs in 33-41 ms without them). PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for the
-    same reason; this is the equivalent of ``MALLOC_MMAP_THRESHOLD_=1G MALLOC_TRIM_THRESHOLD_=1G``.
-    Deploy the pruned model with one of them to see the measured latency. Returns whether it applied.
-    """
-    global _MEMORY_KEPT
-    if _MEMORY_KEPT or platform.system() != "Linux":
-        return _MEMORY_KEPT
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        _MEMORY_KEPT = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):
-        log.debug("mallopt unavailable; latency measurements may include page-fault noise")
-    return _MEMORY_KEPT
-
-
-def device_name(device: str = "cpu") -> str:
-    """A description of the timing device that goes into the cache key."""
-    if device.startswith("cuda"):
-        return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"cpu:{model}:{os.cpu_count()} cores"
-
-
-def measure_model_latency(model: nn.Module, input_shape: Sequence[int], *, batch_size: int = 1,
-                          threads: int | None = None, device: str = "cpu", min_run_time: float = 0.4) -> float:
-    """Median forward latency of ``model`` in ms on a random ``(batch_size, *input_shape)`` input."""
-    keep_freed_memory()
-    if device != "cpu":
-        model = copy.deepcopy(model).to(device)  # never move the caller's model
-    try:
-        model.eval()
-    except NotImplementedError:  # a torch.export program (always in inference form)
-        pass
-    x = torch.randn(batch_size, *input_shape, device=device)
-    return 1e3 * _timer(lambda: model(x), threads).blocked_autorange(min_run_time=min_run_time).median
-
-
-def compare_latency(models: dict[str, nn.Module], input_shape: Sequence[int], *, batch_size: int = 1,
-                    threads: int | None = None, device: str = "cpu", repeats: int = 5,
-                    min_run_time: float = 0.4) -> dict[str, float]:
-    """Median over ``repeats`` interleaved measurements of each model (ms), so drift hits all alike."""
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            samples[name].append(measure_model_latency(model, input_shape, batch_size=batch_size, threads=threads,
-                                                       device=device, min_run_time=min_run_time))
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def _timer(fn, threads: int | None, calls: int = 1) -> benchmark.Timer:
-    """Times ``calls`` calls of ``fn`` per run (more calls amortise the timer's own overhead)."""
-    def run() -> None:
-        with torch.inference_mode():
-            for _ in range(calls):
-                fn()
-
-    return benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads or torch.get_num_threads())
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """One module's table: latency (ms) on a grid of (output, input) channel counts."""
-
-    name: str
-    config: tuple  # what decides the latency besides channel counts (shared between modules)
-    out_grid: tuple[int, ...]
-    in_grid: tuple[int, ...]
-
-
-class LatencyCost(_AnalyticCost):
+class LatencyCost(ShapeCost):
     """Predicted latency in ms of the model that keep ratios produce (channel granularity only).
 
     Build it with :func:`build_latency_cost`. ``base`` is the prediction for the unpruned model, so
@@ -223,7 +145,7 @@ class LatencyCost(_AnalyticCost):
             ins = np.asarray(entry["in_grid"], dtype=np.float64)
             out_range = np.arange(int(outs[0]), int(outs[-1]) + 1)
             in_range = np.arange(int(ins[0]), int(ins[-1]) + 1)
-            full = _bilinear(grid, outs, ins, out_range, in_range)
+            full = bilinear(grid, outs, ins, out_range, in_range)
             dense.append(full.ravel())
             offsets.append(size)
             size += full.size
@@ -237,7 +159,7 @@ class LatencyCost(_AnalyticCost):
         self._lo_out, self._hi_out = np.array(lo_out, dtype=np.float64), np.array(hi_out, dtype=np.float64)
         self._lo_in, self._hi_in = np.array(lo_in, dtype=np.float64), np.array(hi_in, dtype=np.float64)
         self._strides = np.array(strides)
-        super().__init__(graph, granularity="channel")  # sets ``base`` from the tables above
+        super().__init__(graph)  # sets ``base`` from the tables above
 
     def value_shapes(self, out: np.ndarray, inp: np.ndarray) -> float:
         return float(self._curve(out[:, None], inp[:, None])[0])
@@ -254,101 +176,10 @@ class LatencyCost(_AnalyticCost):
         return float((self._curve(out[:, None], inp[:, None])[0] - self.alpha) / self.gamma)
 
 
-def _bilinear(grid: np.ndarray, outs: np.ndarray, ins: np.ndarray, out_q: np.ndarray, in_q: np.ndarray) -> np.ndarray:
-    """``grid`` (len(outs), len(ins)) interpolated at every (out_q, in_q) pair."""
-    rows = np.stack([np.interp(in_q, ins, row) for row in grid]) if len(ins) > 1 else np.repeat(grid, len(in_q), 1)
-    if len(outs) == 1:
-        return np.repeat(rows, len(out_q), 0)
-    return np.stack([np.interp(out_q, outs, rows[:, j]) for j in range(rows.shape[1])], axis=1)
-
-
-def _grid(lo: int, hi: int, points: int, step: int = 1) -> tuple[int, ...]:
-    """At most ``points`` counts from ``hi`` down to ``lo`` on the lattice the rounding rule reaches
-    (``hi - j * step``), so a table timed for multiples of 8 never times the slow counts between them."""
-    lattice = np.arange(hi, lo - 1, -max(1, step))[::-1]
-    if lattice[0] != lo:
-        lattice = np.concatenate([[lo], lattice])
-    if len(lattice) <= points:
-        return tuple(int(v) for v in lattice)
-    return tuple(int(v) for v in np.unique(lattice[np.rint(np.linspace(0, len(lattice) - 1, points)).astype(int)]))
-
-
-def _step(deps: tuple[tuple[int, int], ...], graph: LayerGraph) -> int:
-    """Spacing of a module's reachable channel counts: each decision moves in steps of ``round_to``."""
-    return min((k * graph.round_to for _, k in deps), default=1)
-
-
-def _reachable(base: int, deps: tuple[tuple[int, int], ...], graph: LayerGraph) -> int:
-    """The fewest channels a module can be left with (every decision at one rounding step)."""
-    lost = sum(k * (graph.layers[d].out_channels - min(graph.round_to, graph.layers[d].out_channels))
-               for d, k in deps)
-    return max(1, base - lost)
-
-
-def _entries(model: nn.Module, graph: LayerGraph, points: int) -> tuple[list[_Entry], dict[str, nn.Module]]:
-    """One table entry per module record, with each module's configuration and channel grids."""
-    modules = dict(model.named_modules())
-    inputs: dict[str, tuple[int, ...]] = {}
-
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            inputs.setdefault(name, tuple(args[0].shape[1:]))
-        return record
-
-    handles = [modules[r.name].register_forward_hook(hook(r.name)) for r in graph.modules]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *graph.input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-    entries = []
-    for rec in graph.modules:
-        module = modules[rec.name]
-        out_grid = _grid(_reachable(rec.out_channels, rec.out_deps, graph), rec.out_channels, points,
-                         _step(rec.out_deps, graph))
-        if rec.type in ("conv", "linear"):
-            total_in = rec.in_channels * getattr(module, "groups", 1)
-            in_grid = _grid(_reachable(total_in, rec.in_deps, graph), total_in, points, _step(rec.in_deps, graph))
-        else:  # batch norm and depthwise convs: the input follows the output
-            in_grid = (0,)
-        entries.append(_Entry(rec.name, _module_config(rec, module, inputs[rec.name]), out_grid, in_grid))
-    return entries, modules
-
-
-def _module_config(rec: ModuleRecord, module: nn.Module, input_shape: tuple[int, ...]) -> tuple:
-    spatial = tuple(input_shape[1:])
-    if isinstance(module, nn.Conv2d):
-        kind = "depthwise" if rec.type == "depthwise" else "conv"
-        return (kind, module.kernel_size, module.stride, module.padding, module.dilation,
-                1 if kind == "depthwise" else module.groups, module.bias is not None, module.padding_mode, spatial)
-    if isinstance(module, nn.Linear):
-        return (rec.type, module.bias is not None, tuple(input_shape[:-1]))
-    return (rec.type, type(module).__name__, spatial)
-
-
-def _standalone(config: tuple, out: int, inp: int) -> tuple[nn.Module, tuple[int, ...]]:
-    """A fresh module of this configuration and channel counts, and its per-sample input shape."""
-    kind = config[0]
-    if kind in ("conv", "depthwise"):
-        _, kernel, stride, padding, dilation, groups, bias, padding_mode, spatial = config
-        channels_in = out if kind == "depthwise" else inp
-        module = nn.Conv2d(channels_in, out, kernel, stride, padding, dilation,
-                           groups=out if kind == "depthwise" else groups, bias=bias, padding_mode=padding_mode)
-        return module, (channels_in, *spatial)
-    if kind == "linear":
-        _, bias, lead = config
-        return nn.Linear(inp, out, bias=bias), (*lead, inp)
-    _, cls_name, spatial = config
-    module = getattr(nn, cls_name)(out)
-    return module, (out, *spatial)
-
-
-def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: bool,
+def _measure_entries(entries: list[TableEntry], config: LatencyConfig, progress: bool,
                      calibration: _Calibration | None = None) -> list[dict]:
     """Times every table entry in ``config.passes`` passes; with ``calibration``, its interleaved rounds are
     spread evenly over the same passes, so whole models and table entries are timed over the same minutes."""
-    keep_freed_memory()
     threads = config.resolved_threads()
     points = sorted({(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid}, key=repr)
     timed: dict[tuple, list[float]] = {key: [] for key in points}
@@ -357,7 +188,7 @@ def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: boo
     rounds = config.calibration_rounds if calibration is not None else 0
     # rounds due before each step: centred in equal shares of the steps (all at the end only for an empty table)
     due = np.bincount((2 * np.arange(rounds) + 1) * steps // max(1, 2 * rounds), minlength=steps + 1)
-    with progress_bar(enabled=progress) as bar:
+    with progress_bar(enabled=progress) as bar, freed_memory_kept():
         task = bar.add_task(f"latency table (batch {config.batch_size})", total=steps, status="")
         calibrating = bar.add_task("latency calibration", total=rounds * len(calibration.models),
                                    status="") if calibration is not None else None
@@ -371,10 +202,10 @@ def _measure_entries(entries: list[_Entry], config: LatencyConfig, progress: boo
                 for _ in range(due[step]):
                     calibration.round(lambda: bar.advance(calibrating))
                 key = points[index]
-                module, shape = _standalone(*key)
+                module, shape = standalone_module(*key)
                 module = module.eval().to(config.device)
                 x = torch.randn(config.batch_size, *shape, device=config.device)
-                timer = _timer(lambda m=module, x=x: m(x), threads, calls=_CALLS)
+                timer = timing.make_timer(lambda m=module, x=x: m(x), threads, calls=_CALLS)
                 ms = 1e3 * timer.blocked_autorange(min_run_time=config.min_run_time).median / _CALLS
                 timed[key].append(ms)
                 bar.advance(task)
@@ -391,8 +222,6 @@ class _Calibration:
     random ones, timed one interleaved round at a time (:meth:`round`); a model's median over rounds counts."""
 
     def __init__(self, model: nn.Module, graph: LayerGraph, config: LatencyConfig) -> None:
-        from amc.pruning.pruner import prune_model
-
         self.graph, self.config = graph, config
         rng = np.random.default_rng(0)
         self.policies = [[k] * len(graph) for k in (1.0, *config.calibration_keeps)]
@@ -443,7 +272,7 @@ def _fit_remainder(points: list[dict]) -> tuple[float, float]:
     return max(0.0, float(measured[0] - gamma * table[0])), float(gamma)
 
 
-def _cache_key(graph: LayerGraph, config: LatencyConfig, entries: list[_Entry] | None = None) -> dict:
+def _cache_key(graph: LayerGraph, config: LatencyConfig, entries: list[TableEntry] | None = None) -> dict:
     """What a table was measured for. With ``entries``, also every module's configuration (kernel, stride,
     padding, groups, input size): models of equal parameter shapes that compute differently differ."""
     key = _path_key(graph, config)
@@ -462,15 +291,13 @@ def _path_key(graph: LayerGraph, config: LatencyConfig) -> dict:
 
 
 def cache_path(graph: LayerGraph, config: LatencyConfig) -> Path:
-    from amc.train import default_cache_dir
-
     key = _path_key(graph, config)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     return root / f"latency-{digest}.json"
 
 
-def _load(path: Path, key: dict, entries: list[_Entry]) -> dict | None:
+def _load(path: Path, key: dict, entries: list[TableEntry]) -> dict | None:
     """The cached table when it is intact and was measured for exactly this key; None otherwise."""
     if not path.is_file():
         return None
@@ -510,7 +337,7 @@ def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfi
     if untimed:
         raise ConfigError(f"latency tables time conv, linear and batch-norm layers, not {', '.join(untimed[:3])}"
                           f"{' ...' if len(untimed) > 3 else ''}: use --resource flops or params for this model")
-    entries, _ = _entries(model, graph, config.grid)
+    entries, _ = table_entries(model, graph, config.grid)
     key = _cache_key(graph, config, entries)
     path = cache_path(graph, config)
     table = _load(path, key, entries) if use_cache else None
@@ -533,5 +360,4 @@ def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfi
     return LatencyCost(graph, table, config=config)
 
 
-__all__ = ["LatencyConfig", "LatencyCost", "build_latency_cost", "cache_path", "compare_latency", "device_name",
-           "measure_model_latency"]
+__all__ = ["LatencyConfig", "LatencyCost", "build_latency_cost", "cache_path"]

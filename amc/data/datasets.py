@@ -34,7 +34,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
-from amc.choices import DATASETS
+from amc.data.names import DATASETS
 from amc.data.splits import DataSplits, limited, split_count, stratified_split
 from amc.errors import ConfigError, DataError
 

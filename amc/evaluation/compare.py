@@ -12,7 +12,7 @@ from torch.utils import benchmark
 from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from amc.train import accuracy
+from amc.evaluation.metrics import accuracy
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from amc.graph.widths import weights_kept
 from amc.data.datasets import DataSplits
 from amc.device import model_device
 from amc.errors import ConfigError, DataError
 from amc.graph.discover import LayerGraph
 from amc.pruning.policy import Policy
 from amc.pruning.pruner import check_criterion, prune_model
-from amc.evaluation.scores import Score, check_score, finetune_samples, finetune_steps, reconstruct
+from amc.evaluation.metrics import validate
+from amc.evaluation.scores import Score, parse_score
 from amc.data.streaming import take
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,15 @@ class EvalConfig:
         calibration_size: Samples of the calibration batch (``taylor``, ``apoz``, ``obd`` criteria).
         seed: Seeds the random criterion and the choice of BN/calibration batches.
         cache: Remember results by channel counts.
-        score: The candidate score (:mod:`amc.evaluation.scores`): ``bn`` (adaptive BN), ``reconstruct``
+        score: The candidate score (:mod:`amc.evaluation.scores`), a spelling or a :class:`Score` (kept as its
+            canonical spelling, the one history.csv and policy.json record): ``bn`` (adaptive BN), ``reconstruct``
             (least-squares refit of the layers after each pruned one, then adaptive BN), ``finetune:K``
             or ``finetune:K+kd`` (K SGD steps, optionally distilled from the base model). ``scripts/search.py``
             defaults to ``reconstruct``, the cheapest score whose rank correlation with the fine-tuned
             accuracy is within 0.05 of the best (BENCHMARKS.md, score fidelity); the library keeps ``bn``,
             four times cheaper, for the callers (tests, benchmarks) that rank candidates before fine-tuning.
         reconstruct_images, reconstruct_points: Training images and (at most) output positions per image
-            the ``reconstruct`` score fits on (AMC: 60 and 10; more positions fit better, see amc.evaluation.scores).
+            the ``reconstruct`` score fits on (AMC: 60 and 10; more positions fit better, see amc.evaluation.reconstruct).
     """
 
     criterion: str = "l1"
@@ -64,14 +65,15 @@ class EvalConfig:
     calibration_size: int = 256
     seed: int = 0
     cache: bool = True
-    score: str = "bn"
+    score: str | Score = "bn"
     reconstruct_images: int = 60
     reconstruct_points: int = 1000
 
     def __post_init__(self) -> None:
         check_criterion(self.criterion, self.granularity)
-        object.__setattr__(self, "score", check_score(self.score))  # canonical spelling
-        if self.score != "bn" and self.granularity != "channel":
+        score = parse_score(self.score)
+        object.__setattr__(self, "score", str(score))  # canonical spelling
+        if not score.masked_weights and self.granularity != "channel":
             raise ConfigError(f"score {self.score!r} needs --granularity channel (masked weights are scored with 'bn')")
         for name in ("reconstruct_images", "reconstruct_points"):
             if getattr(self, name) < 1:
@@ -109,11 +111,32 @@ class EvalResult:
 
 @runtime_checkable
 class Evaluator(Protocol):
-    """Evaluates whole policies; the contract shared by the local and the Ray evaluator."""
+    """Evaluates whole policies; the contract shared by the local and the Ray evaluator.
+
+    An evaluator that can hand results over one by one, as they finish, is also a
+    :class:`StreamingEvaluator`.
+    """
 
     def evaluate(self, policy: Policy) -> EvalResult: ...
 
     def evaluate_many(self, policies: Sequence[Policy]) -> list[EvalResult]: ...
+
+
+@runtime_checkable
+class StreamingEvaluator(Evaluator, Protocol):
+    """An :class:`Evaluator` whose ``evaluate_many`` also reports each result the moment it arrives.
+
+    Attributes:
+        streams_results: True when ``evaluate_many(policies, on_result=f)`` calls ``f(i, result)`` for
+            policy ``i`` as soon as it is done (e.g. a parallel pool), so a caller can record results of
+            a long batch without waiting for its slowest member; False for an evaluator that answers the
+            whole batch at once (``on_result`` is then never passed).
+    """
+
+    streams_results: bool
+
+    def evaluate_many(self, policies: Sequence[Policy], *,
+                      on_result: Callable[[int, EvalResult], None] | None = None) -> list[EvalResult]: ...
 
 
 def recalibrate_bn(model: nn.Module, batches: Sequence[Tensor]) -> None:
@@ -138,24 +161,13 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Tensor]) -> None:
     model.eval()
 
 
-@torch.no_grad()
-def validate(model: nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: int = 1024) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` in eval mode."""
-    model.eval()
-    correct, loss = 0, 0.0
-    for start in range(0, len(labels), batch_size):
-        logits = model(inputs[start : start + batch_size])
-        y = labels[start : start + batch_size]
-        correct += int((logits.argmax(1) == y).sum())
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-    return correct / len(labels), loss / len(labels)
-
-
 class PolicyEvaluator:
     """The local :class:`Evaluator`: holds the base model and data once, evaluates policies on copies.
 
     Everything it evaluates on is gathered into memory once, on the model's device: the BatchNorm and
-    calibration batches, the validation subset and (for ``finetune:K``) the fine-tuning samples. A
+    calibration batches, the validation subset and what its score prepares (:meth:`Score.prepare`: the
+    ``reconstruct`` images, the ``finetune:K`` samples). It is the :class:`~amc.evaluation.scores.ScoreInputs`
+    its score reads. A
     streamed dataset (:mod:`amc.data.factory`, :mod:`amc.data.imagefolder`) is read for those items only.
 
     Args:
@@ -164,6 +176,8 @@ class PolicyEvaluator:
         data: The dataset splits; only ``train`` (BN/calibration batches) and ``val`` are touched.
         config: Evaluation settings.
     """
+
+    streams_results = False  # answers a batch at once (see StreamingEvaluator)
 
     def __init__(self, model: nn.Module, graph: LayerGraph, data: DataSplits, config: EvalConfig = EvalConfig()) -> None:
         self.model = model.eval()
@@ -178,15 +192,10 @@ class PolicyEvaluator:
         x_first, y_first = take(data.train, order[:n_first])  # the BN batches, then the calibration batch
         self._bn_batches = list(x_first[:n_bn].to(device).split(config.bn_batch_size)) if n_bn else []
         self._calibration = (x_first[: config.calibration_size].to(device), y_first[: config.calibration_size].to(device))
-        self._score = Score.parse(config.score)
-        self._train = data.train if self._score.kind == "finetune" else None
-        self._finetune = (finetune_samples(data.train, steps=self._score.steps, seed=config.seed)
-                          if self._score.kind == "finetune" else None)
-        self._train_set = data.train
-        self._reconstruct_order = order[-config.reconstruct_images:]  # apart from the BN batches
-        self._reconstruct = None
-        if self._score.kind == "reconstruct" or data.in_memory:
-            self._reconstruct = take(data.train, self._reconstruct_order)[0].to(device)
+        self._order = order
+        self.train_set: Dataset = data.train
+        self._score = parse_score(config.score)
+        self._prepared = self._score.prepare(self)  # e.g. the fine-tuning samples, gathered once
         limit = min(config.val_limit or len(data.val), len(data.val))
         x_val, y_val = take(data.val, range(limit))
         if len(y_val) and (int(y_val.min()) < 0 or int(y_val.max()) >= data.num_classes):
@@ -194,11 +203,6 @@ class PolicyEvaluator:
                             f"labels must be class indices in [0, {data.num_classes - 1}]")
         self._val = (x_val.to(device), y_val.to(device))
         self._cache: dict[tuple[int, ...], EvalResult] = {}
-        self._member_numel = [
-            [model.get_submodule(n).weight.numel() for n in spec.members
-             if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))]
-            for spec in graph.layers
-        ]
 
     @property
     def val_set(self) -> tuple[Tensor, Tensor]:
@@ -211,21 +215,26 @@ class PolicyEvaluator:
         return list(self._bn_batches)
 
     @property
-    def _reconstruct_inputs(self) -> Tensor:
-        """The training images the ``reconstruct`` score fits on (gathered on first use for a streamed dataset)."""
-        if self._reconstruct is None:
-            self._reconstruct = take(self._train_set, self._reconstruct_order)[0].to(self.device)
-        return self._reconstruct
+    def calibration(self) -> tuple[Tensor, Tensor]:
+        """(inputs, labels) of the calibration batch the data-driven criteria (taylor, apoz, obd) rank on."""
+        return self._calibration
+
+    def recalibrate(self, model: nn.Module) -> None:
+        """Adaptive BN: re-estimates ``model``'s BatchNorm statistics on :attr:`bn_batches`, in place."""
+        recalibrate_bn(model, self._bn_batches)
+
+    def training_images(self, n: int) -> Tensor:
+        """The last ``n`` training images of the seeded order (apart from the BN batches), on the device."""
+        return take(self.train_set, self._order[-n:])[0].to(self.device)
 
     @property
     def val_size(self) -> int:
         return len(self._val[1])
 
     def key(self, ratios: Sequence[float]) -> tuple[int, ...]:
-        """The cache key of keep ratios: rounded channel counts, or kept-weight counts."""
-        if self.config.granularity == "channel":
-            return self.graph.channels(ratios)
-        return tuple(weights_kept(r, n) for r, numel in zip(ratios, self._member_numel) for n in numel)
+        """The cache key of keep ratios: :meth:`~amc.graph.records.LayerGraph.candidate_key` (rounded channel
+        counts, or kept-weight counts)."""
+        return self.graph.candidate_key(ratios, self.config.granularity)
 
     def prune(self, policy: Policy | Sequence[float]) -> nn.Module:
         """The pruned copy of the base model for ``policy``, BatchNorm recalibrated."""
@@ -257,14 +266,7 @@ class PolicyEvaluator:
     def score(self, pruned: nn.Module, kept: dict[str, list[int]]) -> tuple[float, float]:
         """(accuracy, loss) of ``pruned`` under the configured score (``kept``: from :func:`prune_model`)."""
         recalibrate_bn(pruned, self._bn_batches)
-        if self._score.kind == "reconstruct":
-            targets = reconstruction_targets(self.graph, kept, pruned)
-            reconstruct(pruned, self.model, targets, self._reconstruct_inputs, points=self.config.reconstruct_points,
-                        seed=self.config.seed)
-            recalibrate_bn(pruned, self._bn_batches)
-        elif self._score.kind == "finetune":
-            finetune_steps(pruned, self._train, steps=self._score.steps, seed=self.config.seed,
-                           teacher=self.model if self._score.distill else None, samples=self._finetune)
+        self._score.refine(pruned, kept, self, self._prepared)
         return validate(pruned, *self._val, batch_size=self.config.batch_size)
 
     def evaluate(self, policy: Policy | Sequence[float]) -> EvalResult:
@@ -298,27 +300,3 @@ class PolicyEvaluator:
         ratios = [float(r) for r in policy]
         self.graph.channels(ratios)  # validates count and range
         return ratios
-
-
-def reconstruction_targets(graph: LayerGraph, kept: dict[str, list[int]], pruned: nn.Module) -> dict[str, list[int] | None]:
-    """The layers least-squares reconstruction refits, in forward order, with the base outputs each kept.
-
-    A target is a conv (``groups == 1``) or linear layer whose inputs lost channels; its outputs are all of
-    the base layer's (None) or those its own channel decision kept. Layers in head or group decisions, and
-    depthwise or grouped convs, keep their weights.
-    """
-    owner = {name: spec for spec in graph.layers for name in spec.members}
-    pruned_decisions = {d for d, spec in enumerate(graph.layers) if len(kept.get(spec.name, ())) < spec.out_channels}
-    targets: dict[str, list[int] | None] = {}
-    for rec in graph.modules:
-        if rec.type not in ("conv", "linear") or not any(d in pruned_decisions for d, _ in rec.in_deps):
-            continue
-        module = pruned.get_submodule(rec.name)
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            continue
-        spec = owner.get(rec.name)
-        if spec is not None and spec.pattern != "channel":
-            continue
-        outputs = None if spec is None or len(kept[spec.name]) == spec.out_channels else kept[spec.name]
-        targets[rec.name] = outputs
-    return targets

@@ -2,7 +2,7 @@
 
 A score turns a freshly pruned copy of the base model into the model whose validation accuracy the
 search sees. Every score starts with adaptive BatchNorm (EagleEye, Li et al. 2020): running statistics
-re-estimated on a few training batches.
+re-estimated on a few training batches; the evaluator does that, then calls the score's :meth:`Score.refine`.
 
 | name             | after adaptive BN                                                         |
 |------------------|---------------------------------------------------------------------------|
@@ -10,138 +10,234 @@ re-estimated on a few training batches.
 | ``reconstruct``  | least-squares refit of every layer whose inputs lost channels, so that it  |
 |                  | reproduces the base model's outputs on sampled feature-map points (He et   |
 |                  | al. 2017, "Channel pruning"; AMC samples ~10 points from 60 images), then   |
-|                  | adaptive BN again                                                          |
+|                  | adaptive BN again (:mod:`amc.evaluation.reconstruct`)                      |
 | ``finetune:K``   | ``K`` SGD steps on training batches (the same seeded batches for every     |
 |                  | candidate); ``finetune:K+kd`` distils from the base model's logits          |
+|                  | (:mod:`amc.evaluation.finetune`)                                           |
 
 The base model is never modified, and every score is deterministic for a given seed.
+
+A score is a small frozen dataclass (picklable, so Ray workers receive it) registered under its ``name``
+when its class is defined; :func:`parse_score` turns the spelling of a command line, config file or
+policy file into one, and ``str(score)`` gives that spelling back. Adding a score is one subclass::
+
+    @dataclass(frozen=True)
+    class Noisy(Score):
+        name = "noisy"
+        def refine(self, pruned, kept, inputs, prepared): ...
+
+This module imports no torch (the command lines check ``--score`` before torch is loaded); the numerics
+live in :mod:`amc.evaluation.reconstruct` and :mod:`amc.evaluation.finetune`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
+from amc.errors import ConfigError
 
-from amc.choices import SCORE_CHOICES, Score, check_score  # noqa: F401 (re-exported)
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+    from torch.utils.data import Dataset
 
-FINETUNE_BATCH = 64
-FINETUNE_LR = 0.01
+    from amc.graph.discover import LayerGraph
+
+_REGISTRY: dict[str, type[Score]] = {}
 
 
-def finetune_samples(train_set: Dataset, *, steps: int, seed: int) -> TensorDataset:
-    """The ``steps * 64`` seeded training samples (drawn with replacement: any K) that ``finetune:K`` trains on.
+class ScoreSettings(Protocol):
+    """The evaluation settings a score reads (:class:`~amc.evaluation.evaluator.EvalConfig` has them)."""
 
-    The same samples for every candidate: an evaluator gathers them once (a streamed dataset is read once).
+    seed: int
+    reconstruct_images: int
+    reconstruct_points: int
+
+
+class ScoreInputs(Protocol):
+    """What a score is given by the evaluator that runs it (:class:`~amc.evaluation.evaluator.PolicyEvaluator`).
+
+    Attributes:
+        model: The trained base model, on the evaluation device; a score must not modify it.
+        graph: Its layer graph.
+        config: The evaluation settings (seed, reconstruction sizes).
+        train_set: The training split (a score may read it, e.g. to fine-tune).
     """
-    from amc.data.streaming import take
 
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randint(len(train_set), (steps * FINETUNE_BATCH,), generator=generator)
-    return TensorDataset(*take(train_set, order))
+    model: nn.Module
+    graph: LayerGraph
+    config: ScoreSettings
+    train_set: Dataset
+
+    def recalibrate(self, model: nn.Module) -> None:
+        """Adaptive BN: re-estimates ``model``'s BatchNorm statistics on the evaluator's training batches."""
+
+    def training_images(self, n: int) -> Tensor:
+        """``n`` seeded training images (N, C, H, W) apart from the BN batches, on the evaluation device."""
 
 
-def finetune_steps(model: nn.Module, train_set: Dataset, *, steps: int, seed: int,
-                   teacher: nn.Module | None = None, samples: TensorDataset | None = None) -> nn.Module:
-    """``steps`` SGD steps of :func:`amc.train.train` on ``steps * 64`` seeded training samples, in place.
+class Score(ABC):
+    """A candidate score: how a pruned copy becomes the model whose validation accuracy ranks it.
 
-    ``samples``: those samples gathered before (:func:`finetune_samples`), so they are not read again.
+    Subclasses are frozen dataclasses whose fields are the score's parameters, registered under ``name``
+    when they are defined.
+
+    Attributes:
+        name: The registry key and the spelling of a score without parameters.
+        choices: The spellings listed in messages and ``--help`` (default: ``(name,)``).
+        hint: How to fill in the choices' parameters, shown when a value is not understood.
+        masked_weights: The score also works on ``granularity="weight"`` policies (masked weights).
     """
-    from amc.train import TrainConfig, train
 
-    if samples is None:
-        samples = finetune_samples(train_set, steps=steps, seed=seed)
-    config = TrainConfig(epochs=1, batch_size=FINETUNE_BATCH, lr=FINETUNE_LR, schedule="cosine", shift=0,
-                         weight_decay=0.0)
-    with torch.random.fork_rng():  # dropout draws from the global generator: seed it, leave the caller's alone
-        torch.manual_seed(seed)
-        return train(model, samples, config, seed=seed, teacher=teacher, progress=False)
+    name: ClassVar[str] = ""
+    choices: ClassVar[tuple[str, ...]] = ()
+    hint: ClassVar[str] = ""
+    masked_weights: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            if not cls.__dict__.get("choices"):
+                cls.choices = (cls.name,)
+            _REGISTRY[cls.name] = cls
+
+    @classmethod
+    def from_text(cls, text: str) -> Score | None:
+        """This class's score spelled ``text``, or None when ``text`` is not one of its spellings."""
+        return cls() if text == cls.name else None
+
+    @staticmethod
+    def parse(text: str | Score) -> Score:
+        """Same as :func:`parse_score`."""
+        return parse_score(text)
+
+    def prepare(self, inputs: ScoreInputs) -> Any:
+        """What the score gathers once per evaluator (e.g. its training samples); given to every :meth:`refine`."""
+        return None
+
+    @abstractmethod
+    def refine(self, pruned: nn.Module, kept: dict[str, list[int]], inputs: ScoreInputs, prepared: Any) -> None:
+        """Turns ``pruned`` (BatchNorm already recalibrated) into the model that is validated, in place.
+
+        Args:
+            pruned: A pruned copy of ``inputs.model``, its own to change.
+            kept: Decision name -> the base output channels it kept (from :func:`amc.pruning.pruner.prune_model`).
+            inputs: The evaluator: base model, graph, settings, training data.
+            prepared: What :meth:`prepare` returned for this evaluator.
+        """
+
+    def __str__(self) -> str:
+        return self.name
 
 
-def reconstruct(pruned: nn.Module, base: nn.Module, targets: Mapping[str, Sequence[int] | None], inputs: Tensor, *,
-                points: int = 1000, seed: int = 0, ridge: float = 1.0) -> list[str]:
-    """Refits ``targets`` of ``pruned`` in forward order so that each reproduces the base model's output.
+def parse_score(text: str | Score) -> Score:
+    """The score spelled ``text`` (a :class:`Score` is returned as it is).
 
-    For a target layer (a conv with ``groups == 1`` or a linear), the pruned model's own input to it
-    (after the layers refitted before it) is paired with the base model's output of the same layer on
-    the same images; up to ``points`` random output positions per image are sampled (AMC samples 10 from
-    each of 60 images) and the weight and bias are refitted by ridge regression towards their current
-    values (``ridge`` times the mean diagonal of the normal matrix). On resnet20 / fashion-mnist at budget
-    0.3 (uniform policy, 60 images) a weak pull (0.001) overfits the samples and drops validation accuracy
-    from 43.7% (adaptive BN alone) to 11.3%; 1.0 with up to 1,000 positions per image gives 74.4%.
-
-    Args:
-        targets: Layer name -> the base output channels the pruned layer kept (None: all of them).
-        inputs: The images (N, C, H, W) both models see.
-
-    Returns:
-        The names of the layers refitted.
+    Raises:
+        ConfigError: No registered score is spelled so; the message lists the choices.
     """
-    generator = torch.Generator().manual_seed(seed)
-    wanted = _outputs(base, list(targets), inputs)  # name -> (N, C_base, ...) base outputs
-    done = []
-    for name, kept in targets.items():
-        layer = pruned.get_submodule(name)
-        x = _inputs(pruned, name, inputs)  # the pruned model's input to the layer, after earlier refits
-        y = wanted[name] if kept is None else wanted[name][:, list(kept)]
-        features, target = _samples(layer, x, y, points, generator)  # (S, F), (S, out)
-        _refit(layer, features, target, ridge)
-        done.append(name)
-    return done
+    if isinstance(text, Score):
+        return text
+    for cls in _REGISTRY.values():
+        score = cls.from_text(str(text))
+        if score is not None:
+            return score
+    hints = "; ".join(cls.hint for cls in _REGISTRY.values() if cls.hint)
+    raise ConfigError(f"unknown score {text!r}: use one of {', '.join(score_choices())}"
+                      + (f" ({hints})" if hints else ""))
 
 
-def _outputs(model: nn.Module, names: list[str], inputs: Tensor) -> dict[str, Tensor]:
-    got: dict[str, Tensor] = {}
-    handles = [model.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: got.__setitem__(n, out.detach()))
-               for n in names]
-    try:
-        with torch.no_grad():
-            model.eval()(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return got
+def check_score(text: str | Score) -> str:
+    """The canonical spelling of a score, or :class:`ConfigError`."""
+    return str(parse_score(text))
 
 
-def _inputs(model: nn.Module, name: str, inputs: Tensor) -> Tensor:
-    got: list[Tensor] = []
-    handle = model.get_submodule(name).register_forward_pre_hook(lambda m, args: got.append(args[0].detach()))
-    try:
-        with torch.no_grad():
-            model.eval()(inputs)
-    finally:
-        handle.remove()
-    return got[0]
+def score_choices() -> tuple[str, ...]:
+    """Every registered score's spellings, in the order the classes were defined."""
+    return tuple(choice for cls in _REGISTRY.values() for choice in cls.choices)
 
 
-def _samples(layer: nn.Module, x: Tensor, y: Tensor, points: int, generator) -> tuple[Tensor, Tensor]:
-    """Input patches and target outputs at ``points`` random output positions per image."""
-    if isinstance(layer, nn.Linear):
-        return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])  # (S, in), (S, out)
-    patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
-                       stride=layer.stride)  # (N, in*kh*kw, L)
-    n, _, positions = patches.shape
-    pick = torch.stack([torch.randperm(positions, generator=generator)[:points] for _ in range(n)]).to(x.device)  # (N, P)
-    feats = patches.gather(2, pick[:, None, :].expand(-1, patches.shape[1], -1))  # (N, F, P)
-    target = y.flatten(2).gather(2, pick[:, None, :].expand(-1, y.shape[1], -1))  # (N, out, P)
-    return feats.permute(0, 2, 1).reshape(-1, patches.shape[1]), target.permute(0, 2, 1).reshape(-1, y.shape[1])
+@dataclass(frozen=True)
+class AdaptiveBN(Score):
+    """``bn``: the pruned model with re-estimated BatchNorm statistics, nothing more (EagleEye)."""
+
+    name = "bn"
+    masked_weights = True
+
+    def refine(self, pruned: nn.Module, kept: dict[str, list[int]], inputs: ScoreInputs, prepared: Any) -> None:
+        pass  # adaptive BN is all: the evaluator has done it
 
 
-def _refit(layer: nn.Module, features: Tensor, target: Tensor, ridge: float) -> None:
-    """Ridge regression of ``[W | b]`` towards its current value: (A^T A + l I)^-1 (A^T Y + l W0)."""
-    weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # (out, F)
-    has_bias = layer.bias is not None
-    a = torch.cat([features, features.new_ones(len(features), 1)], 1) if has_bias else features  # (S, F+1)
-    w0 = torch.cat([weight, layer.bias.detach()[:, None]], 1) if has_bias else weight  # (out, F+1)
-    a64, y64, w64 = a.double(), target.double(), w0.double()
-    normal = a64.T @ a64
-    lam = ridge * float(normal.diagonal().mean()) + 1e-12
-    solved = torch.linalg.solve(normal + lam * torch.eye(len(normal), dtype=torch.float64, device=normal.device),
-                                a64.T @ y64 + lam * w64.T).T.to(weight.dtype)  # (out, F+1)
-    with torch.no_grad():
-        layer.weight.copy_(solved[:, : weight.shape[1]].reshape(layer.weight.shape))
-        if has_bias:
-            layer.bias.copy_(solved[:, -1])
+@dataclass(frozen=True)
+class Reconstruct(Score):
+    """``reconstruct``: least-squares refit of the layers whose inputs lost channels, then adaptive BN again."""
+
+    name = "reconstruct"
+
+    def prepare(self, inputs: ScoreInputs) -> Tensor:
+        return inputs.training_images(inputs.config.reconstruct_images)
+
+    def refine(self, pruned: nn.Module, kept: dict[str, list[int]], inputs: ScoreInputs, prepared: Tensor) -> None:
+        from amc.evaluation.reconstruct import reconstruct, reconstruction_targets
+
+        targets = reconstruction_targets(inputs.graph, kept, pruned)
+        reconstruct(pruned, inputs.model, targets, prepared, points=inputs.config.reconstruct_points,
+                    seed=inputs.config.seed)
+        inputs.recalibrate(pruned)
+
+
+_FINETUNE = re.compile(r"finetune:(\d+)(\+kd)?")
+
+
+@dataclass(frozen=True)
+class Finetune(Score):
+    """``finetune:K`` (``K`` seeded SGD steps) or ``finetune:K+kd`` (distilled from the base model's logits).
+
+    Attributes:
+        steps: ``K >= 1`` SGD steps of 64 samples.
+        distill: Train on the base model's soft targets too (Hinton et al. 2015).
+    """
+
+    steps: int = 1
+    distill: bool = False
+
+    name = "finetune"
+    choices = ("finetune:K", "finetune:K+kd")
+    hint = "K >= 1 SGD steps, e.g. finetune:20+kd"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"finetune needs K >= 1 SGD steps, got {self.steps}: use e.g. finetune:20")
+
+    @classmethod
+    def from_text(cls, text: str) -> Finetune | None:
+        match = _FINETUNE.fullmatch(text)
+        if match and int(match.group(1)) >= 1:
+            return cls(steps=int(match.group(1)), distill=bool(match.group(2)))
+        return None
+
+    def prepare(self, inputs: ScoreInputs) -> Any:
+        from amc.evaluation.finetune import finetune_samples
+
+        return finetune_samples(inputs.train_set, steps=self.steps, seed=inputs.config.seed)
+
+    def refine(self, pruned: nn.Module, kept: dict[str, list[int]], inputs: ScoreInputs, prepared: Any) -> None:
+        from amc.evaluation.finetune import finetune_steps
+
+        finetune_steps(pruned, inputs.train_set, steps=self.steps, seed=inputs.config.seed,
+                       teacher=inputs.model if self.distill else None, samples=prepared)
+
+    def __str__(self) -> str:
+        return f"finetune:{self.steps}" + ("+kd" if self.distill else "")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SCORE_CHOICES":  # computed: a score class defined after this module still counts
+        return score_choices()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AdaptiveBN", "Finetune", "Reconstruct", "Score", "ScoreInputs", "ScoreSettings", "check_score",
+           "parse_score", "score_choices"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from amc.errors import ConfigError
-from amc.graph.widths import channels_for
+from amc.graph.widths import channels_for, weights_kept
 
 PATTERNS = ("channel", "head", "group")
 _WEIGHTED = ("conv", "depthwise", "linear")
@@ -172,6 +172,25 @@ class LayerGraph:
         return tuple(
             channels_for(k, spec.out_channels, self.round_to, name=spec.name) for k, spec in zip(keep, self.layers)
         )
+
+    def candidate_key(self, keep: Sequence[float], granularity: str) -> tuple[int, ...]:
+        """What makes two keep-ratio vectors the same pruned model: the one "same candidate" rule.
+
+        ``channel``: the unit counts (:meth:`channels`); ``weight``: the weights kept in each conv/linear
+        member of each decision (:func:`amc.graph.widths.weights_kept`). Evaluation caches, the search's
+        repeat detection and the ladder's distinct candidates all key on it.
+
+        Raises:
+            ConfigError: Not one keep ratio per decision, a ratio outside (0, 1], or an unknown granularity.
+        """
+        counts = self.channels(keep)  # validates count and range either way
+        if granularity == "channel":
+            return counts
+        if granularity != "weight":
+            raise ConfigError(f"unknown granularity {granularity!r}; use 'channel' or 'weight'")
+        numel = {r.name: r.weight_numel for r in self.modules if r.type in _WEIGHTED}
+        return tuple(weights_kept(float(k), numel[name]) for k, spec in zip(keep, self.layers)
+                     for name in spec.members if name in numel)
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amc.choices import CRITERIA
-from amc.graph.widths import GRANULARITIES
+from amc.cost.names import RESOURCES
 from amc.errors import PolicyError
 from amc.graph.discover import LayerGraph
-
-RESOURCES = ("flops", "params", "latency")
+from amc.graph.widths import GRANULARITIES
+from amc.pruning.criteria import criterion_names
 
 FORMAT = "amc-policy/1"
 _REQUIRED = ("format", "model_fingerprint", "granularity", "criterion", "resource", "budget", "keep")
@@ -40,7 +39,7 @@ class Policy:
     Attributes:
         keep: ``LayerSpec.name`` -> fraction of channels (or weights) kept, in (0, 1].
         granularity: ``"channel"`` (structured) or ``"weight"`` (unstructured).
-        criterion: Which channels/weights go first (see :data:`amc.pruning.pruner.CRITERIA`).
+        criterion: Which channels/weights go first (a name in :data:`amc.pruning.criteria.CRITERIA`).
         model_fingerprint: :func:`amc.graph.discover.fingerprint` of the base model; refuses a foreign model.
         resource: ``"flops"``, ``"params"`` or ``"latency"``.
         budget: Fraction of the base model's resource the pruned model may keep.
@@ -70,8 +69,8 @@ class Policy:
                 raise PolicyError(f"policy field 'keep.{name}' must be a number in (0, 1], got {ratio!r}")
         if self.granularity not in GRANULARITIES:
             raise PolicyError(f"policy field 'granularity' must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if self.criterion not in CRITERIA:
-            raise PolicyError(f"policy field 'criterion' must be one of {CRITERIA}, got {self.criterion!r}")
+        if self.criterion not in criterion_names():
+            raise PolicyError(f"policy field 'criterion' must be one of {criterion_names()}, got {self.criterion!r}")
         if self.resource not in RESOURCES:
             raise PolicyError(f"policy field 'resource' must be one of {RESOURCES}, got {self.resource!r}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0.0 < self.budget <= 1.0:

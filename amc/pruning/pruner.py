@@ -5,17 +5,8 @@ Torch-Pruning, so the model is physically smaller. Unstructured (``granularity="
 weights of each group's conv/linear layers are masked with ``torch.nn.utils.prune``; ``bake=True``
 makes the zeros permanent and removes the masks.
 
-Criteria (which channels or weights go first):
-
-- ``l1`` / ``l2``: magnitude of the group's weights (AMC keeps the largest-L1 channels).
-- ``random``: seeded random scores, the baseline every criterion must beat.
-- ``taylor``: first-order Taylor expansion ``|w * dL/dw|`` (Molchanov et al., 2017); needs a
-  calibration batch.
-- ``apoz``: average percentage of zeros of the channel's post-ReLU activation (Hu et al., 2016),
-  measured on a calibration batch; for weights, ``|w|`` scaled by its output channel's activity.
-- ``obd``: Optimal Brain Damage (LeCun et al., 1990), saliency ``h * w^2 / 2`` with the Hessian's
-  diagonal ``h`` approximated by the empirical Fisher (mean squared gradient over micro-batches of the
-  calibration batch); channels sum their weights' saliencies (Torch-Pruning's grouped OBD).
+Which channels or weights go first is a :class:`~amc.pruning.criteria.Criterion` (l1, l2, random, taylor,
+apoz, obd: see :mod:`amc.pruning.criteria`).
 """
 
 from __future__ import annotations
@@ -25,28 +16,28 @@ import logging
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.utils import prune as tprune
 
-from amc.choices import CRITERIA
-from amc.graph.widths import GRANULARITIES, weights_kept
 from amc.errors import ConfigError
 from amc.graph.discover import LayerGraph
+from amc.graph.widths import GRANULARITIES, weights_kept
+from amc.pruning.criteria import Criterion, Statistics, parse_criterion
 
 log = logging.getLogger(__name__)
 
-_NEEDS_DATA = ("taylor", "apoz", "obd")
-OBD_MICRO_BATCH = 8  # samples per gradient in the empirical Fisher
 
+def check_criterion(criterion: str | Criterion, granularity: str) -> Criterion:
+    """The parsed criterion, after checking ``granularity``.
 
-def check_criterion(criterion: str, granularity: str) -> None:
-    """Raises :class:`ConfigError` for an unknown criterion or granularity."""
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown criterion {criterion!r}: use one of {CRITERIA}")
+    Raises:
+        ConfigError: An unknown criterion or granularity.
+    """
+    parsed = parse_criterion(criterion)
     if granularity not in GRANULARITIES:
         raise ConfigError(f"unknown granularity {granularity!r}: use one of {GRANULARITIES}")
+    return parsed
 
 
 def prune_model(
@@ -54,7 +45,7 @@ def prune_model(
     graph: LayerGraph,
     keep: Sequence[float],
     *,
-    criterion: str = "l1",
+    criterion: str | Criterion = "l1",
     granularity: str = "channel",
     calibration: tuple[Tensor, Tensor] | None = None,
     seed: int = 0,
@@ -67,9 +58,10 @@ def prune_model(
         model: The base model that ``graph`` was discovered on.
         graph: Its :class:`~amc.graph.discover.LayerGraph`.
         keep: One keep ratio in (0, 1] per decision, in ``graph`` order.
-        criterion: One of :data:`CRITERIA`.
+        criterion: A :class:`~amc.pruning.criteria.Criterion` or its name (see
+            :func:`~amc.pruning.criteria.criterion_names`).
         granularity: ``"channel"`` (structured) or ``"weight"`` (unstructured).
-        calibration: ``(inputs, labels)`` batch; required by ``taylor`` and ``apoz``.
+        calibration: ``(inputs, labels)`` batch; required by criteria that need data (taylor, apoz, obd).
         seed: Seed of the ``random`` criterion.
         bake: Unstructured only: make the masks permanent (plain zeroed weights).
         kept: Structured only: filled with, per decision, the indices of the base model's units it kept
@@ -78,93 +70,23 @@ def prune_model(
     Raises:
         ConfigError: Bad criterion, granularity, keep ratio, or a missing calibration batch.
     """
-    check_criterion(criterion, granularity)
+    criterion = check_criterion(criterion, granularity)
     channels = graph.channels(keep)  # validates every ratio
-    if criterion in _NEEDS_DATA and calibration is None:
-        raise ConfigError(f"criterion {criterion!r} needs a calibration batch: pass calibration=(inputs, labels)")
+    if criterion.needs_data and calibration is None:
+        raise ConfigError(f"criterion {criterion.name!r} needs a calibration batch: pass calibration=(inputs, labels)")
     pruned = copy.deepcopy(model).eval()
-    scores = _data_scores(pruned, graph, criterion, calibration)
+    stats = criterion.prepare(pruned, graph, calibration)
     generator = torch.Generator().manual_seed(seed)
     if granularity == "channel":
-        _prune_channels(pruned, graph, channels, criterion, scores, generator, {} if kept is None else kept)
+        _prune_channels(pruned, graph, channels, criterion, stats, generator, {} if kept is None else kept)
     else:
-        _prune_weights(pruned, graph, keep, criterion, scores, generator, bake)
+        _prune_weights(pruned, graph, keep, criterion, stats, generator, bake)
     pruned.zero_grad(set_to_none=True)
     return pruned
 
 
-def _data_scores(model: nn.Module, graph: LayerGraph, criterion: str, calibration) -> dict[str, Tensor]:
-    """Per-decision channel scores that need data (APoZ); gradients (Taylor) or Fisher diagonals (OBD)."""
-    if criterion == "obd":
-        _fisher_into_grad(model, *calibration)
-        return {}
-    if criterion == "taylor":
-        inputs, labels = calibration
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(inputs), labels).backward()
-        return {}
-    if criterion != "apoz":
-        return {}
-    inputs, _ = calibration
-    activity: dict[str, list[Tensor]] = {spec.name: [] for spec in graph.layers}
-    handles = []
-    for spec in graph.layers:
-        if spec.pattern != "channel":
-            raise ConfigError(f"criterion 'apoz' scores channels after a ReLU; decision {spec.name!r} prunes "
-                              f"{spec.pattern}s: use l1, l2, taylor, obd or random")
-        # Post-BN activations of members aligned with the decision's channels; else the layer output.
-        probes = [n for n in spec.members if isinstance(model.get_submodule(n), nn.modules.batchnorm._BatchNorm)
-                  and model.get_submodule(n).num_features == spec.out_channels] or [spec.name]
-        for name in probes:
-            channel_dim = -1 if isinstance(model.get_submodule(name), nn.Linear) else 1  # Linear: channels last
-
-            def hook(module, args, out, key=spec.name, cdim=channel_dim):
-                dims = [d for d in range(out.dim()) if d != cdim % out.dim()]
-                activity[key].append((out > 0).float().mean(dim=dims))  # (C,) share of non-zeros
-            handles.append(model.get_submodule(name).register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: torch.stack(acts).mean(0) for name, acts in activity.items()}
-
-
-def _fisher_into_grad(model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
-    """Sets each parameter's ``.grad`` to its diagonal empirical Fisher: the mean of squared gradients of
-    micro-batches (an estimate of the loss Hessian's diagonal that is never negative)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    fisher = [torch.zeros_like(p) for p in params]
-    chunks = list(zip(inputs.split(OBD_MICRO_BATCH), labels.split(OBD_MICRO_BATCH)))
-    for x, y in chunks:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        for f, p in zip(fisher, params):
-            if p.grad is not None:
-                f += p.grad.detach().pow(2)
-    for f, p in zip(fisher, params):
-        p.grad = f / len(chunks)
-
-
-def _channel_scores(group, criterion: str, n: int, scores: Tensor | None, generator) -> Tensor:
-    if criterion == "random":
-        return torch.rand(n, generator=generator)
-    if criterion == "apoz":
-        return scores
-    if criterion == "taylor":
-        imp = tp.importance.GroupTaylorImportance()
-    elif criterion == "obd":
-        imp = tp.importance.GroupHessianImportance()  # w^2 * .grad, and .grad holds the Fisher diagonal
-    else:
-        imp = tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
-    values = imp(group)
-    if values is None:  # no weight in the group that the importance can score
-        raise ConfigError(f"criterion {criterion!r} cannot score this group; use 'l1' or 'random'")
-    return values
-
-
-def _prune_channels(model, graph, channels, criterion, scores, generator, kept: dict[str, list[int]]) -> None:
+def _prune_channels(model: nn.Module, graph: LayerGraph, channels: list[int], criterion: Criterion, stats: Statistics,
+                    generator: torch.Generator, kept: dict[str, list[int]]) -> None:
     example = torch.zeros(1, *graph.input_shape, device=next(model.parameters()).device)
     dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)
     for spec, n_keep in zip(graph.layers, channels):
@@ -178,7 +100,7 @@ def _prune_channels(model, graph, channels, criterion, scores, generator, kept: 
             root, prune_fn = module, dg.get_pruner_of_module(module).prune_out_channels
         width = spec.out_channels * spec.unit
         full = dg.get_pruning_group(root, prune_fn, list(range(width)))
-        values = _unit_scores(spec, full, criterion, scores.get(spec.name), generator)
+        values = criterion.unit_scores(spec, full, stats.get(spec.name), generator)
         # Stable sort: equal scores are removed lowest index first, so results are reproducible.
         drop = sorted(torch.sort(values.detach().cpu(), stable=True).indices[: spec.out_channels - n_keep].tolist())
         kept[spec.name] = sorted(set(kept[spec.name]) - set(drop))
@@ -190,19 +112,6 @@ def _prune_channels(model, graph, channels, criterion, scores, generator, kept: 
             assert dg.get_out_channels(root) == n_keep * spec.unit, (spec.name, n_keep)
 
 
-def _unit_scores(spec, group, criterion: str, scores: Tensor | None, generator) -> Tensor:
-    """One score per unit: a channel, a head (the mean over its channels) or the same channel of every
-    group (the mean over the groups, as Torch-Pruning ranks grouped layers)."""
-    if spec.pattern == "channel":
-        return _channel_scores(group, criterion, spec.out_channels, scores, generator)
-    if criterion == "random":
-        return torch.rand(spec.out_channels, generator=generator)
-    values = _channel_scores(group, criterion, spec.out_channels * spec.unit, scores, generator)
-    if spec.pattern == "head":
-        return values.view(spec.out_channels, spec.unit).mean(1)  # (heads,)
-    return values.view(spec.unit, spec.out_channels).mean(0)  # (channels per group,)
-
-
 def _unit_indices(spec, units: list[int]) -> list[int]:
     """Channel indices (in the root's index space) of the units to remove."""
     if spec.pattern == "head":  # heads are contiguous blocks of head_dim channels
@@ -212,7 +121,8 @@ def _unit_indices(spec, units: list[int]) -> list[int]:
     return units
 
 
-def _prune_weights(model, graph, keep, criterion, scores, generator, bake) -> None:
+def _prune_weights(model: nn.Module, graph: LayerGraph, keep: Sequence[float], criterion: Criterion,
+                   stats: Statistics, generator: torch.Generator, bake: bool) -> None:
     for spec, ratio in zip(graph.layers, keep):
         for name in spec.members:
             module = model.get_submodule(name)
@@ -220,17 +130,7 @@ def _prune_weights(model, graph, keep, criterion, scores, generator, bake) -> No
                 continue  # norms, attention matmuls: nothing to sparsify
             weight = module.weight  # (out, in/groups, kh, kw) or (out, in)
             amount = weight.numel() - weights_kept(ratio, weight.numel())
-            if criterion == "random":
-                importance = torch.rand(weight.shape, generator=generator).to(weight.device)
-            elif criterion == "taylor":
-                importance = (weight * weight.grad).abs()
-            elif criterion == "obd":
-                importance = 0.5 * weight.grad * weight.pow(2)
-            elif criterion == "apoz":
-                activity = scores[spec.name]
-                importance = weight.abs() * activity.view(-1, *([1] * (weight.dim() - 1)))
-            else:
-                importance = weight.abs() if criterion == "l1" else weight.pow(2)
+            importance = criterion.weight_scores(weight, stats.get(spec.name), generator)
             # Weights already zero go first whatever the criterion scores them (iterative pruning keeps
             # its earlier zeros); l1_unstructured compares absolute scores.
             importance = torch.where(weight == 0, torch.zeros_like(importance), importance.abs() + 1e-12)

@@ -37,7 +37,7 @@ def machine() -> str:
 
     import torch
 
-    from amc.cost.latency import device_name
+    from amc.cost.timing import device_name
 
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in
                          ("torch", "torch-pruning", "optuna", "stable-baselines3", "ray"))

@@ -54,7 +54,7 @@ def deployed_latency(policy_path: str | os.PathLike, *, batch_size: int = 1, thr
     """
     from amc.apply import apply_policy
     from amc.pruning.export import export_program, export_pt2
-    from amc.cost.latency import compare_latency
+    from amc.cost.timing import compare_latency
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """Score fidelity (``scripts/bench.py fidelity``): which candidate score predicts the deployed model's accuracy?
 
-For each FLOPs budget, ``policies`` random feasible policies (EagleEye's sampling: :func:`search.baselines.random_keep`)
+For each FLOPs budget, ``policies`` random feasible policies (EagleEye's sampling, :mod:`search.strategies.random_search`)
 plus the uniform policy and Torch-Pruning global pruning's widths (:func:`search.bench.headline.tp_global_magnitude`,
 its channel counts applied with our pruner) are each scored with every candidate score of :mod:`amc.evaluation.scores`
 (its cost in seconds recorded), and then *deployed*: pruned, adaptive BN, and fine-tuned with the headline's
@@ -62,7 +62,8 @@ def plan_policies(ctx: Context, budget: float, settings: FidelitySettings) -> li
     """(name, keep ratios) of every policy of a budget: uniform, tp-global's widths, then the random ones."""
     from amc.cost.analytic import FlopsCost
     from envs import BudgetProjector
-    from search.baselines import random_keep, uniform_keep
+    from search.strategies.random_search import random_keep
+    from search.strategies.uniform import uniform_keep
     from search.bench.headline import tp_global_magnitude
 
     projector = BudgetProjector(FlopsCost(ctx.graph), budget, min_keep=settings.min_keep)

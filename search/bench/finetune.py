@@ -30,7 +30,8 @@ from amc.apply import apply_policy
 from amc.context import build_context
 from amc.errors import ConfigError
 from amc.pruning.export import export_pt2
-from amc.cost.latency import LatencyConfig, compare_latency
+from amc.cost.latency import LatencyConfig
+from amc.cost.timing import compare_latency
 from amc.pruning.policy import Policy
 from amc.pruning.pruner import prune_model
 from search.bench.common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20, machine

@@ -38,11 +38,12 @@ from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amc.context import Context, build_context
-from amc.evaluation.evaluator import recalibrate_bn, validate
-from amc.cost.latency import compare_latency
+from amc.evaluation.evaluator import recalibrate_bn
+from amc.evaluation.metrics import accuracy, validate
+from amc.cost.timing import compare_latency
 from amc.pruning.policy import Policy
 from amc.progress import progress_bar
-from amc.train import TrainConfig, accuracy, train
+from amc.train import TrainConfig, train
 from amc.graph.widths import rounded_channels
 from search.bench import HEADLINE_ROWS
 from search.bench.common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20, machine

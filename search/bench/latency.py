@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from amc.cost.latency import LatencyConfig, build_latency_cost, compare_latency
+from amc.cost.latency import LatencyConfig, build_latency_cost
+from amc.cost.timing import compare_latency
 from amc.graph.discover import discover
 from amc.models import build_model
 from amc.pruning.pruner import prune_model

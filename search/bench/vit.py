@@ -176,9 +176,9 @@ def _params(module: nn.Module) -> int:
 def run_cell(root: Path, ctx: Context, settings: VitSettings, *, row: str, seed: int,
              tune_set: TensorDataset) -> VitCell:
     """One (row, seed) cell at ``settings.budget``: read back when finished, else run and written at once."""
-    from amc.evaluation.evaluator import validate
+    from amc.evaluation.metrics import validate
     from amc.pruning.policy import Policy
-    from amc.train import accuracy
+    from amc.evaluation.metrics import accuracy
     from search.bench.headline import _search_config, deployed_accuracy, flops
     from search.history import read_history
     from search.runner import run_search
@@ -300,7 +300,7 @@ def vit_report(root: Path, settings: VitSettings, *, base_epochs: int, threads: 
     ctx = build_context(fashion_vit(data_dir=data_dir, epochs=base_epochs), progress=True)
     base_test = ctx.base.test_accuracy if ctx.base is not None else None
     if base_test is None:
-        from amc.train import accuracy
+        from amc.evaluation.metrics import accuracy
 
         base_test = accuracy(ctx.model, ctx.data.test)
     console.print(f"base vit: test accuracy {100 * base_test:.2f}%"

@@ -14,7 +14,13 @@ import logging
 import sys
 from pathlib import Path
 
-from search.cli.common import OneLineParser, dataset_name, device_name, int_at_least, json_object
+from search.cli.common import (
+    OneLineParser,
+    dataset_name,
+    device_name,
+    int_at_least,
+    json_object,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

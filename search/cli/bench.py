@@ -169,8 +169,15 @@ def _service_load(args: argparse.Namespace, console: Console, rest: list[str]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.cli.common import OneLineParser, comma_list, existing_file, int_at_least, number_in, score_name
     from search.bench import HEADLINE_ROWS
+    from search.cli.common import (
+        OneLineParser,
+        comma_list,
+        existing_file,
+        int_at_least,
+        number_in,
+        score_name,
+    )
 
     def _headline_row(text: str) -> str:
         if text not in HEADLINE_ROWS:

@@ -19,8 +19,13 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from search.bench.lottery import (
+    CSV_NAME,
+    LotterySettings,
+    SettingsError,
+    lottery_report,
+)
 from search.cli.common import OneLineParser, int_at_least, number_in
-from search.bench.lottery import CSV_NAME, LotterySettings, SettingsError, lottery_report
 
 _fraction = number_in(0, 1, high_closed=False, meaning=" (fraction of the remaining weights)")
 _unit = number_in(0, 1, low_closed=True)

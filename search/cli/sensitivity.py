@@ -29,8 +29,9 @@ def _keeps(text: str) -> tuple[float, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from amc.choices import CRITERIA, DATASETS
     from amc.analysis.sensitivity import DEFAULT_KEEPS
+    from amc.data.names import DATASETS
+    from amc.pruning.criteria import criterion_names
 
     p = OneLineParser(prog="sensitivity.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cnn")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int_at_least(1), default=60, help="base-model training epochs when not cached (60)")
     p.add_argument("--val-size", type=int_at_least(1), default=None, help="validation samples carved from train")
     p.add_argument("--val-limit", type=int_at_least(1), default=None, help="evaluate on the first N validation samples")
-    p.add_argument("--criterion", default="l1", choices=CRITERIA)
+    p.add_argument("--criterion", default="l1", choices=criterion_names())
     p.add_argument("--round-to", type=int_at_least(1), default=1)
     p.add_argument("--keeps", type=_keeps, default=DEFAULT_KEEPS, help="keep ratios (0.1,0.2,...,1.0)")
     p.add_argument("--seed", type=int, default=0)
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from amc.analysis.sensitivity import plot_curves, sensitivity_curves, write_csv
     from amc.context import ContextConfig, build_context
     from amc.errors import AmcError
     from amc.evaluation.evaluator import EvalConfig
-    from amc.analysis.sensitivity import plot_curves, sensitivity_curves, write_csv
     from amc.train import TrainConfig
 
     if args.threads:

@@ -8,7 +8,7 @@
   ``scripts/search.py``;
 - :mod:`~search.service.executor`: where a search runs (:class:`LocalProcessExecutor`: one process each);
 - :mod:`~search.service.ray_jobs`: or a Ray job each on a cluster (``serve.py --ray-address``);
-- :mod:`~search.service.worker`: the entry point of that process (``search.cli.search.main``);
+- :mod:`~search.service.worker`: the entry point of that process (``search.launch.main``);
 - :mod:`~search.service.manager` and :mod:`~search.service.scheduler`: states, the queue, progress;
 - :mod:`~search.service.app`, :mod:`~search.service.routes`, :mod:`~search.service.schemas`: HTTP;
 - :mod:`~search.service.web`: the web page at ``/`` (``static/``) and optuna-dashboard at ``/dashboard``.

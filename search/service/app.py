@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from search.service.db import open_database
+from search.service.db import close_database, open_database
 from search.service.executor import Executor, LocalProcessExecutor
 from search.service.manager import ConflictError, NotFoundError, SearchManager
 from search.service.routes import searches_router
@@ -51,7 +51,7 @@ def create_app(config: ServiceConfig, *, executor: Executor | None = None) -> Fa
             app.state.stopping.set()
             # Ray jobs go on without the service (a restarted one follows them); local processes are stopped.
             await run_in_threadpool(lambda: scheduler.stop(interrupt=not executor.outlives_service))
-            sessions.kw["bind"].dispose()
+            close_database(sessions)
 
     app = FastAPI(title="amc-search service", version=API_VERSION, lifespan=lifespan, openapi_url=None,
                   docs_url=None, redoc_url=None,

@@ -8,19 +8,33 @@ tables are prefixed ``service_`` because each search's Optuna study lives in the
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Engine, ForeignKey, Integer, String, Text, create_engine
+from sqlalchemy import Enum as SqlEnum
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from amc.errors import ConfigError
 
-STATES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted")
-ACTIVE = ("queued", "running", "cancelling")  # the service still owes these work
-LIVE = ("running", "cancelling")  # these have a process (or Ray job)
-RESUMABLE = ("interrupted", "cancelled", "failed")
+
+class SearchState(StrEnum):
+    """Where a search is; the value is what the API, the event log and the database hold."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+ACTIVE = (SearchState.QUEUED, SearchState.RUNNING, SearchState.CANCELLING)  # the service still owes these work
+LIVE = (SearchState.RUNNING, SearchState.CANCELLING)  # these have a process (or Ray job)
+RESUMABLE = (SearchState.INTERRUPTED, SearchState.CANCELLED, SearchState.FAILED)
 
 
 def utcnow() -> datetime:
@@ -37,7 +51,10 @@ class SearchRow(Base):
     __tablename__ = "service_searches"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    # VARCHAR(16) holding the value, as before the enum (no native enum type, no CHECK constraint).
+    state: Mapped[SearchState] = mapped_column(
+        SqlEnum(SearchState, native_enum=False, length=16, values_callable=lambda states: [s.value for s in states]),
+        index=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # the request's settings (what the user gave)
     options: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved option values (defaults filled in)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
@@ -93,8 +110,8 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def open_database(url: str) -> sessionmaker:
-    """Creates the tables that are missing and returns a session factory.
+def open_database(url: str) -> sessionmaker[Session]:
+    """Creates the tables that are missing and returns a session factory (:func:`close_database` ends it).
 
     Raises:
         ConfigError: ``url`` is not a database URL, its driver is missing, or the database cannot be reached.
@@ -106,3 +123,10 @@ def open_database(url: str) -> sessionmaker:
         raise ConfigError(f"cannot open the service database --db {url!r}: {exc}; give an SQLAlchemy URL such "
                           "as sqlite:///service.db or postgresql://user@host/db (its driver installed)") from None
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def close_database(sessions: sessionmaker[Session]) -> None:
+    """Closes the pooled connections of the engine behind ``sessions`` (when the service stops)."""
+    with sessions() as session:
+        engine = session.get_bind()
+    engine.dispose()

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
+
 log = logging.getLogger(__name__)
 EXIT_FILE = "service-exit.json"
 CANCEL_FILE = "service-cancel.json"  # a cancel of an attempt, written before its SIGINT (see worker.py)
@@ -95,31 +97,24 @@ def cancel_requested(run_dir: Path, attempt: int) -> bool:
         return False
 
 
-def process_start_time(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, Linux ``/proc``); None if it is gone or a zombie.
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (psutil's ``create_time()``, seconds since the epoch); None if it is gone or a
+    zombie.
 
     A pid is reused after its process ends: the pair (pid, start time) names one process for good.
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return None
+            return process.create_time()
+    except psutil.Error:  # NoSuchProcess, ZombieProcess, AccessDenied
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name, in parentheses, may hold spaces
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
-def _alive(pid: int, start_time: int | None) -> bool:
-    if Path("/proc").is_dir():
-        return start_time is not None and process_start_time(pid) == start_time
-    try:  # no /proc (macOS): the pid alone
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _alive(pid: int, start_time: float | None) -> bool:
+    return start_time is not None and process_start_time(pid) == start_time
 
 
 class LocalProcessExecutor:

@@ -21,7 +21,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from amc.errors import AmcError
-from search.service.db import ACTIVE, LIVE, RESUMABLE, EventRow, SearchRow, utcnow
+from search.service.db import ACTIVE, LIVE, RESUMABLE, EventRow, SearchRow, SearchState, utcnow
 from search.service.executor import Executor
 from search.service.settings import ServiceConfig
 from search.service.validation import Settings
@@ -53,7 +53,7 @@ class SearchManager:
         executor: Where the searches run (cancel reaches a running one through it).
     """
 
-    def __init__(self, config: ServiceConfig, sessions: sessionmaker, executor: Executor) -> None:
+    def __init__(self, config: ServiceConfig, sessions: sessionmaker[Session], executor: Executor) -> None:
         self.config = config
         self.sessions = sessions
         self.executor = executor
@@ -66,7 +66,7 @@ class SearchManager:
         with self.lock, self.sessions.begin() as session:
             yield session
 
-    def set_state(self, session: Session, row: SearchRow, state: str, **data: Any) -> None:
+    def set_state(self, session: Session, row: SearchRow, state: SearchState, **data: Any) -> None:
         """Moves ``row`` to ``state`` and logs it (``data`` goes into the event)."""
         previous, row.state = row.state, state
         if state not in ACTIVE:
@@ -97,14 +97,14 @@ class SearchManager:
                                             "with other settings; send a new key for a new search")
                     return known, False
             search_id = uuid.uuid4().hex[:16]
-            row = SearchRow(id=search_id, state="queued", settings=settings.given, options=settings.options,
+            row = SearchRow(id=search_id, state=SearchState.QUEUED, settings=settings.given, options=settings.options,
                             idempotency_key=idempotency_key, request_hash=request_hash,
                             queue_seq=self._next_seq(session), run_dir=str(self.config.runs_dir / search_id),
                             evaluations_total=settings.evaluations, evaluations_done=0, attempt=0,
                             cancel_requested=False, created_at=utcnow())
             session.add(row)
             session.flush()
-            self.append_event(session, row, "state", {"state": "queued", "previous": None, "attempt": 0})
+            self.append_event(session, row, "state", {"state": SearchState.QUEUED, "previous": None, "attempt": 0})
             return row, True
 
     @staticmethod
@@ -118,7 +118,7 @@ class SearchManager:
                 raise NotFoundError(f"no search {search_id!r}; GET /v1/searches lists them")
             return row
 
-    def list(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[SearchRow]:
+    def list(self, *, state: SearchState | None = None, limit: int = 100, offset: int = 0) -> list[SearchRow]:
         query = select(SearchRow).order_by(SearchRow.queue_seq, SearchRow.created_at)
         if state is not None:
             query = query.where(SearchRow.state == state)
@@ -134,14 +134,14 @@ class SearchManager:
         """A queued or interrupted search is cancelled at once; a running one stops after writing its best policy."""
         with self.changing() as session:
             row = self._locked(session, search_id)
-            if row.state in ("queued", "interrupted"):
-                self.set_state(session, row, "cancelled")
-            elif row.state == "running":
+            if row.state in (SearchState.QUEUED, SearchState.INTERRUPTED):
+                self.set_state(session, row, SearchState.CANCELLED)
+            elif row.state == SearchState.RUNNING:
                 row.cancel_requested = True
-                self.set_state(session, row, "cancelling")
+                self.set_state(session, row, SearchState.CANCELLING)
                 self.executor.cancel(row.handle)
                 self.cancel_sent[row.id] = time.monotonic()
-            elif row.state != "cancelling":
+            elif row.state != SearchState.CANCELLING:
                 raise ConflictError(f"search {search_id} is {row.state}: only queued, running or interrupted "
                                     "searches can be cancelled")
             return row
@@ -157,7 +157,7 @@ class SearchManager:
             row.cancel_requested = False
             row.error = None
             row.finished_at = None
-            self.set_state(session, row, "queued", resumed=True)
+            self.set_state(session, row, SearchState.QUEUED, resumed=True)
             return row
 
     def delete(self, search_id: str) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
 
 from search.history import COLUMNS, OLD_COLUMNS, Record, parse_row, rank
+
+# The fields of a search's best record that the search shows (its ``best``, in the database and the API).
+BEST_FIELDS = ("index", "accuracy", "cost_ratio", "reward", "keep", "rung", "score")
 
 
 class HistoryTail:
@@ -59,16 +63,13 @@ def _record(row: list[str]) -> Record | None:
 
 
 def best_summary(record: Record | None) -> dict[str, Any] | None:
-    """What a search's ``best`` shows."""
+    """What a search's ``best`` shows: the :data:`BEST_FIELDS` of its best record."""
     if record is None:
         return None
-    return {"index": record.index, "accuracy": record.accuracy, "cost_ratio": record.cost_ratio,
-            "reward": record.reward, "keep": list(record.keep), "rung": record.rung, "score": record.score}
+    values = record_dict(record)
+    return {name: values[name] for name in BEST_FIELDS}
 
 
 def record_dict(record: Record) -> dict[str, Any]:
-    """One ``history.csv`` row as JSON."""
-    return {"index": record.index, "strategy": record.strategy, "step": record.step, "accuracy": record.accuracy,
-            "loss": record.loss, "cost": record.cost, "cost_ratio": record.cost_ratio, "reward": record.reward,
-            "cached": record.cached, "seconds": record.seconds, "wall_time": record.wall_time,
-            "keep": list(record.keep), "rung": record.rung, "score": record.score}
+    """One ``history.csv`` row as JSON: every field of :class:`~search.history.Record`."""
+    return {**dataclasses.asdict(record), "keep": list(record.keep)}

@@ -4,37 +4,44 @@
 import asyncio
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 
 from search.history import read_history
-from search.service.db import ACTIVE
+from search.service.db import ACTIVE, SearchRow, SearchState
 from search.service.manager import ARTIFACTS, NotFoundError, SearchManager
 from search.service.progress import record_dict
-from search.service.schemas import EvaluationPage, InvalidSetting, Problem, Search, SearchList, State
+from search.service.schemas import EvaluationPage, InvalidSetting, Problem, Search, SearchList
 from search.service.security import require_token
 from search.service.validation import validate_settings
 
 SearchId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="the id POST /v1/searches returned")]
 ERRORS = {401: {"model": Problem, "description": "missing or wrong bearer token"},
-          404: {"model": Problem, "description": "no such search"}}
-KEEPALIVE_S = 15.0
+          404: {"model": Problem, "description": "no such search"},
+          422: {"model": InvalidSetting, "description": "a bad setting or parameter: which, and why"}}
+RETRY_MS = 2000  # the event stream's first message: how long a client waits before it reconnects
 
 
 def get_manager(request: Request) -> SearchManager:
     return request.app.state.manager
 
 
+def existing_search(search_id: SearchId, manager: SearchManager = Depends(get_manager)) -> SearchRow:
+    """The search ``search_id``; a dependency, so that a stream of no search is a 404 before it starts."""
+    return manager.get(search_id)
+
+
 def searches_router(settings_model: type[BaseModel]) -> APIRouter:
     """The routes; ``settings_model`` is the submit body (:func:`search.service.schemas.settings_model`)."""
     router = APIRouter(prefix="/v1/searches", tags=["searches"], dependencies=[Depends(require_token)],
-                       responses={401: ERRORS[401], 422: {"model": InvalidSetting, "description": "a bad setting "
-                                                          "or parameter: which, and why"}})
+                       responses={401: ERRORS[401], 422: ERRORS[422]})
 
     @router.post("", status_code=201, response_model=Search, summary="Submit a search",
                  responses={200: {"model": Search, "description": "a search submitted before with this "
@@ -56,7 +63,8 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
         return Search.of(row)
 
     @router.get("", response_model=SearchList, summary="List searches (in queue order)")
-    def list_searches(request: Request, state: State | None = Query(None, description="only searches in this state"),
+    def list_searches(request: Request,
+                      state: SearchState | None = Query(None, description="only searches in this state"),
                       limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10**9),
                       manager: SearchManager = Depends(get_manager)) -> SearchList:
         _whole_numbers(request, "limit", "offset")
@@ -77,20 +85,39 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
         records = read_history(f"{row.run_dir}/history.csv")[after: after + limit]
         return EvaluationPage(evaluations=[record_dict(r) for r in records], next=after + len(records))
 
-    @router.get("/{search_id}/events", summary="Live progress (server-sent events)", response_class=StreamingResponse,
-                responses={200: {"content": {"text/event-stream": {}}, "description": "events 'state' and "
-                                 "'evaluation', each with its id; the stream ends when the search stops"},
-                           404: ERRORS[404]})
+    @router.get("/{search_id}/events", summary="Live progress (server-sent events)",
+                response_class=EventSourceResponse, dependencies=[Depends(existing_search)],
+                responses={200: {"description": "events 'state' and 'evaluation', each with its id; the stream ends "
+                                 "when the search stops"},
+                           **{code: _as_json(answer) for code, answer in ERRORS.items()}})
     async def events(request: Request, search_id: SearchId,
                      last_event_id: str | None = Header(None, max_length=18,
                                                         description="resume after this event id"),
                      after: int = Query(0, ge=0, le=10**18, description="start after this event id"),
-                     manager: SearchManager = Depends(get_manager)) -> StreamingResponse:
-        await run_in_threadpool(manager.get, search_id)  # 404 before the stream starts
-        start = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else after
+                     manager: SearchManager = Depends(get_manager)) -> AsyncIterator[ServerSentEvent]:
+        """The search's events after ``after`` (or the ``Last-Event-ID`` header), then each new one as it comes."""
+        # FastAPI frames each event and sends a keep-alive comment (": ping") after 15 s without one.
+        if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
+            after = int(last_event_id)
         interval = request.app.state.config.poll_interval
-        return StreamingResponse(_event_stream(manager, search_id, start, request, interval),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        stopping = request.app.state.stopping
+        yield ServerSentEvent(retry=RETRY_MS)
+        while not stopping.is_set():  # the server is stopping: end here, a client reconnects with Last-Event-ID
+            try:
+                row = await run_in_threadpool(manager.get, search_id)
+            except NotFoundError:
+                return  # deleted
+            batch = await run_in_threadpool(manager.events, search_id, after=after)
+            for event in batch:
+                yield ServerSentEvent(id=str(event.id), event=event.kind, raw_data=json.dumps(event.data))
+                after = event.id
+            if batch:
+                continue
+            if row.state not in ACTIVE:  # read before the events: its last event is in the batch just sent
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(interval)
 
     @router.get("/{search_id}/artifacts/{name}", summary="A file of the run folder", response_class=FileResponse,
                 responses={200: {"content": {t: {} for t in sorted(set(ARTIFACTS.values()))}},
@@ -131,28 +158,8 @@ def _whole_numbers(request: Request, *names: str) -> None:
                                            "msg": f"must be a whole number like 10, got {text!r}"}])
 
 
-async def _event_stream(manager: SearchManager, search_id: str, after: int, request: Request, interval: float):
-    yield "retry: 2000\n\n"
-    idle = 0.0
-    stopping = request.app.state.stopping
-    while not stopping.is_set():  # the server is stopping: end here, a client reconnects with Last-Event-ID
-        try:
-            row = await run_in_threadpool(manager.get, search_id)
-        except NotFoundError:
-            return  # deleted
-        batch = await run_in_threadpool(manager.events, search_id, after=after)
-        for event in batch:
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
-            after = event.id
-        if batch:
-            idle = 0.0
-            continue
-        if row.state not in ACTIVE:  # read before the events: its last event is in the batch just sent
-            return
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(interval)
-        idle += interval
-        if idle >= KEEPALIVE_S:
-            idle = 0.0
-            yield ": keep-alive\n\n"
+def _as_json(answer: dict) -> dict:
+    """An error answer of the event stream, documented as the JSON it is (FastAPI would list its model under
+    ``text/event-stream``, the stream's media type)."""
+    schema = {"$ref": f"#/components/schemas/{answer['model'].__name__}"}
+    return {"description": answer["description"], "content": {"application/json": {"schema": schema}}}

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from amc.errors import ConfigError
-from search.service.db import LIVE, SearchRow, utcnow
+from search.service.db import LIVE, SearchRow, SearchState, utcnow
 from search.service.executor import LOG_FILE, Exit, Launch
 from search.service.manager import SearchManager
 from search.service.progress import HistoryTail, best_summary
@@ -84,7 +84,7 @@ class Scheduler:
             if not self._settle_if_ended(search_id):
                 log.info("search %s still runs: following it again", search_id)
                 row = self.manager.get(search_id)
-                if row.state == "cancelling":
+                if row.state == SearchState.CANCELLING:
                     self.executor.cancel(row.handle)
                     self.manager.cancel_sent[search_id] = time.monotonic()
 
@@ -134,15 +134,15 @@ class Scheduler:
         if tail.best is not None:  # also a ladder's re-score (a row of a candidate told before) can be the best
             row.best = best_summary(tail.best)
 
-    def _final_state(self, row: SearchRow, ended: Exit) -> tuple[str, str | None]:
+    def _final_state(self, row: SearchRow, ended: Exit) -> tuple[SearchState, str | None]:
         complete = ended.code == 0 and not _stopped_early(Path(row.run_dir))
         if complete:
-            return "succeeded", None
+            return SearchState.SUCCEEDED, None
         if row.cancel_requested:
-            return "cancelled", None
+            return SearchState.CANCELLED, None
         if ended.code in (0, 130) or ended.code is None or ended.code < 0:
-            return "interrupted", None
-        return "failed", _last_error(self.executor.logs(row.handle))
+            return SearchState.INTERRUPTED, None
+        return SearchState.FAILED, _last_error(self.executor.logs(row.handle))
 
     def _enforce_cancel_timeout(self, search_id: str) -> None:
         sent = self.manager.cancel_sent.get(search_id)
@@ -157,7 +157,7 @@ class Scheduler:
             free = self.config.max_concurrent - self.manager.live_count(session)
             if free <= 0:
                 return
-            queued = session.scalars(select(SearchRow).where(SearchRow.state == "queued")
+            queued = session.scalars(select(SearchRow).where(SearchRow.state == SearchState.QUEUED)
                                      .order_by(SearchRow.queue_seq).limit(free))
             for row in queued:
                 self._launch(session, row)
@@ -175,11 +175,10 @@ class Scheduler:
                                                     run_dir=run_dir))
         except (OSError, ConfigError) as exc:
             row.error = f"cannot start the search: {exc}"
-            self.manager.set_state(session, row, "failed", error=row.error)
+            self.manager.set_state(session, row, SearchState.FAILED, error=row.error)
             return
         row.started_at = row.started_at or utcnow()
-        self.manager.set_state(session, row, "running", resumed=resume)
-
+        self.manager.set_state(session, row, SearchState.RUNNING, resumed=resume)
 
     def _create_optuna_schema(self) -> None:
         """Optuna's tables, made once here: two first searches creating them at once could collide."""

@@ -1,17 +1,33 @@
-"""Request and response bodies (they are the OpenAPI document)."""
+"""Request and response bodies (they are the OpenAPI document).
+
+The evaluation rows (:class:`Evaluation`) and the best so far (:class:`Best`) are built from the fields of
+:class:`search.history.Record`, so a new field of ``history.csv`` reaches the API and its document by itself.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
 
-from search.service.db import STATES, SearchRow, as_utc
-from search.service.validation import LIMITS, MAX_TEXT, json_kind, option_actions
+from search.history import Record
+from search.service.db import SearchRow, SearchState, as_utc
+from search.service.progress import BEST_FIELDS
+from search.service.validation import LIMITS, MAX_TEXT, settable_options
 
-State = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted"]
-assert set(State.__args__) == set(STATES)
+# What the document says about some of the Record fields (the others go by their names).
+EVALUATION_DOCS = {
+    "rung": "0: the search's own score; r >= 1: the ladder's r-th score of this candidate",
+    "score": "the candidate score of this row (bn, reconstruct, finetune:K[+kd])",
+}
+BEST_DOCS = {
+    "index": "evaluation number (the index column of history.csv)",
+    "keep": "per-layer keep ratios",
+    "rung": "the ladder rung of this score (0: the search's own score)",
+    "score": "the candidate score that measured the accuracy",
+}
 
 
 def settings_model(*, max_evaluations: int) -> type[BaseModel]:
@@ -22,8 +38,8 @@ def settings_model(*, max_evaluations: int) -> type[BaseModel]:
     """
     fields: dict[str, Any] = {}
     limits = {**LIMITS, "evaluations": max_evaluations}
-    for name, action in option_actions().items():
-        kind = json_kind(action)
+    for name, action in settable_options().items():
+        kind = action.kind
         extra: dict[str, Any] = {}
         if action.choices:
             extra["enum"] = list(action.choices)
@@ -45,19 +61,37 @@ def _schema_extra(extra: dict[str, Any]):
     return edit
 
 
-class Best(BaseModel):
-    index: int = Field(description="evaluation number (the index column of history.csv)")
-    accuracy: float
-    cost_ratio: float
-    reward: float
-    keep: list[float] = Field(description="per-layer keep ratios")
-    rung: int = Field(0, description="the ladder rung of this score (0: the search's own score)")
-    score: str = Field("", description="the candidate score that measured the accuracy")
+def record_model(name: str, *, fields: tuple[str, ...] | None = None,
+                 descriptions: dict[str, str] | None = None) -> type[BaseModel]:
+    """A response model with the fields of :class:`search.history.Record` (its types and defaults).
+
+    Args:
+        name: The model's name (its OpenAPI schema's).
+        fields: The Record fields it has, in Record's order (None: all).
+        descriptions: Field name -> its description in the document.
+    """
+    hints = get_type_hints(Record)
+    known = [field.name for field in dataclasses.fields(Record)]
+    unknown = set(fields or ()) - set(known)
+    if unknown:
+        raise ValueError(f"{name}: {sorted(unknown)} are not fields of search.history.Record ({', '.join(known)})")
+    descriptions = descriptions or {}
+    chosen: dict[str, Any] = {}
+    for field in dataclasses.fields(Record):
+        if fields is not None and field.name not in fields:
+            continue
+        default = ... if field.default is dataclasses.MISSING else field.default
+        chosen[field.name] = (hints[field.name], Field(default, description=descriptions.get(field.name)))
+    return create_model(name, **chosen)
+
+
+Best = record_model("Best", fields=BEST_FIELDS, descriptions=BEST_DOCS)
+Evaluation = record_model("Evaluation", descriptions=EVALUATION_DOCS)
 
 
 class Search(BaseModel):
     id: str
-    state: State
+    state: SearchState
     settings: dict[str, Any] = Field(description="the settings as submitted")
     options: dict[str, Any] = Field(description="every option's value, defaults filled in")
     evaluations_done: int
@@ -73,7 +107,7 @@ class Search(BaseModel):
     @classmethod
     def of(cls, row: SearchRow) -> Search:
         done, total = row.evaluations_done, row.evaluations_total
-        progress = 1.0 if row.state == "succeeded" else min(1.0, done / total) if total else 0.0
+        progress = 1.0 if row.state == SearchState.SUCCEEDED else min(1.0, done / total) if total else 0.0
         return cls(id=row.id, state=row.state, settings=row.settings, options=row.options, evaluations_done=done,
                    evaluations_total=total, progress=progress, best=row.best, attempt=row.attempt,
                    error=row.error, created_at=as_utc(row.created_at), started_at=as_utc(row.started_at),
@@ -82,23 +116,6 @@ class Search(BaseModel):
 
 class SearchList(BaseModel):
     searches: list[Search]
-
-
-class Evaluation(BaseModel):
-    index: int
-    strategy: str
-    step: int
-    accuracy: float
-    loss: float
-    cost: float
-    cost_ratio: float
-    reward: float
-    cached: bool
-    seconds: float
-    wall_time: float
-    keep: list[float]
-    rung: int = Field(0, description="0: the search's own score; r >= 1: the ladder's r-th score of this candidate")
-    score: str = Field("", description="the candidate score of this row (bn, reconstruct, finetune:K[+kd])")
 
 
 class EvaluationPage(BaseModel):

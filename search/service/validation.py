@@ -1,21 +1,24 @@
-"""A submitted search's settings, checked by ``scripts/search.py``'s own parser and configs.
+"""A submitted search's settings, checked by the same option schema as ``scripts/search.py``'s options.
 
 The request body is a JSON object whose keys are ``scripts/search.py``'s long option names
-(``budget``, ``strategy``, ``no_export``, ...; dashes or underscores). Each value goes through the
-option's argparse type (the same function that checks ``--budget 0`` at the command line), then the
-whole set through :func:`search.cli.search.build_config` (the frozen configs' checks), so a setting
-the CLI rejects is rejected here with the same reason. The service adds bounds of its own
-(:data:`LIMITS`) and owns the run folder, the Optuna storage and the console output.
+(``budget``, ``strategy``, ``no_export``, ...; dashes or underscores). Each value must have its option's
+JSON kind (:attr:`search.options.Option.kind`); then the values go through
+:class:`search.options.SearchOptions` (the readers that check ``--budget 0`` at the command line) and
+:meth:`~search.options.SearchOptions.to_config` (the frozen configs' checks), so a setting the CLI rejects
+is rejected here with the same reason. The service adds bounds of its own (:data:`LIMITS`) and owns the run
+folder, the Optuna storage and the console output.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from amc.errors import AmcError
+from search.options import Option, SearchOptions, as_text, first_error, options
 
 # Settings the service sets itself: where the run goes, its Optuna storage, the console, the cluster.
 SERVICE_OWNED = {
@@ -61,12 +64,9 @@ class Settings:
         return 1 if self.options["strategy"] in ("uniform", "sensitivity") else self.options["evaluations"]
 
 
-def option_actions() -> dict[str, argparse.Action]:
+def settable_options() -> dict[str, Option]:
     """``scripts/search.py``'s options a request may set, by name (underscore form)."""
-    from search.cli.search import DEFAULTS, build_parser
-
-    return {a.dest: a for a in build_parser()._actions
-            if a.dest in DEFAULTS and a.dest not in SERVICE_OWNED}
+    return {name: option for name, option in options().items() if name not in SERVICE_OWNED}
 
 
 def option_argv(key: str, value: Any) -> list[str]:
@@ -74,9 +74,7 @@ def option_argv(key: str, value: Any) -> list[str]:
     flag = "--" + key.replace("_", "-")
     if isinstance(value, bool):
         return [flag] if value else []
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)
-    return [f"{flag}={value}"]
+    return [f"{flag}={as_text(value)}"]
 
 
 def settings_argv(given: dict[str, Any]) -> list[str]:
@@ -90,74 +88,53 @@ def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["
     Raises:
         SettingsError: The first setting that cannot be used, with the reason.
     """
-    from search.cli.search import DEFAULTS, build_config
-
-    actions = option_actions()
-    parser = _raising_parser()
+    settable = settable_options()
     given: dict[str, Any] = {}
-    options = dict(DEFAULTS)
     for raw_key, value in values.items():
         key = str(raw_key).replace("-", "_")
         if key in SERVICE_OWNED:
             raise SettingsError(key, f"not settable: {SERVICE_OWNED[key]}")
-        if key not in actions:
+        if key not in settable:
             raise SettingsError(key, f"unknown setting; use scripts/search.py's long option names "
-                                     f"({', '.join(sorted(actions))})")
+                                     f"({', '.join(sorted(settable))})")
         if value is None:
             continue
-        _check_kind(key, value, actions[key])
-        try:
-            options.update(vars(parser.parse_args(option_argv(key, value))))
-        except _ParseError as exc:
-            raise SettingsError(key, str(exc)) from None
+        _check_kind(key, value, settable[key])
         given[key] = value
+    try:
+        checked = SearchOptions.model_validate(given)
+    except ValidationError as exc:
+        raise SettingsError(*first_error(exc, order=list(given))) from None
+    resolved = checked.model_dump()
     for key, high in {**LIMITS, "evaluations": max_evaluations}.items():
-        value = options.get(key)
+        value = resolved.get(key)
         if value is not None and not isinstance(value, bool) and isinstance(value, int) and not 0 <= value <= high:
             raise SettingsError(key, f"must be in [0, {high}] on this service, got {value!r}")
     for key in ("score", "ladder"):
-        for score in [options[key]] if isinstance(options.get(key), str) else options.get(key) or ():
+        for score in [resolved[key]] if isinstance(resolved.get(key), str) else resolved.get(key) or ():
             steps = re.match(r"finetune:(\d+)", score)
             if steps and int(steps.group(1)) > MAX_FINETUNE_STEPS:
                 raise SettingsError(key, f"{score!r}: at most finetune:{MAX_FINETUNE_STEPS} on this service")
-    options["out"] = "runs/service-check"  # a placeholder: the service sets the real folder at launch
-    try:
-        build_config(options)
+    try:  # the run folder is a placeholder: the service sets the real one at launch
+        checked.model_copy(update={"out": "runs/service-check"}).to_config()
     except (AmcError, ValueError) as exc:
-        raise SettingsError(_named_field(str(exc), actions), str(exc)) from None
+        raise SettingsError(_named_field(str(exc), settable), str(exc)) from None
     for key in SERVICE_OWNED:
-        options.pop(key, None)
-    if options.get("ladder") is not None:
-        options["ladder"] = list(options["ladder"])
-    return Settings(given=given, options=options)
+        resolved.pop(key, None)
+    if resolved.get("ladder") is not None:
+        resolved["ladder"] = list(resolved["ladder"])
+    return Settings(given=given, options=resolved)
 
 
-class _ParseError(Exception):
-    pass
-
-
-def _raising_parser() -> argparse.ArgumentParser:
-    from search.cli.search import build_parser
-
-    parser = build_parser()
-
-    def error(message: str) -> None:  # argparse's "argument --budget: must be ..." without the option's name
-        raise _ParseError(re.sub(r"^argument [^:]+: ", "", message))
-
-    parser.error = error  # the parser's only way out: report instead of exiting
-    return parser
-
-
-def _check_kind(key: str, value: Any, action: argparse.Action) -> None:
+def _check_kind(key: str, value: Any, option: Option) -> None:
     """The JSON kind of a value must be the option's (the OpenAPI schema says which)."""
-    kind = json_kind(action)
     ok = {"boolean": lambda v: isinstance(v, bool),
           "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
           "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           "string": lambda v: isinstance(v, str),
-          "list": lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))}[kind]
-    if not ok(value):
-        raise SettingsError(key, f"must be {_KIND_WORDS[kind]}, got {value!r}")
+          "list": lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))}
+    if not ok[option.kind](value):
+        raise SettingsError(key, f"must be {_KIND_WORDS[option.kind]}, got {value!r}")
     texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
     for text in texts:
         if len(text) > MAX_TEXT or any(ord(c) < 32 for c in text):
@@ -168,25 +145,10 @@ _KIND_WORDS = {"boolean": "true or false", "integer": "an integer", "number": "a
                "list": "a list of strings or a comma-separated string"}
 
 
-def json_kind(action: argparse.Action) -> str:
-    """The JSON kind of an option's value: boolean, integer, number, string or list."""
-    if isinstance(action, argparse._StoreTrueAction):
-        return "boolean"
-    kind = action.type
-    name = getattr(kind, "__qualname__", "")
-    if kind is int or name.startswith("int_at_least"):
-        return "integer"
-    if kind is float or name.startswith("number_in"):
-        return "number"
-    if name.startswith("comma_list"):
-        return "list"
-    return "string"
-
-
-def _named_field(message: str, actions: dict[str, argparse.Action]) -> str:
+def _named_field(message: str, settable: dict[str, Option]) -> str:
     """The setting a config error names first (``--min-keep (0.9) must not exceed ...`` -> ``min_keep``)."""
     for match in re.finditer(r"--([a-z][a-z0-9-]*)", message):
         key = match.group(1).replace("-", "_")
-        if key in actions:
+        if key in settable:
             return key
     return "settings"

@@ -1,4 +1,5 @@
-"""The process a service search runs in: ``scripts/search.py``'s ``main`` plus an exit record.
+"""The process a service search runs in: ``scripts/search.py``'s run (:func:`search.launch.main`) plus an exit
+record.
 
     python -m search.service.worker --exit-file runs/<id>/service-exit.json --attempt 1 -- --budget 0.3 ...
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         # A cancel that came before the handler above was lost as a signal; its record was written first.
         if cancel_requested(Path(args.exit_file).parent, args.attempt):
             raise KeyboardInterrupt
-        from search.cli.search import (
+        from search.launch import (
             main as search_main,  # a stop may come while torch loads
         )
 

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from amc.cost.analytic import FlopsCost, ParamsCost, make_cost_model
-
-from amc.graph.widths import weights_kept
+from amc.cost.analytic import AnalyticCost, FlopsCost, ParamsCost, make_cost_model
+from amc.cost.base import ANALYTIC_RESOURCES, RESOURCES, CostModel, ShapeCost
+from amc.cost.latency import LatencyCost
 from amc.errors import ConfigError
 from amc.graph.discover import discover
-from amc.graph.widths import channels_for
+from amc.graph.widths import channels_for, weights_kept
 from amc.models import build_model
 from amc.pruning.pruner import prune_model
 
@@ -138,6 +138,35 @@ def test_unknown_resource_is_refused() -> None:
     graph = discover(model, torch.zeros(1, *shape))
     with pytest.raises(ConfigError, match="'energy'.*flops"):
         make_cost_model("energy", graph)
+
+
+def test_cost_models_are_siblings_under_one_public_base() -> None:
+    model, shape = MODELS["cnn"]()
+    graph = discover(model, torch.zeros(1, *shape))
+    for resource in ANALYTIC_RESOURCES:
+        cost = make_cost_model(resource, graph)
+        assert isinstance(cost, AnalyticCost) and isinstance(cost, ShapeCost) and isinstance(cost, CostModel)
+        assert cost.resource == resource and cost.ratio([1.0] * len(graph)) == 1.0
+        assert cost.walks and not make_cost_model(resource, graph, granularity="weight").walks
+    assert issubclass(LatencyCost, ShapeCost) and not issubclass(LatencyCost, AnalyticCost)
+    assert LatencyCost.exact_walk  # declared by inheritance: its cost is a function of the module shapes
+    assert RESOURCES == (*ANALYTIC_RESOURCES, LatencyCost.resource)
+    with pytest.raises(TypeError):
+        CostModel()  # abstract: ``cost`` is the contract
+
+
+def test_a_subclass_that_changes_channel_costs_is_off_the_walk_unless_it_declares() -> None:
+    model, shape = MODELS["cnn"]()
+    graph = discover(model, torch.zeros(1, *shape))
+
+    class Penalised(FlopsCost):
+        def _value_channels(self, channels: np.ndarray) -> float:
+            return super()._value_channels(channels) + 1.0
+
+    class Declared(Penalised):
+        exact_walk = True
+
+    assert not Penalised(graph).walks and Declared(graph).walks and FlopsCost(graph).walks
 
 
 class LogSoftmaxNet(nn.Module):

@@ -15,7 +15,8 @@ from amc.evaluation.evaluator import EvalConfig
 from amc.graph.discover import LayerGraph, discover
 from amc.models import build_model
 from amc.pruning.policy import Policy
-from amc.pruning.pruner import CRITERIA, prune_model
+from amc.pruning.criteria import CRITERIA
+from amc.pruning.pruner import prune_model
 from amc.train import TrainConfig, load_checkpoint
 
 BAD_KEEP = [0, -0.1, 1.5, math.nan]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import amc.cost.latency as latency
 from amc.context import ContextConfig, build_context
-from amc.errors import BudgetError, ConfigError
+from amc.cost import latency, lookup, timing
 from amc.cost.latency import LatencyConfig, LatencyCost, build_latency_cost, cache_path
+from amc.errors import BudgetError, ConfigError
 from amc.graph.discover import discover
 from envs.projection import BudgetProjector
 
@@ -93,7 +93,7 @@ def test_corrupt_or_foreign_cache_is_rebuilt(cost, resnet, table_dir, damage, ca
         rebuilt = build_latency_cost(model, graph, config, progress=False)
     assert measured == [1], "the damaged table was trusted"
     assert "rebuilding" in caplog.text
-    entries = latency._entries(model, graph, config.grid)[0]
+    entries = lookup.table_entries(model, graph, config.grid)[0]
     assert json.loads(path.read_text())["key"] == latency._cache_key(graph, config, entries)  # rewritten, good
     assert rebuilt.base > 0
 
@@ -125,7 +125,7 @@ def test_bilinear_interpolation_is_exact_on_a_plane():
     outs, ins = np.array([2.0, 5.0, 9.0]), np.array([1.0, 4.0])
     plane = 0.5 * outs[:, None] + 2.0 * ins[None, :] + 1.0
     out_q, in_q = np.arange(2, 10), np.arange(1, 5)
-    full = latency._bilinear(plane, outs, ins, out_q, in_q)
+    full = lookup.bilinear(plane, outs, ins, out_q, in_q)
     assert np.allclose(full, 0.5 * out_q[:, None] + 2.0 * in_q[None, :] + 1.0)
 
 
@@ -172,7 +172,7 @@ def test_calibration_fit_passes_through_the_base_model():
 
 def _synthetic_cost(model, graph) -> LatencyCost:
     """A latency cost from a made-up, noise-free table (ms = 1e-4 * out * in + 0.01 per entry)."""
-    entries, _ = latency._entries(model, graph, 4)
+    entries, _ = lookup.table_entries(model, graph, 4)
     modules = [{"name": e.name, "out_grid": list(e.out_grid), "in_grid": list(e.in_grid),
                 "ms": [[1e-4 * o * max(i, 1) + 0.01 for i in e.in_grid] for o in e.out_grid]} for e in entries]
     table = {"modules": modules, "alpha": 0.05, "gamma": 1.0, "measured_base_ms": 1.0, "calibration": []}
@@ -222,7 +222,30 @@ def test_context_builds_the_latency_cost_once(amc_cache, tmp_path):
 
 
 def test_keep_freed_memory_applies_on_linux():
-    assert latency.keep_freed_memory() is True
+    with timing.freed_memory_kept() as applied:
+        assert applied is True
+
+
+@pytest.mark.parametrize("environment", [None, "65536"])
+def test_freed_memory_is_kept_only_while_timing(monkeypatch, environment):
+    """The malloc settings are set once for nested timings and restored after the outermost one: to the
+    user's ``MALLOC_*_THRESHOLD_`` when set, else glibc's defaults."""
+    calls = []
+    monkeypatch.setattr(timing, "_mallopt", lambda values: calls.append(dict(values)) or True)
+    for variable in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        if environment is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, environment)
+    with timing.freed_memory_kept() as outer:
+        with timing.freed_memory_kept() as inner:
+            assert outer is True and inner is True
+        assert len(calls) == 1
+    restored = int(environment or 128 * 1024)
+    assert calls == [{-3: 1 << 30, -1: 1 << 30}, {-3: restored, -1: restored}]
+    compare_calls = len(calls)
+    timing.compare_latency({"m": torch.nn.Linear(2, 2)}, (2,), repeats=2, min_run_time=0.001)
+    assert len(calls) == compare_calls + 2  # one scope around the interleaved rounds
 
 
 def _independent_prediction(cost: LatencyCost, keep) -> float:
@@ -260,17 +283,17 @@ def test_grouped_convs_are_timed_with_their_groups(tmp_path):
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, groups=4), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
                           nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 3))
     graph = discover(model.eval(), torch.zeros(1, 4, 6, 6))
-    entries, _ = latency._entries(model, graph, 3)
+    entries, _ = lookup.table_entries(model, graph, 3)
     grouped = next(e for e in entries if e.name == "0")
     assert grouped.config[5] == 4
-    module, shape = latency._standalone(grouped.config, grouped.out_grid[-1], grouped.in_grid[-1])
+    module, shape = lookup.standalone_module(grouped.config, grouped.out_grid[-1], grouped.in_grid[-1])
     assert module.groups == 4 and module.weight.shape == model[0].weight.shape and shape == (4, 6, 6)
 
 
 def test_grid_follows_the_rounding_lattice():
-    assert latency._grid(8, 32, 8, 8) == (8, 16, 24, 32)  # round_to 8: only the counts the search reaches
-    assert latency._grid(1, 16, 20, 1) == tuple(range(1, 17))
-    grid = latency._grid(8, 128, 8, 8)
+    assert lookup.channel_grid(8, 32, 8, 8) == (8, 16, 24, 32)  # round_to 8: only the counts the search reaches
+    assert lookup.channel_grid(1, 16, 20, 1) == tuple(range(1, 17))
+    grid = lookup.channel_grid(8, 128, 8, 8)
     assert len(grid) <= 8 and grid[0] == 8 and grid[-1] == 128 and all(g % 8 == 0 for g in grid)
 
 
@@ -300,8 +323,8 @@ def test_same_shapes_other_stride_is_a_foreign_table(tmp_path):
 def test_exported_programs_can_be_timed(small_model, tmp_path):
     import torch
 
+    from amc.cost.timing import compare_latency
     from amc.pruning.export import export_pt2
-    from amc.cost.latency import compare_latency
 
     model, example = small_model("cnn")
     program = torch.export.load(export_pt2(model, example, tmp_path / "m.pt2")).module()
@@ -334,14 +357,14 @@ def test_a_spell_of_the_machine_moves_no_table_entry(resnet, tmp_path, monkeypat
     """This VM switches between speeds 30-50% apart every few seconds: an entry is the median of its
     passes, so one pass timed in a fast or slow spell changes nothing (the minimum would take a fast one)."""
     model, graph = resnet
-    entries, _ = latency._entries(model, graph, 3)
+    entries, _ = lookup.table_entries(model, graph, 3)
     points = len({(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid})
 
     def ms(fn):  # deterministic per configuration: the module's weight count
         return 1e-3 * sum(p.numel() for p in fn.__defaults__[0].parameters()) + 0.01
 
     def table(spell):
-        monkeypatch.setattr(latency, "_timer", _SpellyTimer(ms, spell, factor))
+        monkeypatch.setattr(timing, "make_timer", _SpellyTimer(ms, spell, factor))
         config = LatencyConfig(grid=3, passes=3)
         return latency._measure_entries(entries, config, progress=False)
 
@@ -352,7 +375,7 @@ def test_a_spell_of_the_machine_moves_no_table_entry(resnet, tmp_path, monkeypat
 
 
 def test_a_spell_during_interleaved_timing_moves_no_model(monkeypatch):
-    from amc.cost.latency import compare_latency
+    from amc.cost.timing import compare_latency
 
     models = {"base": torch.nn.Linear(4, 4), "pruned": torch.nn.Linear(4, 2)}
     cost = {id(m): ms for m, ms in zip(models.values(), (2.0, 1.0))}
@@ -361,7 +384,7 @@ def test_a_spell_during_interleaved_timing_moves_no_model(monkeypatch):
         return next(cost[id(c.cell_contents)] for c in fn.__closure__ if isinstance(c.cell_contents, torch.nn.Module))
 
     timer = _SpellyTimer(ms, range(4, 10), 1.6)
-    monkeypatch.setattr(latency, "_timer", timer)
+    monkeypatch.setattr(timing, "make_timer", timer)
     measured = compare_latency(models, (4,), repeats=9, min_run_time=0.01)
     assert measured == {"base": pytest.approx(2.0), "pruned": pytest.approx(1.0)}  # 3 of 9 rounds slow
 
@@ -381,14 +404,14 @@ def test_a_spell_over_a_third_of_the_build_moves_neither_table_nor_calibration(r
     model, graph = resnet
     config = LatencyConfig(grid=3, passes=3, calibration_rounds=9, calibration_keeps=(0.5,), calibration_random=1,
                            cache_dir=str(tmp_path))
-    entries, _ = latency._entries(model, graph, config.grid)
+    entries, _ = lookup.table_entries(model, graph, config.grid)
     points = len({(e.config, o, i) for e in entries for o in e.out_grid for i in e.in_grid})
     runs = 3 * points + 9 * 3  # table entries of 3 passes, 9 rounds over 3 calibration models
     third = range(0, runs // 3) if where == "first" else range(runs - runs // 3, runs)
 
     def build(spell):
         timer = _SpellyTimer(_module_ms, spell, 2.0)
-        monkeypatch.setattr(latency, "_timer", timer)
+        monkeypatch.setattr(timing, "make_timer", timer)
         cost = build_latency_cost(model, graph, config, progress=False, use_cache=False)
         assert timer.runs == runs
         return cost.table
@@ -402,9 +425,9 @@ def test_a_spell_over_a_third_of_the_build_moves_neither_table_nor_calibration(r
 def test_calibration_rounds_run_between_the_entries_of_every_pass(resnet, monkeypatch):
     model, graph = resnet
     config = LatencyConfig(grid=3, passes=2, calibration_rounds=4, calibration_keeps=(), calibration_random=0)
-    entries, _ = latency._entries(model, graph, config.grid)
+    entries, _ = lookup.table_entries(model, graph, config.grid)
     order = []
-    monkeypatch.setattr(latency, "_timer", _SpellyTimer(lambda fn: order.append(fn.__defaults__ is None) or 1.0,
+    monkeypatch.setattr(timing, "make_timer", _SpellyTimer(lambda fn: order.append(fn.__defaults__ is None) or 1.0,
                                                         range(0), 1.0))
     calibration = latency._Calibration(model, graph, config)
     latency._measure_entries(entries, config, progress=False, calibration=calibration)

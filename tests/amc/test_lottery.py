@@ -27,7 +27,8 @@ from amc.analysis.lottery import (
     train_span,
 )
 from amc.models import build_model
-from amc.train import TrainConfig, accuracy, train
+from amc.evaluation.metrics import accuracy
+from amc.train import TrainConfig, train
 from search.bench.lottery import markdown_body, read_rows, summary
 from search.bench.markdown import update_section
 from search.cli import lottery as cli

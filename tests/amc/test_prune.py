@@ -14,14 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from amc.cost.analytic import ParamsCost
-
-from amc.graph.widths import weights_kept
 from amc.errors import ConfigError
 from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
 from amc.graph.discover import LayerGraph, discover
+from amc.graph.widths import weights_kept
 from amc.models import MODELS
+from amc.pruning.criteria import CRITERIA, Criterion, criterion_names, parse_criterion
 from amc.pruning.policy import Policy
-from amc.pruning.pruner import CRITERIA, prune_model
+from amc.pruning.pruner import prune_model
 
 MODEL_NAMES = ("cnn", "resnet20", "resnet56", "mobilenetv2")
 GRANULARITIES = ("channel", "weight")
@@ -226,6 +226,53 @@ def test_data_criteria_need_calibration(base, criterion: str, granularity: str) 
     with pytest.raises(ConfigError, match="calibration") as info:
         prune_model(model, graph, [0.5] * len(graph), criterion=criterion, granularity=granularity)
     assert repr(criterion) in str(info.value)
+
+
+def test_criteria_are_registered_objects_parsed_once() -> None:
+    assert criterion_names() == ("l1", "l2", "random", "taylor", "apoz", "obd")  # l1 first: the default
+    for name, cls in CRITERIA.items():
+        criterion = parse_criterion(name)
+        assert type(criterion) is cls and isinstance(criterion, Criterion) and criterion.name == name
+        assert parse_criterion(criterion) is criterion
+    assert [n for n, c in CRITERIA.items() if c.needs_data] == ["taylor", "apoz", "obd"]
+    with pytest.raises(ConfigError) as info:
+        parse_criterion("l3")
+    assert "'l3'" in str(info.value) and all(repr(n) in str(info.value) for n in CRITERIA)
+    with pytest.raises(TypeError, match="'l1'"):
+        type("AnotherL1", (CRITERIA["l1"],), {"name": "l1"})  # a name is taken once
+
+
+def test_prune_model_takes_a_criterion_object_or_its_name(base) -> None:
+    model, x, graph = base("cnn")
+    keep = random_keep(graph, seed=1)
+    by_name = prune_model(model, graph, keep, criterion="taylor", calibration=calibration(x)).state_dict()
+    by_object = prune_model(model, graph, keep, criterion=parse_criterion("taylor"),
+                            calibration=calibration(x)).state_dict()
+    assert by_name.keys() == by_object.keys() and all(torch.equal(by_name[k], by_object[k]) for k in by_name)
+
+
+def test_a_new_criterion_is_one_class(base, monkeypatch) -> None:
+    """Defining the class is all it takes: the pruner, the registry and the policy format accept its name."""
+    model, _, graph = base("cnn")
+    monkeypatch.setitem(CRITERIA, "smallest-l1", None)  # removed again after the test
+
+    class SmallestL1(Criterion):
+        name = "smallest-l1"
+
+        def channel_scores(self, group, n, stats, generator):
+            return -CRITERIA["l1"]().channel_scores(group, n, stats, generator)
+
+        def weight_scores(self, weight, stats, generator):
+            return 1.0 / (weight.abs() + 1e-6)
+
+    assert CRITERIA["smallest-l1"] is SmallestL1 and "smallest-l1" in criterion_names()
+    keep = [0.5] * len(graph)
+    kept_small, kept_large = {}, {}
+    prune_model(model, graph, keep, criterion="smallest-l1", kept=kept_small)
+    prune_model(model, graph, keep, criterion="l1", kept=kept_large)
+    first = graph[0].name
+    assert not set(kept_small[first]) & set(kept_large[first])  # the opposite halves
+    assert Policy.from_ratios(graph, keep, criterion="smallest-l1").criterion == "smallest-l1"
 
 
 # ---------------------------------------------------------------- Optimal Brain Damage on hand-built layers

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import pickle
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch import nn
 
 from amc.cost.analytic import FlopsCost
 from amc.errors import ConfigError
-from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator, reconstruction_targets
+from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
 from amc.graph.discover import discover
 from amc.pruning.pruner import prune_model
-from amc.evaluation.scores import SCORE_CHOICES, Score, _inputs, _outputs, reconstruct
+from amc.evaluation.reconstruct import _inputs, _outputs, reconstruct, reconstruction_targets
+from amc.evaluation import scores
+from amc.evaluation.scores import SCORE_CHOICES, Finetune, Score
 from envs import BudgetProjector
 from tests.conftest import build_small_model
 
@@ -50,7 +56,7 @@ def test_reconstruct_raises_the_uniform_policy_over_bn_at_budget_0_2(setup) -> N
 def test_the_scored_model_is_the_one_the_score_measured(setup, score: str) -> None:
     """What a search exports and reports the test accuracy of: its validation accuracy is the score's, so
     with reconstruct the refitted weights, not the merely pruned ones (which score far lower at 0.2)."""
-    from amc.evaluation.evaluator import validate
+    from amc.evaluation.metrics import validate
 
     _, graph, digits = setup
     evaluator = _evaluator(setup, score)
@@ -123,8 +129,44 @@ def test_a_bad_score_is_one_line_listing_the_choices(text) -> None:
 
 
 def test_scores_parse_to_a_canonical_spelling() -> None:
-    assert Score.parse("finetune:20+kd") == Score("finetune", 20, True)
+    assert Score.parse("finetune:20+kd") == Finetune(steps=20, distill=True)
     assert str(Score.parse("finetune:020")) == "finetune:20"
     assert EvalConfig(score="reconstruct").score == "reconstruct"
     with pytest.raises(ConfigError, match="granularity channel"):
         EvalConfig(score="reconstruct", granularity="weight")
+
+
+@pytest.mark.parametrize("choice", scores.score_choices())
+def test_every_score_spells_itself_back_and_travels_by_pickle(choice: str) -> None:
+    """The contract every registered score keeps: ``str`` gives the spelling ``parse`` read (the one
+    history.csv and policy.json record), and it pickles (Ray workers receive it)."""
+    text = choice.replace("K", "3")
+    score = Score.parse(text)
+    assert isinstance(score, Score) and str(score) == text
+    assert Score.parse(score) is score and Score.parse(str(score)) == score
+    assert pickle.loads(pickle.dumps(score)) == score
+    assert EvalConfig(score=score).score == EvalConfig(score=text).score == text
+
+
+def test_a_new_score_is_one_subclass(setup, monkeypatch) -> None:
+    """Defining a subclass registers it: the config, the choices and the evaluator take it, nothing else changes.
+    A score that zeroes every weight leaves the logits equal: the loss is ln(10), every prediction class 0."""
+    monkeypatch.setattr(scores, "_REGISTRY", dict(scores._REGISTRY))  # the class below is this test's only
+
+    @dataclass(frozen=True)
+    class Zeroed(Score):
+        name = "zeroed"
+
+        def refine(self, pruned, kept, inputs, prepared) -> None:
+            with torch.no_grad():
+                for p in pruned.parameters():
+                    p.zero_()
+
+    assert "zeroed" in scores.SCORE_CHOICES and Score.parse("zeroed") == Zeroed()
+    with pytest.raises(ConfigError, match="granularity channel"):
+        EvalConfig(score="zeroed", granularity="weight")
+    model, graph, digits = setup
+    result = PolicyEvaluator(model, graph, digits, EvalConfig(score="zeroed")).evaluate([0.5] * len(graph))
+    labels = digits.val.tensors[1]
+    assert result.loss == pytest.approx(math.log(10), abs=1e-6)
+    assert result.accuracy == pytest.approx(float((labels == 0).float().mean()))

@@ -13,7 +13,8 @@ import torch
 
 from amc.errors import ConfigError
 from amc.models import build_model
-from amc.train import TrainConfig, accuracy, load_checkpoint, load_or_train, train
+from amc.evaluation.metrics import accuracy
+from amc.train import TrainConfig, load_checkpoint, load_or_train, train
 
 QUICK = TrainConfig(epochs=1)  # enough for cache behaviour; accuracy is not the point there
 
@@ -57,6 +58,19 @@ def test_seeded_training_is_deterministic_and_keyed(digits, tmp_path: Path) -> N
     assert not r3.cached and not r4.cached
     assert len({r1.checkpoint, r3.checkpoint, r4.checkpoint}) == 3
     assert not states_equal(first, other)
+
+
+def test_load_or_train_leaves_the_global_generator_alone(digits, tmp_path: Path) -> None:
+    """The seed goes into a forked generator: the caller's draws are those it would make without the call,
+    and the trained weights are the same whatever the caller's generator held."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first, _ = load_or_train("cnn", digits, config=QUICK, seed=2, cache_dir=tmp_path / "a", progress=False)
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(999)
+    second, _ = load_or_train("cnn", digits, config=QUICK, seed=2, cache_dir=tmp_path / "b", progress=False)
+    assert states_equal(first, second)
 
 
 def test_corrupt_cache_file_is_retrained(digits, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import amc.cost.latency
+import amc.cost.timing
 from amc.apply import apply_policy, context_config_of
 from amc.context import ContextConfig
 from amc.errors import BudgetError
@@ -89,7 +90,7 @@ def test_a_machine_that_changed_speed_since_the_table_is_named(tmp_path, amc_cac
         return cost
 
     monkeypatch.setattr(amc.cost.latency, "build_latency_cost", build)
-    monkeypatch.setattr(amc.cost.latency, "compare_latency", twice_as_slow)
+    monkeypatch.setattr(amc.cost.timing, "compare_latency", twice_as_slow)
     with caplog.at_level(logging.WARNING):
         run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
     metrics = Policy.load(tmp_path / "run" / "policy.json").metrics
@@ -109,7 +110,7 @@ def test_a_pruned_model_that_measures_over_the_budget_is_named(tmp_path, amc_cac
         ms = {"base": 1.0, "pruned": 0.5, "base_exported": 1.0, "pruned_exported": exported_ms}
         return {name: ms[name] for name in models}
 
-    monkeypatch.setattr(amc.cost.latency, "compare_latency", fake)
+    monkeypatch.setattr(amc.cost.timing, "compare_latency", fake)
     with caplog.at_level(logging.WARNING):
         run_search(_config(tmp_path / "run", amc_cache, latency_dir, strategy="random", evaluations=2))
     assert timed == [["base", "base_exported", "pruned", "pruned_exported"]]  # all four in the same rounds

@@ -22,11 +22,12 @@ from amc.errors import ConfigError
 from amc.evaluation.evaluator import EvalResult
 from amc.pruning.policy import Policy
 from envs import BudgetProjector
-from search import rl_checkpoint
-from search.ddpg import RLStrategy
 from search.history import COLUMNS, HistoryWriter, read_history
 from search.problem import SearchProblem
-from search.rl_checkpoint import CHECKPOINT, read_info
+from search.strategies import get as strategy_class
+from search.strategies.rl import RLStrategy
+from search.strategies.rl import checkpoint as rl_checkpoint
+from search.strategies.rl.checkpoint import CHECKPOINT, read_info
 from tests.search.helpers import SEARCH_SCRIPT, kill_search_when, run_script
 
 torch.set_num_threads(1)
@@ -77,8 +78,8 @@ def search(ctx, out: Path, *, kind: str = "ddpg", n_envs: int = 1, interrupt_at:
     history = HistoryWriter(out / "history.csv")
     problem = SearchProblem(graph=ctx.graph, cost_model=cost, projector=BudgetProjector(cost, BUDGET),
                             evaluator=evaluator, history=history, strategy=kind, previous=previous)
-    strategy = evaluator.strategy = RLStrategy(kind, warmup_episodes=WARMUP, n_envs=n_envs,
-                                               checkpoint_dir=out / "agent")
+    strategy = evaluator.strategy = strategy_class(kind)(warmup_episodes=WARMUP, n_envs=n_envs,
+                                                         checkpoint_dir=out / "agent")
     interrupted = False
     try:
         strategy.run(problem, N - len(previous), seed=0)

@@ -14,11 +14,12 @@ from torch import nn
 from amc.context import ContextConfig, build_context
 from amc.pruning.policy import Policy
 from envs import BudgetProjector, PruningEnv
-from search.baselines import random_keep, uniform_keep
 from search.config import SearchConfig
-from search.ddpg import ACTOR_LR, CRITIC_LR, EpisodeRewardBuffer, TruncatedNormalNoise, build_agent
 from search.problem import SearchProblem
 from search.runner import run_search
+from search.strategies.random_search import random_keep
+from search.strategies.rl import ACTOR_LR, CRITIC_LR, EpisodeRewardBuffer, TruncatedNormalNoise, build_agent
+from search.strategies.uniform import uniform_keep
 from tests.search.helpers import history_rows
 
 torch.set_num_threads(1)
@@ -285,7 +286,7 @@ def test_random_keep_is_feasible_and_uses_the_budget(base_context, budget: float
 
 
 def test_shared_noise_gives_each_environment_its_own_draw_and_counts_every_episode() -> None:
-    from search.ddpg import SharedNoise
+    from search.strategies.rl import SharedNoise
 
     noise = SharedNoise(TruncatedNormalNoise(sigma=0.5, warmup_episodes=0, seed=0), n_envs=3)
     draws = noise.base_noise.sample_around(np.zeros((3, 1)))
@@ -300,7 +301,7 @@ def test_shared_noise_gives_each_environment_its_own_draw_and_counts_every_episo
 def test_optuna_spends_evaluations_on_new_policies_in_a_coarse_space(amc_cache: Path, tmp_path: Path) -> None:
     """With round_to 8 many proposals project onto one policy; those repeats are told their known result
     instead of being evaluated again, so TPE keeps exploring (max_repeats=0 shows the waste)."""
-    from search.optuna_search import OptunaStrategy
+    from search.strategies.optuna_search import OptunaStrategy
 
     ctx = build_context(ContextConfig(cache_dir=str(amc_cache), round_to=8), progress=False)
     distinct = {}
@@ -324,7 +325,7 @@ def test_optuna_resync_adds_a_lost_record_once(base_context, tmp_path: Path) -> 
 
     import optuna
 
-    from search.optuna_search import OptunaStrategy
+    from search.strategies.optuna_search import OptunaStrategy
 
     problem = _problem(base_context, 0.5)
     strategy = OptunaStrategy(storage=f"sqlite:///{tmp_path / 'study.db'}")

@@ -22,7 +22,7 @@ import httpx2 as httpx
 import pytest
 
 from search.service.manager import ARTIFACTS
-from search.service.validation import option_actions
+from search.service.validation import settable_options
 from search.service.web import COOKIE, STATIC_DIR, session_valid, session_value
 from tests import forkserver
 from tests.search.helpers import REPO, subprocess_env
@@ -121,7 +121,7 @@ def watched(served):
     expect(page.locator("#list-empty")).to_be_visible()
 
     # The form is laid out from the OpenAPI document: search.py's choices; a bad value gets the CLI's reason.
-    expect(page.locator("#f-strategy option")).to_have_count(1 + len(option_actions()["strategy"].choices))
+    expect(page.locator("#f-strategy option")).to_have_count(1 + len(settable_options()["strategy"].choices))
     page.fill("#f-budget", "0")
     page.click("#submit")
     expect(page.locator("#submit-error")).to_contain_text("budget: must be a number in (0, 1]")

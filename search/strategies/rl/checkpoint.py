@@ -6,14 +6,14 @@ stored and the networks trained on them):
 - ``model.zip``: the SB3 ``save()`` of the agent: networks, optimizer states, ``num_timesteps``, the
   episode count and the exploration noise;
 - ``replay_buffer.pkl``: SB3's ``save_replay_buffer()`` (with the reward baseline of
-  :class:`~search.ddpg.EpisodeRewardBuffer`);
+  :class:`~search.strategies.rl.common.EpisodeRewardBuffer`);
 - ``rng.pkl``: the states of the generators the agent draws from (torch, numpy, Python, the action
   space's, the noise's), because SB3's ``load()`` re-seeds them all;
 - ``state.json``: what is readable without SB3: counters, the noise's sigma and the resume history.
 
 It is rewritten after the first finished episode, then at an episode boundary at least every
-``interval`` seconds (the runner's :data:`~search.runner.CHECKPOINT_INTERVAL`; 0: every episode), and at the
-end (a temporary file, fsync, ``os.replace``): one file, so the four parts always belong together. A
+``interval`` seconds (:data:`~search.strategies.rl.strategy.CHECKPOINT_INTERVAL`; 0: every episode), and
+at the end (a temporary file, fsync, ``os.replace``): one file, so the four parts always belong together. A
 write takes 20-50 ms whatever the model (3 MB: the 300x300 networks, their targets and Adam states;
 about half of it SB3's compression, half the fsync); on the digits cnn an evaluation takes about 100 ms,
 so writing every episode would add 20-35% there. Rows after the checkpoint are replayed (below), so the
@@ -24,24 +24,27 @@ checkpoint after the training that follows, so a kill between the two leaves row
 not seen (``state.json``'s ``evaluations`` counts the rows it has). Those rows are neither dropped nor
 evaluated again. The resumed agent starts from the checkpoint with every generator restored, so it
 proposes the same policies as before the kill; an episode that history already holds is answered from
-its row (:class:`~search.rl_envs.ReplayEvaluator`, or :class:`~search.rl_envs.PrefetchEvaluator` with N environments)
-and is not recorded twice. Should the agent propose another policy (a different torch build, say),
+its row (:class:`~search.strategies.rl.vec_env.ReplayEvaluator`, or
+:class:`~search.strategies.rl.vec_env.PrefetchEvaluator` with N environments) and is not recorded twice. Should the agent propose another policy (a different torch build, say),
 its episode is evaluated for the agent but not recorded, so ``history.csv`` still gets exactly one row
 per evaluation of the run's budget.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
 import os
 import pickle
 import random
+import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.zip"
 FORMAT = 1
+# The agent's noise and replay buffer are pickled by module path: checkpoints written before the RL code moved
+# into search.strategies.rl name the module they were defined in then.
+FORMER_MODULES = {"search.ddpg": "search.strategies.rl.common"}
 
 
 @dataclass(frozen=True)
@@ -92,10 +98,17 @@ class CheckpointInfo:
 
 
 def base_noise(agent: Any) -> Any:
-    """The agent's :class:`~search.ddpg.TruncatedNormalNoise` (also inside a ``SharedNoise``), or None."""
+    """The agent's :class:`~search.strategies.rl.common.TruncatedNormalNoise` (also inside a ``SharedNoise``), or None."""
     noise = getattr(agent, "action_noise", None)
     noise = getattr(noise, "base_noise", noise)
     return noise if hasattr(noise, "get_state") else None
+
+
+def episodes(agent: Any, n_layers: int) -> int:
+    """Episodes the agent has finished, in all its environments: every episode is ``n_layers`` steps, and
+    SB3's ``num_timesteps`` counts each environment's steps (exact at the episode boundaries checkpoints
+    are written at)."""
+    return int(agent.num_timesteps) // n_layers
 
 
 def save_checkpoint(agent: Any, folder: str | os.PathLike, *, kind: str, n_layers: int, evaluations: int,
@@ -113,7 +126,7 @@ def save_checkpoint(agent: Any, folder: str | os.PathLike, *, kind: str, n_layer
     folder.mkdir(parents=True, exist_ok=True)
     noise = base_noise(agent)
     info = CheckpointInfo(kind=kind, n_envs=agent.n_envs, n_layers=n_layers, evaluations=evaluations,
-                          episodes=int(agent._episode_num), num_timesteps=int(agent.num_timesteps),
+                          episodes=episodes(agent, n_layers), num_timesteps=int(agent.num_timesteps),
                           transitions=int(agent.replay_buffer.size()) * agent.n_envs,
                           sigma=None if noise is None else float(noise.sigma), resumes=tuple(resumes))
     model, buffer = io.BytesIO(), io.BytesIO()
@@ -172,7 +185,7 @@ def load_checkpoint(folder: str | os.PathLike, agent_class: type, env: Any) -> A
     Call it right before ``learn(..., reset_num_timesteps=False)``: it leaves the global torch, numpy
     and Python generators where the saved run had them.
     """
-    with zipfile.ZipFile(Path(folder) / CHECKPOINT) as archive:
+    with zipfile.ZipFile(Path(folder) / CHECKPOINT) as archive, _former_module_paths():
         agent = agent_class.load(io.BytesIO(archive.read("model.zip")), env=env, device="cpu")
         agent.load_replay_buffer(io.BytesIO(archive.read("replay_buffer.pkl")))
         rng = pickle.loads(archive.read("rng.pkl"))
@@ -185,6 +198,19 @@ def load_checkpoint(folder: str | os.PathLike, agent_class: type, env: Any) -> A
     if noise is not None:
         noise.set_state(rng["noise"])
     return agent
+
+
+@contextmanager
+def _former_module_paths() -> Iterator[None]:
+    """The modules of :data:`FORMER_MODULES` importable under their former paths while a checkpoint loads."""
+    added = [former for former in FORMER_MODULES if former not in sys.modules]
+    for former in added:
+        sys.modules[former] = importlib.import_module(FORMER_MODULES[former])
+    try:
+        yield
+    finally:
+        for former in added:
+            sys.modules.pop(former, None)
 
 
 def check_compatible(info: CheckpointInfo, folder: Path, *, kind: str, n_envs: int, n_layers: int,
@@ -230,7 +256,7 @@ class CheckpointCallback(BaseCallback):
         self._saved_at: int | None = None  # the agent's episode count at the last save
 
     def _on_training_start(self) -> None:
-        self._saved_at = self.model._episode_num  # a resumed agent starts as its checkpoint has it
+        self._saved_at = episodes(self.model, self.n_layers)  # a resumed agent starts as its checkpoint has it
         for stale in self.folder.glob(".checkpoint-*.tmp"):  # a write that a kill cut short
             stale.unlink(missing_ok=True)
 
@@ -245,9 +271,9 @@ class CheckpointCallback(BaseCallback):
         self._save()
 
     def _save(self) -> None:
-        if self.model._episode_num == self._saved_at:
+        if episodes(self.model, self.n_layers) == self._saved_at:
             return
         self._last_save = time.perf_counter()
         save_checkpoint(self.model, self.folder, kind=self.kind, n_layers=self.n_layers,
                         evaluations=self.evaluations(), resumes=self.resumes)
-        self._saved_at = self.model._episode_num
+        self._saved_at = episodes(self.model, self.n_layers)

@@ -1,4 +1,4 @@
-"""Optuna strategy: one ``suggest_float`` per layer, projected onto the budget by the env's routine.
+"""``optuna``: one ``suggest_float`` per layer, projected onto the budget by the env's routine.
 
 Samplers: ``tpe`` (default), ``cmaes``, ``random``, and ``nsga2`` for a multi-objective run (maximise
 accuracy, minimise cost ratio) whose Pareto front goes to ``pareto.json``. The study lives in an Optuna
@@ -15,34 +15,49 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 
 from amc.errors import ConfigError
 from amc.evaluation.evaluator import Evaluator
-from search.ladder import make_pruner, rung_step
+from search.history import Record
+from search.ladder import make_pruner, rung_evaluators, rung_step
 from search.problem import SearchProblem
+from search.strategies.base import Strategy, register
+
+if TYPE_CHECKING:
+    from amc.context import Context
+    from search.config import SearchConfig
 
 log = logging.getLogger(__name__)
 STUDY_NAME = "amc-search"
 
+# ``--sampler`` name -> the sampler, given the search seed.
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=20),
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+}
+
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=20)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
+    """The Optuna sampler called ``name`` (a key of :data:`SAMPLERS`), seeded with ``seed``.
+
+    Raises:
+        ConfigError: No sampler has that name.
+    """
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown --sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](seed)
 
 
-class OptunaStrategy:
+@register
+class OptunaStrategy(Strategy):
     """Optuna search over per-layer keep ratios.
 
     Args:
@@ -57,6 +72,7 @@ class OptunaStrategy:
     """
 
     name = "optuna"
+    runs_own_ladder = True  # each trial climbs the ladder under Optuna's pruner
 
     def __init__(self, *, sampler: str = "tpe", storage: str, batch_size: int = 1, out: str | Path | None = None,
                  study_name: str = STUDY_NAME, max_repeats: int = 20, reward: str = "acc",
@@ -77,6 +93,16 @@ class OptunaStrategy:
         self.out = Path(out) if out is not None else None
         self.study_name = study_name  # one study per run folder, also in a shared RDB storage
 
+    @classmethod
+    def from_config(cls, config: SearchConfig, *, out: Path, batch_size: int, ctx: Context) -> OptunaStrategy:
+        storage = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+        ladder: dict = {}
+        if config.ladder:
+            ladder = dict(ladder=config.ladder, rung_evaluators=rung_evaluators(ctx, config.ladder),
+                          pruner=config.pruner)
+        return cls(sampler=config.sampler, storage=storage, batch_size=batch_size, out=out,
+                   study_name=f"amc-search/{out.resolve().name}", reward=config.reward, **ladder)
+
     @property
     def metric_names(self) -> tuple[str, ...]:
         """The study's objectives: the reward (``val_accuracy`` for ``acc``), and for NSGA-II the cost ratio."""
@@ -85,11 +111,11 @@ class OptunaStrategy:
 
     def load_study(self, seed: int) -> optuna.Study:
         directions = ["maximize", "minimize"] if self.sampler == "nsga2" else ["maximize"]
+        sampler = make_sampler(self.sampler, seed)
+        pruner = make_pruner(self.pruner, len(self.ladder)) if self.ladder else None
         try:
-            pruner = make_pruner(self.pruner, len(self.ladder)) if self.ladder else None
             study = optuna.create_study(study_name=self.study_name, storage=self.storage, directions=directions,
-                                        sampler=make_sampler(self.sampler, seed), pruner=pruner,
-                                        load_if_exists=True)
+                                        sampler=sampler, pruner=pruner, load_if_exists=True)
         except (ValueError, ImportError, RuntimeError) as exc:  # bad URL, missing driver, other directions
             raise ConfigError(f"cannot open Optuna study {self.study_name!r} in --storage {self.storage!r}: "
                               f"{exc}; pass a valid RDB URL such as sqlite:///study.db") from exc
@@ -102,7 +128,7 @@ class OptunaStrategy:
             study.set_metric_names(list(self.metric_names))  # optuna-dashboard shows these, not "Objective 0"
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # Trials of a run that died mid-evaluation: their result never came back.
-            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         return study
 
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
@@ -112,7 +138,7 @@ class OptunaStrategy:
         p = problem.projector
         self._sync(study, problem)
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        known = {self._key(problem, r.keep): r for r in problem.records}
+        known = {problem.key(r.keep): r for r in problem.records}
         rng = np.random.default_rng([seed, len(study.trials)])
         repeats = 0
         remaining = evaluations
@@ -123,7 +149,7 @@ class OptunaStrategy:
                 raw = [trial.suggest_float(f"keep:{name}", p.min_keep, p.max_keep) for name in names]
                 keep = p.project(raw)
                 trial.set_user_attr("keep", keep)
-                key = self._key(problem, keep)
+                key = problem.key(keep)
                 if "step" in trial.user_attrs and key not in known:  # an enqueued record projected elsewhere
                     trial.set_user_attr("step", trial.number)
                 if (key in known or key in batch_keys) and repeats < 2 * self.max_repeats:
@@ -141,16 +167,17 @@ class OptunaStrategy:
                 batch_keys.add(key)
                 trials.append(trial)
                 keeps.append(keep)
+            recorded: dict[int, Record] = {}  # batch position -> record, filled as results arrive
             try:
-                problem.evaluate_keeps(keeps, steps=[t.number for t in trials])
+                problem.evaluate_keeps(keeps, steps=[t.number for t in trials], recorded=recorded)
             finally:
                 # Tell every trial whose result was recorded (also when interrupted mid-batch), fail the rest.
                 for i, trial in enumerate(trials):
-                    record = problem.last_batch.get(i)
+                    record = recorded.get(i)
                     if record is None:
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     else:
-                        known.setdefault(self._key(problem, record.keep), record)
+                        known.setdefault(problem.key(record.keep), record)
                         self._finish(study, trial, problem, record)
                 if self.sampler == "nsga2" and self.out is not None:
                     write_pareto(study, self.out / "pareto.json")
@@ -159,7 +186,7 @@ class OptunaStrategy:
         log.info("%d evaluations this run; the study has %d completed trials (%d before this run, repeats of "
                  "evaluated policies included)", evaluations, total, done)
 
-    def _finish(self, study: optuna.Study, trial: optuna.trial.Trial, problem: SearchProblem, record, *,
+    def _finish(self, study: optuna.Study, trial: optuna.trial.Trial, problem: SearchProblem, record: Record, *,
                 repeat: bool = False) -> None:
         """Tells the study the trial's result: its record's, or with a ladder the rungs' through the pruner.
 
@@ -215,14 +242,7 @@ class OptunaStrategy:
                                                       intermediate_values=intermediate, user_attrs=attrs))
         log.info("added %d recorded evaluations the study had lost", len(missing))
 
-    @staticmethod
-    def _key(problem: SearchProblem, keep) -> tuple:
-        """What makes two policies the same model: channel counts, or kept-weight ratios."""
-        if problem.granularity == "channel":
-            return tuple(problem.graph.channels(list(keep)))
-        return tuple(round(float(k), 9) for k in keep)
-
-    def _values(self, record):
+    def _values(self, record: Record) -> float | list[float]:
         return [record.reward, record.cost_ratio] if self.sampler == "nsga2" else record.reward
 
 

@@ -3,8 +3,8 @@
 - :class:`BatchedVecEnv` and :class:`PrefetchEvaluator`: N environments whose terminal policies are
   evaluated in one batch (e.g. on a Ray pool).
 - :class:`ReplayEvaluator`: a resumed agent's first episodes, which ``history.csv`` already holds
-  (written after the agent's last checkpoint; see :mod:`search.rl_checkpoint`), are answered from their
-  rows instead of being evaluated and recorded again.
+  (written after the agent's last checkpoint; see :mod:`search.strategies.rl.checkpoint`), are answered
+  from their rows instead of being evaluated and recorded again.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class ReplayEvaluator:
     comes from the row. Later episodes go to ``problem`` (evaluated and recorded).
     """
 
+    streams_results = False
+
     def __init__(self, problem: SearchProblem, pending: Sequence[Record]) -> None:
         self.problem = problem
         self.pending = list(pending)
@@ -80,6 +82,8 @@ class PrefetchEvaluator:
     A resumed agent's first rounds propose the policies that ``pending`` (rows written after its
     checkpoint) records: those are answered from their rows; what the rounds do not match is dropped.
     """
+
+    streams_results = False
 
     def __init__(self, problem: SearchProblem, limit: int, *, pending: list[Record] | None = None) -> None:
         self.problem = problem

@@ -1,0 +1,121 @@
+"""The latency lookup table's layout: one entry per timed module, and how its grid is read.
+
+An entry is a module's configuration (what decides its latency besides channel counts: kernel, stride,
+input size, ...) and the grid of (output, input) channel counts it is timed at; modules of one configuration
+share measurements. :func:`standalone_module` builds the module that times a grid point, :func:`bilinear`
+reads the grid between its points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from amc.graph.discover import LayerGraph, ModuleRecord
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One module's table: latency (ms) on a grid of (output, input) channel counts."""
+
+    name: str
+    config: tuple  # what decides the latency besides channel counts (shared between modules)
+    out_grid: tuple[int, ...]
+    in_grid: tuple[int, ...]
+
+
+def bilinear(grid: np.ndarray, outs: np.ndarray, ins: np.ndarray, out_q: np.ndarray, in_q: np.ndarray) -> np.ndarray:
+    """``grid`` (len(outs), len(ins)) interpolated at every (out_q, in_q) pair."""
+    rows = np.stack([np.interp(in_q, ins, row) for row in grid]) if len(ins) > 1 else np.repeat(grid, len(in_q), 1)
+    if len(outs) == 1:
+        return np.repeat(rows, len(out_q), 0)
+    return np.stack([np.interp(out_q, outs, rows[:, j]) for j in range(rows.shape[1])], axis=1)
+
+
+def channel_grid(lo: int, hi: int, points: int, step: int = 1) -> tuple[int, ...]:
+    """At most ``points`` counts from ``hi`` down to ``lo`` on the lattice the rounding rule reaches
+    (``hi - j * step``), so a table timed for multiples of 8 never times the slow counts between them."""
+    lattice = np.arange(hi, lo - 1, -max(1, step))[::-1]
+    if lattice[0] != lo:
+        lattice = np.concatenate([[lo], lattice])
+    if len(lattice) <= points:
+        return tuple(int(v) for v in lattice)
+    return tuple(int(v) for v in np.unique(lattice[np.rint(np.linspace(0, len(lattice) - 1, points)).astype(int)]))
+
+
+def _step(deps: tuple[tuple[int, int], ...], graph: LayerGraph) -> int:
+    """Spacing of a module's reachable channel counts: each decision moves in steps of ``round_to``."""
+    return min((k * graph.round_to for _, k in deps), default=1)
+
+
+def _reachable(base: int, deps: tuple[tuple[int, int], ...], graph: LayerGraph) -> int:
+    """The fewest channels a module can be left with (every decision at one rounding step)."""
+    lost = sum(k * (graph.layers[d].out_channels - min(graph.round_to, graph.layers[d].out_channels))
+               for d, k in deps)
+    return max(1, base - lost)
+
+
+def table_entries(model: nn.Module, graph: LayerGraph, points: int) -> tuple[list[TableEntry], dict[str, nn.Module]]:
+    """One table entry per module record, with each module's configuration and channel grids."""
+    modules = dict(model.named_modules())
+    inputs: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            inputs.setdefault(name, tuple(args[0].shape[1:]))
+        return record
+
+    handles = [modules[r.name].register_forward_hook(hook(r.name)) for r in graph.modules]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *graph.input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    entries = []
+    for rec in graph.modules:
+        module = modules[rec.name]
+        out_grid = channel_grid(_reachable(rec.out_channels, rec.out_deps, graph), rec.out_channels, points,
+                                _step(rec.out_deps, graph))
+        if rec.type in ("conv", "linear"):
+            total_in = rec.in_channels * getattr(module, "groups", 1)
+            in_grid = channel_grid(_reachable(total_in, rec.in_deps, graph), total_in, points,
+                                   _step(rec.in_deps, graph))
+        else:  # batch norm and depthwise convs: the input follows the output
+            in_grid = (0,)
+        entries.append(TableEntry(rec.name, _module_config(rec, module, inputs[rec.name]), out_grid, in_grid))
+    return entries, modules
+
+
+def _module_config(rec: ModuleRecord, module: nn.Module, input_shape: tuple[int, ...]) -> tuple:
+    spatial = tuple(input_shape[1:])
+    if isinstance(module, nn.Conv2d):
+        kind = "depthwise" if rec.type == "depthwise" else "conv"
+        return (kind, module.kernel_size, module.stride, module.padding, module.dilation,
+                1 if kind == "depthwise" else module.groups, module.bias is not None, module.padding_mode, spatial)
+    if isinstance(module, nn.Linear):
+        return (rec.type, module.bias is not None, tuple(input_shape[:-1]))
+    return (rec.type, type(module).__name__, spatial)
+
+
+def standalone_module(config: tuple, out: int, inp: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """A fresh module of this configuration and channel counts, and its per-sample input shape."""
+    kind = config[0]
+    if kind in ("conv", "depthwise"):
+        _, kernel, stride, padding, dilation, groups, bias, padding_mode, spatial = config
+        channels_in = out if kind == "depthwise" else inp
+        module = nn.Conv2d(channels_in, out, kernel, stride, padding, dilation,
+                           groups=out if kind == "depthwise" else groups, bias=bias, padding_mode=padding_mode)
+        return module, (channels_in, *spatial)
+    if kind == "linear":
+        _, bias, lead = config
+        return nn.Linear(inp, out, bias=bias), (*lead, inp)
+    _, cls_name, spatial = config
+    module = getattr(nn, cls_name)(out)
+    return module, (out, *spatial)
+
+
+__all__ = ["TableEntry", "bilinear", "channel_grid", "standalone_module", "table_entries"]
