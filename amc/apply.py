@@ -26,7 +26,8 @@ from amc.pruning.export import export_onnx, export_pt2
 from amc.cost.latency import LatencyConfig
 from amc.pruning.policy import Policy
 from amc.evaluation.metrics import accuracy
-from amc.train import TrainConfig, seeded, train
+from amc.seeding import seeded
+from amc.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 

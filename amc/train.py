@@ -9,8 +9,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from amc.graph.discover import fingerprint
 from amc.models import build_model
 from amc.paths import default_cache_dir
 from amc.progress import progress_bar
+from amc.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,6 @@ class TrainResult:
     seconds: float
     cached: bool
     checkpoint: str | None
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Runs the block with the CPU's global generator and ``device``'s seeded with ``seed``, then puts them back.
-
-    Initial weights and dropout draw from the global generators; seeding them here, rather than with a
-    process-wide ``torch.manual_seed``, keeps training reproducible per seed and leaves the caller's draws
-    alone. Only ``device``'s CUDA generator is forked: CUDA is not started for a model on the CPU.
-    """
-    device = torch.device(device)
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
-        for index in cuda:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def _shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:

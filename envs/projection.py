@@ -110,7 +110,7 @@ class BudgetProjector:
         return self._clipped(t, action, lambda candidates: self.cost_model.costs_varying(state, t, candidates))
 
     def walk(self):
-        """A :class:`~amc.cost.analytic.PrefixWalk` of the cost model for :meth:`clip_next` (None: use :meth:`clip`)."""
+        """A :class:`~amc.cost.base.PrefixWalk` of the cost model for :meth:`clip_next` (None: use :meth:`clip`)."""
         return self.cost_model.prefix_walk() if self._walks else None
 
     def clip_next(self, walk, action: float) -> float:

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from amc.errors import ConfigError
 from search.values import (
-    PRUNERS,  # noqa: F401 (re-exported: search.ladder's list)
     pruner_names,
     resource_names,
     sampler_names,

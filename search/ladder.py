@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from amc.context import Context
 from amc.evaluation.evaluator import PolicyEvaluator
-from search.config import PRUNERS  # noqa: F401 (re-exported: one list for the config and the CLI)
+from search.values import PRUNERS
 from search.history import Record
 from search.problem import SearchProblem
 

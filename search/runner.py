@@ -33,7 +33,7 @@ from search.history import HistoryWriter, Record, read_history
 from search.ladder import run_ladder
 from search.outputs import SearchResult, write_outputs
 from search.problem import SearchProblem
-from search.strategies.seeding import seeded_generators
+from amc.seeding import seeded
 
 log = logging.getLogger(__name__)
 # Settings a resumed run must share with the original: everything that changes what is evaluated.
@@ -127,7 +127,7 @@ def run_search(config: SearchConfig, *, context: Context | None = None, evaluato
 def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evaluator | None,
          batch_size: int) -> SearchResult:
     start = time.perf_counter()
-    with seeded_generators(config.search_seed, device=config.context.device):
+    with seeded(config.search_seed, config.context.device, host_generators=True):
         ctx = ctx or build_context(config.context, progress=config.progress)
         ctx.cost_model(progress=config.progress)  # a latency table is timed now, before workers load the CPUs
         pool = None

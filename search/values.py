@@ -21,8 +21,8 @@ from typing import Any
 from amc.cost.names import RESOURCES
 from amc.graph.widths import GRANULARITIES
 
-SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
-PRUNERS = ("halving", "hyperband")  # search.ladder.PRUNERS (here without importing optuna)
+SAMPLERS = ("tpe", "cmaes", "random", "nsga2")  # search.strategies.optuna_search.SAMPLERS, without Optuna
+PRUNERS = ("halving", "hyperband")  # what search.ladder.make_pruner builds (tests check they agree)
 
 Reader = Callable[[str], Any]
 

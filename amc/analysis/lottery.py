@@ -45,7 +45,8 @@ from amc.errors import ConfigError, ModelError
 from amc.models import build_model
 from amc.progress import progress_bar
 from amc.evaluation.metrics import accuracy
-from amc.train import TrainConfig, seeded, train
+from amc.seeding import seeded
+from amc.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ class EvalConfig:
     """How candidates are evaluated.
 
     Attributes:
-        criterion: Channel/weight selection criterion (:data:`amc.pruning.pruner.CRITERIA`).
+        criterion: Channel/weight selection criterion (:data:`amc.pruning.criteria.CRITERIA`).
         granularity: ``"channel"`` or ``"weight"``.
         bn_batches: Training batches used to re-estimate BatchNorm statistics (0 = keep the base's).
         bn_batch_size: Size of those batches.

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from amc.data.streaming import take
 from amc.device import model_device
+from amc.seeding import seeded
 
 FINETUNE_BATCH = 64
 FINETUNE_LR = 0.01
@@ -33,7 +34,7 @@ def finetune_steps(model: nn.Module, train_set: Dataset, *, steps: int, seed: in
 
     ``samples``: those samples gathered before (:func:`finetune_samples`), so they are not read again.
     """
-    from amc.train import TrainConfig, seeded, train
+    from amc.train import TrainConfig, train
 
     if samples is None:
         samples = finetune_samples(train_set, steps=steps, seed=seed)

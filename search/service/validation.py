@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from amc.errors import AmcError
+from amc.evaluation.scores import Finetune, parse_score
 from search.options import Option, SearchOptions, as_text, first_error, options
 
 # Settings the service sets itself: where the run goes, its Optuna storage, the console, the cluster.
@@ -61,7 +62,9 @@ class Settings:
     @property
     def evaluations(self) -> int:
         """Rows the finished search's ``history.csv`` has (the one-policy strategies stop at one)."""
-        return 1 if self.options["strategy"] in ("uniform", "sensitivity") else self.options["evaluations"]
+        from search.strategies import get
+
+        return 1 if get(self.options["strategy"]).single_policy else self.options["evaluations"]
 
 
 def settable_options() -> dict[str, Option]:
@@ -112,8 +115,8 @@ def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["
             raise SettingsError(key, f"must be in [0, {high}] on this service, got {value!r}")
     for key in ("score", "ladder"):
         for score in [resolved[key]] if isinstance(resolved.get(key), str) else resolved.get(key) or ():
-            steps = re.match(r"finetune:(\d+)", score)
-            if steps and int(steps.group(1)) > MAX_FINETUNE_STEPS:
+            parsed = parse_score(score)
+            if isinstance(parsed, Finetune) and parsed.steps > MAX_FINETUNE_STEPS:
                 raise SettingsError(key, f"{score!r}: at most finetune:{MAX_FINETUNE_STEPS} on this service")
     try:  # the run folder is a placeholder: the service sets the real one at launch
         checked.model_copy(update={"out": "runs/service-check"}).to_config()

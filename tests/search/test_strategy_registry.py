@@ -50,3 +50,16 @@ def test_the_names_cost_no_heavy_import() -> None:
             "print(sorted(m for m in ('torch', 'optuna', 'stable_baselines3') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_torch_free_name_lists_match_what_optuna_builds() -> None:
+    import optuna
+
+    from search.ladder import make_pruner
+    from search.strategies.optuna_search import SAMPLERS as BUILT
+    from search.values import PRUNERS, SAMPLERS
+
+    assert SAMPLERS == tuple(BUILT)
+    assert all(isinstance(make_pruner(name, 2), optuna.pruners.BasePruner) for name in PRUNERS)
+    with pytest.raises(ValueError, match="halving, hyperband"):
+        make_pruner("median", 2)

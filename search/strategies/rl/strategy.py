@@ -27,7 +27,7 @@ from search.strategies.rl.checkpoint import (
     read_info,
 )
 from search.strategies.rl.vec_env import BatchedVecEnv, PrefetchEvaluator, ReplayEvaluator
-from search.strategies.seeding import seeded_generators
+from amc.seeding import seeded
 
 if TYPE_CHECKING:
     from amc.context import Context
@@ -78,7 +78,7 @@ class RLStrategy(Strategy):
 
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
         # SB3 seeds (and draws from) torch's, numpy's and Python's global generators: keep that to this run.
-        with seeded_generators(seed):
+        with seeded(seed, host_generators=True):
             self._run(problem, evaluations, seed)
 
     def _run(self, problem: SearchProblem, evaluations: int, seed: int) -> None:
