@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from amc.errors import ConfigError
+from amc.evaluation.scores import score_choices
 from search import values as v
 
 if TYPE_CHECKING:
@@ -65,6 +66,11 @@ class Option:
     @property
     def choices(self) -> tuple[str, ...] | None:
         return self.names() if self.names is not None else None
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    """``a, b or c``: a registry's names in a help text."""
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _option(default: Any, help: str, read: v.Reader = v.text, kind: str = "string") -> Any:
@@ -125,7 +131,7 @@ class SearchOptions(BaseModel):
     device: str = _option("cpu", "cpu, cuda or cuda:N: base training, evaluation and latency timing (cpu)",
                           v.device_name)
     criterion: str = _choice("l1", "which channels go first (l1)", v.criterion_names)
-    score: str = _option("reconstruct", "candidate score: bn, reconstruct, finetune:K or finetune:K+kd (reconstruct: "
+    score: str = _option("reconstruct", f"candidate score: {_one_of(score_choices())} (reconstruct: "
                                         "the cheapest score that ranks candidates as fine-tuning does; BENCHMARKS.md, "
                                         "score fidelity)", v.score_name)
     ladder: tuple[str, ...] | None = _option(
