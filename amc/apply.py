@@ -15,17 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from amc.context import Context, ContextConfig, build_context
 from amc.cost.analytic import make_cost_model
 from amc.evaluation.evaluator import EvalConfig
-from amc.errors import ConfigError
+from amc.errors import ConfigError, PolicyError
 from amc.pruning.export import export_onnx, export_pt2
 from amc.cost.latency import LatencyConfig
 from amc.pruning.policy import Policy
 from amc.evaluation.metrics import accuracy
+from amc.graph.records import fingerprint
 from amc.seeding import seeded
 from amc.train import TrainConfig, train
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 EXPORT_FORMATS = ("pt2", "onnx")
+POLICY_FILE = "policy.json"  # what a run folder holds (scripts/search.py writes it)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,53 @@ def context_config_of(policy: Policy, **overrides: Any) -> ContextConfig:
     # Timing settings matter only to latency policies (a CUDA one must still apply on a CPU-only machine).
     values["latency"] = LatencyConfig(**latency_values) if values.get("resource") == "latency" else LatencyConfig()
     return ContextConfig(**values)
+
+
+def policy_file(path: str | os.PathLike) -> Path:
+    """The ``policy.json`` that ``path`` names: the file itself, or the one in a run folder.
+
+    Raises:
+        PolicyError: ``path`` is a folder without a ``policy.json``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path  # a missing file is reported by Policy.load, naming it
+    inside = path / POLICY_FILE
+    if not inside.is_file():
+        raise PolicyError(f"{str(inside)!r} does not exist: pass a run folder of scripts/search.py (it holds "
+                          f"{POLICY_FILE}) or the policy file itself")
+    return inside
+
+
+def check_model(policy: Policy, config: ContextConfig) -> None:
+    """Refuses a policy of another model before anything costly: the model ``config`` describes is built
+    untrained (its fingerprint is of names and shapes only), so no base model is trained, loaded or cached.
+
+    Raises:
+        PolicyError: The fingerprints differ (the message names both and the fix).
+    """
+    if not policy.model_fingerprint:
+        return
+    from amc.data.datasets import load_dataset
+    from amc.models import build_model
+
+    data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed, val_size=config.val_size,
+                        train_limit=config.train_limit, kwargs=dict(config.dataset_kwargs),
+                        workers=config.loader_workers)
+    with torch.random.fork_rng(devices=[]):  # initial weights draw from the global generator: leave it alone
+        model = build_model(config.model, in_channels=data.input_shape[0], num_classes=data.num_classes,
+                            **dict(config.model_kwargs)).eval()
+    try:  # as discovery fingerprints it: after a forward pass (lazy modules take their shapes then)
+        with torch.no_grad():
+            model(data.example(1))
+    except Exception as exc:  # noqa: BLE001 (a model discovery refuses: build_context says why, with the fix)
+        log.debug("no early model check: a forward pass of the untrained model failed (%s)", exc)
+        return
+    built = fingerprint(model)
+    if built != policy.model_fingerprint:
+        raise PolicyError(f"policy is for model fingerprint {policy.model_fingerprint!r} but {config.model!r} on "
+                          f"{config.dataset!r} is {built!r}: apply it to the model (and --model/--dataset) it was "
+                          "searched on")
 
 
 def _freeze_zeros(model: nn.Module) -> list[nn.Module]:
@@ -173,7 +223,7 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
     """Rebuilds the base model, prunes it with ``policy``, evaluates, optionally fine-tunes, exports.
 
     Args:
-        policy: A :class:`Policy` or the path of a ``policy.json``.
+        policy: A :class:`Policy`, the path of a ``policy.json``, or a run folder holding one.
         out: Folder of the exported files (``pruned.pt2``, ``pruned.onnx``).
         export: True (``pt2``), False, or a tuple of :data:`EXPORT_FORMATS`.
         finetune_epochs: Epochs of SGD with a cosine schedule on the training split after pruning.
@@ -185,7 +235,8 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
         **overrides: :class:`ContextConfig` fields replacing those recorded in the policy.
 
     Raises:
-        PolicyError: The policy is malformed or belongs to another model (fingerprint mismatch).
+        PolicyError: The policy is malformed, missing, or belongs to another model (fingerprint mismatch,
+            found before any training).
         ConfigError: An unknown export format or a negative epoch count.
     """
     formats = ("pt2",) if export is True else () if export is False else tuple(export)
@@ -201,8 +252,10 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
         raise ConfigError(f"--schedule iterative needs --finetune-epochs >= --steps (one epoch per round at "
                           f"least), got {finetune_epochs} epochs for {steps} steps")
     if not isinstance(policy, Policy):
-        policy = Policy.load(policy)
-    ctx = build_context(context_config_of(policy, **overrides), progress=progress)
+        policy = Policy.load(policy_file(policy))
+    config = context_config_of(policy, **overrides)
+    check_model(policy, config)  # before any training, checkpoint loading or caching
+    ctx = build_context(config, progress=progress)
     ratios = policy.ratios(ctx.graph)  # refuses a foreign model
     pruned = ctx.evaluator.scored_model(policy)  # as the search's score measured it (refitted by reconstruct)
     val = ctx.evaluator.evaluate(policy).accuracy

@@ -81,9 +81,35 @@ def resolve_options(argv: list[str] | None, parser: argparse.ArgumentParser | No
     except ValidationError as exc:
         name, reason = first_error(exc, order=list(values))
         parser.error(f"argument {options()[name].flag if name in options() else name}: {reason}")
+    if resolved.resume and resolved.out is None:
+        parser.error("--resume needs --out RUN_FOLDER: the folder of the run to continue (or drop --resume)")
     if resolved.out is None:
         resolved = resolved.model_copy(update={"out": str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))})
     return resolved
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op threads of this process (None leaves torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def interrupted_message(prog: str, out: str) -> str:
+    """What a search stopped before it wrote its outputs says: where its evaluations are and how to go on,
+    or that nothing was evaluated (stopped while it loaded data, trained the base model or timed latency)."""
+    from amc.errors import AmcError
+    from search.history import read_history
+
+    try:
+        evaluated = bool(read_history(Path(out) / "history.csv"))
+    except AmcError:  # a file that is not a history.csv: say where to look all the same
+        evaluated = True
+    if evaluated:
+        return (f"{prog}: interrupted; every evaluated policy is in {out}/history.csv; continue with the same "
+                f"options plus --resume --out {out}")
+    return f"{prog}: interrupted before any policy was evaluated: nothing to resume (run it again to start over)"
 
 
 def summary_table(result):
@@ -129,10 +155,7 @@ def main(argv: list[str] | None = None, *, prog: str = "search.py", description:
     logging.basicConfig(level=logging.WARNING, handlers=[console_handler], format="%(message)s")
     try:
         config = resolved.to_config()
-        if resolved.threads:
-            import torch
-
-            torch.set_num_threads(resolved.threads)
+        set_threads(resolved.threads)
         from search.runner import run_search
 
         result = run_search(config)
@@ -140,8 +163,7 @@ def main(argv: list[str] | None = None, *, prog: str = "search.py", description:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; every evaluated policy is in {resolved.out}/history.csv "
-              "(if any); continue with --resume", file=sys.stderr)
+        print(interrupted_message(prog, resolved.out), file=sys.stderr)
         return 130
     out = Console()
     for table in summary_table(result):
@@ -158,4 +180,9 @@ def main(argv: list[str] | None = None, *, prog: str = "search.py", description:
     out.print(f"wrote {result.out}/policy.json, history.csv, report.png, report.html"
               + (", pruned.pt2" if wrote_program else "") + f" in {result.seconds:.1f} s"
               + (" (interrupted: best so far)" if result.interrupted else ""))
+    if result.interrupted:  # the outputs are written, but the search did not finish: say so in the exit status
+        count = f"{result.evaluations} evaluation" + ("" if result.evaluations == 1 else "s")
+        print(f"{prog}: interrupted after {count}; continue with the same options plus --resume --out {result.out}",
+              file=sys.stderr)
+        return 130
     return 0

@@ -3,14 +3,18 @@
 From what the search loop returns (its :class:`~search.problem.SearchProblem`: the records and the
 best one), :func:`write_outputs` evaluates the uniform baseline, measures test accuracy (the only place
 a run touches the test split), exports ``pruned.pt2``, times the pruned model where the budget is
-latency, and writes ``policy.json``, ``report.png`` and ``report.html``.
+latency, and writes ``policy.json``, ``report.png`` and ``report.html``. Each phase names itself on a
+progress line (and its time in ``run.log``): on a busy machine they take minutes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +26,7 @@ from amc.evaluation.evaluator import EvalResult
 from amc.pruning.export import export_pt2
 from amc.pruning.policy import Policy
 from amc.evaluation.metrics import accuracy
+from amc.progress import progress_bar
 from search.strategies.uniform import uniform_keep
 from search.config import SearchConfig
 from search.history import Record
@@ -33,10 +38,11 @@ DRIFT_WARNING = 0.15  # base model's measured latency against the table's calibr
 # Measured latency ratio above the budget by more than this fraction: the table's typical ratio error is 2-7%
 # (BENCHMARKS.md), so a search that lands on its budget measures within a few percent either side.
 OVER_BUDGET_WARNING = 0.10
-# Seconds of timing per (model, batch) cell of the report's comparison table (torch.utils.benchmark's median).
-# On the digits cnn 0.05 s gives the medians 0.2 s gives to within 1% (0.622 vs 0.622 ms at batch 1, 6.24 vs
-# 6.27 ms at 64) at a quarter of the cost; a latency budget is timed separately (``LatencyConfig``).
+# Seconds of each timing of a (model, batch) cell of the report's comparison table (torch.utils.benchmark's
+# median). On the digits cnn 0.05 s gives the medians 0.2 s gives to within 1% (0.622 vs 0.622 ms at batch 1,
+# 6.24 vs 6.27 ms at 64) at a quarter of the cost; a latency budget is timed separately (``LatencyConfig``).
 REPORT_RUN_TIME = 0.05
+REPORT_REPEATS = 3  # interleaved timings per cell: their median is shown, their spread checked
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,23 @@ class SearchResult:
     seconds: float
     interrupted: bool
     layer_names: tuple[str, ...]
+
+
+class _Phases:
+    """The outputs' progress line: the phase under way, as a step of a bar (its time also goes to run.log)."""
+
+    def __init__(self, bar, total: int) -> None:
+        self.bar = bar
+        self.task = bar.add_task("writing outputs", total=total, status="")
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        self.bar.update(self.task, status=what)
+        log.info("outputs: %s", what)
+        start = time.perf_counter()
+        yield
+        self.bar.advance(self.task)
+        log.info("outputs: %s took %.1f s", what, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
@@ -79,27 +102,42 @@ def write_outputs(config: SearchConfig, out: Path, ctx: Context, problem: Search
         interrupted: The search was stopped before its last evaluation.
     """
     best = problem.best
-    uniform = uniform_keep(problem)
-    uniform_eval = ctx.evaluator.evaluate(problem.policy(uniform))
-    uniform_record = _uniform_record(problem, uniform, uniform_eval)
-    pruned = ctx.evaluator.scored_model(problem.policy(best.keep))  # with --score reconstruct: refitted
-    acc = _accuracies(ctx, problem, pruned, uniform)
-    ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
-    exported = _export(pruned, ctx, out) if config.export else None
-    latency_rows = []
-    if problem.cost_model.resource == "latency":
-        ratios.update(_measured_latency(ctx, pruned, best.cost_ratio, config.budget, exported))
-        latency_rows = _latency_summary(ctx, ratios, best.cost_ratio)
-    seconds = time.perf_counter() - started
-    policy = _policy_record(config, problem, ratios, acc, uniform_eval.accuracy, seconds=seconds,
-                            interrupted=interrupted)
-    policy.save(out / "policy.json")
-    if config.report:
-        _write_reports(config, out, ctx, problem, pruned, uniform, acc, uniform_eval.accuracy, latency_rows,
-                       seconds=seconds, interrupted=interrupted)
+    latency = problem.cost_model.resource == "latency"
+    with progress_bar(enabled=config.progress) as bar:
+        phase = _Phases(bar, total=4 + bool(config.export) + latency + 3 * bool(config.report))
+        uniform = uniform_keep(problem)
+        with phase("uniform baseline: validation accuracy"):
+            uniform_eval = ctx.evaluator.evaluate(problem.policy(uniform))
+        uniform_record = _uniform_record(problem, uniform, uniform_eval)
+        with phase("best policy: pruning and scoring"):
+            pruned = ctx.evaluator.scored_model(problem.policy(best.keep))  # with --score reconstruct: refitted
+        with phase("test accuracy: base, best and uniform"):
+            acc = _accuracies(ctx, problem, pruned, uniform)
+        ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
+        exported = None
+        if config.export:
+            with phase("exporting pruned.pt2"):
+                exported = _export(pruned, ctx, out)
+        latency_rows = []
+        if latency:
+            with phase("latency: timing the base and pruned models"):
+                ratios.update(_measured_latency(ctx, pruned, best.cost_ratio, config.budget, exported,
+                                                flops_ratio=ratios["flops_ratio"]))
+            latency_rows = _latency_summary(ctx, ratios, best.cost_ratio)
+        seconds = time.perf_counter() - started
+        with phase("writing policy.json"):
+            policy = _policy_record(config, problem, ratios, acc, uniform_eval.accuracy, seconds=seconds,
+                                    interrupted=interrupted)
+            policy.save(out / "policy.json")
+            uniform_policy = problem.policy(uniform)
+            write_layers(out / LAYERS_FILE, names=ctx.graph.names, base=[s.out_channels for s in ctx.graph.layers],
+                         best=policy, uniform=uniform_policy, uniform_cost_ratio=uniform_record.cost_ratio)
+        if config.report:
+            _write_reports(config, out, ctx, problem, pruned, uniform, acc, uniform_eval.accuracy, latency_rows,
+                           seconds=seconds, interrupted=interrupted, phase=phase)
     log.info("best policy: val %.4f test %.4f cost ratio %.4f (%s)", best.accuracy, acc.test, best.cost_ratio, out)
     return SearchResult(out=out, policy=policy, best=best, uniform=uniform_record,
-                        uniform_policy=problem.policy(uniform), base_val_accuracy=acc.base_val,
+                        uniform_policy=uniform_policy, base_val_accuracy=acc.base_val,
                         base_test_accuracy=acc.base_test, test_accuracy=acc.test,
                         uniform_test_accuracy=acc.uniform_test,
                         evaluations=problem.count, seconds=seconds, interrupted=interrupted,
@@ -134,15 +172,17 @@ def _export(pruned, ctx: Context, out: Path) -> Path | None:
 
 
 def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: float,
-                      exported: Path | None = None) -> dict[str, float]:
+                      exported: Path | None = None, *, flops_ratio: float | None = None) -> dict[str, float]:
     """Base and pruned model timed in short interleaved rounds (median), as the table was calibrated.
+
+    A latency ratio that the FLOPs ratio cannot explain is logged as a timing not to be trusted.
 
     With ``exported`` (the pruned ``.pt2`` file), the deployable program loaded back from it is timed in the
     same rounds against the base model exported the same way (batch norm folded, :func:`amc.pruning.export.export_program`).
     """
     from amc.pruning.export import export_program
     from amc.cost.latency import cache_path
-    from amc.cost.timing import compare_latency
+    from amc.cost.timing import TIMING_HINT, compare_latency, timing_doubts
 
     cfg = ctx.config.latency
     models = {"base": ctx.model, "pruned": pruned}
@@ -170,6 +210,14 @@ def _measured_latency(ctx: Context, pruned, predicted_ratio: float, budget: floa
                  measured["pruned_exported"], measured["base_exported"])
         result.update(latency_ratio_measured_exported=ratio, latency_ms_measured_exported=measured["pruned_exported"],
                       base_latency_ms_measured_exported=measured["base_exported"])
+    for what, (base_key, pruned_key) in (("as PyTorch modules", ("base", "pruned")),
+                                         ("as exported programs", ("base_exported", "pruned_exported"))):
+        if pruned_key not in measured:
+            continue
+        doubts = timing_doubts(label=f"batch {cfg.batch_size}", base_ms=measured[base_key],
+                               pruned_ms=measured[pruned_key], flops_ratio=flops_ratio)
+        if doubts:
+            log.warning("the measured latency %s is not to be trusted: %s. %s", what, "; ".join(doubts), TIMING_HINT)
     for what, key in (("as a PyTorch module", "latency_ratio_measured"),
                       ("as the exported program", "latency_ratio_measured_exported")):
         if key in result and result[key] > budget * (1 + OVER_BUDGET_WARNING):
@@ -222,22 +270,32 @@ def _policy_record(config: SearchConfig, problem: SearchProblem, ratios: dict[st
 
 def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: SearchProblem, pruned,
                    uniform: Sequence[float], acc: _Accuracies, uniform_val: float,
-                   latency_rows: list[tuple[str, str]], *, seconds: float, interrupted: bool) -> None:
-    """``report.png`` and ``report.html`` (the figure, a summary and the base/pruned comparison)."""
-    from amc.evaluation.compare import model_stats
+                   latency_rows: list[tuple[str, str]], *, seconds: float, interrupted: bool,
+                   phase: _Phases | None = None) -> None:
+    """``report.png`` and ``report.html`` (the figure, a summary and the base/pruned comparison).
+
+    A comparison timing that should not be read as a fact (:func:`amc.evaluation.compare.comparison_doubts`) is
+    marked in ``report.html`` and logged as a warning, with how to time reliably.
+    """
+    from amc.evaluation.compare import TIMING_HINT, compare_models, comparison_doubts
     from search.report import write_html, write_report
 
+    step = phase or (lambda what: contextlib.nullcontext())
     best = problem.best
     title = (f"{config.strategy} on {config.context.model}/{config.context.dataset}, budget {config.budget:g} "
              f"{config.context.resource}")
-    png = write_report(out / "report.png", problem.records, ctx.graph, best=best, uniform_keep=uniform,
-                       budget=config.budget, title=title)
+    with step("drawing report.png"):
+        png = write_report(out / "report.png", problem.records, ctx.graph, best=best, uniform_keep=uniform,
+                           budget=config.budget, title=title)
     # A stopped search (a cancel, Ctrl-C) is not timed: it should exit at once, and --resume writes the full report.
     batches = () if interrupted else (1, 64)
-    comparison = [model_stats("base", ctx.model, ctx.data.test, min_run_time=REPORT_RUN_TIME, batches=batches,
-                              test_accuracy=acc.base_test),
-                  model_stats("pruned", pruned, ctx.data.test, min_run_time=REPORT_RUN_TIME, batches=batches,
-                              test_accuracy=acc.test)]
+    with step("timing the base and pruned models for report.html" if batches else "measuring the models"):
+        comparison = compare_models({"base": ctx.model, "pruned": pruned}, ctx.data.test, batches=batches,
+                                    min_run_time=REPORT_RUN_TIME, repeats=REPORT_REPEATS,
+                                    test_accuracy={"base": acc.base_test, "pruned": acc.test})
+    doubts = comparison_doubts(*comparison)
+    if doubts:
+        log.warning("report.html: %s. %s", "; ".join(d.reason for d in doubts), TIMING_HINT)
     summary = [("evaluations", str(problem.count)), ("best evaluation", str(best.index)),
                ("validation accuracy (base / best / uniform)",
                 f"{acc.base_val:.4f} / {best.accuracy:.4f} / {uniform_val:.4f}"),
@@ -247,4 +305,29 @@ def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: Searc
                *latency_rows,
                ("per-layer keep ratios", ", ".join(f"{n}: {k:.2f}" for n, k in zip(ctx.graph.names, best.keep))),
                ("duration", f"{seconds:.1f} s" + (" (interrupted)" if interrupted else ""))]
-    write_html(out / "report.html", png, title=title, summary=summary, comparison=comparison)
+    with step("writing report.html"):
+        write_html(out / "report.html", png, title=title, summary=summary, comparison=comparison, doubts=doubts,
+                   hint=TIMING_HINT)
+
+
+LAYERS_FILE = "layers.json"  # per-layer widths of the base, best and uniform models (the service's view draws them)
+
+
+def write_layers(path: Path, *, names: Sequence[str], base: Sequence[int], best: Policy, uniform: Policy,
+                 uniform_cost_ratio: float) -> None:
+    """Writes each layer's base width and the best and uniform policies' keep ratios and widths, atomically (a
+    reader sees all of it or nothing).
+
+    Args:
+        path: ``<run folder>/layers.json``.
+        names: The layers, in the graph's order.
+        base: Their base widths (output channels).
+        best, uniform: The best and the uniform policy.
+        uniform_cost_ratio: The uniform policy's cost ratio.
+    """
+    layers = [{"name": name, "base": int(width), "best_keep": best.keep.get(name),
+               "best": (best.channels or {}).get(name), "uniform_keep": uniform.keep.get(name),
+               "uniform": (uniform.channels or {}).get(name)} for name, width in zip(names, base)]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"layers": layers, "uniform_cost_ratio": uniform_cost_ratio}) + "\n")
+    os.replace(tmp, path)

@@ -66,8 +66,13 @@ def pareto_front(records: Sequence[Record]) -> list[Record]:
 
 
 def write_html(path: Path, png: Path, *, title: str, summary: Sequence[tuple[str, str]],
-               comparison: Sequence | None) -> Path:
-    """``report.html``: a summary, the search figure and the base/pruned comparison table, self-contained."""
+               comparison: Sequence | None, doubts: Sequence = (), hint: str = "") -> Path:
+    """``report.html``: a summary, the search figure and the base/pruned comparison table, self-contained.
+
+    ``comparison``: :class:`~amc.evaluation.compare.ModelStats` rows (base first: a ratio row follows the
+    models); ``doubts``: :class:`~amc.evaluation.compare.TimingDoubt` s, whose latency cells are marked "(?)"
+    and whose reasons are listed under the table with ``hint`` (how to time reliably).
+    """
     import base64
     import html
 
@@ -75,18 +80,26 @@ def write_html(path: Path, png: Path, *, title: str, summary: Sequence[tuple[str
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
     table = ""
     if comparison:
+        doubted = {d.batch for d in doubts}
         head = "<tr><th>model</th><th>params</th><th>FLOPs</th><th>size KiB</th><th>latency b1 ms</th>" \
                "<th>latency b64 ms</th><th>test acc</th></tr>"
         body = "".join(
             f"<tr><td>{html.escape(s.name)}</td><td>{s.params:,}</td><td>{s.flops:,}</td>"
-            f"<td>{s.size_bytes / 1024:.1f}</td><td>{_ms(s.latency_ms, 1)}</td><td>{_ms(s.latency_ms, 64)}</td>"
-            f"<td>{s.test_accuracy:.4f}</td></tr>" for s in comparison)
+            f"<td>{s.size_bytes / 1024:.1f}</td><td>{_ms(s.latency_ms, 1, doubted)}</td>"
+            f"<td>{_ms(s.latency_ms, 64, doubted)}</td><td>{s.test_accuracy:.4f}</td></tr>" for s in comparison)
+        if len(comparison) == 2:
+            body += _ratio_row(*comparison, doubted)
         table = f"<h2>Base vs pruned</h2><table>{head}{body}</table>" \
                 "<p>Size: saved state_dict. Latency: median of torch.utils.benchmark runs on this machine's CPU.</p>"
+        if doubts:
+            items = "".join(f"<li>{html.escape(d.reason)}</li>" for d in doubts)
+            table += f'<div class="doubt"><p><b>Latencies marked (?) are not to be trusted:</b></p><ul>{items}</ul>' \
+                     f"<p>{html.escape(hint[:1].upper() + hint[1:])}.</p></div>"
     path.write_text(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1800px}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} img{{max-width:100%}}</style></head>
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} img{{max-width:100%}}
+.doubt{{background:#fff4e0;border-left:4px solid #e69500;padding:0.2em 1em}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <table>{rows}</table>
 <h2>Search curve, per-layer widths, accuracy vs cost (with the Pareto front)</h2>
@@ -97,6 +110,23 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} img{{max-width:
     return path
 
 
-def _ms(latency: dict[int, float], batch: int) -> str:
-    """A latency cell: milliseconds, or "not timed" (an interrupted search skips the timing)."""
-    return f"{latency[batch]:.3f}" if batch in latency else "not timed"
+def _ratio_row(base, pruned, doubted: set[int]) -> str:
+    """Pruned over base, per column (latency ratios of a doubted batch marked)."""
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.3f}" if b else "-"
+
+    def latency(batch: int) -> str:
+        if batch not in base.latency_ms or batch not in pruned.latency_ms:
+            return "not timed"
+        return ratio(pruned.latency_ms[batch], base.latency_ms[batch]) + (" (?)" if batch in doubted else "")
+
+    return (f"<tr><td>ratio</td><td>{ratio(pruned.params, base.params)}</td><td>{ratio(pruned.flops, base.flops)}</td>"
+            f"<td>{ratio(pruned.size_bytes, base.size_bytes)}</td><td>{latency(1)}</td><td>{latency(64)}</td>"
+            "<td></td></tr>")
+
+
+def _ms(latency: dict[int, float], batch: int, doubted: set[int] = frozenset()) -> str:
+    """A latency cell: milliseconds ("(?)" when doubted), or "not timed" (an interrupted search skips the timing)."""
+    if batch not in latency:
+        return "not timed"
+    return f"{latency[batch]:.3f}" + (" (?)" if batch in doubted else "")

@@ -50,9 +50,13 @@ def prepare_out(config: SearchConfig) -> Path:
 
     Raises:
         ConfigError: The folder is not writable, or already holds a run and ``--resume`` is not set,
-            or holds a run with other settings.
+            or holds a run with other settings, or holds no run to resume (``--resume``).
     """
     out = Path(config.out)
+    if config.resume and not ((out / "config.json").is_file() or (out / "history.csv").is_file()):
+        what = "does not exist" if not out.exists() else "holds no run (no config.json or history.csv)"
+        raise ConfigError(f"--resume: --out {str(out)!r} {what}; drop --resume to start a new search there, or "
+                          "point --out at the folder of the run to continue")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):  # unique: two runs may check at once
@@ -203,7 +207,8 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
             strategy.run(problem, remaining, seed=config.search_seed)
         except KeyboardInterrupt:
             interrupted = True
-            log.warning("interrupted after %d evaluations; writing the best policy so far", problem.count)
+            log.warning("interrupted after %d evaluation%s; writing the best policy so far", problem.count,
+                        "" if problem.count == 1 else "s")
         else:
             if config.ladder and not strategy_class.runs_own_ladder:
                 try:

@@ -1,4 +1,6 @@
-"""Timing models on the device: what the latency table (:mod:`amc.cost.latency`) and the reports measure with.
+"""Timing models on the device: what the latency table (:mod:`amc.cost.latency`) and the reports measure with,
+and when a timing is not to be read as a fact (:func:`timing_doubts`: a large spread over repeats, or a
+latency ratio the FLOPs ratio cannot explain).
 
 Every timing runs inside :func:`freed_memory_kept`, which stops glibc from returning freed activations to
 the OS for its duration only: the malloc settings are restored when the outermost timing ends.
@@ -133,17 +135,71 @@ def measure_model_latency(model: nn.Module, input_shape: Sequence[int], *, batch
         return 1e3 * make_timer(lambda: model(x), threads).blocked_autorange(min_run_time=min_run_time).median
 
 
-def compare_latency(models: dict[str, nn.Module], input_shape: Sequence[int], *, batch_size: int = 1,
-                    threads: int | None = None, device: str = "cpu", repeats: int = 5,
-                    min_run_time: float = 0.4) -> dict[str, float]:
-    """Median over ``repeats`` interleaved measurements of each model (ms), so drift hits all alike."""
+def compare_latency_samples(models: dict[str, nn.Module], input_shape: Sequence[int], *, batch_size: int = 1,
+                            threads: int | None = None, device: str = "cpu", repeats: int = 5,
+                            min_run_time: float = 0.4) -> dict[str, list[float]]:
+    """Every one of ``repeats`` interleaved measurements of each model (ms), so drift hits all alike."""
     samples: dict[str, list[float]] = {name: [] for name in models}
     with freed_memory_kept():
         for _ in range(repeats):
             for name, model in models.items():
                 samples[name].append(measure_model_latency(model, input_shape, batch_size=batch_size,
                                                            threads=threads, device=device, min_run_time=min_run_time))
+    return samples
+
+
+def compare_latency(models: dict[str, nn.Module], input_shape: Sequence[int], *, batch_size: int = 1,
+                    threads: int | None = None, device: str = "cpu", repeats: int = 5,
+                    min_run_time: float = 0.4) -> dict[str, float]:
+    """Median over ``repeats`` interleaved measurements of each model (ms), so drift hits all alike."""
+    samples = compare_latency_samples(models, input_shape, batch_size=batch_size, threads=threads, device=device,
+                                      repeats=repeats, min_run_time=min_run_time)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-__all__ = ["compare_latency", "device_name", "freed_memory_kept", "make_timer", "measure_model_latency"]
+# When a timing is not to be taken as a fact (:func:`timing_doubts`).
+SPREAD_LIMIT = 0.5  # (max - min) / median of repeated measurements: the load changed while timing
+LOW_RATIO = 0.5  # latency ratio under half the FLOPs ratio: faster than the removed work allows
+HIGH_RATIO = 2.0  # latency ratio over twice the FLOPs ratio ...
+SLOWER = 1.15  # ... with the pruned model more than this much slower than the base (per-call overhead explains
+# a ratio near 1 at small batches, where a small model's time is mostly the framework's, not a slower one)
+TIMING_HINT = ("to time reliably: an otherwise idle machine, one torch thread per process (--threads 1), and more "
+               "or longer repeats")
+
+
+def spread(samples: Sequence[float]) -> float:
+    """``(max - min) / median`` of repeated measurements (0 for fewer than two)."""
+    if len(samples) < 2:
+        return 0.0
+    median = statistics.median(samples)
+    return (max(samples) - min(samples)) / median if median > 0 else float("inf")
+
+
+def timing_doubts(*, label: str, base_ms: float, pruned_ms: float, flops_ratio: float | None,
+                  base_spread: float = 0.0, pruned_spread: float = 0.0) -> list[str]:
+    """Why a base/pruned timing should not be shown as a fact: one line each (empty: plausible).
+
+    Args:
+        label: What was timed (``"batch 64"``), for the messages.
+        base_ms, pruned_ms: The two medians.
+        flops_ratio: Pruned over base FLOPs (None: the ratio is not checked).
+        base_spread, pruned_spread: :func:`spread` of each model's repeated measurements.
+    """
+    doubts = [f"the {name} model's latency at {label} varied by {value:.0%} of its median over the repeats: the "
+              "machine's load changed while timing"
+              for name, value in (("base", base_spread), ("pruned", pruned_spread)) if value > SPREAD_LIMIT]
+    if flops_ratio is not None and flops_ratio > 0 and base_ms > 0:
+        ratio = pruned_ms / base_ms
+        if ratio < LOW_RATIO * flops_ratio:
+            doubts.append(f"latency ratio {ratio:.3f} at {label} ({pruned_ms:.3f} / {base_ms:.3f} ms) for a FLOPs "
+                          f"ratio of {flops_ratio:.3f}: faster than the removed work allows, one of the timings is off")
+        elif ratio > max(HIGH_RATIO * flops_ratio, SLOWER):
+            doubts.append(f"latency ratio {ratio:.3f} at {label} ({pruned_ms:.3f} / {base_ms:.3f} ms) for a FLOPs "
+                          f"ratio of {flops_ratio:.3f}: the pruned model measured slower than the base (odd channel "
+                          "counts can run slowly: --round-to 8)")
+    return doubts
+
+
+__all__ = ["HIGH_RATIO", "LOW_RATIO", "SLOWER", "SPREAD_LIMIT", "TIMING_HINT", "compare_latency",
+           "compare_latency_samples", "device_name", "freed_memory_kept", "make_timer", "measure_model_latency",
+           "spread", "timing_doubts"]

@@ -1,10 +1,12 @@
 """Rebuild the pruned model from a policy.json and its base model, evaluate, fine-tune, export, compare.
 
-    python scripts/apply_policy.py runs/<run>/policy.json [--out DIR] [--checkpoint base.pt]
-    python scripts/apply_policy.py runs/<run>/policy.json --finetune-epochs 5 --distill --export onnx
+    python scripts/apply_policy.py runs/<run>                 # the run's policy.json; writes runs/<run>/applied-1/
+    python scripts/apply_policy.py runs/<run>/policy.json --out DIR [--checkpoint base.pt]
+    python scripts/apply_policy.py runs/<run> --finetune-epochs 5 --distill --export onnx
 
 The model, data split, seed and evaluation settings come from the policy (recorded by the search);
-the options below override them.
+the options below override them. Without --out the files go to a new folder next to the policy
+(applied-1, applied-2, ...): the run's own pruned.pt2 stays the one its report describes.
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ from pathlib import Path
 
 from search.cli.common import (
     OneLineParser,
+    argparse_type,
     dataset_name,
     device_name,
     int_at_least,
     json_object,
 )
+from search.options import options
+
+log = logging.getLogger(__name__)
+APPLIED_PREFIX = "applied-"  # the default --out: <policy's folder>/applied-<n>, the first n not taken
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="apply_policy.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("policy", help="policy.json written by a search")
-    p.add_argument("--out", help="folder for pruned.pt2 (default: the policy's folder)")
+    p.add_argument("policy", help="policy.json written by a search, or its run folder (runs/<run>)")
+    p.add_argument("--out", help="folder of pruned.pt2 (and pruned.onnx); default: a new folder next to the policy, "
+                                 f"{APPLIED_PREFIX}1, {APPLIED_PREFIX}2, ...")
     p.add_argument("--model", help="override the policy's model")
     p.add_argument("--checkpoint", help="trained state_dict of the base model")
     p.add_argument("--dataset", type=dataset_name, help="override the policy's dataset")
@@ -53,40 +61,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-export", dest="no_export", action="store_true")
     p.add_argument("--no-compare", dest="no_compare", action="store_true",
                    help="skip the base/pruned table (it measures latency for a few seconds)")
+    threads = options()["threads"]  # the same option as search.py's
+    p.add_argument("--threads", type=argparse_type(threads.read), default=threads.default, help=threads.help)
     p.add_argument("--quiet", action="store_true")
     return p
 
 
+def default_out(policy: str) -> Path:
+    """A new folder next to the policy (``<run>/applied-<n>``, the first ``n`` not taken), so that applying never
+    overwrites what a run's ``report.html`` and ``policy.json`` describe."""
+    path = Path(policy)
+    folder = path if path.is_dir() else path.resolve().parent
+    n = 1
+    while (folder / f"{APPLIED_PREFIX}{n}").exists():
+        n += 1
+    return folder / f"{APPLIED_PREFIX}{n}"
+
+
 def comparison_table(applied):
+    """The base and pruned models side by side, and the latencies that should not be read as facts."""
     from rich.table import Table
 
-    from amc.evaluation.compare import model_stats
+    from amc.evaluation.compare import TIMING_HINT, compare_models, comparison_doubts
 
-    data = applied.context.data
-    rows = [model_stats("base", applied.context.model, data.test), model_stats("pruned", applied.model, data.test)]
-    table = Table(title="base vs pruned (size: saved state_dict; latency and accuracy: on this machine's CPU)")
+    models = {"base": applied.context.model, "pruned": applied.model}
+    base, pruned = rows = compare_models(models, applied.context.data.test)  # timed interleaved
+    doubts = comparison_doubts(base, pruned)
+    doubted = {d.batch for d in doubts}
+    mark = {batch: " (?)" if batch in doubted else "" for batch in (1, 64)}
+    table = Table(title="base vs pruned (size: saved state_dict; latency and accuracy: on this machine's CPU)",
+                  caption="\n".join([*(f"(?) batch {d.batch}: {d.reason}" for d in doubts),
+                                      *([TIMING_HINT] if doubts else [])]) or None, caption_justify="left")
     for col in ("model", "params", "FLOPs", "size KiB", "latency b1 ms", "latency b64 ms", "test acc"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.name, f"{r.params:,}", f"{r.flops:,}", f"{r.size_bytes / 1024:.1f}",
-                      f"{r.latency_ms[1]:.3f}", f"{r.latency_ms[64]:.3f}", f"{r.test_accuracy:.4f}")
-    base, pruned = rows
+                      f"{r.latency_ms[1]:.3f}{mark[1]}", f"{r.latency_ms[64]:.3f}{mark[64]}", f"{r.test_accuracy:.4f}")
     table.add_row("ratio", f"{pruned.params / base.params:.3f}", f"{pruned.flops / base.flops:.3f}",
                   f"{pruned.size_bytes / base.size_bytes:.3f}", f"{pruned.latency_ms[1] / base.latency_ms[1]:.3f}",
                   f"{pruned.latency_ms[64] / base.latency_ms[64]:.3f}", "")
+    for d in doubts:
+        log.warning("latency at batch %d is doubtful: %s. %s", d.batch, d.reason, TIMING_HINT)
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shells' exit status for it, no traceback
+        print("apply_policy.py: interrupted (the files written so far are listed above, if any)", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from amc.apply import apply_policy
     from amc.errors import AmcError
+    from search.launch import set_threads
 
     logging.basicConfig(level=logging.WARNING)
-    out = args.out or str(Path(args.policy).resolve().parent)
+    set_threads(args.threads)
+    out = Path(args.out) if args.out else default_out(args.policy)
     try:
         formats = () if args.no_export else tuple(dict.fromkeys(["pt2", *(args.export or [])]))
         applied = apply_policy(args.policy, out=out, export=formats, progress=not args.quiet,
@@ -112,15 +150,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{applied.cost_ratio:.4f}")
     if applied.finetuned_val_accuracy is not None:
         how = f" in {args.steps} {args.ramp} rounds" if args.schedule == "iterative" else ""
-        table.add_row(f"after {args.finetune_epochs} fine-tuning epochs{how}" + (" (distilled)" if args.distill else ""),
+        epochs = f"{args.finetune_epochs} fine-tuning epoch" + ("" if args.finetune_epochs == 1 else "s")
+        table.add_row(f"after {epochs}{how}" + (" (distilled)" if args.distill else ""),
                       f"{applied.finetuned_val_accuracy:.4f}", f"{applied.finetuned_test_accuracy:.4f}",
                       f"{applied.cost_ratio:.4f}")
     console = Console()
     console.print(table)
-    if not args.no_compare:
-        console.print(comparison_table(applied))
     for path in applied.exported.values():
         console.print(f"wrote {path}")
+    if not args.no_compare:
+        console.print(comparison_table(applied))
     return 0
 
 

@@ -168,6 +168,20 @@ def _service_load(args: argparse.Namespace, console: Console, rest: list[str]) -
     return 0
 
 
+def _threads(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.common import BenchError
+    from search.bench.threads import threads_report
+
+    try:
+        threads_report(Path(args.root), models=args.models, threads=args.threads, evaluations=args.evaluations,
+                       cell_timeout=args.cell_timeout, command=_command("threads", rest),
+                       markdown=Path(args.markdown), console=console)
+    except BenchError as exc:
+        print(f"bench.py threads: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from search.bench import HEADLINE_ROWS
     from search.cli.common import (
@@ -182,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     def _headline_row(text: str) -> str:
         if text not in HEADLINE_ROWS:
             raise argparse.ArgumentTypeError(f"unknown row {text!r}; use some of {', '.join(HEADLINE_ROWS)}")
+        return text
+
+    def _threads_model(text: str) -> str:
+        from search.bench.threads import MODELS
+
+        if text not in MODELS:
+            raise argparse.ArgumentTypeError(f"unknown model {text!r}; use some of {', '.join(MODELS)}")
         return text
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -342,6 +363,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="bound of the whole run, seconds (1800)")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_service_load)
+    p = sub.add_parser("threads", help="the default search by torch threads, idle and beside a busy loop "
+                                        "(before and after the --threads default)")
+    p.add_argument("--models", type=comma_list(_threads_model), default=("cnn", "resnet20"),
+                   help="cnn (the README's default search) and/or resnet20, comma-separated (cnn,resnet20)")
+    p.add_argument("--threads", type=comma_list(int_at_least(1)), default=(1, 2),
+                   help="thread counts, comma-separated; torch's default and the option's default are added (1,2)")
+    p.add_argument("--evaluations", type=int_at_least(1), default=15, help="of each search (15)")
+    p.add_argument("--cell-timeout", type=number_in(0, 3600, meaning=" (seconds)"), default=300.0,
+                   help="a search running longer is stopped and shown as '> N s' (300)")
+    p.add_argument("--root", default="runs/bench-threads", help="runs and results; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_threads)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

@@ -6,6 +6,9 @@
 
 Options given on the command line override those of ``--config`` (a TOML file whose keys are the
 long option names, e.g. ``budget = 0.3``, ``strategy = "optuna"``).
+
+Ctrl-C stops a search, writes its best policy so far and exits with status 130; ``--resume --out RUN``
+continues it (with the same options). A bad option is one line and exit status 2.
 """
 
 from __future__ import annotations

@@ -31,10 +31,22 @@ class SearchState(StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
 
+    @property
+    def phrase(self) -> str:
+        """The state in a sentence about a search: "search 3f9c... has succeeded"."""
+        return _PHRASES[self]
+
+
+_PHRASES = {SearchState.QUEUED: "is queued", SearchState.RUNNING: "is running",
+            SearchState.CANCELLING: "is being cancelled", SearchState.SUCCEEDED: "has succeeded",
+            SearchState.FAILED: "has failed", SearchState.CANCELLED: "was cancelled",
+            SearchState.INTERRUPTED: "was interrupted"}
 
 ACTIVE = (SearchState.QUEUED, SearchState.RUNNING, SearchState.CANCELLING)  # the service still owes these work
 LIVE = (SearchState.RUNNING, SearchState.CANCELLING)  # these have a process (or Ray job)
-RESUMABLE = (SearchState.INTERRUPTED, SearchState.CANCELLED, SearchState.FAILED)
+# A failed search is not resumable: it stopped on an error (a setting the run refused, a crash) that a rerun of the
+# same settings meets again; fix the cause and submit a new search.
+RESUMABLE = (SearchState.INTERRUPTED, SearchState.CANCELLED)
 
 
 def utcnow() -> datetime:

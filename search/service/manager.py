@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 import uuid
+from stat import S_ISREG
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,17 +143,20 @@ class SearchManager:
                 self.executor.cancel(row.handle)
                 self.cancel_sent[row.id] = time.monotonic()
             elif row.state != SearchState.CANCELLING:
-                raise ConflictError(f"search {search_id} is {row.state}: only queued, running or interrupted "
+                raise ConflictError(f"search {search_id} {row.state.phrase}: only queued, running or interrupted "
                                     "searches can be cancelled")
             return row
 
     def resume(self, search_id: str) -> SearchRow:
-        """Queues an interrupted, cancelled or failed search again; it continues its run folder."""
+        """Queues an interrupted or cancelled search again; it continues its run folder."""
         with self.changing() as session:
             row = self._locked(session, search_id)
+            if row.state == SearchState.FAILED:
+                raise ConflictError(f"search {search_id} has failed ({row.error or 'see its service.log'}): a resume "
+                                    "would fail the same way; fix the cause and submit a new search")
             if row.state not in RESUMABLE:
-                raise ConflictError(f"search {search_id} is {row.state}: only {', '.join(RESUMABLE)} searches can "
-                                    "be resumed")
+                raise ConflictError(f"search {search_id} {row.state.phrase}: only {' or '.join(RESUMABLE)} searches "
+                                    "can be resumed")
             row.queue_seq = self._next_seq(session)
             row.cancel_requested = False
             row.error = None
@@ -165,7 +169,7 @@ class SearchManager:
         with self.changing() as session:
             row = self._locked(session, search_id)
             if row.state in ACTIVE:
-                raise ConflictError(f"search {search_id} is {row.state}: cancel it first, then delete it")
+                raise ConflictError(f"search {search_id} {row.state.phrase}: cancel it first, then delete it")
             session.execute(delete(EventRow).where(EventRow.search_id == search_id))
             session.delete(row)
         shutil.rmtree(row.run_dir, ignore_errors=True)
@@ -194,6 +198,19 @@ class SearchManager:
             raise NotFoundError(f"search {search_id} has no artifact {name!r}; the artifacts are "
                                 f"{', '.join(ARTIFACTS)} (once written)")
         return path, ARTIFACTS[name]
+
+    def artifacts(self, search_id: str) -> list[tuple[str, int]]:
+        """The :data:`ARTIFACTS` the run folder holds now, with their sizes in bytes, in :data:`ARTIFACTS` order."""
+        run_dir = Path(self.get(search_id).run_dir)
+        found = []
+        for name in ARTIFACTS:
+            try:
+                stat = (run_dir / name).stat()
+            except OSError:
+                continue
+            if S_ISREG(stat.st_mode):
+                found.append((name, stat.st_size))
+        return found
 
     @staticmethod
     def _locked(session: Session, search_id: str) -> SearchRow:

@@ -11,7 +11,7 @@ from typing import Any
 from search.history import COLUMNS, OLD_COLUMNS, Record, parse_row, rank
 
 # The fields of a search's best record that the search shows (its ``best``, in the database and the API).
-BEST_FIELDS = ("index", "accuracy", "cost_ratio", "reward", "keep", "rung", "score")
+BEST_FIELDS = ("index", "step", "accuracy", "cost_ratio", "reward", "keep", "rung", "score")
 
 
 class HistoryTail:
@@ -28,6 +28,15 @@ class HistoryTail:
         self.best: Record | None = None
 
     def read(self) -> list[Record]:
+        """The complete rows written since the last read (:meth:`read_with_best` without the best of each)."""
+        return [record for record, _ in self.read_with_best()]
+
+    def read_with_best(self) -> list[tuple[Record, Record]]:
+        """The complete rows written since the last read, each with the best up to and including it.
+
+        The best of a row is never a later row's, however many rows one read finds (a service that
+        polls a fast search finds several at once).
+        """
         try:
             size = self.path.stat().st_size
         except OSError:
@@ -41,18 +50,18 @@ class HistoryTail:
             chunk = f.read(size - self.offset)
         complete = chunk[: chunk.rfind(b"\n") + 1]  # a row still being written waits for the next look
         self.offset += len(complete)
-        records = []
+        rows = []
         for row in csv.reader(io.StringIO(complete.decode())):
             if not row or tuple(row) in (COLUMNS, OLD_COLUMNS):
                 continue
             record = _record(row)
             if record is None:
                 continue
-            records.append(record)
             self.count += 1
             if self.best is None or rank(record) > rank(self.best):
                 self.best = record
-        return records
+            rows.append((record, self.best))
+        return rows
 
 
 def _record(row: list[str]) -> Record | None:

@@ -18,7 +18,17 @@ from search.history import read_history
 from search.service.db import ACTIVE, SearchRow, SearchState
 from search.service.manager import ARTIFACTS, NotFoundError, SearchManager
 from search.service.progress import record_dict
-from search.service.schemas import EvaluationPage, InvalidSetting, Problem, Search, SearchList
+from search.service.schemas import (
+    Artifact,
+    ArtifactList,
+    EvaluationPage,
+    InvalidSetting,
+    Problem,
+    Search,
+    SearchList,
+    Summary,
+)
+from search.service.summary import search_summary
 from search.service.security import require_token
 from search.service.validation import validate_settings
 
@@ -54,8 +64,9 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
                                                      "returns the same search"),
                manager: SearchManager = Depends(get_manager)) -> Search:
         """The settings are ``scripts/search.py``'s long options (``{"budget": 0.3, "strategy": "random"}``)."""
-        settings = validate_settings(body.model_dump(exclude_unset=True),
-                                     max_evaluations=request.app.state.config.max_evaluations)
+        config = request.app.state.config
+        settings = validate_settings(body.model_dump(exclude_unset=True), max_evaluations=config.max_evaluations,
+                                     python=config.python, workdir=config.workdir)
         digest = hashlib.sha256(json.dumps(settings.given, sort_keys=True).encode()).hexdigest()
         row, created = manager.submit(settings, idempotency_key=idempotency_key, request_hash=digest)
         if not created:
@@ -77,13 +88,31 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
     @router.get("/{search_id}/evaluations", response_model=EvaluationPage, responses={404: ERRORS[404]},
                 summary="The search's history.csv rows")
     def evaluations(search_id: SearchId, request: Request,
-                    after: int = Query(0, ge=0, le=10**9, description="skip the first N rows"),
+                    offset: int = Query(0, ge=0, le=10**9, description="skip the first N rows (a row count, as "
+                                        "in GET /v1/searches; not an event id)"),
+                    after: int | None = Query(None, ge=0, le=10**9, deprecated=True,
+                                              description="the same as offset (its former name)"),
                     limit: int = Query(1000, ge=1, le=10_000),
                     manager: SearchManager = Depends(get_manager)) -> EvaluationPage:
-        _whole_numbers(request, "after", "limit")
+        """Rows of ``history.csv`` from row ``offset`` (0-based): ``?offset=50`` starts at the 51st row."""
+        _whole_numbers(request, "offset", "after", "limit")
+        skip = after if after is not None and "offset" not in request.query_params else offset
         row = manager.get(search_id)
-        records = read_history(f"{row.run_dir}/history.csv")[after: after + limit]
-        return EvaluationPage(evaluations=[record_dict(r) for r in records], next=after + len(records))
+        records = read_history(f"{row.run_dir}/history.csv")[skip: skip + limit]
+        return EvaluationPage(evaluations=[record_dict(r) for r in records], next=skip + len(records))
+
+    @router.get("/{search_id}/summary", response_model=Summary, responses={404: ERRORS[404]},
+                summary="What the search view shows beside the rows")
+    def summary(search_id: SearchId, manager: SearchManager = Depends(get_manager)) -> Summary:
+        """Base and uniform accuracy, the per-layer widths of the best policy against the base and the uniform
+        policy, elapsed time and an estimate of the time left (``report.html``'s facts; null until known)."""
+        return search_summary(manager.get(search_id))
+
+    @router.get("/{search_id}/artifacts", response_model=ArtifactList, responses={404: ERRORS[404]},
+                summary="The files of the run folder a client may fetch (only those written)")
+    def artifacts(search_id: SearchId, manager: SearchManager = Depends(get_manager)) -> ArtifactList:
+        return ArtifactList(artifacts=[Artifact(name=name, media_type=ARTIFACTS[name], bytes=size)
+                                       for name, size in manager.artifacts(search_id)])
 
     @router.get("/{search_id}/events", summary="Live progress (server-sent events)",
                 response_class=EventSourceResponse, dependencies=[Depends(existing_search)],
@@ -93,7 +122,8 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
     async def events(request: Request, search_id: SearchId,
                      last_event_id: str | None = Header(None, max_length=18,
                                                         description="resume after this event id"),
-                     after: int = Query(0, ge=0, le=10**18, description="start after this event id"),
+                     after: int = Query(0, ge=0, le=10**18, description="start after this event id (an id: "
+                                        "what Last-Event-ID holds; not a row count)"),
                      manager: SearchManager = Depends(get_manager)) -> AsyncIterator[ServerSentEvent]:
         """The search's events after ``after`` (or the ``Last-Event-ID`` header), then each new one as it comes."""
         # FastAPI frames each event and sends a keep-alive comment (": ping") after 15 s without one.
@@ -137,7 +167,8 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
     @router.post("/{search_id}/resume", status_code=202, response_model=Search, summary="Resume a search",
                  responses={404: ERRORS[404], 409: {"model": Problem, "description": "not resumable"}})
     def resume(search_id: SearchId, manager: SearchManager = Depends(get_manager)) -> Search:
-        """An interrupted, cancelled or failed search continues where it stopped, up to its evaluations."""
+        """An interrupted or cancelled search continues where it stopped, up to its evaluations (a failed one
+        would fail again: fix the cause and submit it anew)."""
         return Search.of(manager.resume(search_id))
 
     @router.delete("/{search_id}", status_code=204, summary="Delete a finished search",

@@ -121,16 +121,15 @@ class Scheduler:
         tail = self._tails.get(row.id)
         if tail is None:
             tail = self._tails[row.id] = HistoryTail(Path(row.run_dir) / "history.csv")
-        for record in tail.read():
+        for record, best in tail.read_with_best():  # each row with the best up to it, not the batch's best
             if record.index < row.evaluations_done:
                 continue  # told before this service restarted
             row.evaluations_done = record.index + 1
-            row.best = best_summary(tail.best)
+            row.best = best_summary(best)
             self.manager.append_event(session, row, "evaluation", {
                 "index": record.index, "count": row.evaluations_done, "total": row.evaluations_total,
                 "accuracy": record.accuracy, "cost_ratio": record.cost_ratio, "reward": record.reward,
-                "best_accuracy": tail.best.accuracy, "best_cost_ratio": tail.best.cost_ratio,
-                "best_index": tail.best.index})
+                "best_accuracy": best.accuracy, "best_cost_ratio": best.cost_ratio, "best_index": best.index})
         if tail.best is not None:  # also a ladder's re-score (a row of a candidate told before) can be the best
             row.best = best_summary(tail.best)
 

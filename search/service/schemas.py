@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from search.history import Record
 from search.service.db import SearchRow, SearchState, as_utc
 from search.service.progress import BEST_FIELDS
-from search.service.validation import LIMITS, MAX_TEXT, settable_options
+from search.service.validation import MAX_TEXT, bounds, settable_options
 
 # What the document says about some of the Record fields (the others go by their names).
 EVALUATION_DOCS = {
@@ -24,6 +24,8 @@ EVALUATION_DOCS = {
 }
 BEST_DOCS = {
     "index": "evaluation number (the index column of history.csv)",
+    "step": "the strategy's own number of it: Optuna's trial number (what optuna-dashboard shows), an RL "
+            "episode, a sample",
     "keep": "per-layer keep ratios",
     "rung": "the ladder rung of this score (0: the search's own score)",
     "score": "the candidate score that measured the accuracy",
@@ -37,14 +39,14 @@ def settings_model(*, max_evaluations: int) -> type[BaseModel]:
     parser and configs (:func:`search.service.validation.validate_settings`).
     """
     fields: dict[str, Any] = {}
-    limits = {**LIMITS, "evaluations": max_evaluations}
+    limits = bounds(max_evaluations)
     for name, action in settable_options().items():
         kind = action.kind
         extra: dict[str, Any] = {}
         if action.choices:
             extra["enum"] = list(action.choices)
         if name in limits:
-            extra["maximum"] = limits[name]
+            extra["minimum"], extra["maximum"] = limits[name]
         python_type = {"boolean": StrictBool, "integer": StrictInt, "number": Union[StrictFloat, StrictInt],
                        "string": StrictStr, "list": Union[StrictStr, list[StrictStr]]}[kind]
         text_limit = {"max_length": MAX_TEXT} if kind == "string" else {}
@@ -120,7 +122,47 @@ class SearchList(BaseModel):
 
 class EvaluationPage(BaseModel):
     evaluations: list[Evaluation]
-    next: int = Field(description="pass as ?after= to get the rows that follow")
+    next: int = Field(description="pass as ?offset= to get the rows that follow")
+
+
+class Artifact(BaseModel):
+    name: str = Field(description="GET /v1/searches/{id}/artifacts/{name} fetches it")
+    media_type: str
+    bytes: int
+
+
+class ArtifactList(BaseModel):
+    artifacts: list[Artifact] = Field(description="the files written so far (a TPE search has no pareto.json, "
+                                                  "a no_export one no pruned.pt2)")
+
+
+class LayerWidth(BaseModel):
+    name: str
+    base: int | None = Field(None, description="the base model's width (output channels)")
+    best: int | None = Field(None, description="the best policy's width")
+    best_keep: float | None = Field(None, description="the best policy's keep ratio")
+    uniform: int | None = Field(None, description="the uniform policy's width")
+    uniform_keep: float | None = Field(None, description="the uniform policy's keep ratio")
+
+
+class Summary(BaseModel):
+    """``report.html``'s facts; null until known (base and uniform are measured when the search ends)."""
+
+    best_index: int | None = Field(description="the best evaluation (highest reward; a tie goes to the cheaper, "
+                                               "then the earlier policy)")
+    best_val_accuracy: float | None
+    best_test_accuracy: float | None
+    best_cost_ratio: float | None
+    base_val_accuracy: float | None
+    base_test_accuracy: float | None
+    uniform_val_accuracy: float | None
+    uniform_test_accuracy: float | None
+    uniform_cost_ratio: float | None
+    layers: list[LayerWidth] = Field(description="per layer: base width and the best and uniform policies' widths "
+                                                 "(while running: the best keep ratios so far, by position)")
+    elapsed_s: float | None = Field(description="since the search first started (to its end once finished)")
+    remaining_s: float | None = Field(description="an estimate of the time left while it runs: elapsed time per "
+                                                  "evaluation so far times the evaluations left")
 
 
 class Problem(BaseModel):

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from amc.errors import AmcError
 from amc.evaluation.scores import Finetune, parse_score
 from search.options import Option, SearchOptions, as_text, first_error, options
+from search.service.names import SettingsError, check_names
 
 # Settings the service sets itself: where the run goes, its Optuna storage, the console, the cluster.
 SERVICE_OWNED = {
@@ -36,15 +37,6 @@ LIMITS = {"evaluations": 10_000, "warmup": 10_000, "epochs": 1_000, "ladder_top_
           "threads": 256, "workers": 1_024, "threads_per_worker": 256}
 MAX_TEXT = 1_000  # characters of a string setting
 MAX_FINETUNE_STEPS = 10_000  # K of a finetune:K score (per candidate)
-
-
-class SettingsError(Exception):
-    """A setting that cannot be used: ``field`` names it, ``reason`` says why (answered as HTTP 422)."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -85,8 +77,32 @@ def settings_argv(given: dict[str, Any]) -> list[str]:
     return [word for key, value in given.items() for word in option_argv(key, value)]
 
 
-def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["evaluations"]) -> Settings:
-    """Checks a request's settings as ``scripts/search.py`` checks its options.
+def lowest(option: Option) -> int:
+    """The smallest value of an integer setting this service takes: 0, or 1 where the option refuses 0."""
+    try:
+        option.read("0")
+    except Exception:  # noqa: BLE001 - the reader's OptionError: 0 is refused
+        return 1
+    return 0
+
+
+def bounds(max_evaluations: int = LIMITS["evaluations"]) -> dict[str, tuple[int, int]]:
+    """Setting -> the inclusive range this service takes (what its 422 and its OpenAPI document say)."""
+    settable = settable_options()
+    return {key: (lowest(settable[key]), high) for key, high in {**LIMITS, "evaluations": max_evaluations}.items()
+            if key in settable}
+
+
+def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["evaluations"],
+                      python: str | None = None, workdir: str = ".") -> Settings:
+    """Checks a request's settings as ``scripts/search.py`` checks its options, and resolves the names they
+    give (models, datasets, factories: :func:`search.service.names.check_names`) as the run will.
+
+    Args:
+        values: The request body.
+        max_evaluations: This service's bound on ``evaluations``.
+        python, workdir: The search processes' interpreter and working folder (a factory is imported there;
+            None: this interpreter).
 
     Raises:
         SettingsError: The first setting that cannot be used, with the reason.
@@ -109,10 +125,10 @@ def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["
     except ValidationError as exc:
         raise SettingsError(*first_error(exc, order=list(given))) from None
     resolved = checked.model_dump()
-    for key, high in {**LIMITS, "evaluations": max_evaluations}.items():
+    for key, (low, high) in bounds(max_evaluations).items():
         value = resolved.get(key)
-        if value is not None and not isinstance(value, bool) and isinstance(value, int) and not 0 <= value <= high:
-            raise SettingsError(key, f"must be in [0, {high}] on this service, got {value!r}")
+        if value is not None and not isinstance(value, bool) and isinstance(value, int) and not low <= value <= high:
+            raise SettingsError(key, f"must be in [{low}, {high}] on this service, got {value!r}")
     for key in ("score", "ladder"):
         for score in [resolved[key]] if isinstance(resolved.get(key), str) else resolved.get(key) or ():
             parsed = parse_score(score)
@@ -122,6 +138,7 @@ def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["
         checked.model_copy(update={"out": "runs/service-check"}).to_config()
     except (AmcError, ValueError) as exc:
         raise SettingsError(_named_field(str(exc), settable), str(exc)) from None
+    check_names(resolved, python=python, workdir=workdir)
     for key in SERVICE_OWNED:
         resolved.pop(key, None)
     if resolved.get("ladder") is not None:

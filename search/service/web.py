@@ -12,8 +12,9 @@ A browser cannot add that header when it navigates to ``/dashboard``, so signing
 :data:`SESSION_S`, and an HMAC of its expiry keyed by the token (no server state; a new token voids
 it). The dashboard is read-only here: its requests other than GET and HEAD (delete a study, write a
 note, ...) are refused, so a cookie can change nothing, and the service stays the owner of its
-studies. optuna-dashboard's bundled front end asks for ``/api/...``, ``/static/...`` and ``/csv/...``
-at the site's root, so those paths go to it too; the page's own files are under ``/ui/``.
+studies; its page gets a style that hides the controls which would send them (:data:`READ_ONLY_STYLE`).
+optuna-dashboard's bundled front end asks for ``/api/...``, ``/static/...`` and ``/csv/...`` at the
+site's root, so those paths go to it too; the page's own files are under ``/ui/``.
 """
 
 from __future__ import annotations
@@ -39,10 +40,21 @@ from search.service.settings import ServiceConfig
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
 FILES = {"app.js": "text/javascript", "api.js": "text/javascript", "search.js": "text/javascript",
-         "style.css": "text/css"}  # what /ui/<name> serves
+         "charts.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}  # /ui/<name>
 COOKIE = "amc_dashboard"
 SESSION_S = 8 * 3600
 DASHBOARD_PATHS = ("/dashboard", "/api", "/static", "/csv")
+# The dashboard's controls that would change a study (create, delete, rename, notes, artifacts), hidden from
+# its page: the gate refuses those requests anyway (405), and a button that only fails misleads. MUI marks
+# each icon with data-testid="<Name>Icon"; the buttons that carry no icon have an aria-label.
+_WRITE_ICONS = ("AddBox", "Delete", "DriveFileRenameOutline", "Edit", "ModeEdit", "UploadFile", "RestoreFromTrash",
+                "Save")
+_WRITE_LABELS = ("delete study", "rename study", "delete artifact", "skip trial")
+READ_ONLY_STYLE = (
+    "<style id=\"amc-read-only\">"
+    + ", ".join([f':is(button, [role=menuitem]):has(svg[data-testid="{name}Icon"])'
+                 for name in _WRITE_ICONS] + [f'[aria-label="{label}"]' for label in _WRITE_LABELS])
+    + " { display: none !important; }</style>")
 # The page runs only its own script. Inline styles are allowed because a blob: document (report.html,
 # opened from the page) inherits this policy, and the report styles itself inline; it runs no script.
 PAGE_HEADERS = {
@@ -66,6 +78,11 @@ def _page_router() -> APIRouter:
     @router.get("/")
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    @router.get("/favicon.ico")
+    def favicon() -> FileResponse:  # browsers ask for it on every page: without it, a 404 each time
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "max-age=86400"})
 
     @router.get("/ui/{name}")
     def page_file(name: str = PathParam(max_length=20)) -> Response:
@@ -142,7 +159,10 @@ class DashboardGate:
             await _answer(send, 503, f"optuna-dashboard is not installed ({exc.name}): "
                                      "pip install -c constraints.txt -e '.[service]'")
             return
-        await app({**scope, "root_path": ""}, receive, send)  # its routes are absolute: give it the whole path
+        path = scope["path"]
+        page = scope["method"] == "GET" and (path == "/dashboard" or path.startswith("/dashboard/"))
+        # Its routes are absolute: give it the whole path. Its page gets the style that hides the write controls.
+        await app({**scope, "root_path": ""}, receive, _with_read_only_style(send) if page else send)
 
     def _bearer_ok(self, request: Request) -> bool:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -158,6 +178,33 @@ class DashboardGate:
                 self._app = WSGIMiddleware(wsgi(optuna.storages.RDBStorage(self.database_url)))
                 log.info("optuna-dashboard serves the studies of %s", self.database_url.split("@")[-1])
             return self._app
+
+
+def _with_read_only_style(send: Send) -> Send:
+    """``send`` of the dashboard's page with :data:`READ_ONLY_STYLE` put before its ``</head>`` (an HTML
+    answer that is not compressed; anything else passes as it is)."""
+    start: dict | None = None
+    body = bytearray()
+
+    async def patched(message: dict) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            headers = {k.lower(): v for k, v in message.get("headers", [])}
+            if headers.get(b"content-type", b"").startswith(b"text/html") and b"content-encoding" not in headers:
+                start = message
+                return
+        elif message["type"] == "http.response.body" and start is not None:
+            body.extend(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            page = bytes(body).replace(b"</head>", READ_ONLY_STYLE.encode() + b"</head>", 1)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(page)).encode())]})
+            await send({"type": "http.response.body", "body": page})
+            return
+        await send(message)
+
+    return patched
 
 
 async def _answer(send: Send, status: int, detail: str, *, allow: str | None = None) -> None:

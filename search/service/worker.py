@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
 from search.service.executor import cancel_requested
+
+log = logging.getLogger(__name__)
 
 
 def _interrupt(signum, frame) -> None:
@@ -38,6 +41,7 @@ def write_exit(path: Path, attempt: int, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the search of ``argv`` and records its exit status."""
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(prog="search.service.worker")
@@ -76,8 +80,6 @@ def exit_now(code: int) -> None:
     load), so that a cancelled search reads ``cancelled`` soon after its best policy is written. Everything
     that matters is on disk by now (history rows are fsynced, the outputs and the exit file written); a Ray
     driver still connected is shut down first."""
-    import logging
-
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.search.helpers import SEARCH_SCRIPT, history_rows, run_script
+from search.history import read_history
+from tests import forkserver
+from tests.search.helpers import REPO, SEARCH_SCRIPT, history_rows, run_script, subprocess_env
 
 torch.set_num_threads(1)
 # Its module fixtures are costly: one xdist worker runs the whole module (make test uses --dist loadgroup).
@@ -114,3 +119,84 @@ def test_config_file_values_are_overridden_by_the_command_line(tmp_path: Path, a
         assert int(uniform[1]) >= 1
         uniform_keeps.add(uniform[0])
     assert len(uniform_keeps) == 1  # one keep ratio everywhere
+
+
+# --- --resume without a run to resume (issue 32) -----------------------------------------------------
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_resume_of_a_folder_without_a_run_is_refused(folder: str, tmp_path: Path, amc_cache: Path) -> None:
+    """Before, ``--resume`` on a folder that holds no run started a new full search there (exit 0, no word)."""
+    out = tmp_path / "run"
+    if folder == "empty":
+        out.mkdir()
+    done = run_script(SEARCH_SCRIPT, "--resume", "--out", str(out), "--quiet", cache=amc_cache, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("search.py: error: --resume"), lines
+    assert repr(str(out)) in lines[0] and "drop --resume" in lines[0]
+    assert out.exists() == (folder == "empty") and not (out / "history.csv").exists()
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_resume_without_out_is_refused(tmp_path: Path, amc_cache: Path) -> None:
+    """Before, ``--resume`` without ``--out`` started a new search in runs/<timestamp>."""
+    done = forkserver.run([sys.executable, str(SEARCH_SCRIPT), "--resume", "--quiet"], cwd=tmp_path,
+                          env=subprocess_env(amc_cache), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "search.py: error: --resume needs --out RUN_FOLDER: the folder of the run to continue (or drop --resume)"]
+    assert list(tmp_path.iterdir()) == []  # no runs/<timestamp>
+
+
+# --- Ctrl-C: exit status 130 (issue 32) ---------------------------------------------------------------
+
+def _interrupt_search(args: list[str], cache: Path, until, *, what: str, timeout: float = 120):
+    """Runs ``scripts/search.py args``, sends SIGINT (Ctrl-C) once ``until()`` holds; returns the finished process,
+    its stdout and its stderr."""
+    proc = forkserver.Process([sys.executable, str(SEARCH_SCRIPT), *args], cwd=REPO, env=subprocess_env(cache),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert proc.poll() is None, f"search ended before {what}: {proc.communicate()}"
+            assert time.monotonic() < deadline, f"search did not reach {what} in {timeout:.0f} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc, out, err
+
+
+def test_an_interrupted_search_writes_its_best_policy_and_exits_130(tmp_path: Path, amc_cache: Path) -> None:
+    """Before, it exited 0: a script could not tell a stopped search from a finished one."""
+    out = tmp_path / "run"
+    args = ["--strategy", "random", "--budget", "0.5", "--evaluations", "5000", "--score", "bn", "--no-export",
+            "--out", str(out), "--quiet", "--threads", "1"]
+    proc, stdout, stderr = _interrupt_search(args, amc_cache, lambda: len(read_history(out / "history.csv")) >= 2,
+                                             what="2 evaluations")
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["meta"]["interrupted"] is True
+    evaluations = policy["meta"]["evaluations"]
+    assert 2 <= evaluations < 5000
+    assert "(interrupted:bestsofar)" in "".join(stdout.split())  # rich may wrap the line
+    assert stderr.strip().splitlines()[-1] == (f"search.py: interrupted after {evaluations} evaluations; continue "
+                                               f"with the same options plus --resume --out {out}")
+
+
+def test_a_search_interrupted_in_base_training_says_nothing_was_evaluated(tmp_path: Path) -> None:
+    """Before, it suggested --resume for a run that had evaluated nothing (and whose folder is removed)."""
+    out, cache = tmp_path / "run", tmp_path / "cache"  # an empty cache: the base cnn is trained first
+    log = out / "run.log"
+    args = ["--epochs", "1000", "--out", str(out), "--quiet", "--threads", "1"]
+    proc, _, stderr = _interrupt_search(args, cache, lambda: log.exists() and "training cnn" in log.read_text(),
+                                        what="base training")
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [
+        "search.py: interrupted before any policy was evaluated: nothing to resume (run it again to start over)"]
+    assert not out.exists()  # a run that evaluated nothing leaves no folder
+    assert not cache.exists() or not list(cache.glob("*.pt"))

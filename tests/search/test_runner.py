@@ -151,7 +151,7 @@ def test_ctrl_c_writes_the_best_policy_so_far(strategy: str, tmp_path: Path, con
     assert policy.meta["evaluations"] == 5
     assert (tmp_path / "run" / "report.png").exists()
     html = (tmp_path / "run" / "report.html").read_text()
-    assert html.count("<td>not timed</td>") == 4  # a stopped search exits without timing base and pruned
+    assert html.count("<td>not timed</td>") == 6  # a stopped search times neither base nor pruned (nor their ratio row)
     if strategy == "optuna":
         with sqlite3.connect(tmp_path / "run" / "study.db") as db:
             states = dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())

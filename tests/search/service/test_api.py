@@ -81,7 +81,9 @@ def test_openapi_document_lists_the_routes_and_the_search_options(client: TestCl
     settings = doc["components"]["schemas"]["SearchSettings"]["properties"]
     assert "fraction of the base model's resource" in settings["budget"]["description"]  # search.py's help
     assert settings["strategy"]["enum"][:3] == ["ddpg", "td3", "sac"]
-    assert settings["evaluations"]["maximum"] == 500  # this service's bound
+    assert (settings["evaluations"]["minimum"], settings["evaluations"]["maximum"]) == (1, 500)  # this service's
+    assert settings["warmup"]["minimum"] == 0
+    assert {"/v1/searches/{search_id}/summary", "/v1/searches/{search_id}/artifacts"} <= set(doc["paths"])
     assert "out" not in settings and "storage" not in settings
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
@@ -91,7 +93,12 @@ def test_openapi_document_lists_the_routes_and_the_search_options(client: TestCl
     ({"budget": "0.3"}, "budget", "valid number"),
     ({"strategy": "foo"}, "strategy", "invalid choice: 'foo'"),
     ({"min_keep": 0.9, "max_keep": 0.5}, "min_keep", "must not exceed --max-keep"),
-    ({"evaluations": 501}, "evaluations", "[0, 500] on this service"),
+    ({"evaluations": 501}, "evaluations", "must be in [1, 500] on this service"),  # 0 is refused: not [0, ...]
+    ({"evaluations": 0}, "evaluations", "must be an integer >= 1"),
+    ({"model": "resnet2000"}, "model", "unknown model 'resnet2000': use one of cnn, convnext"),  # not 201-then-fail
+    ({"model": "nosuchpkg.models:make"}, "model", "cannot import module 'nosuchpkg.models'"),
+    ({"dataset": "nosuchpkg.data:splits"}, "dataset", "cannot import module 'nosuchpkg.data'"),
+    ({"model": "amc.models:nosuch"}, "model", "has no callable 'nosuch'"),
     ({"out": "/etc"}, "out", "not settable"),
     ({"nosuch": 1}, "nosuch", "unknown setting"),
     ({"score": "finetune:0"}, "score", "finetune:0"),
@@ -151,6 +158,12 @@ def test_submit_watch_and_fetch(client: TestClient, finished) -> None:
     assert len(rows) == 6
     assert search["best"]["accuracy"] == max(float(r["accuracy"]) for r in rows)
     assert evaluations[-1]["best_accuracy"] == search["best"]["accuracy"]
+    # Each event's best is the best up to its own row, never a later row's (issue 32, point 7).
+    accuracies = {int(r["index"]): float(r["accuracy"]) for r in rows}
+    for event in evaluations:
+        assert event["best_index"] <= event["index"], event
+        assert event["best_accuracy"] == max(accuracies[i] for i in range(event["index"] + 1)), event
+        assert event["best_accuracy"] == accuracies[event["best_index"]], event
 
     policy = client.get(f"/v1/searches/{search_id}/artifacts/policy.json", headers=AUTH)
     assert policy.headers["content-type"] == "application/json"
@@ -166,14 +179,67 @@ def test_submit_watch_and_fetch(client: TestClient, finished) -> None:
     report = client.get(f"/v1/searches/{search_id}/artifacts/report.html", headers=AUTH)
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
 
-    page = client.get(f"/v1/searches/{search_id}/evaluations?after=4", headers=AUTH).json()
+    page = client.get(f"/v1/searches/{search_id}/evaluations?offset=4", headers=AUTH).json()
     assert [e["index"] for e in page["evaluations"]] == [4, 5] and page["next"] == 6
     assert page["evaluations"][0]["accuracy"] == float(rows[4]["accuracy"])
+    # ?after= is offset's former name (a row count); the event stream's ?after= is an event id.
+    assert client.get(f"/v1/searches/{search_id}/evaluations?after=4", headers=AUTH).json() == page
+    # A finished search's actions answer in plain words.
+    conflict = client.post(f"/v1/searches/{search_id}/cancel", headers=AUTH)
+    assert conflict.status_code == 409 and f"search {search_id} has succeeded:" in conflict.json()["detail"]
+    assert "has succeeded: only interrupted or cancelled" in \
+        client.post(f"/v1/searches/{search_id}/resume", headers=AUTH).json()["detail"]
 
     # Resumable: after the third event only the later ones come back.
     again = parse_sse(client.get(f"/v1/searches/{search_id}/events",
                                  headers={**AUTH, "Last-Event-ID": str(ids[2])}).text)
     assert [e["id"] for e in again] == ids[3:]
+
+
+def test_only_written_artifacts_are_listed(client: TestClient, finished) -> None:
+    """A TPE search writes no pareto.json, a no_export one no pruned.pt2, and a search no pruned.onnx."""
+    search_id, _ = finished
+    listed = client.get(f"/v1/searches/{search_id}/artifacts", headers=AUTH).json()["artifacts"]
+    names = [a["name"] for a in listed]
+    assert set(names) == {"policy.json", "history.csv", "report.html", "report.png", "config.json", "run.log",
+                          "service.log"}
+    for artifact in listed:
+        response = client.get(f"/v1/searches/{search_id}/artifacts/{artifact['name']}", headers=AUTH)
+        assert response.status_code == 200 and len(response.content) == artifact["bytes"] > 0
+        assert response.headers["content-type"].split(";")[0] == artifact["media_type"].split(";")[0]
+
+
+def test_summary_has_the_reports_facts(client: TestClient, finished) -> None:
+    """Base and uniform accuracy, the per-layer widths of the best policy against base and uniform, the time."""
+    search_id, _ = finished
+    summary = client.get(f"/v1/searches/{search_id}/summary", headers=AUTH).json()
+    policy = client.get(f"/v1/searches/{search_id}/artifacts/policy.json", headers=AUTH).json()
+    metrics = policy["metrics"]
+    search = _get(client, search_id)
+    assert summary["best_index"] == search["best"]["index"] == policy["meta"]["best_evaluation"]
+    assert (summary["base_val_accuracy"], summary["uniform_val_accuracy"], summary["best_test_accuracy"]) == \
+        (metrics["base_val_accuracy"], metrics["uniform_val_accuracy"], metrics["test_accuracy"])
+    layers = summary["layers"]
+    assert [layer["name"] for layer in layers] == list(policy["keep"])
+    assert [layer["best"] for layer in layers] == list(policy["channels"].values())
+    assert all(layer["uniform"] <= layer["base"] and layer["best"] <= layer["base"] for layer in layers)
+    assert 0 < summary["uniform_cost_ratio"] <= 0.5 + 1e-9  # SMALL's budget
+    assert summary["elapsed_s"] > 0 and summary["remaining_s"] is None  # finished: nothing left
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_search_is_not_resumable_and_can_be_deleted(client: TestClient, finished) -> None:
+    """A failed search would fail again the same way: 409 on resume, with the reason; delete takes it away."""
+    response = client.post("/v1/searches", json={**SMALL, "evaluations": 3, "checkpoint": "/nonexistent/base.pt"},
+                           headers=AUTH)
+    assert response.status_code == 201, response.text
+    search_id = response.json()["id"]
+    failed = wait_for(lambda: _get(client, search_id), lambda s: s["state"] == "failed", timeout=90, what="failed")
+    resume = client.post(f"/v1/searches/{search_id}/resume", headers=AUTH)
+    assert resume.status_code == 409
+    assert resume.json()["detail"].startswith(f"search {search_id} has failed ({failed['error']})")
+    assert client.delete(f"/v1/searches/{search_id}", headers=AUTH).status_code == 204
+    assert client.get(f"/v1/searches/{search_id}", headers=AUTH).status_code == 404
 
 
 def test_artifact_names_stay_inside_the_run_folder(client: TestClient, finished) -> None:

@@ -14,12 +14,16 @@ import pytest
 from amc.errors import ConfigError
 from search.cli.search import build_parser
 from search.history import COLUMNS, HistoryWriter, Record
+from search.service.db import close_database, open_database
 from search.service.executor import EXIT_FILE, Exit, Launch, LocalProcessExecutor, process_start_time
+from search.service.manager import SearchManager
 from search.service.progress import HistoryTail
-from search.service.settings import is_loopback, load_or_create_token
+from search.service.scheduler import Scheduler
+from search.service.settings import ServiceConfig, is_loopback, load_or_create_token
 from search.service.validation import SettingsError, validate_settings
 from search.service.worker import main as worker_main
 from tests.search.helpers import REPO, subprocess_env
+from tests.search.service.helpers import TOKEN
 
 
 def _record(index: int, accuracy: float, cost: float = 1.0) -> Record:
@@ -70,6 +74,43 @@ def test_history_tail_reads_complete_rows_once_and_keeps_the_best(tmp_path: Path
     assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
 
 
+def test_history_tail_gives_each_row_the_best_up_to_it(tmp_path: Path) -> None:
+    """Rows read at once each carry the best so far at that row, never a later row's (issue 32, point 7)."""
+    path = tmp_path / "history.csv"
+    tail = HistoryTail(path)
+    writer = HistoryWriter(path)
+    for index, accuracy in enumerate((0.5, 0.4, 0.7, 0.6, 0.9)):
+        writer.append(_record(index, accuracy))
+    writer.close()
+    rows = tail.read_with_best()  # the five rows in one read, as a service polling a fast search finds them
+    assert [(r.index, b.index) for r, b in rows] == [(0, 0), (1, 0), (2, 2), (3, 2), (4, 4)]
+    assert all(best.index <= record.index for record, best in rows)
+    assert [b.accuracy for _, b in rows] == [0.5, 0.5, 0.7, 0.7, 0.9]
+
+
+def test_events_of_rows_read_at_once_carry_the_best_up_to_each(tmp_path: Path) -> None:
+    """The scheduler's evaluation events: best_index <= index on each, however many rows one poll finds."""
+    config = ServiceConfig(token=TOKEN, state_dir=str(tmp_path))
+    sessions = open_database(config.database_url)
+    try:
+        manager = SearchManager(config, sessions, LocalProcessExecutor(sys.executable))
+        row, _ = manager.submit(validate_settings({"strategy": "random", "evaluations": 5}), idempotency_key=None,
+                                request_hash="x")
+        Path(row.run_dir).mkdir(parents=True)
+        writer = HistoryWriter(Path(row.run_dir) / "history.csv")
+        accuracies = (0.5, 0.4, 0.7, 0.6, 0.9)
+        for index, accuracy in enumerate(accuracies):
+            writer.append(_record(index, accuracy))
+        writer.close()
+        with manager.changing() as session:
+            Scheduler(manager)._record_progress(session, session.get(type(row), row.id))
+        events = [e.data for e in manager.events(row.id) if e.kind == "evaluation"]
+        assert [(e["index"], e["best_index"]) for e in events] == [(0, 0), (1, 0), (2, 2), (3, 2), (4, 4)]
+        assert [e["best_accuracy"] for e in events] == [max(accuracies[: i + 1]) for i in range(5)]
+    finally:
+        close_database(sessions)
+
+
 def test_token_is_generated_once_and_token_files_are_checked(tmp_path: Path) -> None:
     token, generated = load_or_create_token(tmp_path)
     assert generated and len(token) >= 32
@@ -112,6 +153,40 @@ def test_settings_are_refused_with_the_command_lines_reason(capsys: pytest.Captu
     assert settings.given == {"budget": 0.4, "strategy": "uniform", "evaluations": 50, "min_keep": 0.3}
     assert settings.options["criterion"] == "l1" and "out" not in settings.options
     assert settings.evaluations == 1  # uniform evaluates one policy
+
+
+@pytest.mark.parametrize(("values", "field", "reason"), [
+    ({"model": "resnet2000"}, "model", "unknown model 'resnet2000': use one of cnn, convnext, mobilenetv2"),
+    ({"model": "nosuchpkg.models:make"}, "model", "cannot import module 'nosuchpkg.models' of 'nosuchpkg.models:make' "
+                                                  "(ModuleNotFoundError: No module named 'nosuchpkg')"),
+    ({"model": "amc.models:nosuch"}, "model", "module 'amc.models' has no callable 'nosuch'"),
+    ({"dataset": "nosuchpkg.data:splits"}, "dataset", "cannot import module 'nosuchpkg.data'"),
+    ({"dataset": "cifar100"}, "dataset", "must be one of digits"),
+])
+def test_names_are_resolved_at_submission(values: dict, field: str, reason: str) -> None:
+    """An unknown model, dataset or factory is refused at once (422), not accepted and then failed (issue 32)."""
+    with pytest.raises(SettingsError) as caught:
+        validate_settings(values, python=sys.executable, workdir=str(REPO))
+    assert caught.value.field == field
+    assert reason in caught.value.reason
+    assert "\n" not in caught.value.reason
+
+
+def test_names_that_resolve_are_accepted() -> None:
+    settings = validate_settings({"model": "resnet20", "dataset": "amc.data.datasets:load_digits"}, workdir=str(REPO))
+    assert settings.options["model"] == "resnet20"
+    assert validate_settings({"model": "amc.models:cnn"}, workdir=str(REPO)).given == {"model": "amc.models:cnn"}
+
+
+def test_service_bounds_agree_with_the_options() -> None:
+    """The bound a 422 names is one the option takes: evaluations >= 1, so [1, N], not [0, N] (issue 32)."""
+    with pytest.raises(SettingsError) as caught:
+        validate_settings({"evaluations": 20_000})
+    assert caught.value.reason == "must be in [1, 10000] on this service, got 20000"
+    with pytest.raises(SettingsError) as caught:
+        validate_settings({"warmup": -1})
+    assert caught.value.reason == "must be in [0, 10000] on this service, got -1"
+    assert validate_settings({"evaluations": 1, "warmup": 0}).options["evaluations"] == 1
 
 
 def test_worker_records_the_search_exit_status(tmp_path: Path) -> None:

@@ -151,7 +151,8 @@ def test_killed_search_is_interrupted_after_restart_and_resumes_exactly(state: P
         counts = list(session.scalars(select(EventRow.data["count"].as_integer())
                                       .where(EventRow.search_id == survivor, EventRow.kind == "evaluation")
                                       .order_by(EventRow.id)))
-    assert final.data == {"state": "interrupted", "previous": "running", "attempt": 1, "exit_code": 0}
+    # 130: an interrupted search.py exits as shells do, after writing its best policy (issue 32, point 5).
+    assert final.data == {"state": "interrupted", "previous": "running", "attempt": 1, "exit_code": 130}
     assert 3 <= done < 400 and counts == list(range(1, done + 1))
     policy = json.loads((state / "runs" / survivor / "policy.json").read_text())
     assert policy["meta"]["interrupted"] and policy["meta"]["evaluations"] == done

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from search.service.db import RESUMABLE, SearchState
 from search.service.manager import ARTIFACTS
 from search.service.validation import settable_options
 from search.service.web import COOKIE, STATIC_DIR, session_valid, session_value
@@ -47,6 +48,14 @@ def test_the_page_knows_every_artifact() -> None:
     script = (STATIC_DIR / "search.js").read_text()
     block = re.search(r"const ARTIFACTS = \{(.*?)\};", script, re.DOTALL).group(1)
     assert set(re.findall(r'"([\w.]+)": "', block)) == set(ARTIFACTS)
+
+
+def test_the_page_offers_resume_where_the_service_takes_it() -> None:
+    """A failed search offers no Resume: the page's states are the service's (db.RESUMABLE)."""
+    script = (STATIC_DIR / "search.js").read_text()
+    block = re.search(r"const RESUMABLE = \[(.*?)\];", script, re.DOTALL).group(1)
+    assert re.findall(r'"(\w+)"', block) == [str(state) for state in RESUMABLE]
+    assert SearchState.FAILED not in RESUMABLE
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +120,8 @@ def watched(served):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    missing: list[str] = []  # every answer of 404 (the favicon was one on every page)
+    page.on("response", lambda response: missing.append(response.url) if response.status == 404 else None)
     page.goto(f"{server}/")
     page.fill("#token", "not-the-token")
     page.click("#login-form button")
@@ -150,6 +161,7 @@ def watched(served):
     expect(page.locator("#s-state")).to_have_text("succeeded", timeout=90_000)
     yield server, context, page, search_id
     assert errors == []
+    assert missing == []
     context.close()
 
 
@@ -181,14 +193,80 @@ def test_submit_from_the_form_watch_progress_and_open_the_report(watched) -> Non
     assert "sans-serif" in report.evaluate("getComputedStyle(document.body).fontFamily")  # its own style applies
     report.close()
 
-    page.click("a[data-artifact='pruned.pt2']")  # --no-export: not written
-    expect(page.locator("#artifact-error")).to_contain_text("pruned.pt2: search")
+    # Only the files written are offered: no pruned.pt2 (no_export), no pareto.json (TPE), no pruned.onnx.
+    listed = page.locator("#artifacts a[data-artifact]")
+    expect(listed).to_have_count(7)
+    assert set(listed.all_text_contents()) == {"policy.json", "history.csv", "report.html", "report.png",
+                                               "config.json", "run.log", "service.log"}
 
     page.click("nav >> text=Searches")
     row = page.locator(f"#searches tr[data-id='{search_id}']")
     expect(row).to_contain_text("succeeded")
     expect(row).to_contain_text("100%")
     expect(row).to_contain_text(f"{search['best']['accuracy']:.4f}")
+
+
+@pytest.mark.timeout(300)
+def test_the_search_view_shows_the_curve_the_widths_and_the_comparison(watched) -> None:
+    """What report.html shows (issue 32, point 9): the search curve with the best so far, the per-layer widths of
+    the best policy against base and uniform, base/best/uniform accuracy, the time, the best row marked."""
+    from playwright.sync_api import expect
+
+    server, _, page, search_id = watched
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    search = httpx.get(f"{server}/v1/searches/{search_id}", headers=headers).json()
+    policy = httpx.get(f"{server}/v1/searches/{search_id}/artifacts/policy.json", headers=headers).json()
+    best = search["best"]
+    page.goto(f"{server}/#/searches/{search_id}")
+    expect(page.locator("#s-state")).to_have_text("succeeded")
+    expect(page.locator("#curve svg .points circle")).to_have_count(5)  # one point per evaluation
+    expect(page.locator("#curve svg polyline.best-line")).to_have_count(1)
+    expect(page.locator("#curve svg circle.best-point")).to_have_count(1)
+    layers = page.locator("#widths svg g.layer")
+    expect(layers).to_have_count(len(policy["keep"]))
+    assert [layers.nth(i).get_attribute("data-layer") for i in range(layers.count())] == list(policy["keep"])
+    expect(page.locator("#widths svg g.layer rect.best-bar")).to_have_count(len(policy["keep"]))
+    expect(page.locator("#widths svg g.layer line.uniform-mark")).to_have_count(len(policy["keep"]))
+    first = next(iter(policy["keep"]))
+    assert f"best {policy['channels'][first]}" in page.text_content(f"#widths g.layer[data-layer='{first}'] title")
+    metrics = policy["metrics"]
+    for model, val, test in (("base", "base_val_accuracy", "base_test_accuracy"),
+                             ("best", "val_accuracy", "test_accuracy"),
+                             ("uniform", "uniform_val_accuracy", "uniform_test_accuracy")):
+        cells = page.locator(f"#comparison tr[data-model='{model}'] td")
+        expect(cells.nth(0)).to_have_text(f"{metrics[val]:.4f}")
+        expect(cells.nth(1)).to_have_text(f"{metrics[test]:.4f}")
+    expect(page.locator("#s-elapsed")).to_have_text(re.compile(r"^\d+ (s|min)"))
+    assert page.is_hidden("#s-remaining-part")  # finished: no estimate
+    expect(page.locator("#s-best-index")).to_have_text(str(best["index"]))
+    expect(page.locator("#s-best-trial")).to_have_text(f"(Optuna trial {best['step']})")
+    marked = page.locator("#evaluations tr.best")
+    expect(marked).to_have_count(1)
+    assert marked.get_attribute("data-index") == str(best["index"])
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_search_offers_no_resume_and_delete_works(watched) -> None:
+    from playwright.sync_api import expect
+
+    server, _, page, _ = watched
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = httpx.post(f"{server}/v1/searches", headers=headers,
+                          json={"strategy": "random", "evaluations": 3, "no_export": True,
+                                "checkpoint": "/nonexistent/base.pt"})  # accepted; the run cannot load it
+    failed = response.json()["id"]
+    page.goto(f"{server}/#/searches/{failed}")
+    expect(page.locator("#s-state")).to_have_text("failed", timeout=90_000)
+    expect(page.locator("#s-error")).to_contain_text("/nonexistent/base.pt")
+    expect(page.locator("#resume")).to_be_hidden()  # it would fail again
+    expect(page.locator("#cancel")).to_be_hidden()
+    expect(page.locator("#delete")).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete")
+    page.wait_for_url(re.compile(r"#/$"))
+    expect(page.locator("#list-view")).to_be_visible()
+    expect(page.locator(f"#searches tr[data-id='{failed}']")).to_have_count(0)
+    assert httpx.get(f"{server}/v1/searches/{failed}", headers=headers).status_code == 404
 
 
 @pytest.mark.timeout(300)
@@ -213,6 +291,12 @@ def test_dashboard_shows_the_study_behind_the_session_cookie(watched) -> None:
     dashboard = context.new_page()
     dashboard.goto(f"{server}/dashboard/")
     expect(dashboard.get_by_text(f"amc-search/{search_id}")).to_be_visible(timeout=30_000)
+    # Read-only: the controls that would answer 405 are on its page, and hidden.
+    for control in ('button:has(svg[data-testid="AddBoxIcon"])', "[aria-label='delete study']"):
+        expect(dashboard.locator(control)).not_to_have_count(0)
+        for i in range(dashboard.locator(control).count()):
+            expect(dashboard.locator(control).nth(i)).to_be_hidden()
+    assert httpx.get(f"{server}/favicon.ico").status_code == 200
     dashboard.close()
 
     page.click("#sign-out")
