@@ -90,13 +90,13 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
     def evaluations(search_id: SearchId, request: Request,
                     offset: int = Query(0, ge=0, le=10**9, description="skip the first N rows (a row count, as "
                                         "in GET /v1/searches; not an event id)"),
-                    after: int | None = Query(None, ge=0, le=10**9, deprecated=True,
-                                              description="the same as offset (its former name)"),
+                    after: int = Query(0, ge=0, le=10**9, deprecated=True,
+                                       description="the same as offset (its former name); offset wins when both are given"),
                     limit: int = Query(1000, ge=1, le=10_000),
                     manager: SearchManager = Depends(get_manager)) -> EvaluationPage:
         """Rows of ``history.csv`` from row ``offset`` (0-based): ``?offset=50`` starts at the 51st row."""
         _whole_numbers(request, "offset", "after", "limit")
-        skip = after if after is not None and "offset" not in request.query_params else offset
+        skip = after if "after" in request.query_params and "offset" not in request.query_params else offset
         row = manager.get(search_id)
         records = read_history(f"{row.run_dir}/history.csv")[skip: skip + limit]
         return EvaluationPage(evaluations=[record_dict(r) for r in records], next=skip + len(records))
