@@ -92,8 +92,8 @@ def _flag(help: str) -> Any:
 
 
 # Torch's default (one thread per core) spin-waits when another process holds a core: on the 2-core machine the
-# default search took 101 s with 2 threads beside one busy process against 23 s with 1, and 20 s against 10 s idle
-# (BENCHMARKS.md, threads; issue 32).
+# default search took 15.8 s with 2 threads beside one busy process against 10.2 s with 1 (101 s against 23 s on a
+# machine already busy), and within 8% of each other alone on an idle machine (BENCHMARKS.md, threads; issue 32).
 DEFAULT_THREADS = 1
 _budget = v.number_in(0, 1, meaning=" (fraction of the base cost kept)")
 _positive = v.int_at_least(1)
@@ -160,9 +160,9 @@ class SearchOptions(BaseModel):
     epochs: int = _option(60, "epochs of base-model training when it is not cached (60)", _positive, "integer")
     storage: str | None = _option(None, "Optuna RDB URL (sqlite:///<out>/study.db)")
     threads: int | None = _option(
-        DEFAULT_THREADS, "torch threads of this process (1: as the service's searches; the fastest for the built-in "
-                         "models, 2-6x on a busy machine; try more only for a large model on an otherwise idle "
-                         "machine: BENCHMARKS.md, threads)", _positive, "integer")
+        DEFAULT_THREADS, "torch threads of this process (1: as the service's searches; 1.5-4x faster than 2 for the "
+                         "built-in models beside other work, about even alone; try more only for a large model on an "
+                         "otherwise idle machine: BENCHMARKS.md, threads)", _positive, "integer")
     workers: int | None = _option(
         None, "parallel evaluation workers on Ray (1: no Ray; with --ray-address: the cluster's CPUs)", _positive,
         "integer")

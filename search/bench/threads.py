@@ -217,9 +217,9 @@ def threads_report(root: Path, *, models: Sequence[str], threads: Sequence[int],
                                          "median eval s", "evals", "best val", "load avg"))
     console.print(table.rich())
     lines = [f"Command: `{command}`  ",
-             f"Machine: {machine()}; {os.cpu_count()} cores shared with other agents' test runs (the load average "
-             "column: the machine's 1-minute load before each cell, so \"idle\" means no competing process of this "
-             "benchmark, not an idle machine)  ",
+             f"Machine: {machine()}; {os.cpu_count()} cores (the load average column: the machine's 1-minute load "
+             "before each cell, the benchmark's own previous cells included; \"none\" means no competing process of "
+             "this benchmark)  ",
              (f"Setup: `scripts/search.py --evaluations {evaluations} --threads T` in a fresh process per cell, "
               f"models {', '.join(models)} (cnn: the README's default search, cnn on digits with the default score; "
               "resnet20: the same with `--model resnet20 --epochs 10`, its base trained by an untimed warm-up run). "
