@@ -27,10 +27,10 @@ try:
     loaded = importlib.import_module(module)
 except BaseException as exc:
     text = str(exc).strip().splitlines()
-    print(f"cannot import module {module!r} of {spec!r} ({type(exc).__name__}: {text[0] if text else ''})")
+    sys.stdout.write(f"cannot import module {module!r} of {spec!r} ({type(exc).__name__}: {text[0] if text else ''})\\n")
     sys.exit(3)
 if not callable(getattr(loaded, name, None)):
-    print(f"module {module!r} has no callable {name!r} ({spec!r}); name a factory function")
+    sys.stdout.write(f"module {module!r} has no callable {name!r} ({spec!r}); name a factory function\\n")
     sys.exit(4)
 """
 
