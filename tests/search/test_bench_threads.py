@@ -53,7 +53,7 @@ def test_the_report_adds_before_and_after_and_resumes(tmp_path, monkeypatch, cap
     assert "<!-- bench:threads -->" in text and "| cnn | 1 (after: the default now) | none | 20.0 |" in text
     assert "| cnn | 2 (before: torch's default) | one busy loop | > 200 |" in text
     assert "- cnn: idle 20.0 s with 2 thread(s) against 20.0 s with 1, 1.0x; beside a busy loop > 200 s" in text
-    assert "other agents' test runs" in text
+    assert "the benchmark's own previous cells included" in text  # the load column is explained
     threads_report(tmp_path / "root", **run)  # every cell saved: nothing runs again
     assert len(calls) == 4
 
