@@ -24,6 +24,7 @@ from amc.errors import ConfigError
 from amc.graph.discover import LayerGraph
 from amc.graph.widths import GRANULARITIES, weights_kept
 from amc.pruning.criteria import Criterion, Statistics, parse_criterion
+from amc.pruning.heads import after_prune, group_root, kept_units, unit_indices
 
 log = logging.getLogger(__name__)
 
@@ -94,31 +95,16 @@ def _prune_channels(model: nn.Module, graph: LayerGraph, channels: list[int], cr
         if n_keep == spec.out_channels:
             continue
         module = model.get_submodule(spec.name)
-        if spec.pattern == "head":  # Torch-Pruning's head group: rooted at proj's inputs
-            root, prune_fn = module.proj, dg.get_pruner_of_module(module.proj).prune_in_channels
-        else:
-            root, prune_fn = module, dg.get_pruner_of_module(module).prune_out_channels
+        root, prune_fn = group_root(spec, module, dg)
         width = spec.out_channels * spec.unit
         full = dg.get_pruning_group(root, prune_fn, list(range(width)))
         values = criterion.unit_scores(spec, full, stats.get(spec.name), generator)
         # Stable sort: equal scores are removed lowest index first, so results are reproducible.
         drop = sorted(torch.sort(values.detach().cpu(), stable=True).indices[: spec.out_channels - n_keep].tolist())
         kept[spec.name] = sorted(set(kept[spec.name]) - set(drop))
-        dg.get_pruning_group(root, prune_fn, _unit_indices(spec, drop)).prune()
-        if spec.pattern == "head":
-            module.num_heads -= len(drop)
-            assert module.num_heads == n_keep, (spec.name, n_keep)
-        else:
-            assert dg.get_out_channels(root) == n_keep * spec.unit, (spec.name, n_keep)
-
-
-def _unit_indices(spec, units: list[int]) -> list[int]:
-    """Channel indices (in the root's index space) of the units to remove."""
-    if spec.pattern == "head":  # heads are contiguous blocks of head_dim channels
-        return [u * spec.unit + j for u in units for j in range(spec.unit)]
-    if spec.pattern == "group":  # groups are contiguous blocks; unit u is offset u in every group
-        return sorted(g * spec.out_channels + u for g in range(spec.unit) for u in units)
-    return units
+        dg.get_pruning_group(root, prune_fn, unit_indices(spec, drop)).prune()
+        after_prune(spec, module, len(drop))
+        assert kept_units(spec, root, module, dg) == n_keep, (spec.name, n_keep)
 
 
 def _prune_weights(model: nn.Module, graph: LayerGraph, keep: Sequence[float], criterion: Criterion,
