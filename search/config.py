@@ -62,6 +62,18 @@ class SearchConfig:
         ladder_top_k: Candidates the first rung re-scores after a non-Optuna search; each later rung keeps
             the better half.
         pruner: Optuna's pruner of a ladder: ``halving`` (successive halving) or ``hyperband``.
+        baselines: Evaluate the uniform policy and Torch-Pruning's global-pruning widths first, as candidates
+            (``origin`` ``baseline:*`` in ``history.csv``; :mod:`search.starts`). Strategies that are a
+            baseline themselves (uniform, tp-global) ignore it.
+        warm_start: ``policy.json`` files or run folders of earlier searches on the same model, whose policies
+            are mapped onto this budget and evaluated first (``origin`` ``warm:<source>``).
+        warm_start_top_k: Distinct policies a run folder of ``warm_start`` contributes, its best first.
+        select: The deploy rung (:mod:`search.selection`): ``finetune:EPOCHS`` fine-tunes the ``select_top_k``
+            best distinct candidates and the baselines with one recipe and returns the best by validation
+            accuracy after it; None: the search's own (or the ladder's) score decides.
+        select_top_k: Candidates of the search the deploy rung fine-tunes, besides the baselines.
+        select_samples: Training samples (seeded, the same for every candidate) of each deploy-rung fine-tune.
+        select_lr: Learning rate of those fine-tunes (SGD, cosine schedule).
     """
 
     budget: float = 0.3
@@ -87,6 +99,13 @@ class SearchConfig:
     ladder: tuple[str, ...] = ()
     ladder_top_k: int = 8
     pruner: str = "halving"
+    baselines: bool = True
+    warm_start: tuple[str, ...] = ()
+    warm_start_top_k: int = 3
+    select: str | None = None
+    select_top_k: int = 4
+    select_samples: int = 10000
+    select_lr: float = 0.01
 
     def __post_init__(self) -> None:
         from search.values import canonical_score
@@ -99,6 +118,23 @@ class SearchConfig:
                               "use --sampler tpe, cmaes or random, or drop --ladder")
         if isinstance(self.ladder_top_k, bool) or not isinstance(self.ladder_top_k, int) or self.ladder_top_k < 1:
             raise ConfigError(f"--ladder-top-k must be a positive integer, got {self.ladder_top_k!r}")
+        object.__setattr__(self, "warm_start", tuple(str(p) for p in self.warm_start))
+        if self.select is not None:
+            from search.values import OptionError, select_recipe
+
+            try:
+                object.__setattr__(self, "select", select_recipe(self.select))
+            except OptionError as exc:
+                raise ConfigError(f"--select {exc}") from None
+            if self.select == "none":
+                object.__setattr__(self, "select", None)
+        for name in ("warm_start_top_k", "select_top_k", "select_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if isinstance(self.select_lr, bool) or not isinstance(self.select_lr, (int, float)) \
+                or not 0 < self.select_lr <= 10:
+            raise ConfigError(f"--select-lr must be a learning rate in (0, 10], got {self.select_lr!r}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or math.isnan(self.budget) \
                 or not 0.0 < self.budget <= 1.0:
             raise ConfigError(f"--budget must be a fraction in (0, 1] of the base model's cost, got {self.budget!r}")

@@ -20,8 +20,14 @@ from pathlib import Path
 from amc.errors import ConfigError
 
 COLUMNS = ("index", "strategy", "step", "accuracy", "loss", "cost", "cost_ratio", "reward", "cached",
-           "seconds", "wall_time", "keep", "rung", "score")
-OLD_COLUMNS = COLUMNS[:-2]  # before the ladder's rows (read as rung 0; rewritten with the new header on resume)
+           "seconds", "wall_time", "keep", "rung", "score", "origin", "repeat")
+LADDER_COLUMNS = COLUMNS[:-2]  # before origins (every row read as origin "search")
+OLD_COLUMNS = COLUMNS[:-4]  # before the ladder's rows (read as rung 0)
+# Older layouts are read as they are and rewritten with the current header when a run resumes.
+LAYOUTS = (COLUMNS, LADDER_COLUMNS, OLD_COLUMNS)
+SEARCH = "search"  # origin of a strategy's own proposal
+BASELINE_PREFIX = "baseline:"  # origin of a baseline candidate: baseline:uniform, baseline:tp-global
+WARM_PREFIX = "warm:"  # origin of a policy transferred from an earlier run (--warm-start): warm:<source>
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,18 @@ class Record:
     keep: tuple[float, ...]
     rung: int = 0  # 0: the search's own score; r >= 1: the ladder's r-th score of the same candidate
     score: str = ""  # the candidate score this row measured (amc.evaluation.scores; "" in a file from before the ladder)
+    origin: str = SEARCH  # search, baseline:<name> or warm:<source> (see the module docstring)
+    repeat: int = 0  # 1: the same measurement again with another seed (the deploy rung's noise)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.origin.startswith(BASELINE_PREFIX)
 
     def row(self) -> list[str]:
         return [str(self.index), self.strategy, str(self.step), repr(self.accuracy), repr(self.loss),
                 repr(self.cost), repr(self.cost_ratio), repr(self.reward), str(int(self.cached)),
                 f"{self.seconds:.4f}", f"{self.wall_time:.3f}", json.dumps(list(self.keep)), str(self.rung),
-                self.score]
+                self.score, self.origin, str(self.repeat)]
 
 
 class HistoryWriter:
@@ -74,12 +86,13 @@ class HistoryWriter:
 
 
 def _upgrade(path: Path) -> None:
-    """Rewrites a history.csv of the older layout (no ``rung``, ``score``) in this one, its rows as rung 0."""
+    """Rewrites a history.csv of an older layout (no ``rung``, ``score``; no ``origin``, ``repeat``) in this one:
+    its rows as rung 0, origin ``search``, where the columns were missing."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open(newline="") as f:
         header = next(csv.reader(f), None)
-    if header is not None and tuple(header) == OLD_COLUMNS:
+    if header is not None and tuple(header) in LAYOUTS[1:]:
         records = read_history(path)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("w", newline="") as f:
@@ -106,7 +119,7 @@ def read_history(path: str | os.PathLike) -> list[Record]:
     records = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) not in (COLUMNS, OLD_COLUMNS):
+        if reader.fieldnames is not None and tuple(reader.fieldnames) not in LAYOUTS:
             raise ConfigError(f"{str(path)!r} is not a history.csv of this tool (columns {reader.fieldnames})")
         for row in reader:
             try:
@@ -123,11 +136,12 @@ def parse_row(row: Mapping[str, str | None]) -> Record:
         loss=float(row["loss"]), cost=float(row["cost"]), cost_ratio=float(row["cost_ratio"]),
         reward=float(row["reward"]), cached=row["cached"] == "1", seconds=float(row["seconds"]),
         wall_time=float(row["wall_time"]), keep=tuple(json.loads(row["keep"])), rung=int(row.get("rung") or 0),
-        score=row.get("score") or "",
+        score=row.get("score") or "", origin=row.get("origin") or SEARCH, repeat=int(row.get("repeat") or 0),
     )
 
 
-def rank(record: Record) -> tuple[int, float, float, int]:
-    """What makes a record the run's best: the highest rung reached (a ladder's verdict), then the reward;
-    ties (common on small validation sets) go to the cheaper, then the earlier policy: no timing luck."""
-    return record.rung, record.reward, -record.cost, -record.step
+def rank(record: Record) -> tuple[bool, int, float, float, int]:
+    """What makes a record the run's best: the highest rung reached (a ladder's or the deploy rung's verdict),
+    then the reward; ties (common on small validation sets) go to the cheaper, then the earlier policy: no
+    timing luck. A repeated measurement (``repeat`` 1, the deploy rung's noise) never wins."""
+    return record.repeat == 0, record.rung, record.reward, -record.cost, -record.step

@@ -23,7 +23,9 @@ import math
 from collections.abc import Sequence
 
 from amc.context import Context
-from amc.evaluation.evaluator import PolicyEvaluator
+from typing import Any
+
+from amc.evaluation.evaluator import EvalResult, PolicyEvaluator
 from search.values import PRUNERS
 from search.history import Record
 from search.problem import SearchProblem
@@ -54,11 +56,40 @@ def make_pruner(name: str, rungs: int):
     raise ValueError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
 
 
-def run_ladder(problem: SearchProblem, ctx: Context, scores: Sequence[str], *, top_k: int) -> Record:
-    """Re-ranks the search's best candidates with ``scores`` (cheap to expensive); returns the winner's record."""
+_RUNG_EVALUATORS: dict[tuple[int, str], PolicyEvaluator] = {}  # (id(context), score) -> its evaluator
+
+
+@dataclasses.dataclass(frozen=True)
+class RescoreTask:
+    """Scores a candidate with ``score`` on a context's base model and data (picklable: Ray workers run it)."""
+
+    score: str
+
+    def __call__(self, ctx: Context, policy) -> EvalResult:
+        key = (id(ctx), self.score)
+        if key not in _RUNG_EVALUATORS:
+            _RUNG_EVALUATORS[key] = rung_evaluators(ctx, [self.score])[0]
+        return _RUNG_EVALUATORS[key].evaluate(policy)
+
+
+def run_ladder(problem: SearchProblem, ctx: Context, scores: Sequence[str], *, top_k: int, pool: Any = None) -> Record:
+    """Re-ranks the search's best candidates with ``scores`` (cheap to expensive); returns the winner's record.
+
+    With a Ray ``pool`` each rung's re-scores run on its workers, each recorded as it arrives.
+    """
+    from search.selection import run_tasks
+
     candidates = _top_distinct(problem, top_k)
-    for rung, (score, evaluator) in enumerate(zip(scores, rung_evaluators(ctx, scores)), 1):
-        scored = sorted(((problem.rescore(record, rung, score, evaluator), record) for record in candidates),
+    for rung, score in enumerate(scores, 1):
+        todo = [r for r in candidates if problem.known_rescore(r, rung) is None]
+
+        def record(i: int, result: EvalResult, todo=todo, rung=rung, score=score) -> None:
+            problem.record_rescore(todo[i], rung, score, result)
+
+        pids = run_tasks(ctx, pool, RescoreTask(score), [problem.policy(r.keep) for r in todo], record)
+        if pids:
+            log.info("ladder rung %d: %d re-scores in %d process(es), pids %s", rung, len(todo), len(pids), sorted(pids))
+        scored = sorted(((problem.known_rescore(r, rung), r) for r in candidates),
                         key=lambda pair: (-pair[0].reward, pair[1].cost, pair[1].index))
         log.info("ladder rung %d (%s): best %.4f of %d candidates (evaluation %d)", rung, score,
                  scored[0][0].accuracy, len(scored), scored[0][1].index)

@@ -113,19 +113,28 @@ def interrupted_message(prog: str, out: str) -> str:
 
 
 def summary_table(result):
-    """The run's summary: base, searched and uniform policies, then the per-layer keep ratios."""
+    """The run's summary: base, searched and baseline policies (with ``--select``, their test accuracy after
+    the deploy recipe), the verdict as the caption, then the per-layer keep ratios."""
     from rich.table import Table
 
-    table = Table(title=f"{result.policy.meta['strategy']} search: {result.out}")
-    table.add_column("", style="bold")
-    table.add_column("val acc", justify="right")
-    table.add_column("test acc", justify="right")
-    table.add_column("cost ratio", justify="right")
-    table.add_row("base model", f"{result.base_val_accuracy:.4f}", f"{result.base_test_accuracy:.4f}", "1.0000")
-    table.add_row("searched policy", f"{result.best.accuracy:.4f}", f"{result.test_accuracy:.4f}",
-                  f"{result.best.cost_ratio:.4f}")
-    table.add_row("uniform policy", f"{result.uniform.accuracy:.4f}", f"{result.uniform_test_accuracy:.4f}",
-                  f"{result.uniform.cost_ratio:.4f}")
+    deployed = result.deployed_test or {}
+    recipe = (result.policy.meta.get("select") or {}).get("recipe", "fine-tune")
+    table = Table(title=f"{result.policy.meta['strategy']} search: {result.out}",
+                  caption=result.verdict.text() if result.verdict is not None else None)
+    for name in ("", "val acc", "test acc", "cost ratio", *((f"test acc after {recipe}",) if deployed else ())):
+        table.add_column(name, style="bold" if not name else None, justify="right" if name else "left")
+
+    def row(label: str, val: str, test: str, cost: str, origin: str | None) -> None:
+        after = (f"{deployed[origin]:.4f}" if origin in deployed else "",) if deployed else ()
+        table.add_row(label, val, test, cost, *after)
+
+    row("base model", f"{result.base_val_accuracy:.4f}", f"{result.base_test_accuracy:.4f}", "1.0000", None)
+    row(f"searched policy ({result.best.origin})", f"{result.best.accuracy:.4f}", f"{result.test_accuracy:.4f}",
+        f"{result.best.cost_ratio:.4f}", "best")
+    row("uniform policy", f"{result.uniform.accuracy:.4f}", f"{result.uniform_test_accuracy:.4f}",
+        f"{result.uniform.cost_ratio:.4f}", "baseline:uniform")
+    if "baseline:tp-global" in deployed:
+        row("Torch-Pruning global", "", "", "", "baseline:tp-global")
     layers = Table(title="per-layer keep ratios (channels)")
     layers.add_column("layer")
     layers.add_column("searched", justify="right")

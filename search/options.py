@@ -145,6 +145,22 @@ class SearchOptions(BaseModel):
                                    "later rung keeps half (8)", _positive, "integer")
     pruner: str = _choice("halving", "Optuna's pruner of a ladder: successive halving or hyperband (halving)",
                           v.pruner_names)
+    no_baselines: bool = _flag("do not evaluate the uniform policy and Torch-Pruning's global-pruning widths first "
+                               "as candidates of the search")
+    warm_start: tuple[str, ...] | None = _option(
+        None, "policy.json files or run folders of earlier searches on the same model: their policies, mapped "
+              "onto this budget, are evaluated first (none)", v.comma_list(v.text), "list")
+    warm_start_top_k: int = _option(3, "distinct policies a --warm-start run folder contributes, its best first (3)",
+                                    _positive, "integer")
+    select: str = _option(
+        "finetune:1", "deploy rung: fine-tune the --select-top-k best candidates and the baselines for EPOCHS epochs "
+                      "and return the best after it, finetune:EPOCHS or none (finetune:1)", v.select_recipe)
+    select_top_k: int = _option(4, "candidates of the search the deploy rung fine-tunes, besides the baselines (4)",
+                                _positive, "integer")
+    select_samples: int = _option(10000, "training samples of each deploy-rung fine-tune (10000; all when fewer)",
+                                  _positive, "integer")
+    select_lr: float = _option(0.01, "learning rate of the deploy rung's fine-tunes (SGD, cosine; 0.01)",
+                               v.number_in(0, 10), "number")
     granularity: str = _choice("channel", "structured or unstructured (channel)", v.granularity_names)
     seed: int = _option(0, "seed of data splits, training and search (0)", v.integer, "integer")
     out: str | None = _option(None, "run folder (runs/<timestamp>)")
@@ -218,7 +234,9 @@ class SearchOptions(BaseModel):
             workers=self.workers if self.workers is not None else (None if self.ray_address else 1),
             threads_per_worker=self.threads_per_worker, ray_address=self.ray_address,
             gpus_per_worker=self.gpus_per_worker, ladder=tuple(self.ladder or ()), ladder_top_k=self.ladder_top_k,
-            pruner=self.pruner,
+            pruner=self.pruner, baselines=not self.no_baselines, warm_start=tuple(self.warm_start or ()),
+            warm_start_top_k=self.warm_start_top_k, select=None if self.select == v.SELECT_NONE else self.select,
+            select_top_k=self.select_top_k, select_samples=self.select_samples, select_lr=self.select_lr,
         )
 
 

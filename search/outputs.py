@@ -31,6 +31,8 @@ from search.strategies.uniform import uniform_keep
 from search.config import SearchConfig
 from search.history import Record
 from search.problem import SearchProblem
+from search.selection import Verdict, deployed_baselines, verdict_rows
+from search.starts import UNIFORM, Start
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class SearchResult:
     seconds: float
     interrupted: bool
     layer_names: tuple[str, ...]
+    verdict: Verdict | None = None
+    # With --select: test accuracy after the deploy recipe, by row (best, baseline:uniform, baseline:tp-global)
+    deployed_test: dict[str, float] | None = None
 
 
 class _Phases:
@@ -90,7 +95,7 @@ class _Accuracies:
 
 
 def write_outputs(config: SearchConfig, out: Path, ctx: Context, problem: SearchProblem, *, started: float,
-                  interrupted: bool) -> SearchResult:
+                  interrupted: bool, verdict: Verdict | None = None, starts: Sequence[Start] = ()) -> SearchResult:
     """Measures the search's best policy and writes the run's outputs to ``out``.
 
     Args:
@@ -100,19 +105,36 @@ def write_outputs(config: SearchConfig, out: Path, ctx: Context, problem: Search
         problem: The finished search (at least one record).
         started: ``time.perf_counter()`` when the run started (the policy's ``duration_s``).
         interrupted: The search was stopped before its last evaluation.
+        verdict: The search's best against the baselines (:mod:`search.selection`).
+        starts: The baselines and warm starts it evaluated first (their provenance goes to ``policy.json``).
     """
     best = problem.best
     latency = problem.cost_model.resource == "latency"
+    deploying = bool(config.select) and not interrupted and best.score.startswith("deploy:")
     with progress_bar(enabled=config.progress) as bar:
-        phase = _Phases(bar, total=4 + bool(config.export) + latency + 3 * bool(config.report))
+        phase = _Phases(bar, total=4 + bool(config.export) + latency + 3 * bool(config.report) + deploying)
         uniform = uniform_keep(problem)
         with phase("uniform baseline: validation accuracy"):
-            uniform_eval = ctx.evaluator.evaluate(problem.policy(uniform))
-        uniform_record = _uniform_record(problem, uniform, uniform_eval)
-        with phase("best policy: pruning and scoring"):
-            pruned = ctx.evaluator.scored_model(problem.policy(best.keep))  # with --score reconstruct: refitted
+            uniform_record = _recorded_uniform(problem, uniform)
+            if uniform_record is None:
+                uniform_record = _uniform_record(problem, uniform, ctx.evaluator.evaluate(problem.policy(uniform)))
+        uniform_eval = uniform_record
+        deployed_test = None
+        with phase("best policy: pruning and scoring" + (f", then the deploy recipe ({config.select})"
+                                                          if deploying else "")):
+            scored = ctx.evaluator.scored_model(problem.policy(best.keep))  # with --score reconstruct: refitted
+            pruned = scored
+            if deploying:  # the winner as the deploy rung fine-tuned it: what pruned.pt2 holds
+                from amc.deploy import DeployRecipe, deploy_model
+
+                recipe = DeployRecipe.parse(config.select, samples=config.select_samples, lr=config.select_lr)
+                pruned = deploy_model(ctx, problem.policy(best.keep), recipe, seed=config.search_seed)
         with phase("test accuracy: base, best and uniform"):
-            acc = _accuracies(ctx, problem, pruned, uniform)
+            acc = _accuracies(ctx, problem, scored, uniform)  # before any fine-tune, as the search scored them
+        if deploying:
+            with phase(f"test accuracy of the best policy and the baselines after the deploy recipe ({config.select})"):
+                deployed_test = {"best": accuracy(pruned, ctx.data.test),
+                                 **deployed_baselines(ctx, problem, recipe, config.search_seed)}
         ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
         exported = None
         if config.export:
@@ -127,21 +149,35 @@ def write_outputs(config: SearchConfig, out: Path, ctx: Context, problem: Search
         seconds = time.perf_counter() - started
         with phase("writing policy.json"):
             policy = _policy_record(config, problem, ratios, acc, uniform_eval.accuracy, seconds=seconds,
-                                    interrupted=interrupted)
+                                    interrupted=interrupted, verdict=verdict, starts=starts,
+                                    deployed_test=deployed_test)
             policy.save(out / "policy.json")
             uniform_policy = problem.policy(uniform)
             write_layers(out / LAYERS_FILE, names=ctx.graph.names, base=[s.out_channels for s in ctx.graph.layers],
                          best=policy, uniform=uniform_policy, uniform_cost_ratio=uniform_record.cost_ratio)
         if config.report:
             _write_reports(config, out, ctx, problem, pruned, uniform, acc, uniform_eval.accuracy, latency_rows,
-                           seconds=seconds, interrupted=interrupted, phase=phase)
+                           seconds=seconds, interrupted=interrupted, phase=phase,
+                           extra=verdict_rows(verdict, deployed_test, config.select),
+                           pruned_test=deployed_test["best"] if deployed_test else acc.test)
     log.info("best policy: val %.4f test %.4f cost ratio %.4f (%s)", best.accuracy, acc.test, best.cost_ratio, out)
     return SearchResult(out=out, policy=policy, best=best, uniform=uniform_record,
                         uniform_policy=uniform_policy, base_val_accuracy=acc.base_val,
                         base_test_accuracy=acc.base_test, test_accuracy=acc.test,
                         uniform_test_accuracy=acc.uniform_test,
                         evaluations=problem.count, seconds=seconds, interrupted=interrupted,
-                        layer_names=ctx.graph.names)
+                        layer_names=ctx.graph.names, verdict=verdict, deployed_test=deployed_test)
+
+
+def _recorded_uniform(problem: SearchProblem, uniform: Sequence[float]) -> Record | None:
+    """The uniform baseline's rung-0 row, when the search evaluated it (the same policy: no second evaluation)."""
+    key = problem.key(uniform)
+    for record in problem.records:
+        if record.origin == UNIFORM and problem.key(record.keep) == key:
+            return record
+    return None
+
+
 
 
 def _uniform_record(problem: SearchProblem, uniform: Sequence[float], result: EvalResult) -> Record:
@@ -249,14 +285,23 @@ def _versions() -> dict[str, str]:
 
 
 def _policy_record(config: SearchConfig, problem: SearchProblem, ratios: dict[str, float], acc: _Accuracies,
-                   uniform_val: float, *, seconds: float, interrupted: bool) -> Policy:
+                   uniform_val: float, *, seconds: float, interrupted: bool, verdict: Verdict | None = None,
+                   starts: Sequence[Start] = (), deployed_test: dict[str, float] | None = None) -> Policy:
     """The best policy with what was measured at search time (``policy.json``)."""
     best = problem.best
+    deployed = {} if not deployed_test else {
+        "deployed_" + ("test_accuracy" if k == "best" else k.split(":", 1)[1].replace("-", "_") + "_test_accuracy"): v
+        for k, v in deployed_test.items()}
     return problem.policy(best.keep).with_metrics(
         val_accuracy=best.accuracy, test_accuracy=acc.test, cost=best.cost, base_cost=problem.cost_model.base,
         cost_ratio=best.cost_ratio, **ratios,
         base_val_accuracy=acc.base_val, base_test_accuracy=acc.base_test,
-        uniform_val_accuracy=uniform_val, uniform_test_accuracy=acc.uniform_test,
+        uniform_val_accuracy=uniform_val, uniform_test_accuracy=acc.uniform_test, **deployed,
+    ).with_meta(
+        origin=best.origin, verdict=verdict.to_dict() if verdict is not None else None,
+        starts=[{"origin": s.origin, **s.provenance} for s in starts],
+        select=None if not config.select else {"recipe": config.select, "top_k": config.select_top_k,
+                                               "samples": config.select_samples, "lr": config.select_lr},
     ).with_meta(
         strategy=config.strategy, sampler=config.sampler if config.strategy == "optuna" else None,
         seed=config.search_seed, model=config.context.model, dataset=config.context.dataset,
@@ -271,7 +316,8 @@ def _policy_record(config: SearchConfig, problem: SearchProblem, ratios: dict[st
 def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: SearchProblem, pruned,
                    uniform: Sequence[float], acc: _Accuracies, uniform_val: float,
                    latency_rows: list[tuple[str, str]], *, seconds: float, interrupted: bool,
-                   phase: _Phases | None = None) -> None:
+                   phase: _Phases | None = None, extra: Sequence[tuple[str, str]] = (),
+                   pruned_test: float | None = None) -> None:
     """``report.png`` and ``report.html`` (the figure, a summary and the base/pruned comparison).
 
     A comparison timing that should not be read as a fact (:func:`amc.evaluation.compare.comparison_doubts`) is
@@ -292,7 +338,8 @@ def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: Searc
     with step("timing the base and pruned models for report.html" if batches else "measuring the models"):
         comparison = compare_models({"base": ctx.model, "pruned": pruned}, ctx.data.test, batches=batches,
                                     min_run_time=REPORT_RUN_TIME, repeats=REPORT_REPEATS,
-                                    test_accuracy={"base": acc.base_test, "pruned": acc.test})
+                                    test_accuracy={"base": acc.base_test,
+                                                   "pruned": acc.test if pruned_test is None else pruned_test})
     doubts = comparison_doubts(*comparison)
     if doubts:
         log.warning("report.html: %s. %s", "; ".join(d.reason for d in doubts), TIMING_HINT)
@@ -302,7 +349,7 @@ def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: Searc
                ("test accuracy (base / best / uniform)",
                 f"{acc.base_test:.4f} / {acc.test:.4f} / {acc.uniform_test:.4f}"),
                (f"{problem.cost_model.resource} ratio", f"{best.cost_ratio:.4f} (budget {config.budget:g})"),
-               *latency_rows,
+               *latency_rows, *extra,
                ("per-layer keep ratios", ", ".join(f"{n}: {k:.2f}" for n, k in zip(ctx.graph.names, best.keep))),
                ("duration", f"{seconds:.1f} s" + (" (interrupted)" if interrupted else ""))]
     with step("writing report.html"):

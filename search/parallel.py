@@ -160,6 +160,10 @@ def _actor_class():
         def evaluate(self, policy: Policy) -> EvalResult:
             return self.context.evaluator.evaluate(policy)
 
+        def apply(self, task, item):
+            """``task(context, item)`` in this worker, and this worker's pid (what a deploy or ladder rung runs)."""
+            return task(self.context, item), os.getpid()
+
         def pid(self) -> int:
             return os.getpid()
 
@@ -319,6 +323,47 @@ class RayEvaluatorPool:
                 if on_result is not None:
                     on_result(i, results[i])
         return results  # type: ignore[return-value]
+
+    def map(self, task: Callable[[Any, Any], Any], items: Sequence[Any], *,
+            on_result: Callable[[int, Any], None] | None = None) -> set[int]:
+        """Runs ``task(context, item)`` for every item on the workers (a ladder's re-scores, the deploy rung's
+        fine-tunes), no caching; ``on_result(i, result)`` as each arrives. An actor that dies is replaced and
+        its item run again. Returns the pids of the workers that ran them.
+        """
+        ray = self._ray
+        todo, idle, pids = list(range(len(items))), list(range(len(self.actors))), set()
+        running: dict[Any, tuple[int, int]] = {}
+        while todo or running:
+            while todo and idle:
+                slot, i = idle.pop(0), todo.pop(0)
+                running[self.actors[slot].apply.remote(task, items[i])] = (i, slot)
+            done, _ = ray.wait(list(running), num_returns=1)
+            i, slot = running.pop(done[0])
+            try:
+                result, pid = ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                self._replace_dead(slot, exc)
+                todo.insert(0, i)
+                idle.append(slot)
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else None
+                raise (cause if cause is not None else exc) from None
+            self._failures[slot] = 0
+            idle.append(slot)
+            pids.add(pid)
+            if on_result is not None:
+                on_result(i, result)
+        return pids
+
+    def _replace_dead(self, slot: int, exc: BaseException) -> None:
+        self._failures[slot] += 1
+        if self._failures[slot] > MAX_CONSECUTIVE_FAILURES:
+            raise WorkerError(f"evaluation worker {slot} died {self._failures[slot]} times in a row without "
+                              f"finishing its work; last cause: {_cause(exc)}") from None
+        log.warning("evaluation worker %d died (%s); replacing it and re-running its work", slot, _cause(exc))
+        self.actors[slot] = self._new_actor()
+        self.restarts += 1
 
     def close(self) -> None:
         """Kills the actors; shuts Ray down only if this pool started it."""

@@ -16,7 +16,7 @@ from amc.evaluation.evaluator import EvalResult, Evaluator, StreamingEvaluator
 from amc.graph.discover import LayerGraph
 from amc.pruning.policy import Policy
 from envs import BudgetProjector, RewardInput, get_reward
-from search.history import HistoryWriter, Record, rank
+from search.history import SEARCH, HistoryWriter, Record, rank
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,13 @@ class SearchProblem:
         self.granularity = granularity
         self._reward = get_reward(reward, resource=cost_model.resource)
         self.score = score
-        self.records: list[Record] = [r for r in previous if r.rung == 0]  # one per evaluation: what strategies see
-        # (candidate index, rung) -> the ladder's re-score of that candidate (rung >= 1)
-        self.rescored: dict[tuple[int, int], Record] = {(r.index, r.rung): r for r in previous if r.rung > 0}
+        # one per evaluation: what strategies see
+        self.records: list[Record] = [r for r in previous if r.rung == 0 and not r.repeat]
+        # (candidate index, rung) -> the ladder's (or the deploy rung's) re-score of that candidate (rung >= 1)
+        self.rescored: dict[tuple[int, int], Record] = {(r.index, r.rung): r for r in previous
+                                                         if r.rung > 0 and not r.repeat}
+        # (candidate index, rung) -> the same re-score with another seed (the deploy rung's noise)
+        self.repeats: dict[tuple[int, int], Record] = {(r.index, r.rung): r for r in previous if r.repeat}
         self.best: Record | None = max([*self.records, *self.rescored.values()], key=rank, default=None)
         self.on_record = on_record
         self._start = time.perf_counter() - max((r.wall_time for r in previous), default=0.0)
@@ -82,7 +86,8 @@ class SearchProblem:
         return self.evaluate_many([policy])[0]
 
     def evaluate_many(self, policies: Sequence[Policy], *, steps: Sequence[int] | None = None,
-                      recorded: dict[int, Record] | None = None) -> list[EvalResult]:
+                      recorded: dict[int, Record] | None = None,
+                      origins: Sequence[str] | None = None) -> list[EvalResult]:
         """Evaluates and records ``policies``; returns their results in order.
 
         Args:
@@ -90,13 +95,15 @@ class SearchProblem:
             steps: Each one's ``step`` column (default: the next evaluation numbers).
             recorded: Filled with batch position -> record as each result is recorded, so a caller knows
                 what was recorded also when the batch is interrupted.
+            origins: Each one's ``origin`` column (default: ``search``, the strategy's own proposals).
         """
         policies = list(policies)
         steps = list(steps) if steps is not None else list(range(self.count, self.count + len(policies)))
+        origins = list(origins) if origins is not None else [SEARCH] * len(policies)
         recorded = {} if recorded is None else recorded
 
         def record(i: int, result: EvalResult) -> None:
-            recorded[i] = self._record(policies[i].ratios(self.graph), result, steps[i])
+            recorded[i] = self._record(policies[i].ratios(self.graph), result, steps[i], origins[i])
 
         if isinstance(self.evaluator, StreamingEvaluator) and self.evaluator.streams_results:
             # Each result is recorded the moment it arrives: an interrupt loses only unfinished work.
@@ -107,14 +114,15 @@ class SearchProblem:
         return results
 
     def evaluate_keeps(self, keeps: Sequence[Sequence[float]], *, steps: Sequence[int] | None = None,
-                       recorded: dict[int, Record] | None = None) -> list[Record]:
+                       recorded: dict[int, Record] | None = None,
+                       origins: Sequence[str] | None = None) -> list[Record]:
         """Evaluates keep-ratio vectors (already feasible); returns their records in the order of ``keeps``.
 
         (Records land in ``history.csv`` in the order results arrive, which a parallel pool decides;
-        ``recorded``: see :meth:`evaluate_many`.)
+        ``recorded`` and ``origins``: see :meth:`evaluate_many`.)
         """
         recorded = {} if recorded is None else recorded
-        self.evaluate_many([self.policy(k) for k in keeps], steps=steps, recorded=recorded)
+        self.evaluate_many([self.policy(k) for k in keeps], steps=steps, recorded=recorded, origins=origins)
         return [recorded[i] for i in range(len(keeps))]
 
     def rescore(self, record: Record, rung: int, score: str, evaluator: Evaluator) -> Record:
@@ -123,13 +131,22 @@ class SearchProblem:
         known = self.rescored.get((record.index, rung))
         if known is not None:
             return known
-        result = evaluator.evaluate(self.policy(record.keep))
+        return self.record_rescore(record, rung, score, evaluator.evaluate(self.policy(record.keep)))
+
+    def known_rescore(self, record: Record, rung: int, *, repeat: int = 0) -> Record | None:
+        """The re-score of ``record`` at ``rung`` measured before (``repeat`` 1: its noise measurement), if any."""
+        return (self.repeats if repeat else self.rescored).get((record.index, rung))
+
+    def record_rescore(self, record: Record, rung: int, score: str, result: EvalResult, *, repeat: int = 0) -> Record:
+        """Records ``result`` as the ``rung``-th score of the candidate ``record`` (``repeat`` 1: the same
+        measurement with another seed, which never makes the candidate best) and writes its row."""
         reward = self._reward(RewardInput(result.accuracy, record.cost, self.cost_model.base, self.budget,
                                           self.cost_model.resource))
         rescored = dataclasses.replace(record, accuracy=result.accuracy, loss=result.loss, reward=reward,
                                        cached=result.cached, seconds=result.seconds,
-                                       wall_time=time.perf_counter() - self._start, rung=rung, score=score)
-        self.rescored[record.index, rung] = rescored
+                                       wall_time=time.perf_counter() - self._start, rung=rung, score=score,
+                                       repeat=repeat)
+        (self.repeats if repeat else self.rescored)[record.index, rung] = rescored
         self._keep(rescored)
         return rescored
 
@@ -141,7 +158,7 @@ class SearchProblem:
             rung += 1
         return out
 
-    def _record(self, keep: list[float], result: EvalResult, step: int) -> Record:
+    def _record(self, keep: list[float], result: EvalResult, step: int, origin: str = SEARCH) -> Record:
         cost = self.cost_model.cost(keep)
         reward = self._reward(RewardInput(result.accuracy, cost, self.cost_model.base, self.budget,
                                           self.cost_model.resource))
@@ -149,6 +166,7 @@ class SearchProblem:
             index=self.count, strategy=self.strategy, step=step, accuracy=result.accuracy, loss=result.loss,
             cost=cost, cost_ratio=cost / self.cost_model.base, reward=reward, cached=result.cached,
             seconds=result.seconds, wall_time=time.perf_counter() - self._start, keep=tuple(keep), score=self.score,
+            origin=origin,
         )
         self.records.append(record)
         self._keep(record)

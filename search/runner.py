@@ -33,12 +33,17 @@ from search.history import HistoryWriter, Record, read_history
 from search.ladder import run_ladder
 from search.outputs import SearchResult, write_outputs
 from search.problem import SearchProblem
+from search.selection import run_selection, search_verdict
+from search.starts import Start, baseline_starts, own_records, pending, warm_starts
 from amc.seeding import seeded
 
 log = logging.getLogger(__name__)
 # Settings a resumed run must share with the original: everything that changes what is evaluated.
 _RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward", "warmup", "storage", "ladder",
-                "ladder_top_k", "pruner")
+                "ladder_top_k", "pruner", "baselines", "warm_start", "warm_start_top_k", "select", "select_top_k",
+                "select_samples", "select_lr")
+# Settings added with the baselines and the deploy rung: a run from before them is resumed with any value.
+_NEW_KEYS = ("baselines", "warm_start", "warm_start_top_k", "select", "select_top_k", "select_samples", "select_lr")
 # Settings added later, absent from older runs' config.json: they had this (default) value then.
 _DEFAULTED = {"ladder": [], "ladder_top_k": 8, "pruner": "halving"}
 _DEFAULTED_CONTEXT = {"dataset_kwargs": []}
@@ -81,7 +86,8 @@ def prepare_out(config: SearchConfig) -> Path:
 
 def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
     now = config.to_dict()
-    diffs = [k for k in _RESUME_KEYS if saved.get(k, _DEFAULTED.get(k)) != now.get(k)]
+    diffs = [k for k in _RESUME_KEYS if not (k in _NEW_KEYS and k not in saved)
+             and _comparable(saved.get(k, _DEFAULTED.get(k))) != _comparable(now.get(k))]
     ignored = set(_RESUME_IGNORED_CONTEXT)
     if now["context"].get("resource") != "latency":
         ignored.add("latency")  # timing settings matter only to a latency budget (runs before it lack them)
@@ -90,6 +96,10 @@ def _check_same_run(saved: dict, config: SearchConfig, out: Path) -> None:
     if diffs:
         raise ConfigError(f"--resume of {str(out)!r} with different settings {diffs}; use the run's original "
                           "settings (see its config.json) or another --out")
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def run_search(config: SearchConfig, *, context: Context | None = None, evaluator: Evaluator | None = None,
@@ -180,18 +190,11 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
     cost = ctx.cost_model()
     projector = BudgetProjector(cost, config.budget, min_keep=config.min_keep, max_keep=config.max_keep)
     previous = read_history(out / "history.csv") if config.resume else []  # every rung
-    done = sum(r.rung == 0 for r in previous)  # evaluations; a ladder's re-scores are not counted
-    remaining = max(0, config.evaluations - done)
     strategy_class = strategies.get(config.strategy)  # what the loop needs to know of it, it declares
-    if strategy_class.single_policy:
-        remaining = min(remaining, 1)
-    log.info("search %s, budget %.3f %s, %d evaluations (%d done before)", config.strategy, config.budget,
-             config.context.resource, config.evaluations, done)
     history = HistoryWriter(out / "history.csv")
-    interrupted = False
+    interrupted, selection, starts = False, None, []
     with progress_bar(enabled=config.progress) as bar:
-        task = bar.add_task(f"{config.strategy} search", total=done + remaining,
-                            completed=done, status="")
+        task = bar.add_task(f"{config.strategy} search", total=None, status="")
 
         def on_record(record: Record) -> None:
             bar.update(task, advance=1, status=f"best acc {problem.best.accuracy:.4f}")
@@ -202,22 +205,48 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
                                 granularity=config.context.eval.granularity, previous=previous,
                                 on_record=on_record, score=config.context.eval.score)
         try:
+            starts = _starts(config, problem, ctx, strategy_class)
+            own = len(own_records(problem))  # evaluations; the starts and a ladder's re-scores are not counted
+            remaining = max(0, config.evaluations - own)
+            if strategy_class.single_policy:
+                remaining = min(remaining, 1)
+            todo = pending(problem, starts)
+            log.info("search %s, budget %.3f %s, %d evaluations (%d done before) after %d baseline and warm-start "
+                     "candidates (%d to evaluate)", config.strategy, config.budget, config.context.resource,
+                     config.evaluations, own, len(starts), len(todo))
+            bar.update(task, total=problem.count + len(todo) + remaining, completed=problem.count)
             strategy = strategy_class.from_config(config, out=out, batch_size=strategy_class.batch_size(batch_size),
                                                   ctx=ctx)
+            strategy.evaluate_starts(problem, todo)
             strategy.run(problem, remaining, seed=config.search_seed)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted after %d evaluation%s; writing the best policy so far", problem.count,
                         "" if problem.count == 1 else "s")
         else:
-            if config.ladder and not strategy_class.runs_own_ladder:
-                try:
-                    problem.best = run_ladder(problem, ctx, config.ladder, top_k=config.ladder_top_k)
-                except KeyboardInterrupt:  # the rungs measured so far are in history.csv; --resume goes on
-                    interrupted = True
-                    log.warning("interrupted in the ladder; writing the best policy so far (continue with --resume)")
+            pool = evaluator if hasattr(evaluator, "map") else None
+            try:
+                if config.ladder and not strategy_class.runs_own_ladder:
+                    problem.best = run_ladder(problem, ctx, config.ladder, top_k=config.ladder_top_k, pool=pool)
+                if config.select and problem.records:
+                    rung_task = bar.add_task(f"deploy rung ({config.select})", total=None, status="")
+                    selection = run_selection(problem, ctx, config, pool,
+                                              on_result=lambda r: bar.update(rung_task, advance=1))
+                    problem.best = selection.best
+            except KeyboardInterrupt:  # the rungs measured so far are in history.csv; --resume goes on
+                interrupted = True
+                log.warning("interrupted in the ladder or the deploy rung; writing the best policy so far (continue "
+                            "with --resume)")
         finally:
             history.close()
     if problem.best is None:
         raise KeyboardInterrupt("interrupted before the first evaluation finished; nothing to write")
-    return write_outputs(config, out, ctx, problem, started=start, interrupted=interrupted)
+    return write_outputs(config, out, ctx, problem, started=start, interrupted=interrupted,
+                         verdict=selection.verdict if selection is not None else search_verdict(problem),
+                         starts=starts)
+
+
+def _starts(config: SearchConfig, problem: SearchProblem, ctx: Context, strategy_class) -> list[Start]:
+    """The baselines (unless off, or the strategy is one) and the warm starts of this run."""
+    starts = baseline_starts(problem, ctx) if config.baselines and strategy_class.takes_baselines else []
+    return starts + warm_starts(config.warm_start, problem, top_k=config.warm_start_top_k)

@@ -182,6 +182,20 @@ def score_name(value: str) -> str:
         raise OptionError(str(exc).replace(f"unknown score {value!r}: ", "") + f", got {value!r}") from None
 
 
+SELECT_NONE = "none"  # --select none: no deploy rung
+
+
+def select_recipe(value: str) -> str:
+    """The deploy rung's recipe: ``finetune:EPOCHS`` (EPOCHS >= 1 epochs of fine-tuning), or ``none``."""
+    match = re.fullmatch(r"finetune:(\d+)", value.strip())
+    if value.strip() == SELECT_NONE:
+        return SELECT_NONE
+    if match is None or int(match.group(1)) < 1:
+        raise OptionError(f"must be finetune:EPOCHS (EPOCHS >= 1 epochs of fine-tuning each finalist, e.g. "
+                          f"finetune:1) or none, got {value!r}")
+    return f"finetune:{int(match.group(1))}"
+
+
 def existing_file(hint: str) -> Reader:
     """The path of an existing file (``hint`` says which file to pass)."""
     def read(value: str) -> str:

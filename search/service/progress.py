@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from search.history import COLUMNS, OLD_COLUMNS, Record, parse_row, rank
+from search.history import COLUMNS, LAYOUTS, Record, parse_row, rank
 
 # The fields of a search's best record that the search shows (its ``best``, in the database and the API).
 BEST_FIELDS = ("index", "step", "accuracy", "cost_ratio", "reward", "keep", "rung", "score")
@@ -52,7 +52,7 @@ class HistoryTail:
         self.offset += len(complete)
         rows = []
         for row in csv.reader(io.StringIO(complete.decode())):
-            if not row or tuple(row) in (COLUMNS, OLD_COLUMNS):
+            if not row or tuple(row) in LAYOUTS:
                 continue
             record = _record(row)
             if record is None:

@@ -15,6 +15,7 @@ runs the multi-fidelity ladder itself. Each implementation registers itself wher
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from amc.context import Context
     from search.config import SearchConfig
     from search.problem import SearchProblem
+    from search.starts import Start
 
 REGISTRY: dict[str, type[Strategy]] = {}
 S = TypeVar("S", bound="type[Strategy]")
@@ -39,6 +41,8 @@ class Strategy(ABC):
             samples) use big batches: the pool records each result as it arrives, so every worker stays
             busy instead of waiting at each batch's slowest evaluation.
         min_batch: Policies per batch at least, with any number of workers.
+        takes_baselines: The loop evaluates the baselines (:mod:`search.starts`) before this strategy's own
+            proposals; False for a strategy that is a baseline itself (uniform, tp-global).
     """
 
     name: ClassVar[str]
@@ -46,6 +50,7 @@ class Strategy(ABC):
     runs_own_ladder: ClassVar[bool] = False
     parallel_batch: ClassVar[int] = 1
     min_batch: ClassVar[int] = 1
+    takes_baselines: ClassVar[bool] = True
 
     @classmethod
     def batch_size(cls, workers: int) -> int:
@@ -63,6 +68,17 @@ class Strategy(ABC):
             batch_size: Policies per batch (:meth:`batch_size` of the run's workers).
             ctx: The run's context (e.g. the base model a ladder's rung evaluators score on).
         """
+
+    def evaluate_starts(self, problem: SearchProblem, starts: Sequence[Start]) -> None:
+        """Evaluates the baselines and warm starts not evaluated yet, in one batch, before :meth:`run`.
+
+        Strategies learn from them as from any recorded evaluation (Optuna adds them to its study, the RL
+        agents replay them as demonstrations, random search draws after them); a strategy that must see
+        them otherwise overrides this.
+        """
+        if starts:
+            problem.evaluate_keeps([s.keep for s in starts], steps=list(range(problem.count, problem.count + len(starts))),
+                                   origins=[s.origin for s in starts])
 
     @abstractmethod
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from search.history import SEARCH
 from search.strategies.base import Strategy, register
 from search.strategies.uniform import largest_feasible
 
@@ -53,7 +54,7 @@ class RandomStrategy(Strategy):
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
         # One generator per sample index, and the indices already recorded are skipped: a resumed run
         # draws exactly the samples it had not evaluated (a parallel batch may finish out of order).
-        done = {r.step for r in problem.records}
+        done = {r.step for r in problem.records if r.origin == SEARCH}  # not the baselines and warm starts
         todo = [i for i in range(len(done) + evaluations) if i not in done][:evaluations]
         for first in range(0, len(todo), self.batch_size):
             steps = todo[first : first + self.batch_size]

@@ -42,6 +42,8 @@ class UniformStrategy(Strategy):
 
     name = "uniform"
     single_policy = True
+    takes_baselines = False  # it is one
+
 
     @classmethod
     def from_config(cls, config: SearchConfig, *, out: Path, batch_size: int, ctx: Context) -> UniformStrategy:
@@ -49,4 +51,4 @@ class UniformStrategy(Strategy):
 
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
         if evaluations > 0:
-            problem.evaluate_keeps([uniform_keep(problem)], steps=[problem.count])
+            problem.evaluate_keeps([uniform_keep(problem)], steps=[problem.count], origins=["baseline:uniform"])

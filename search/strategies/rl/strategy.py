@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from stable_baselines3.common.logger import Logger
 
 from envs import PruningEnv
+from search.history import SEARCH, Record
 from search.problem import SearchProblem
+from search.starts import own_records
 from search.strategies.base import Strategy
 from search.strategies.rl.checkpoint import (
     CheckpointCallback,
@@ -26,7 +28,7 @@ from search.strategies.rl.checkpoint import (
     load_checkpoint,
     read_info,
 )
-from search.strategies.rl.vec_env import BatchedVecEnv, PrefetchEvaluator, ReplayEvaluator
+from search.strategies.rl.vec_env import BatchedVecEnv, PrefetchEvaluator, ReplayEvaluator, replayed_result
 from amc.seeding import seeded
 
 if TYPE_CHECKING:
@@ -106,6 +108,9 @@ class RLStrategy(Strategy):
             log.info("resuming the %s agent of %s after %d evaluations (%d steps, %d transitions); %d later "
                      "rows of history.csv are replayed, not evaluated again", self.name, self.checkpoint_dir,
                      info.evaluations, info.num_timesteps, info.transitions, len(pending))
+        if info is None:
+            demonstrations = [r for r in problem.records if r.origin != SEARCH]
+            add_demonstrations(agent, make_env, demonstrations, n_envs=self.n_envs)
         self.agent = agent
         callback = None if self.checkpoint_dir is None else CheckpointCallback(
             self.checkpoint_dir, kind=self.name, n_layers=n_layers, resumes=resumes, interval=self.checkpoint_interval,
@@ -116,7 +121,7 @@ class RLStrategy(Strategy):
                     reset_num_timesteps=info is None)
 
     def _checkpoint_to_resume(self, problem: SearchProblem, n_layers: int) -> CheckpointInfo | None:
-        if self.checkpoint_dir is None or problem.count == 0:  # a fresh run overwrites any stale checkpoint
+        if self.checkpoint_dir is None or not own_records(problem):  # a fresh run overwrites any stale checkpoint
             return None
         info = read_info(self.checkpoint_dir)
         if info is None:
@@ -126,3 +131,43 @@ class RLStrategy(Strategy):
         check_compatible(info, self.checkpoint_dir, kind=self.name, n_envs=self.n_envs, n_layers=n_layers,
                          recorded=problem.count)
         return info
+
+
+class _Known:
+    """The evaluator of a demonstration episode: the recorded result of the policy it replays."""
+
+    streams_results = False
+
+    def __init__(self, record: Record) -> None:
+        self.result = replayed_result(record)
+
+    def evaluate(self, policy) -> Any:
+        return self.result
+
+    def evaluate_many(self, policies) -> list:
+        return [self.result for _ in policies]
+
+
+def add_demonstrations(agent: Any, make_env, records: list[Record], *, n_envs: int = 1) -> None:
+    """Puts the episodes that produce ``records`` (the baselines and warm starts) into the agent's replay buffer,
+    with their recorded rewards: the agent learns from them as from its own episodes, without evaluating them
+    again. Each action is the one whose keep ratio is the record's (the environment's clipping keeps a
+    feasible policy as it is); with N environments each demonstration fills all N slots of a step."""
+    import numpy as np
+
+    buffer = agent.replay_buffer
+    for record in records:
+        env = make_env(_Known(record))
+        obs, _ = env.reset()
+        span = env.max_keep - env.min_keep
+        for keep in record.keep:
+            action = np.array([np.clip(2.0 * (keep - env.min_keep) / span - 1.0 if span > 0 else 1.0, -1.0, 1.0)],
+                              dtype=np.float32)
+            next_obs, reward, terminated, _, _ = env.step(action)
+            buffer.add(np.repeat(obs[None], n_envs, 0), np.repeat(next_obs[None], n_envs, 0),
+                       np.repeat(action[None], n_envs, 0), np.full(n_envs, reward, dtype=np.float32),
+                       np.full(n_envs, terminated), [{} for _ in range(n_envs)])
+            obs = next_obs
+    if records:
+        log.info("%d baseline and warm-start episodes added to the %s agent's replay buffer as demonstrations",
+                 len(records), type(agent).__name__)
