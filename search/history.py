@@ -14,7 +14,8 @@ import csv
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from amc.errors import ConfigError
@@ -60,6 +61,22 @@ class Record:
                 repr(self.cost), repr(self.cost_ratio), repr(self.reward), str(int(self.cached)),
                 f"{self.seconds:.4f}", f"{self.wall_time:.3f}", json.dumps(list(self.keep)), str(self.rung),
                 self.score, self.origin, str(self.repeat)]
+
+
+@dataclass(frozen=True)
+class Start:
+    """A candidate evaluated before the strategy's own proposals (:mod:`search.starts`).
+
+    Attributes:
+        origin: ``history.csv``'s ``origin``: ``baseline:<name>`` or ``warm:<source>``.
+        keep: Its keep ratios (feasible at this run's budget).
+        provenance: Where it came from (a warm start's file, budget, resource and evaluation), for
+            ``policy.json``'s meta.
+    """
+
+    origin: str
+    keep: tuple[float, ...]
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 class HistoryWriter:

@@ -32,7 +32,8 @@ from search.config import SearchConfig
 from search.history import Record
 from search.problem import SearchProblem
 from search.selection import Verdict, deployed_baselines, verdict_rows
-from search.starts import UNIFORM, Start
+from search.history import Start
+from search.starts import UNIFORM
 
 log = logging.getLogger(__name__)
 

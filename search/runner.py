@@ -34,7 +34,7 @@ from search.ladder import run_ladder
 from search.outputs import SearchResult, write_outputs
 from search.problem import SearchProblem
 from search.selection import run_selection, search_verdict
-from search.starts import Start, baseline_starts, own_records, pending, warm_starts
+from search.starts import Start, baseline_starts, own_records, pending, warm_starts  # noqa: F401 (Start: annotations)
 from amc.seeding import seeded
 
 log = logging.getLogger(__name__)

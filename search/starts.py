@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from amc.errors import ConfigError, PolicyError
 from amc.pruning.policy import Policy
-from search.history import BASELINE_PREFIX, SEARCH, WARM_PREFIX, Record, rank, read_history
+from search.history import BASELINE_PREFIX, SEARCH, WARM_PREFIX, Record, Start, rank, read_history
 from search.strategies.uniform import largest_feasible, uniform_keep
 
 if TYPE_CHECKING:
@@ -40,22 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 UNIFORM = BASELINE_PREFIX + "uniform"
 TP_GLOBAL = BASELINE_PREFIX + "tp-global"
-
-
-@dataclass(frozen=True)
-class Start:
-    """A candidate evaluated before the strategy's own proposals.
-
-    Attributes:
-        origin: ``history.csv``'s ``origin``: ``baseline:<name>`` or ``warm:<source>``.
-        keep: Its keep ratios (feasible at this run's budget).
-        provenance: Where it came from (a warm start's file, budget, resource and evaluation), for
-            ``policy.json``'s meta.
-    """
-
-    origin: str
-    keep: tuple[float, ...]
-    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def baseline_starts(problem: SearchProblem, ctx: Context) -> list[Start]:

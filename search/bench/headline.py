@@ -4,9 +4,13 @@ resnet20 on fashion-mnist (the cached 15-epoch base model of :mod:`search.bench.
 several search seeds on the one base model. Rows:
 
 - ``uniform``: the largest uniform keep ratio that meets the budget (deterministic: one run).
-- ``tp-global``: Torch-Pruning's global magnitude pruning (``MetaPruner`` with ``GroupMagnitudeImportance``
-  and ``global_pruning=True``), its pruning ratio bisected so the FLOPs just meet the budget
-  (deterministic: one run).
+- ``tp-global``: Torch-Pruning's own pruned model from its global magnitude pruning, stepped until the FLOPs
+  meet the budget (:func:`amc.pruning.global_pruning.global_pruning`; deterministic: one run): what a user of
+  Torch-Pruning gets.
+- ``default``: the product as a user runs it, ``scripts/search.py --budget b`` with every default
+  (strategy, evaluations, baselines, deploy rung; the settings' ``select*``, ``warm_start``, ``baselines``
+  and ``default_evaluations`` override them where set: :mod:`search.bench.searched`); its policy is the
+  run's ``policy.json``. Its deployed accuracy is held to the better baseline's (:mod:`search.bench.verdicts`).
 - ``random``, ``optuna-tpe``, ``ddpg``: searches with the same number of evaluations.
 - ``sensitivity``: greedy allocation from per-layer sensitivity curves (deterministic: one run).
 - ``oracle``: the best policy of a random search ``oracle_factor`` times longer (seed 0; its first
@@ -23,12 +27,13 @@ interrupted resumes from its ``history.csv``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,29 +43,27 @@ from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amc.context import Context, build_context
+from amc.errors import ConfigError
 from amc.evaluation.evaluator import recalibrate_bn
 from amc.evaluation.metrics import accuracy, validate
 from amc.cost.timing import compare_latency
-from amc.pruning.policy import Policy
+from amc.pruning.global_pruning import global_pruning
 from amc.progress import progress_bar
 from amc.train import TrainConfig, train
-from amc.graph.widths import rounded_channels
 from search.bench import HEADLINE_ROWS
 from search.bench.common import BASE_EPOCHS, VAL_LIMIT, fashion_resnet20, machine
 from search.bench.markdown import markdown_table, mean_std, update_section
-from search.config import SearchConfig
-from search.history import read_history
-from search.runner import run_search
+from search.bench.searched import default_row_text, search_config, searched, write_cell
+from search.bench.verdicts import DEFAULT_ROW, default_verdicts, deployed_verdicts, verdicts
 
 log = logging.getLogger(__name__)
 
 # (row label, strategy or None for a row that is not a search, deterministic)
-ROWS = (("uniform", "uniform", True), ("tp-global", None, True), ("random", "random", False),
-        ("sensitivity", "sensitivity", True), ("optuna-tpe", "optuna", False), ("ddpg", "ddpg", False),
-        ("oracle", "random", True))
+ROWS = (("uniform", "uniform", True), ("tp-global", None, True), (DEFAULT_ROW, DEFAULT_ROW, False),
+        ("random", "random", False), ("sensitivity", "sensitivity", True), ("optuna-tpe", "optuna", False),
+        ("ddpg", "ddpg", False), ("oracle", "random", True))
 assert tuple(label for label, *_ in ROWS) == HEADLINE_ROWS, "search.bench.HEADLINE_ROWS lists the rows for the CLI"
 ORACLE_STRATEGY = "random search"  # the strongest strategy at 100 evaluations (BENCHMARKS.md)
-SEARCHED = ("random", "sensitivity", "optuna-tpe", "ddpg")  # "our strategies" in the verdicts
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,15 @@ class HeadlineSettings:
     # Deterministic rows (uniform, tp-global, sensitivity, oracle) are fine-tuned with every seed too, their
     # policy found once: the deployed accuracy's seed-to-seed spread is then measured for every row.
     finetune_every_seed: bool = False
+    # The default row: scripts/search.py's defaults, but for these where set (None: the product's default; select
+    # "none": no deploy rung; default_evaluations: its --evaluations). See search.bench.searched.
+    default_evaluations: int | None = None
+    select: str | None = None
+    select_top_k: int | None = None
+    select_samples: int | None = None
+    select_lr: float | None = None
+    warm_start: tuple[str, ...] | None = None
+    baselines: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class HeadlineCell:
     distinct: int  # evaluations that ran a forward pass (not cache hits)
     seconds: float  # wall time of the whole cell (search, evaluation, timing, fine-tuning)
     channels: tuple[int, ...] = ()
+    chosen: str = ""  # history.csv origin of the search's policy (search, baseline:uniform, ...); "" for tp-global
 
     @property
     def evals_per_second(self) -> float:
@@ -122,66 +135,40 @@ def flops(module: nn.Module, shape: Sequence[int]) -> int:
 
 def tp_global_magnitude(model: nn.Module, example: torch.Tensor, budget: float, *, round_to: int | None = 8,
                         min_keep: float = 0.2, p: int = 2, steps: int = 200) -> tuple[nn.Module, float, int]:
-    """Torch-Pruning's global magnitude pruning, stepped until the FLOPs meet ``budget``.
+    """Torch-Pruning's global magnitude pruning of ``model`` to a FLOPs ``budget``, on a layer graph discovered
+    here (:func:`amc.pruning.global_pruning.global_pruning`, which holds the recipe).
 
-    What a Torch-Pruning user writes to hit a FLOPs target (the package's own ``progressive_pruning``
-    recipe): ``MetaPruner(model, example, GroupMagnitudeImportance(p=2), global_pruning=True,
-    pruning_ratio=1.0, iterative_steps=steps, ...)`` with the classifier ignored, then ``pruner.step()``
-    until the model is small enough. (A single step at a bisected ``pruning_ratio`` does not work:
-    with global ranking the FLOPs are not monotone in the ratio.)
+    Returns: (Torch-Pruning's pruned copy, its FLOPs ratio, steps taken).
 
-    No layer keeps fewer than ``min_keep`` of its channels (rounded up to ``round_to``), as in our
-    searches. Torch-Pruning's ``max_pruning_ratio`` alone does not ensure that: it is checked before a
-    step, so one global step can cut a layer that is still above it far below it, and ``round_to``
-    then rounds the kept channels down (a 32-channel conv kept 4 at ``min_keep`` 0.2). So each step
-    runs in Torch-Pruning's interactive mode and a group's indices are trimmed to its floor, sparing
-    its most important channels, before the group is pruned.
-
-    Returns: (pruned copy, its FLOPs ratio, steps taken).
+    Raises:
+        ValueError: Torch-Pruning gives no model (the budget is out of reach with ``min_keep``, or the model is
+            one it cannot prune; the logged warning says which).
     """
-    import torch_pruning as tp
+    from amc.cost.analytic import FlopsCost
+    from amc.graph.discover import discover
 
-    shape = tuple(example.shape[1:])
-    base = flops(model, shape)
-    pruned = copy.deepcopy(model).eval()
-    pruner = tp.pruner.MetaPruner(pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=p),
-                                  global_pruning=True, pruning_ratio=1.0, iterative_steps=steps,
-                                  max_pruning_ratio=1 - min_keep, round_to=round_to,
-                                  ignored_layers=[m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:])
-    ratio = 1.0
-    for step in range(1, steps + 1):
-        for group in pruner.step(interactive=True):
-            idxs = _respect_min_keep(pruner, group, min_keep=min_keep, round_to=round_to or 1)
-            if idxs:
-                group.prune(idxs=idxs)
-        ratio = flops(pruned, shape) / base
-        if ratio <= budget:
-            return pruned.eval(), ratio, step
-    raise ValueError(f"Torch-Pruning global pruning cannot reach FLOPs budget {budget}: with no layer below "
-                     f"min_keep {min_keep:g} the model keeps {ratio:.4f} of its FLOPs; use a larger budget")
+    graph = discover(model, example[:1], round_to=round_to or 1)
+    result = global_pruning(model, graph, example, budget=budget, ratio_of=FlopsCost(graph).ratio,
+                            min_keep=min_keep, p=p, steps=steps)
+    if result is None:
+        raise ValueError(f"Torch-Pruning global pruning cannot reach FLOPs budget {budget} with min_keep "
+                         f"{min_keep:g} (see the warning); use a larger budget")
+    return result.model, result.ratio, result.steps
 
 
-def _respect_min_keep(pruner, group, *, min_keep: float, round_to: int) -> list[int]:
-    """The group's pruning indices, trimmed so its root keeps >= ``min_keep`` of its initial channels.
+def tp_pruned(ctx: Context, budget: float, *, min_keep: float, **kwargs):
+    """Torch-Pruning's own pruned model at a FLOPs ``budget`` (global magnitude, or its head recipe for
+    attention models) on the context's graph; ``kwargs`` go to :func:`~amc.pruning.global_pruning.global_pruning`.
 
-    The kept count is a multiple of ``round_to`` (Torch-Pruning's rounding), so the floor is
-    ``min_keep * initial`` rounded up to it; the indices pruned are the least important of those proposed.
+    Raises:
+        ConfigError: Torch-Pruning gives no model here (one line; the logged warning says why).
     """
-    dep, idxs = group[0]
-    module, handler = dep.target.module, dep.handler
-    if pruner.DG.is_out_channel_pruning_fn(handler):
-        current, initial = pruner.DG.get_out_channels(module), pruner.layer_init_out_ch[module]
-    else:
-        current, initial = pruner.DG.get_in_channels(module), pruner.layer_init_in_ch[module]
-    floor = min(current, rounded_channels(min_keep, initial, round_to))
-    allowed = current - floor
-    idxs = list(idxs)
-    if len(idxs) <= allowed:
-        return idxs
-    if allowed <= 0:
-        return []
-    importance = pruner.estimate_importance(pruner.DG.get_pruning_group(module, handler, list(range(current))))
-    return sorted(sorted(idxs, key=lambda i: float(importance[i]))[:allowed])
+    result = global_pruning(ctx.model, ctx.graph, ctx.example(2), budget=budget,
+                            ratio_of=ctx.cost_model("flops").ratio, min_keep=min_keep, **kwargs)
+    if result is None:
+        raise ConfigError(f"Torch-Pruning's row at budget {budget:g}: it gives no pruned model (see the warning); "
+                          "use a larger budget or a lower min_keep")
+    return result
 
 
 def finetune_set(ctx: Context, samples: int) -> TensorDataset:
@@ -205,14 +192,6 @@ def _channels(model: nn.Module) -> tuple[int, ...]:
     return tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def _search_config(settings: HeadlineSettings, ctx: Context, *, budget: float, strategy: str, seed: int,
-                   evaluations: int, out: Path) -> SearchConfig:
-    return SearchConfig(budget=budget, strategy=strategy, evaluations=evaluations, out=str(out), seed=seed,
-                        resume=out.exists(), progress=False, export=False, report=False, min_keep=settings.min_keep,
-                        workers=settings.workers if strategy not in ("uniform",) else 1, context=ctx.config,
-                        ladder=getattr(settings, "ladder", ()))  # the ViT benchmark's settings have none
-
-
 def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: float, row: str, seed: int,
              tune_set: TensorDataset) -> HeadlineCell:
     """One (budget, row, seed) cell: read back when finished, else run and written at once."""
@@ -227,25 +206,19 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
     deterministic = {label: d for label, _, d in ROWS}[row]
     search_seed = settings.seeds[0] if deterministic else seed  # a deterministic row's policy is found once
     shape = ctx.graph.input_shape
-    if strategy is None:  # tp-global
+    chosen = ""
+    if strategy is None:  # tp-global: Torch-Pruning's own model
         t = time.perf_counter()
-        pruned, ratio, steps = tp_global_magnitude(ctx.model, ctx.data.val.tensors[0][:2], budget,
-                                                   round_to=settings.round_to, min_keep=settings.min_keep)
+        pruned = tp_pruned(ctx, budget, min_keep=settings.min_keep).model
         search_seconds, evaluations, distinct = time.perf_counter() - t, 0, 0
-        log.info("tp-global at budget %g: FLOPs ratio %.4f after %d pruner steps", budget, ratio, steps)
         recalibrate_bn(pruned, ctx.evaluator.bn_batches)  # the adaptive BN every searched policy gets
     else:
-        evaluations = settings.evaluations * (settings.oracle_factor if row == "oracle" else 1)
-        run = root / f"budget{budget:g}" / row / f"seed{search_seed}" / "search"
-        if not (run / "policy.json").exists():
-            run_search(_search_config(settings, ctx, budget=budget, strategy=strategy, seed=search_seed,
-                                      evaluations=evaluations, out=run), context=ctx)
-        policy = Policy.load(run / "policy.json")
-        records = read_history(run / "history.csv")
-        # Search time: to the last recorded evaluation (the run's final test pass and report are not search).
-        search_seconds = max(r.wall_time for r in records)
-        evaluations, distinct = len(records), sum(not r.cached for r in records)
-        pruned = ctx.evaluator.prune(policy)  # BN recalibrated on the evaluator's batches
+        found = searched(settings, ctx, run=root / f"budget{budget:g}" / row / f"seed{search_seed}" / "search",
+                         strategy=strategy, budget=budget, seed=search_seed,
+                         evaluations=settings.evaluations * (settings.oracle_factor if row == "oracle" else 1))
+        search_seconds, evaluations, distinct, chosen = (found.search_seconds, found.evaluations, found.distinct,
+                                                         found.chosen)
+        pruned = ctx.evaluator.prune(found.policy)  # BN recalibrated on the evaluator's batches
     val, _ = validate(pruned, *ctx.evaluator.val_set)
     test = accuracy(pruned, ctx.data.test)
     flops_ratio = flops(pruned, shape) / flops(ctx.model, shape)
@@ -257,18 +230,13 @@ def run_cell(root: Path, ctx: Context, settings: HeadlineSettings, *, budget: fl
                         finetuned_test_accuracy=tuned, flops_ratio=flops_ratio,
                         latency_ratio=ms["pruned"] / ms["base"], search_seconds=search_seconds,
                         evaluations=evaluations, distinct=distinct, seconds=time.perf_counter() - start,
-                        channels=_channels(pruned))
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = cell_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(cell), indent=1) + "\n")
-    tmp.replace(cell_file)
+                        channels=_channels(pruned), chosen=chosen)
+    write_cell(cell_file, cell)
     return cell
 
 
 def headline_context(settings: HeadlineSettings, *, data_dir: str | None = None):
     """The benchmark's context config, its candidate score set to the settings' (the base model is the same)."""
-    import dataclasses
-
     config = fashion_resnet20(data_dir=data_dir, round_to=settings.round_to)
     return dataclasses.replace(config, eval=dataclasses.replace(config.eval, score=settings.score))
 
@@ -312,57 +280,6 @@ def _mean(cells: list[HeadlineCell], field: str) -> float:
     return statistics.mean(getattr(c, field) for c in cells)
 
 
-def verdicts(cells: list[HeadlineCell], budget: float = 0.3) -> list[str]:
-    """The acceptance targets at ``budget``, on test accuracy before fine-tuning (mean over seeds)."""
-    rows = {}
-    for row, *_ in ROWS:
-        group = [c for c in cells if c.budget == budget and c.row == row]
-        if group:
-            rows[row] = _mean(group, "test_accuracy")
-    ours = {r: v for r, v in rows.items() if r in SEARCHED}
-    if not ours or not {"uniform", "tp-global", "oracle"} <= rows.keys():
-        return []
-    best = max(ours, key=ours.get)
-    checks = [("uniform", rows["uniform"], 2.0, ">="), ("tp-global", rows["tp-global"], 1.0, ">=")]
-    lines = [f"Budget {budget:g}, test accuracy before fine-tuning (mean over seeds): best of our strategies is "
-             f"**{best}** at {100 * ours[best]:.2f}%."]
-    for name, value, margin, _ in checks:
-        diff = 100 * (ours[best] - value)
-        lines.append(f"- vs {name} ({100 * value:.2f}%): {diff:+.2f} points; target >= +{margin:g}: "
-                     f"**{'met' if diff >= margin - 1e-9 else 'missed'}**")
-    gap = 100 * (rows["oracle"] - ours[best])
-    lines.append(f"- vs the oracle ({100 * rows['oracle']:.2f}%): {-gap:+.2f} points; target within 0.5: "
-                 f"**{'met' if gap <= 0.5 + 1e-9 else 'missed'}**")
-    val = {r: _mean([c for c in cells if c.budget == budget and c.row == r], "val_accuracy") for r in rows}
-    lines.append(f"- on the validation subset the searches saw: {best} {100 * val[best]:.2f}%, uniform "
-                 f"{100 * val['uniform']:.2f}%, tp-global {100 * val['tp-global']:.2f}%, oracle "
-                 f"{100 * val['oracle']:.2f}%")
-    return lines
-
-
-def deployed_verdicts(cells: list[HeadlineCell], budget: float, *, over_uniform: float = 0.5,
-                      over_tp: float = 0.3) -> list[str]:
-    """Issue 19's targets at ``budget``: the best searched row's deployed accuracy (mean over seeds) against
-    uniform (>= +0.5 points) and Torch-Pruning global (>= +0.3 points)."""
-    rows = {}
-    for row, *_ in ROWS:
-        group = [c for c in cells if c.budget == budget and c.row == row]
-        if group:
-            rows[row] = (_mean(group, "finetuned_test_accuracy"), len(group))
-    ours = {r: v for r, v in rows.items() if r in SEARCHED}
-    if not ours or not {"uniform", "tp-global"} <= rows.keys():
-        return []
-    best = max(ours, key=lambda r: ours[r][0])
-    lines = [(f"Budget {budget:g}, deployed accuracy (test after the fine-tune, mean of {ours[best][1]} seed(s)): "
-              f"best searched row is **{best}** at {100 * ours[best][0]:.2f}%.")]
-    for name, margin in (("uniform", over_uniform), ("tp-global", over_tp)):
-        value, n = rows[name]
-        diff = 100 * (ours[best][0] - value)
-        lines.append(f"- vs {name} ({100 * value:.2f}%, {n} seed(s)): {diff:+.2f} points; target >= +{margin:g}: "
-                     f"**{'met' if diff >= margin - 1e-9 else 'missed'}**")
-    return lines
-
-
 def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, command: str, machine: str,
                       total_seconds: float) -> str:
     lines = [
@@ -378,6 +295,7 @@ def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, 
         + ("sensitivity and the oracle find their policy once and are fine-tuned with each seed (the seed-to-seed "
            "spread of a deterministic row is the fine-tune's). " if settings.finetune_every_seed else
            "sensitivity and the oracle are run once (the first three are deterministic). ")
+        + (default_row_text(settings) + " " if any(c.row == DEFAULT_ROW for c in cells) else "")
         + "Test: the 10,000 test "
         f"images. Fine-tuning: {settings.finetune_epochs} epoch(s) of SGD (cosine, lr {settings.finetune_lr:g}) on "
         f"{settings.finetune_samples:,} training images, the same for every row. Latency: batch "
@@ -402,6 +320,10 @@ def headline_markdown(cells: list[HeadlineCell], settings: HeadlineSettings, *, 
     lines += markdown_table(("budget", "row", "deployed: test acc % after fine-tune", "val acc %", "test acc %",
                              "FLOPs ratio", "latency ratio", "search s", "evals/s (distinct)"), rows)
     lines.append("")
+    for budget in settings.budgets:
+        found = default_verdicts(cells, budget)
+        if found:
+            lines += found + [""]
     for budget in settings.budgets:
         found = deployed_verdicts(cells, budget)
         if found:
@@ -435,4 +357,5 @@ def headline_report(root: Path, settings: HeadlineSettings, *, threads: int, dat
 
 
 __all__ = ["HeadlineCell", "HeadlineSettings", "ROWS", "flops", "headline", "headline_markdown", "headline_report",
-           "plan", "tp_global_magnitude", "verdicts", "deployed_verdicts", "headline_context"]
+           "plan", "searched", "tp_global_magnitude", "tp_pruned", "verdicts", "deployed_verdicts", "default_verdicts",
+           "headline_context", "search_config", "write_cell"]

@@ -4,38 +4,45 @@ The built-in ``vit`` (patch 4, 4 blocks of 64 wide, 4 heads, MLP 128) on fashion
 cached like any base model. Its decisions are the embedding width (``patch_embed``), and per block the
 number of heads and the MLP hidden width. At one FLOPs budget, rows:
 
-- ``optuna``: the Optuna (TPE) search, the policy ``scripts/search.py --model vit --budget b`` finds, one
-  per search seed.
-- ``uniform``: the largest uniform keep ratio that meets the budget (deterministic: one run).
-- ``tp-vit``: Torch-Pruning's own ViT recipe (its ``examples/transformers/prune_timm_vit.py``):
-  ``MetaPruner`` with ``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``, magnitude
-  importance and one pruning ratio for every layer (``global_pruning=False``), used for both the channels
-  and ``head_pruning_ratio``; the ratio is bisected so the FLOPs just meet the budget (deterministic: one run).
+- ``optuna``: the Optuna (TPE) search with ``evaluations``, one per search seed.
+- ``default``: the product as a user runs it, ``scripts/search.py --model vit --budget b`` with every
+  default (strategy, evaluations, baselines, deploy rung; the settings' ``select*``, ``warm_start``,
+  ``baselines`` and ``default_evaluations`` override them where set: :mod:`search.bench.searched`), one per
+  search seed; its policy is the run's ``policy.json``.
+- ``uniform``: the largest uniform keep ratio that meets the budget (deterministic: found once).
+- ``tp-vit``: Torch-Pruning's own pruned model from its ViT recipe (its
+  ``examples/transformers/prune_timm_vit.py``: whole heads, one ratio for the channels and the heads, the
+  ratio bisected so the FLOPs just meet the budget; :func:`amc.pruning.global_pruning.global_pruning`;
+  deterministic: found once).
 
 Every pruned model gets the same evaluation: the validation subset the search saw, the full test split, a
-FlopCounterMode count, and the same short fine-tuning (:func:`search.bench.headline.deployed_accuracy`).
+FlopCounterMode count, and the same short fine-tuning (:func:`search.bench.headline.deployed_accuracy`), with
+every seed (``finetune_every_seed``: a deterministic row's policy is fine-tuned with each seed, so every row's
+deployed accuracy is a mean over the same fine-tune seeds). The ``default`` row is held to the better of
+uniform and tp-vit (:func:`search.bench.verdicts.default_verdicts`).
 Each finished cell is written at once to ``<root>/budget<b>/<row>/seed<s>/cell.json``; a rerun reads
 finished cells back, and a search that was interrupted resumes from its ``history.csv``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.bench.common import VAL_LIMIT, VAL_SIZE, machine
 from search.bench.markdown import markdown_table, mean_std, update_section
+from search.bench.searched import default_row_text, searched, write_cell
+from search.bench.verdicts import DEFAULT_ROW, default_verdicts
 
 if TYPE_CHECKING:  # imported where used: the benchmark CLI refuses bad arguments before torch loads
     from rich.console import Console
-    from torch import Tensor, nn
+    from torch import nn
     from torch.utils.data import TensorDataset
 
     from amc.context import Context, ContextConfig
@@ -45,7 +52,9 @@ log = logging.getLogger(__name__)
 BASE_EPOCHS = 10  # about 15-20 min on one core of the 2-core machine (see the section's base line)
 
 # (row label, strategy or None for the Torch-Pruning row, deterministic)
-ROWS = (("optuna", "optuna", False), ("uniform", "uniform", True), ("tp-vit", None, True))
+ROWS = (("optuna", "optuna", False), (DEFAULT_ROW, DEFAULT_ROW, False), ("uniform", "uniform", True),
+        ("tp-vit", None, True))
+BASELINES = ("uniform", "tp-vit")
 
 
 def fashion_vit(*, data_dir: str | None = None, epochs: int = BASE_EPOCHS, val_limit: int | None = VAL_LIMIT,
@@ -74,6 +83,16 @@ class VitSettings:
     finetune_samples: int = 20000
     finetune_lr: float = 0.01
     tp_iterations: int = 14  # bisection steps of the Torch-Pruning ratio
+    finetune_every_seed: bool = True  # deterministic rows: found once, fine-tuned with every seed
+    # The default row: scripts/search.py's defaults, but for these where set (None: the product's default; select
+    # "none": no deploy rung; default_evaluations: its --evaluations). See search.bench.searched.
+    default_evaluations: int | None = None
+    select: str | None = None
+    select_top_k: int | None = None
+    select_samples: int | None = None
+    select_lr: float | None = None
+    warm_start: tuple[str, ...] | None = None
+    baselines: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,7 @@ class VitCell:
     evaluations: int  # recorded evaluations (cache hits included); tp-vit: models pruned by the bisection
     seconds: float  # wall time of the whole cell
     widths: tuple[int, ...] = ()  # embedding width, then heads and MLP width per block
+    chosen: str = ""  # history.csv origin of the search's policy (search, baseline:uniform, ...); "" for tp-vit
 
 
 def widths(model: nn.Module) -> tuple[int, ...]:
@@ -102,73 +122,6 @@ def widths(model: nn.Module) -> tuple[int, ...]:
     return tuple(out)
 
 
-def tp_vit_heads(model: nn.Module, example: Tensor, budget: float, *, min_keep: float = 0.2, p: int = 1,
-                 round_to: int | None = None, iterations: int = 14) -> tuple[nn.Module, float, float, int]:
-    """Torch-Pruning's ViT pruning (whole heads, uniform ratio), its ratio bisected so the FLOPs just meet ``budget``.
-
-    As in Torch-Pruning's timm ViT example: ``MetaPruner(model, example, GroupMagnitudeImportance(p),
-    pruning_ratio=r, num_heads={attn.qkv: attn.num_heads}, prune_num_heads=True, prune_head_dims=False,
-    head_pruning_ratio=r)``, the classifier ignored, one ``step()``, then each attention module's
-    ``num_heads`` set from ``pruner.num_heads``. Uniform pruning makes the FLOPs monotone in ``r``, so
-    bisection finds the smallest ``r`` (in ``[0, 1 - min_keep]``) whose model meets the budget.
-
-    Returns: (pruned copy, its FLOPs ratio, the pruning ratio, models pruned).
-    """
-    import torch_pruning as tp
-    from torch import nn
-
-    from amc.graph.probe import attention_parts
-    from search.bench.headline import flops
-
-    shape = tuple(example.shape[1:])
-    base = flops(model, shape)
-
-    def prune_at(ratio: float) -> tuple[nn.Module, float, bool]:
-        pruned = copy.deepcopy(model).eval()
-        parts = [a for a in map(attention_parts, pruned.modules()) if a is not None]
-        pruner = tp.pruner.MetaPruner(
-            pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=p), global_pruning=False,
-            pruning_ratio=ratio, num_heads={a.qkv: a.num_heads for a in parts}, prune_num_heads=True,
-            prune_head_dims=False, head_pruning_ratio=ratio, round_to=round_to,
-            ignored_layers=[m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:])
-        pruner.step()
-        for a in parts:
-            a.module.num_heads = pruner.num_heads[a.qkv]
-        floor_ok = all(k >= min_keep * b - 1e-9 for k, b in zip(_units(pruned), initial))
-        return pruned.eval(), flops(pruned, shape) / base, floor_ok
-
-    # Torch-Pruning rounds the kept units down (4 heads at ratio 0.8 keep none), so a ratio that leaves
-    # any layer below min_keep counts as too large: the answer is the smallest ratio within the budget
-    # among those that respect min_keep.
-    initial = _units(model)
-    lo, hi = 0.0, 1.0 - min_keep
-    best, best_ratio, best_r = None, float("nan"), float("nan")
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        pruned, ratio, floor_ok = prune_at(mid)
-        if floor_ok and ratio <= budget:
-            hi, best, best_ratio, best_r = mid, pruned, ratio, mid
-        elif floor_ok:
-            lo = mid
-        else:
-            hi = mid
-    if best is None:
-        raise ValueError(f"Torch-Pruning's ViT pruning cannot reach FLOPs budget {budget}: with no layer below "
-                         f"min_keep {min_keep:g} the model keeps more of its FLOPs; use a larger budget")
-    return best, best_ratio, best_r, iterations
-
-
-def _units(model: nn.Module) -> list[int]:
-    """Output units of every prunable layer: Conv/Linear channels, then the heads of each attention module."""
-    from torch import nn
-
-    from amc.graph.probe import attention_parts
-
-    units = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return units + [a.num_heads for a in map(attention_parts, model.modules()) if a is not None]
-
-
 def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -176,12 +129,8 @@ def _params(module: nn.Module) -> int:
 def run_cell(root: Path, ctx: Context, settings: VitSettings, *, row: str, seed: int,
              tune_set: TensorDataset) -> VitCell:
     """One (row, seed) cell at ``settings.budget``: read back when finished, else run and written at once."""
-    from amc.evaluation.metrics import validate
-    from amc.pruning.policy import Policy
-    from amc.evaluation.metrics import accuracy
-    from search.bench.headline import _search_config, deployed_accuracy, flops
-    from search.history import read_history
-    from search.runner import run_search
+    from amc.evaluation.metrics import accuracy, validate
+    from search.bench.headline import deployed_accuracy, flops, tp_pruned
 
     budget = settings.budget
     out = root / f"budget{budget:g}" / row / f"seed{seed}"
@@ -191,20 +140,19 @@ def run_cell(root: Path, ctx: Context, settings: VitSettings, *, row: str, seed:
         return VitCell(**{**data, "widths": tuple(data.get("widths", ()))})
     start = time.perf_counter()
     strategy = {label: s for label, s, _ in ROWS}[row]
-    if strategy is None:  # tp-vit
-        pruned, ratio, r, evaluations = tp_vit_heads(ctx.model, ctx.data.val.tensors[0][:2], budget,
-                                                     min_keep=settings.min_keep, iterations=settings.tp_iterations)
-        search_seconds = time.perf_counter() - start
-        log.info("tp-vit at budget %g: FLOPs ratio %.4f at pruning ratio %.4f", budget, ratio, r)
+    deterministic = {label: d for label, _, d in ROWS}[row]
+    search_seed = settings.seeds[0] if deterministic else seed  # a deterministic row's policy is found once
+    chosen = ""
+    if strategy is None:  # tp-vit: Torch-Pruning's own model
+        result = tp_pruned(ctx, budget, min_keep=settings.min_keep, iterations=settings.tp_iterations)
+        pruned, search_seconds, evaluations = result.model, time.perf_counter() - start, result.steps
+        log.info("tp-vit at budget %g: FLOPs ratio %.4f at pruning ratio %.4f", budget, result.ratio,
+                 result.pruning_ratio)
     else:
-        run = out / "search"
-        if not (run / "policy.json").exists():
-            run_search(_search_config(settings, ctx, budget=budget, strategy=strategy, seed=seed,
-                                      evaluations=settings.evaluations, out=run), context=ctx)
-        records = read_history(run / "history.csv")
-        search_seconds = max(r.wall_time for r in records)  # to the last evaluation, not the run's test pass
-        evaluations = len(records)
-        pruned = ctx.evaluator.prune(Policy.load(run / "policy.json"))
+        found = searched(settings, ctx, run=root / f"budget{budget:g}" / row / f"seed{search_seed}" / "search",
+                         strategy=strategy, budget=budget, seed=search_seed, evaluations=settings.evaluations)
+        search_seconds, evaluations, chosen = found.search_seconds, found.evaluations, found.chosen
+        pruned = ctx.evaluator.prune(found.policy)
     shape = ctx.graph.input_shape
     val, _ = validate(pruned, *ctx.evaluator.val_set)
     cell = VitCell(budget=budget, row=row, seed=seed, val_accuracy=val, test_accuracy=accuracy(pruned, ctx.data.test),
@@ -212,20 +160,18 @@ def run_cell(root: Path, ctx: Context, settings: VitSettings, *, row: str, seed:
                                                              lr=settings.finetune_lr, seed=seed),
                    flops_ratio=flops(pruned, shape) / flops(ctx.model, shape),
                    params_ratio=_params(pruned) / _params(ctx.model), search_seconds=search_seconds,
-                   evaluations=evaluations, seconds=time.perf_counter() - start, widths=widths(pruned))
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = cell_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(cell), indent=1) + "\n")
-    tmp.replace(cell_file)
+                   evaluations=evaluations, seconds=time.perf_counter() - start, widths=widths(pruned), chosen=chosen)
+    write_cell(cell_file, cell)
     return cell
 
 
 def plan(settings: VitSettings) -> list[tuple[str, int]]:
-    """The cells of a run, in order: (row, seed); every row for the first seed, then the searches' other seeds
-    (deterministic rows run for the first seed only), so an interrupted run already has one of each row."""
+    """The cells of a run, in order: (row, seed); every row for the first seed, then the other seeds (the
+    searches', and the deterministic rows' fine-tunes with ``finetune_every_seed``), so an interrupted run
+    already has one of each row."""
     first, *rest = settings.seeds
-    return [(row, first) for row, *_ in ROWS] + [(row, seed) for seed in rest
-                                                  for row, _, deterministic in ROWS if not deterministic]
+    return [(row, first) for row, *_ in ROWS] + [(row, seed) for seed in rest for row, _, deterministic in ROWS
+                                                  if settings.finetune_every_seed or not deterministic]
 
 
 def vit_bench(root: Path, settings: VitSettings = VitSettings(), *, context: Context,
@@ -263,8 +209,11 @@ def vit_markdown(cells: list[VitCell], settings: VitSettings, *, command: str, m
         f"MLP width; min_keep {settings.min_keep:g}, round_to 1. Budget {settings.budget:g} of the FLOPs. Search: "
         f"Optuna TPE, {settings.evaluations} evaluations, {settings.workers} worker(s) x 1 thread, candidates scored "
         f"on the first {VAL_LIMIT:,} of {VAL_SIZE:,} validation images; seeds {', '.join(map(str, settings.seeds))} are "
-        "search seeds on the one base model (fine-tune seed = search seed). uniform and tp-vit are deterministic "
-        f"and run once (fine-tune seed {settings.seeds[0]}). tp-vit: Torch-Pruning's ViT recipe (whole heads, "
+        "search seeds on the one base model (fine-tune seed = search seed). uniform and tp-vit are deterministic: "
+        + ("found once and fine-tuned with each seed. " if settings.finetune_every_seed else
+           f"run once (fine-tune seed {settings.seeds[0]}). ")
+        + (default_row_text(settings) + " " if any(c.row == DEFAULT_ROW for c in cells) else "")
+        + "tp-vit: Torch-Pruning's own model from its ViT recipe (whole heads, "
         "`prune_num_heads=True`, `prune_head_dims=False`, L1 magnitude, one ratio for channels and heads, "
         "classifier ignored), the ratio bisected to the budget. Test: the 10,000 test images. Fine-tuning: "
         f"{settings.finetune_epochs} epoch(s) of SGD (cosine, lr {settings.finetune_lr:g}) on "
@@ -286,7 +235,8 @@ def vit_markdown(cells: list[VitCell], settings: VitSettings, *, command: str, m
                      + (f" (seed {group[0].seed})" if len(group) > 1 else "")))
     lines += markdown_table(("row", "val acc %", "test acc %", "test acc % after fine-tune", "FLOPs ratio",
                              "params ratio", "search s", "widths"), rows)
-    return "\n".join(lines) + "\n"
+    found = default_verdicts(cells, settings.budget, baselines=BASELINES, gain_budgets=(settings.budget,))
+    return "\n".join(lines + ([""] + found if found else [])) + "\n"
 
 
 def vit_report(root: Path, settings: VitSettings, *, base_epochs: int, threads: int, data_dir: str | None,
@@ -322,5 +272,5 @@ def vit_report(root: Path, settings: VitSettings, *, base_epochs: int, threads: 
                          f"budget {settings.budget:g})")
 
 
-__all__ = ["ROWS", "VitCell", "VitSettings", "fashion_vit", "plan", "run_cell", "tp_vit_heads", "vit_bench",
+__all__ = ["BASELINES", "ROWS", "VitCell", "VitSettings", "fashion_vit", "plan", "run_cell", "vit_bench",
            "vit_markdown", "vit_report", "widths"]

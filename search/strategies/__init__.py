@@ -11,6 +11,7 @@ optuna        an Optuna study: TPE, CMA-ES, random or NSGA-II sampler (:mod:`.op
 random        EagleEye's random search (Li et al., 2020) (:mod:`.random_search`)
 uniform       the same keep ratio everywhere, the largest within the budget (:mod:`.uniform`)
 sensitivity   greedy ratios from per-layer sensitivity curves (:mod:`.sensitivity`)
+tp-global     Torch-Pruning's global pruning at the budget (heads for attention models) (:mod:`.tp_global`)
 ============  ==========================================================================
 
 A family's module is imported on first :func:`get` of one of its names, so :func:`names` (what the
@@ -33,6 +34,7 @@ _HOMES = {
     "random": "search.strategies.random_search",
     "uniform": "search.strategies.uniform",
     "sensitivity": "search.strategies.sensitivity",
+    "tp-global": "search.strategies.tp_global",
 }
 
 

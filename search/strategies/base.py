@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from amc.context import Context
     from search.config import SearchConfig
     from search.problem import SearchProblem
-    from search.starts import Start
+    from search.history import Start
 
 REGISTRY: dict[str, type[Strategy]] = {}
 S = TypeVar("S", bound="type[Strategy]")

@@ -50,5 +50,5 @@ class UniformStrategy(Strategy):
         return cls()
 
     def run(self, problem: SearchProblem, evaluations: int, *, seed: int) -> None:
-        if evaluations > 0:
+        if evaluations > 0 and not any(r.origin == "baseline:uniform" for r in problem.records):  # resumed: done
             problem.evaluate_keeps([uniform_keep(problem)], steps=[problem.count], origins=["baseline:uniform"])

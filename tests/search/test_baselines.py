@@ -143,7 +143,6 @@ def test_a_killed_deploy_rung_resumes_with_no_candidate_fine_tuned_twice(selecte
     assert {k: a for k, a in ((k, r.accuracy) for k, r in zip(keys, again)) if k in kept} == kept
 
 
-@register
 class _Weak(Strategy):
     """A deliberately weak strategy: every layer at min_keep (far below the budget), then one layer raised."""
 
@@ -159,7 +158,17 @@ class _Weak(Strategy):
         problem.evaluate_keeps([p.project(k) for k in keeps[:evaluations]])
 
 
-def test_a_weak_search_ends_with_a_baseline_and_says_so(tmp_path, amc_cache) -> None:
+@pytest.fixture
+def weak_strategy():
+    """``test-weak`` registered for one test (the registry's names stay the product's for the others)."""
+    from search.strategies.base import REGISTRY
+
+    register(_Weak)
+    yield _Weak.name
+    REGISTRY.pop(_Weak.name, None)
+
+
+def test_a_weak_search_ends_with_a_baseline_and_says_so(weak_strategy, tmp_path, amc_cache) -> None:
     out = tmp_path / "weak"
     result = run_search(_config(out, amc_cache, strategy="test-weak", evaluations=2, budget=0.5,
                                 select="finetune:1", select_top_k=2, select_samples=400))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from amc.context import ContextConfig, build_context
-from amc.models import build_model
+from amc.errors import ConfigError
 from amc.train import TrainConfig
-from search.bench.headline import flops
-from search.bench.vit import ROWS, VitSettings, plan, tp_vit_heads, vit_bench, vit_markdown, widths
+from search.bench.headline import flops, tp_pruned
+from search.bench.vit import ROWS, VitSettings, plan, vit_bench, vit_markdown, widths
 
 pytestmark = pytest.mark.xdist_group("bench-vit")
 
@@ -21,40 +20,44 @@ def ctx(tmp_path_factory):
     return build_context(config, progress=False)
 
 
-@pytest.mark.parametrize("budget", [0.3])
-def test_torch_pruning_vit_prunes_whole_heads_to_the_flops_budget(budget):
-    torch.manual_seed(0)
-    model = build_model("vit", in_channels=1, num_classes=10).eval()
-    example = torch.randn(2, 1, 28, 28)
-    pruned, ratio, r, pruned_models = tp_vit_heads(model, example, budget, min_keep=0.2, iterations=8)
-    shape = tuple(example.shape[1:])
-    assert ratio == pytest.approx(flops(pruned, shape) / flops(model, shape))
-    assert budget - 0.05 < ratio <= budget  # bisected until it just fits
-    assert 0 < r <= 0.8 and pruned_models >= 2
-    base, kept = widths(model), widths(pruned)
+def test_torch_prunings_vit_row_prunes_whole_heads_to_the_flops_budget(ctx):
+    result = tp_pruned(ctx, 0.3, min_keep=0.2, iterations=8)
+    pruned, shape = result.model, ctx.graph.input_shape
+    assert result.ratio == pytest.approx(flops(pruned, shape) / flops(ctx.model, shape))
+    assert 0.25 < result.ratio <= 0.3  # bisected until it just fits
+    assert 0 < result.pruning_ratio <= 0.8 and result.steps == 8
+    base, kept = widths(ctx.model), widths(pruned)
     assert base == (64, 4, 128, 4, 128, 4, 128, 4, 128)
     assert all(k < b for k, b in zip(kept, base))  # one ratio for every layer: channels and heads
     assert all(k >= 0.2 * b for k, b in zip(kept, base))
     for block in pruned.blocks:  # whole heads: the head width is kept
         assert block.attn.qkv.out_features == 3 * 16 * block.attn.num_heads
-    assert pruned(example).shape == model(example).shape
-    assert widths(model) == base  # the base model is untouched
+    example = ctx.example(2)
+    assert pruned(example).shape == ctx.model(example).shape
+    assert widths(ctx.model) == base  # the base model is untouched
 
 
-def test_torch_pruning_vit_refuses_an_unreachable_budget():
-    model = build_model("vit", in_channels=1, num_classes=10).eval()
-    with pytest.raises(ValueError, match="budget 0.01.*use a larger budget"):
-        tp_vit_heads(model, torch.randn(2, 1, 28, 28), 0.01, min_keep=0.5, iterations=3)
+def test_torch_prunings_vit_row_refuses_an_unreachable_budget(ctx):
+    with pytest.raises(ConfigError, match="budget 0.01: it gives no pruned model"):
+        tp_pruned(ctx, 0.01, min_keep=0.5, iterations=3)
+
+
+def test_every_row_is_fine_tuned_with_every_seed():
+    rows = [row for row, *_ in ROWS]
+    assert rows == ["optuna", "default", "uniform", "tp-vit"]
+    assert plan(VitSettings(seeds=(0, 1))) == [(row, seed) for seed in (0, 1) for row in rows]
+    assert plan(VitSettings(seeds=(0, 1), finetune_every_seed=False)) == [(row, 0) for row in rows] + [
+        ("optuna", 1), ("default", 1)]
 
 
 def test_cells_are_written_resumed_and_tabled(ctx, tmp_path, monkeypatch):
     monkeypatch.setattr("search.outputs._write_reports", lambda *args, **kwargs: None)  # report.png/html: seconds
-    assert plan(VitSettings(seeds=(0, 1))) == [("optuna", 0), ("uniform", 0), ("tp-vit", 0), ("optuna", 1)]
     settings = VitSettings(budget=0.5, seeds=(0,), evaluations=3, finetune_epochs=1, finetune_samples=64,
-                           tp_iterations=8)
+                           tp_iterations=8, default_evaluations=3, select="finetune:1", select_top_k=1,
+                           select_samples=64)
     seen = []
     cells = vit_bench(tmp_path, settings, context=ctx, progress=False, on_cell=lambda c, cached: seen.append(cached))
-    assert seen == [False] * 3
+    assert seen == [False] * 4
     assert [(c.row, c.seed) for c in cells] == plan(settings)
     for cell in cells:
         assert cell.flops_ratio <= 0.5 + 1e-9
@@ -63,11 +66,16 @@ def test_cells_are_written_resumed_and_tabled(ctx, tmp_path, monkeypatch):
         assert (tmp_path / "budget0.5" / cell.row / f"seed{cell.seed}" / "cell.json").exists()
     tp = next(c for c in cells if c.row == "tp-vit")
     assert tp.flops_ratio > 0.45  # Torch-Pruning's ratio is bisected to the budget
-    assert next(c for c in cells if c.row == "optuna").evaluations == 3
+    by_row = {c.row: c for c in cells}
+    assert by_row["optuna"].evaluations == 3 + 2  # the baselines (uniform, Torch-Pruning's heads) first
+    assert by_row["default"].evaluations == 3 + 2 and by_row["default"].chosen  # its policy's origin
+    assert (tmp_path / "budget0.5" / "default" / "seed0" / "search" / "policy.json").exists()
     # A rerun reads every cell back, unchanged.
     again = vit_bench(tmp_path, settings, context=ctx, progress=False, on_cell=lambda c, cached: seen.append(cached))
-    assert seen[3:] == [True] * 3 and again == cells
+    assert seen[4:] == [True] * 4 and again == cells
     text = vit_markdown(cells, settings, command="bench.py vit", machine="m", base_epochs=1, base_test=0.5,
                         base_widths=widths(ctx.model), base_seconds=None)
     assert text.count("\n| ") == 1 + len(ROWS)
     assert "| optuna (1 run) |" in text and "| uniform (1 run) |" in text and "| tp-vit (1 run) |" in text
+    assert "| default (1 run) |" in text and "deploy rung `finetune:1` on the top 1" in text
+    assert "- vs the better baseline (" in text and "target >= +0.3: **" in text  # the ViT's verdict

@@ -25,6 +25,10 @@ from search.bench.headline import (
     tp_global_magnitude,
     verdicts,
 )
+from search.bench.searched import default_row_text, search_config
+from search.bench.verdicts import default_verdicts
+from search.config import SearchConfig
+from search.options import SearchOptions
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 
@@ -72,14 +76,15 @@ def test_plan_runs_deterministic_rows_once():
     assert {row for _, row, _ in per_budget} == {row for row, *_ in ROWS}
     assert [seed for _, row, seed in per_budget if row == "optuna-tpe"] == [0, 1, 2]
     assert [seed for _, row, seed in per_budget if row in ("uniform", "tp-global", "sensitivity", "oracle")] == [0] * 4
-    assert len(cells) == 2 * (4 + 3 * 3)
+    assert [seed for _, row, seed in per_budget if row == "default"] == [0, 1, 2]
+    assert len(cells) == 2 * (4 + 4 * 3)
 
 
 @pytest.mark.slow
 def test_headline_cells_are_saved_and_a_rerun_skips_them(ctx, tmp_path):
     settings = HeadlineSettings(budgets=(0.5,), seeds=(0,), evaluations=4, oracle_factor=2, workers=1,
                                 round_to=1, finetune_samples=300, latency_repeats=1,
-                                latency_run_time=0.02)
+                                latency_run_time=0.02, default_evaluations=4)
     seen = []
     cells = headline(tmp_path, settings, context=ctx, progress=False, on_cell=lambda c, cached: seen.append(cached))
     assert [c.row for c in cells] == [row for row, *_ in ROWS] and seen == [False] * len(ROWS)
@@ -92,8 +97,11 @@ def test_headline_cells_are_saved_and_a_rerun_skips_them(ctx, tmp_path):
         assert 0.2 <= cell.test_accuracy <= 1 and 0.2 <= cell.finetuned_test_accuracy <= 1
         assert cell.latency_ratio > 0 and cell.search_seconds >= 0
     by_row = {c.row: c for c in cells}
+    # The searches evaluate the two baselines first (uniform and tp-global are baselines themselves).
     assert by_row["uniform"].evaluations == 1 and by_row["tp-global"].evaluations == 0
-    assert by_row["optuna-tpe"].evaluations == 4 and by_row["oracle"].evaluations == 8
+    assert by_row["optuna-tpe"].evaluations == 4 + 2 and by_row["oracle"].evaluations == 8 + 2
+    assert by_row["default"].evaluations == 4 + 2 and by_row["default"].chosen
+    assert by_row["uniform"].chosen == "baseline:uniform" and by_row["tp-global"].chosen == ""
     # The oracle searched longer with the same sampler: at least as good on the subset it was scored on.
     assert by_row["oracle"].val_accuracy >= max(c.val_accuracy for c in cells if c.row == "optuna-tpe") - 1e-9
 
@@ -174,6 +182,55 @@ def test_a_deterministic_row_finds_its_policy_once_and_is_fine_tuned_per_seed(ct
     policy = Policy.load(tmp_path / "budget0.5" / "uniform" / "seed0" / "search" / "policy.json")
     tuned = deployed_accuracy(ctx, ctx.evaluator.prune(policy), finetune_set(ctx, 300), epochs=1, lr=0.01, seed=1)
     assert by["uniform", 1].finetuned_test_accuracy == tuned
+
+
+def test_the_plan_of_the_rerun_fine_tunes_every_row_with_every_seed():
+    settings = HeadlineSettings(budgets=(0.3, 0.5), seeds=(0, 1, 2), finetune_every_seed=True,
+                                rows=("uniform", "tp-global", "default"))
+    assert plan(settings) == [(b, row, seed) for b in (0.3, 0.5) for row in ("uniform", "tp-global", "default")
+                              for seed in (0, 1, 2)]
+
+
+def test_the_default_row_runs_the_product_defaults_with_the_settings_overrides(ctx, tmp_path):
+    config = search_config(HeadlineSettings(), ctx, budget=0.3, strategy="default", seed=2, evaluations=100,
+                           out=tmp_path / "run")
+    defaults = SearchOptions().to_config()  # what scripts/search.py runs with no options
+    assert (config.strategy, config.sampler, config.evaluations) == (defaults.strategy, defaults.sampler,
+                                                                     defaults.evaluations)
+    assert (config.budget, config.seed, config.context) == (0.3, 2, ctx.config)
+    assert (config.select, config.select_top_k, config.baselines) == (defaults.select, defaults.select_top_k,
+                                                                      defaults.baselines)
+    settings = HeadlineSettings(select="finetune:2", select_top_k=3, select_samples=500, select_lr=0.02,
+                                baselines=False, default_evaluations=40)
+    config = search_config(settings, ctx, budget=0.5, strategy="default", seed=0, evaluations=100, out=tmp_path)
+    assert (config.select, config.select_top_k, config.select_samples, config.select_lr) == ("finetune:2", 3, 500, 0.02)
+    assert config.baselines is False and config.evaluations == 40 and config.resume  # the folder is there
+    text = default_row_text(settings)
+    assert "40 evaluations, no baselines, deploy rung `finetune:2` on the top 3" in text
+    # Another row keeps its strategy and the headline's evaluations.
+    other = search_config(settings, ctx, budget=0.5, strategy="random", seed=0, evaluations=100, out=tmp_path / "r")
+    assert (other.strategy, other.evaluations, other.select) == ("random", 100, SearchConfig().select)
+
+
+def _deployed(row: str, seed: int, tuned: float, budget: float = 0.5, chosen: str = "") -> HeadlineCell:
+    return dataclasses.replace(_cell(row, seed, 0.3), budget=budget, finetuned_test_accuracy=tuned, chosen=chosen)
+
+
+def test_default_verdicts_hold_the_default_row_to_the_better_baseline():
+    cells = [_deployed("uniform", s, 0.920 + s / 1000) for s in range(3)] \
+        + [_deployed("tp-global", s, 0.923) for s in range(3)] \
+        + [_deployed("default", 0, 0.9275, chosen="search"), _deployed("default", 1, 0.9265, chosen="search"),
+           _deployed("default", 2, 0.923, chosen="baseline:tp-global")]
+    text = "\n".join(default_verdicts(cells, 0.5))
+    assert "**default** 92.57 ± 0.24 (3 seed(s)); uniform 92.10 ± 0.10 (3), tp-global 92.30 ± 0.00 (3)." in text
+    assert "- vs the better baseline (tp-global, 92.30%): +0.27 points; target >= -0.1: **met**" in text
+    assert "target >= +0.3: **missed**" in text
+    assert "came from: search (2 of 3), baseline:tp-global (1 of 3)" in text
+    at_03 = [dataclasses.replace(c, budget=0.3) for c in cells]
+    assert "target >= +0.3" not in "\n".join(default_verdicts(at_03, 0.3))  # the gain is asked at 0.5 only
+    worse = [c if c.row != "default" else dataclasses.replace(c, finetuned_test_accuracy=0.92) for c in cells]
+    assert "-0.30 points; target >= -0.1: **missed**" in "\n".join(default_verdicts(worse, 0.5))
+    assert default_verdicts([c for c in cells if c.row != "tp-global"], 0.5) == []  # a baseline missing
 
 
 def test_headline_context_sets_the_search_score_and_keeps_the_base_model():

@@ -25,7 +25,7 @@ PRUNED, COMPLETE = optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPL
 
 def _config(out: Path, amc_cache: Path, **kwargs) -> SearchConfig:
     settings = dict(budget=0.4, strategy="random", evaluations=10, out=str(out), progress=False, export=False,
-                    ladder=LADDER, ladder_top_k=4, context=ContextConfig(cache_dir=str(amc_cache)))
+                    ladder=LADDER, ladder_top_k=4, context=ContextConfig(cache_dir=str(amc_cache)), baselines=False)
     return SearchConfig(**{**settings, **kwargs})
 
 
@@ -128,7 +128,8 @@ def test_a_killed_optuna_ladder_resumes_with_no_candidate_scored_twice(tmp_path,
     out = tmp_path / "run"
     args = ["--budget", "0.4", "--strategy", "optuna", "--evaluations", "40", "--ladder", ",".join(LADDER),
             "--out", str(out), "--quiet", "--threads", "1", "--no-export",
-            "--score", "bn"]  # the search's own rung (as in the tests above): 2.5x cheaper than reconstruct
+            "--score", "bn",  # the search's own rung (as in the tests above): 2.5x cheaper than reconstruct
+            "--no-baselines", "--select", "none"]  # the ladder's rows only (test_baselines.py: the deploy rung)
     # Killed mid-ladder: a candidate's rung-1 score is written, and several evaluations before it.
     kill_search_when(args, out, amc_cache, lambda rows: len(rows) > 12 and rows[-1].rung == 1,
                      what="a rung-1 row after 12 rows")

@@ -92,7 +92,7 @@ def test_killed_actor_is_replaced_and_its_work_redone(pool, context, tmp_path) -
 
     threading.Thread(target=kill_when_running, daemon=True).start()
     config = SearchConfig(budget=0.3, strategy="random", evaluations=30, out=str(out), progress=False,
-                          export=False, context=context.config)
+                          export=False, context=context.config, baselines=False)
     result = run_search(config, context=context, evaluator=pool, batch_size=2)
     assert killed.is_set()
     assert pool.restarts >= restarts + 1
@@ -104,7 +104,7 @@ def test_killed_actor_is_replaced_and_its_work_redone(pool, context, tmp_path) -
 @pytest.mark.parametrize("strategy", ["optuna", "ddpg"])
 def test_batched_strategies_account_for_every_evaluation(pool, context, tmp_path, strategy) -> None:
     config = SearchConfig(budget=0.3, strategy=strategy, evaluations=15, warmup=4, out=str(tmp_path / strategy),
-                          progress=False, export=False, context=context.config)
+                          progress=False, export=False, context=context.config, baselines=False)
     run_search(config, context=context, evaluator=pool, batch_size=pool.workers)
     records = read_history(tmp_path / strategy / "history.csv")
     assert len(records) == 15
@@ -142,7 +142,7 @@ def test_optuna_trials_get_their_own_results_with_a_pool(pool, context, tmp_path
 
     out = tmp_path / "optuna"
     config = SearchConfig(budget=0.3, strategy="optuna", evaluations=12, out=str(out), progress=False,
-                          export=False, context=context.config)
+                          export=False, context=context.config, baselines=False)
     run_search(config, context=context, evaluator=pool, batch_size=4)
     by_step = {r.step: r for r in read_history(out / "history.csv")}
     study = optuna.load_study(study_name=f"amc-search/{out.name}", storage=f"sqlite:///{out / 'study.db'}")

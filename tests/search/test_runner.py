@@ -39,7 +39,9 @@ TIMING_COLUMNS = ("seconds", "wall_time")
 
 
 def _config(out: Path, context_config: ContextConfig, **kwargs) -> SearchConfig:
-    values = dict(budget=BUDGET, evaluations=12, warmup=4, out=str(out), progress=False, context=context_config)
+    # baselines=False: these tests count and compare the strategies' own rows (test_baselines.py covers the baselines)
+    values = dict(budget=BUDGET, evaluations=12, warmup=4, out=str(out), progress=False, context=context_config,
+                  baselines=False)
     values.update(kwargs)
     return SearchConfig(**values)
 
@@ -76,7 +78,8 @@ def test_killed_optuna_search_resumes(tmp_path: Path, amc_cache: Path) -> None:
     out = tmp_path / "run"
     args = ["--budget", "0.3", "--strategy", "optuna", "--evaluations", "40", "--out", str(out), "--quiet",
             "--threads", "1", "--no-export",  # (the export is tested on its own)
-            "--score", "bn"]  # resume is what is tested here; bn is 2.5x cheaper than the CLI's default reconstruct
+            "--score", "bn",  # resume is what is tested here; bn is 2.5x cheaper than the CLI's default reconstruct
+            "--no-baselines", "--select", "none"]  # the search's own rows (test_baselines.py: the rest)
     kill_search_when(args, out, amc_cache, lambda rows: len(rows) >= 8, what="8 evaluations")
     lines_before = (out / "history.csv").read_text().splitlines()
     before = len(lines_before) - 1

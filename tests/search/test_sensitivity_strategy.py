@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("cache_env")
 @pytest.mark.slow
 def test_sensitivity_strategy_records_one_feasible_policy(tmp_path, amc_cache, monkeypatch):
     config = SearchConfig(budget=0.4, strategy="sensitivity", evaluations=50, out=str(tmp_path / "run"),
-                          progress=False, export=False, context=ContextConfig(cache_dir=str(amc_cache)))
+                          progress=False, export=False, context=ContextConfig(cache_dir=str(amc_cache)), baselines=False)
     result = run_search(config)
     out = tmp_path / "run"
     rows = read_history(out / "history.csv")

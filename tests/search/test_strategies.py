@@ -33,8 +33,8 @@ META = ("strategy", "seed", "evaluations", "duration_s", "versions")
 
 
 def _search(out: Path, context_config: ContextConfig, **kwargs) -> Path:
-    config = SearchConfig(budget=BUDGET, evaluations=EVALUATIONS, warmup=4, out=str(out), progress=False,
-                          context=context_config, **kwargs)
+    config = SearchConfig(**{**dict(budget=BUDGET, evaluations=EVALUATIONS, warmup=4, out=str(out), progress=False,
+                                     context=context_config, baselines=False), **kwargs})
     result = run_search(config)
     assert result.out == out and not result.interrupted
     return out

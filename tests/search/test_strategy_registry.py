@@ -11,7 +11,7 @@ from amc.errors import ConfigError
 from search import strategies
 
 # Every --strategy the command line has offered, in its order.
-STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform", "sensitivity")
+STRATEGIES = ("ddpg", "td3", "sac", "optuna", "random", "uniform", "sensitivity", "tp-global")
 
 
 def test_every_command_line_strategy_is_registered_under_its_name() -> None:
@@ -23,7 +23,7 @@ def test_every_command_line_strategy_is_registered_under_its_name() -> None:
 
 
 def test_the_loop_reads_each_strategy_from_its_class() -> None:
-    assert {n for n in STRATEGIES if strategies.get(n).single_policy} == {"uniform", "sensitivity"}
+    assert {n for n in STRATEGIES if strategies.get(n).single_policy} == {"uniform", "sensitivity", "tp-global"}
     assert {n for n in STRATEGIES if strategies.get(n).runs_own_ladder} == {"optuna"}
     # Batches as before the registry: random 16 per worker, sensitivity at least 16 curve points.
     assert [strategies.get("random").batch_size(w) for w in (1, 2)] == [1, 32]
