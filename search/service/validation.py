@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from amc.errors import AmcError
 from amc.evaluation.scores import Finetune, parse_score
 from search.options import Option, SearchOptions, as_text, first_error, options
-from search.service.names import SettingsError, check_names
+from search.service.names import NamePolicy, SettingsError, check_names
 
 # Settings the service sets itself: where the run goes, its Optuna storage, the console, the cluster.
 SERVICE_OWNED = {
@@ -30,11 +30,14 @@ SERVICE_OWNED = {
     "quiet": "a service search has no console",
     "config": "send the settings themselves",
     "ray_address": "the service decides where searches run",
+    "warm_start": "warm starts read policy files on the server; start from an earlier run with scripts/search.py "
+                  "--warm-start",
 }
 # Service-only upper bounds (a request must not tie up the machine for days).
 LIMITS = {"evaluations": 10_000, "warmup": 10_000, "epochs": 1_000, "ladder_top_k": 1_000, "latency_batch": 4_096,
           "round_to": 1_024, "val_size": 1_000_000, "train_limit": 10_000_000, "val_limit": 1_000_000,
-          "threads": 256, "workers": 1_024, "threads_per_worker": 256}
+          "threads": 256, "workers": 1_024, "threads_per_worker": 256, "select_top_k": 1_000,
+          "select_samples": 10_000_000, "warm_start_top_k": 1_000}
 MAX_TEXT = 1_000  # characters of a string setting
 MAX_FINETUNE_STEPS = 10_000  # K of a finetune:K score (per candidate)
 
@@ -94,7 +97,7 @@ def bounds(max_evaluations: int = LIMITS["evaluations"]) -> dict[str, tuple[int,
 
 
 def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["evaluations"],
-                      python: str | None = None, workdir: str = ".") -> Settings:
+                      python: str | None = None, workdir: str = ".", names: NamePolicy = NamePolicy()) -> Settings:
     """Checks a request's settings as ``scripts/search.py`` checks its options, and resolves the names they
     give (models, datasets, factories: :func:`search.service.names.check_names`) as the run will.
 
@@ -103,6 +106,8 @@ def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["
         max_evaluations: This service's bound on ``evaluations``.
         python, workdir: The search processes' interpreter and working folder (a factory is imported there;
             None: this interpreter).
+        names: The models folder and factory patterns the operator accepts (default: built-ins and ``timm:``
+            only).
 
     Raises:
         SettingsError: The first setting that cannot be used, with the reason.
@@ -138,7 +143,7 @@ def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["
         checked.model_copy(update={"out": "runs/service-check"}).to_config()
     except (AmcError, ValueError) as exc:
         raise SettingsError(_named_field(str(exc), settable), str(exc)) from None
-    check_names(resolved, python=python, workdir=workdir)
+    check_names(resolved, python=python, workdir=workdir, names=names)
     for key in SERVICE_OWNED:
         resolved.pop(key, None)
     if resolved.get("ladder") is not None:

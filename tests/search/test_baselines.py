@@ -29,7 +29,7 @@ def _config(out: Path, amc_cache: Path, **kwargs) -> SearchConfig:
     return SearchConfig(**{**settings, **kwargs})
 
 
-@pytest.mark.parametrize("strategy", ["optuna", "random", "ddpg", "sensitivity"])
+@pytest.mark.parametrize("strategy", ["optuna", "ddpg", "sensitivity"])  # random: the warm-start test
 def test_the_baselines_are_the_first_rows_of_every_strategy(strategy, tmp_path, amc_cache) -> None:
     out = tmp_path / strategy
     result = run_search(_config(out, amc_cache, strategy=strategy, evaluations=3, warmup=1))
@@ -207,3 +207,40 @@ def test_history_of_an_older_layout_reads_as_search_rows(tmp_path) -> None:
     assert path.read_text().splitlines()[0].endswith(",origin,repeat")
     assert read_history(path) == [record]
     assert np.isclose(record.accuracy, 0.5) and json.loads(path.read_text().splitlines()[1].split('"')[1]) == [0.5, 0.25]
+
+
+def test_demonstrations_are_the_baselines_episodes_with_their_rewards(amc_cache) -> None:
+    from amc.evaluation.evaluator import EvalResult
+    from envs import BudgetProjector, PruningEnv
+    from search.history import Record
+    from search.strategies.rl.ddpg import DDPGStrategy
+    from search.strategies.rl.strategy import add_demonstrations
+
+    ctx = build_context_once(amc_cache)
+    cost = ctx.cost_model()
+    projector = BudgetProjector(cost, 0.5)
+
+    def make_env(evaluator) -> PruningEnv:
+        return PruningEnv(ctx.graph, cost, evaluator, budget=0.5)
+
+    env = make_env(type("Never", (), {"evaluate": lambda self, p: EvalResult(0.0, 0.0, (), 0.0, 0.0),
+                                      "evaluate_many": lambda self, ps: []})())
+    agent = DDPGStrategy.build_agent(env, n_layers=len(ctx.graph), warmup_episodes=1, seed=0)
+    keeps = [projector.project([0.5] * len(ctx.graph)), projector.project([0.9, 0.3, 0.6, 0.4, 0.5, 0.7])]
+    records = [Record(i, "ddpg", i, accuracy=acc, loss=1.0, cost=cost.cost(k), cost_ratio=cost.ratio(k), reward=acc,
+                      cached=False, seconds=0.0, wall_time=0.0, keep=tuple(k), origin=origin)
+               for i, (k, acc, origin) in enumerate(zip(keeps, (0.9, 0.7), BASELINES))]
+    add_demonstrations(agent, make_env, records)
+    buffer, n = agent.replay_buffer, len(ctx.graph)
+    assert buffer.pos == 2 * n  # one transition per layer of each demonstration
+    decoded = [env.keep_of_action(float(a)) for a in buffer.actions[: 2 * n, 0, 0]]
+    assert decoded == pytest.approx([*keeps[0], *keeps[1]], abs=1e-6)  # each action is the recorded keep ratio
+    # Every transition of an episode carries the episode's recorded reward (AMC's reward buffer).
+    assert buffer.rewards[:n, 0] == pytest.approx([0.9] * n) and buffer.rewards[n : 2 * n, 0] == pytest.approx([0.7] * n)
+    assert list(buffer.dones[: 2 * n, 0]) == [0.0] * (n - 1) + [1.0] + [0.0] * (n - 1) + [1.0]
+
+
+def build_context_once(amc_cache: Path):
+    from amc.context import build_context
+
+    return build_context(ContextConfig(cache_dir=str(amc_cache)), progress=False)
