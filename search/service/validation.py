@@ -56,10 +56,16 @@ class Settings:
 
     @property
     def evaluations(self) -> int:
-        """Rows the finished search's ``history.csv`` has (the one-policy strategies stop at one)."""
+        """Candidates the finished search's ``history.csv`` has: the strategy's own evaluations (the one-policy
+        strategies stop at one) after the two baselines (uniform, Torch-Pruning global; :mod:`search.starts`),
+        unless they are off or the strategy is a baseline itself. (A model Torch-Pruning cannot prune gets
+        no tp-global baseline: its progress reaches one candidate short, then 1.0 when it succeeds.)"""
         from search.strategies import get
 
-        return 1 if get(self.options["strategy"]).single_policy else self.options["evaluations"]
+        strategy = get(self.options["strategy"])
+        own = 1 if strategy.single_policy else self.options["evaluations"]
+        baselines = 2 if strategy.takes_baselines and not self.options.get("no_baselines") else 0
+        return own + baselines
 
 
 def settable_options() -> dict[str, Option]:

@@ -10,7 +10,10 @@ from typing import Any
 TOKEN = "service-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # A real search on the session's digits cnn, a few seconds of evaluations; no pruned.pt2 (torch.export is slow).
-SMALL = {"strategy": "random", "budget": 0.5, "no_export": True, "score": "bn"}  # bn: the cheapest score
+# bn: the cheapest score; no baselines and no deploy rung: these tests count the strategy's own evaluations
+# (test_api.py's test_a_default_search_counts_its_baselines: the baselines through the service).
+SMALL = {"strategy": "random", "budget": 0.5, "no_export": True, "score": "bn", "no_baselines": True,
+         "select": "none"}
 
 
 def parse_sse(text: str) -> list[dict[str, Any]]:

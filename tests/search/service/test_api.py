@@ -40,7 +40,7 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
 def client(tmp_path_factory: pytest.TempPathFactory, amc_cache: Path, db_url: str | None):
     state = tmp_path_factory.mktemp("service")
     config = ServiceConfig(token=TOKEN, state_dir=str(state), db_url=db_url, max_concurrent=1, poll_interval=0.1,
-                           max_evaluations=500)
+                           max_evaluations=500, allow_factory=("nosuchpkg.*", "amc.*"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AMC_CACHE_DIR", str(amc_cache))  # the search processes load the session's cnn
         mp.setenv("OMP_NUM_THREADS", "1")
@@ -99,6 +99,8 @@ def test_openapi_document_lists_the_routes_and_the_search_options(client: TestCl
     ({"model": "nosuchpkg.models:make"}, "model", "cannot import module 'nosuchpkg.models'"),
     ({"dataset": "nosuchpkg.data:splits"}, "dataset", "cannot import module 'nosuchpkg.data'"),
     ({"model": "amc.models:nosuch"}, "model", "has no callable 'nosuch'"),
+    ({"model": "os:system"}, "model", "runs no package.module:factory unless its operator allows it"),  # issue 35
+    ({"model": "hf:/etc"}, "model", "loads no hf: model unless its operator names a models folder"),
     ({"out": "/etc"}, "out", "not settable"),
     ({"nosuch": 1}, "nosuch", "unknown setting"),
     ({"score": "finetune:0"}, "score", "finetune:0"),
@@ -138,6 +140,21 @@ def finished(client: TestClient) -> tuple[str, list[dict]]:
     stream = client.get(f"/v1/searches/{search_id}/events", headers=AUTH)  # ends with the search
     assert stream.headers["content-type"].startswith("text/event-stream")
     return search_id, parse_sse(stream.text)
+
+
+@pytest.mark.timeout(120)
+def test_a_default_search_counts_its_baselines(client: TestClient) -> None:
+    """With the baselines on (the default), a search's candidates are its evaluations plus the two baselines."""
+    body = {**SMALL, "evaluations": 3}
+    del body["no_baselines"]
+    search_id = client.post("/v1/searches", json=body, headers=AUTH).json()["id"]
+    events = parse_sse(client.get(f"/v1/searches/{search_id}/events", headers=AUTH).text)
+    evaluations = [e["data"] for e in events if e["event"] == "evaluation"]
+    assert [e["count"] for e in evaluations] == [1, 2, 3, 4, 5] and {e["total"] for e in evaluations} == {5}
+    search = _get(client, search_id)
+    assert (search["state"], search["evaluations_done"], search["progress"]) == ("succeeded", 5, 1.0)
+    rows = _history(client, search_id)
+    assert [r["origin"] for r in rows] == ["baseline:uniform", "baseline:tp-global", "search", "search", "search"]
 
 
 @pytest.mark.timeout(120)
