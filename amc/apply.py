@@ -126,7 +126,7 @@ def check_model(policy: Policy, config: ContextConfig) -> None:
                         workers=config.loader_workers)
     with torch.random.fork_rng(devices=[]):  # initial weights draw from the global generator: leave it alone
         model = build_model(config.model, in_channels=data.input_shape[0], num_classes=data.num_classes,
-                            **dict(config.model_kwargs)).eval()
+                            input_size=data.input_shape[1:], **dict(config.model_kwargs)).eval()
     try:  # as discovery fingerprints it: after a forward pass (lazy modules take their shapes then)
         with torch.no_grad():
             model(data.example(1))

@@ -157,7 +157,7 @@ def build_context(config: ContextConfig, *, progress: bool = True, state_dict: d
         from amc.models import build_model
 
         model = build_model(config.model, in_channels=data.input_shape[0], num_classes=data.num_classes,
-                            **model_kwargs)
+                            input_size=data.input_shape[1:], **model_kwargs)
         if state_dict is not None:
             model.load_state_dict(state_dict)
         else:

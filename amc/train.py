@@ -23,7 +23,7 @@ from amc.device import model_device
 from amc.evaluation.metrics import accuracy
 from amc.errors import ConfigError, ModelError
 from amc.graph.discover import fingerprint
-from amc.models import build_model
+from amc.models import build_model, model_files
 from amc.paths import default_cache_dir
 from amc.progress import progress_bar
 from amc.seeding import seeded
@@ -189,7 +189,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 def _cache_key(model_name: str, data: DataSplits, seed: int, config: TrainConfig, model_kwargs: dict) -> str:
     payload = json.dumps(
         {"model": model_name, "kwargs": model_kwargs, "data": data.fingerprint(), "seed": seed,
-         "train": asdict(config), "torch": torch.__version__.split("+")[0]},
+         "train": asdict(config), "torch": torch.__version__.split("+")[0],
+         **({"files": files} if (files := model_files(model_name)) else {})},  # hf:PATH: its files' sizes and times
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -221,7 +222,8 @@ def _load_or_train(model_name: str, data: DataSplits, *, seed: int, config: Trai
                    cache_dir: str | os.PathLike | None, model_kwargs: dict, progress: bool,
                    device: torch.device | str) -> tuple[nn.Module, TrainResult]:
     c, _, _ = data.input_shape
-    model = build_model(model_name, in_channels=c, num_classes=data.num_classes, **model_kwargs)
+    model = build_model(model_name, in_channels=c, num_classes=data.num_classes, input_size=data.input_shape[1:],
+                        **model_kwargs)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     safe_name = model_name.replace(":", "_").replace("/", "_")
     path = cache / f"{safe_name}-{_cache_key(model_name, data, seed, config, model_kwargs)}.pt"

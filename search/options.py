@@ -120,7 +120,7 @@ class SearchOptions(BaseModel):
     evaluations: int = _option(300, "policies to evaluate (300)", _positive, "integer")
     warmup: int | None = _option(None, "RL warm-up episodes (a quarter of --evaluations, at most 100)", v.integer,
                                  "integer")
-    model: str = _option("cnn", "built-in model or package.module:factory (cnn)")
+    model: str = _option("cnn", "built-in model, timm:NAME, hf:PATH or package.module:factory (cnn)")
     checkpoint: str | None = _option(None, "trained state_dict of --model (default: train and cache one)")
     model_kwargs: dict[str, Any] | None = _option(
         None, "extra keyword arguments of the model factory, a JSON object (none)", v.json_object)

@@ -29,10 +29,9 @@ from amc.evaluation.metrics import accuracy
 from amc.progress import progress_bar
 from search.strategies.uniform import uniform_keep
 from search.config import SearchConfig
-from search.history import Record
+from search.history import SEARCH, Record, Start
 from search.problem import SearchProblem
 from search.selection import Verdict, deployed_baselines, verdict_rows
-from search.history import Start
 from search.starts import UNIFORM
 
 log = logging.getLogger(__name__)
@@ -298,6 +297,8 @@ def _policy_record(config: SearchConfig, problem: SearchProblem, ratios: dict[st
         cost_ratio=best.cost_ratio, **ratios,
         base_val_accuracy=acc.base_val, base_test_accuracy=acc.base_test,
         uniform_val_accuracy=uniform_val, uniform_test_accuracy=acc.uniform_test, **deployed,
+        # the search's own score of this policy (rung 0): what apply_policy.py measures again
+        search_val_accuracy=next((r.accuracy for r in problem.records if r.index == best.index), best.accuracy),
     ).with_meta(
         origin=best.origin, verdict=verdict.to_dict() if verdict is not None else None,
         starts=[{"origin": s.origin, **s.provenance} for s in starts],
@@ -306,7 +307,8 @@ def _policy_record(config: SearchConfig, problem: SearchProblem, ratios: dict[st
     ).with_meta(
         strategy=config.strategy, sampler=config.sampler if config.strategy == "optuna" else None,
         seed=config.search_seed, model=config.context.model, dataset=config.context.dataset,
-        evaluations=problem.count, best_evaluation=best.index, duration_s=round(seconds, 3),
+        evaluations=sum(r.origin == SEARCH for r in problem.records), candidates=problem.count,
+        best_evaluation=best.index, duration_s=round(seconds, 3),
         # val_accuracy is this score's (with a ladder: the highest rung the best candidate reached)
         score=best.score or config.context.eval.score, best_rung=best.rung, ladder=list(config.ladder),
         interrupted=interrupted, round_to=config.context.round_to, min_keep=config.min_keep,

@@ -260,7 +260,8 @@ class LotteryExperiment:
         self.data, self.config = data, config
         if isinstance(model, str):
             name = model
-            self._factory = lambda: build_model(name, in_channels=data.input_shape[0], num_classes=data.num_classes)
+            self._factory = lambda: build_model(name, in_channels=data.input_shape[0], num_classes=data.num_classes,
+                                                input_size=data.input_shape[1:])
         elif callable(model):
             self._factory = model
         else:

@@ -38,7 +38,8 @@ class AnalyticCost(ShapeCost):
         self._weight_coef = np.array([float(r.weight_coef) for r in recs])
         self._bias_coef = np.array([float(r.vector_coef) for r in recs])
         # FLOPs that do not come from weights (attention matmuls, constant-width layers) for sparse costs.
-        self._const_flops = float(graph.other_flops + sum(r.base_flops for r in recs if r.type == "attention"))
+        self._const_flops = float(graph.other_flops + sum(r.base_flops for r in recs if r.type in ("attention", "mha")))
+        self._flops_lin = np.array([float(r.flops_linear) for r in recs])  # FLOPs per output channel alone
         # Unstructured pruning: which decision owns each conv/linear's weights.
         self._owner = np.full(len(recs), -1)
         for d, spec in enumerate(graph.layers):
@@ -115,10 +116,10 @@ class FlopsCost(AnalyticCost):
         self._per_weight = self._flops_coef / np.maximum(self._weight_coef, 1.0)  # 2 * positions
 
     def _curve(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
-        return self.graph.other_flops + self._flops_coef @ (out * inp)
+        return self.graph.other_flops + self._flops_coef @ (out * inp) + self._flops_lin @ out
 
     def _quadratic_form(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._flops_coef, np.zeros_like(self._flops_coef)
+        return self._flops_coef, self._flops_lin
 
     def _value_weights_fast(self, kept: np.ndarray) -> float:
         return float(self._const_flops + self._per_weight @ kept)

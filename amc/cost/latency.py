@@ -1,6 +1,7 @@
 """Measured latency as a cost model: a per-layer lookup table, timed on the device the search runs on.
 
-Each prunable module (conv, depthwise conv, linear, batch norm) is timed alone with
+Each prunable module (conv, depthwise conv, linear, batch norm, other norms, embeddings, bare parameters and
+the matmuls of attention heads) is timed alone with
 ``torch.utils.benchmark`` on a grid of its (output, input) channel counts, at the input size it sees in
 the model, the chosen batch size and thread count (NetAdapt's and HALP's lookup tables). Modules with the
 same configuration share measurements. Between grid points the table is interpolated bilinearly.
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 FORMAT = "amc-latency/4"  # 4: fit through the base; 3: calibration spread over the passes; 2: medians; 1: minimums
 _CALLS = 10  # module calls per timed run of a table entry
 DEVICES = ("cpu", "cuda")
+TIMED = ("conv", "depthwise", "linear", "mha", "bn", "norm", "embed", "param", "attention")  # every record type
 
 
 @dataclass(frozen=True)
@@ -333,9 +335,9 @@ def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfi
     The model is timed as it is: call it on an otherwise idle machine, with the thread count and device
     the pruned model will run with.
     """
-    untimed = [f"{r.name!r} ({r.type})" for r in graph.modules if r.type not in ("conv", "depthwise", "linear", "bn")]
+    untimed = [f"{r.name!r} ({r.type})" for r in graph.modules if r.type not in TIMED]
     if untimed:
-        raise ConfigError(f"latency tables time conv, linear and batch-norm layers, not {', '.join(untimed[:3])}"
+        raise ConfigError(f"latency tables time {', '.join(TIMED)} records, not {', '.join(untimed[:3])}"
                           f"{' ...' if len(untimed) > 3 else ''}: use --resource flops or params for this model")
     entries, _ = table_entries(model, graph, config.grid)
     key = _cache_key(graph, config, entries)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from amc.graph.discover import LayerGraph, ModuleRecord
@@ -64,11 +65,13 @@ def table_entries(model: nn.Module, graph: LayerGraph, points: int) -> tuple[lis
     inputs: dict[str, tuple[int, ...]] = {}
 
     def hook(name: str):
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            inputs.setdefault(name, tuple(args[0].shape[1:]))
+        def record(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+            first = next(t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))  # HF passes kwargs
+            inputs.setdefault(name, tuple(first.shape[1:]))
         return record
 
-    handles = [modules[r.name].register_forward_hook(hook(r.name)) for r in graph.modules]
+    handles = [modules[r.name].register_forward_hook(hook(r.name), with_kwargs=True)
+               for r in graph.modules if r.name in modules]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *graph.input_shape))
@@ -77,7 +80,7 @@ def table_entries(model: nn.Module, graph: LayerGraph, points: int) -> tuple[lis
             handle.remove()
     entries = []
     for rec in graph.modules:
-        module = modules[rec.name]
+        module = modules.get(rec.name)
         out_grid = channel_grid(_reachable(rec.out_channels, rec.out_deps, graph), rec.out_channels, points,
                                 _step(rec.out_deps, graph))
         if rec.type in ("conv", "linear"):
@@ -86,8 +89,13 @@ def table_entries(model: nn.Module, graph: LayerGraph, points: int) -> tuple[lis
                                    _step(rec.in_deps, graph))
         else:  # batch norm and depthwise convs: the input follows the output
             in_grid = (0,)
-        entries.append(TableEntry(rec.name, _module_config(rec, module, inputs[rec.name]), out_grid, in_grid))
+        config = _param_config(rec) if rec.type == "param" else _module_config(rec, module, inputs[rec.name])
+        entries.append(TableEntry(rec.name, config, out_grid, in_grid))
     return entries, modules
+
+
+def _param_config(rec: ModuleRecord) -> tuple:
+    return ("param", rec.in_channels)  # a bare parameter: an element-wise use of (out, per channel) values
 
 
 def _module_config(rec: ModuleRecord, module: nn.Module, input_shape: tuple[int, ...]) -> tuple:
@@ -98,7 +106,65 @@ def _module_config(rec: ModuleRecord, module: nn.Module, input_shape: tuple[int,
                 1 if kind == "depthwise" else module.groups, module.bias is not None, module.padding_mode, spatial)
     if isinstance(module, nn.Linear):
         return (rec.type, module.bias is not None, tuple(input_shape[:-1]))
+    if isinstance(module, nn.MultiheadAttention):
+        return ("mha", module.num_heads, module.in_proj_bias is not None, tuple(input_shape))
+    if rec.type == "attention":  # the matmuls of out_channels head channels over the module's tokens
+        tokens = input_shape[-2] if len(input_shape) >= 2 else 1
+        rows = max(1, rec.flops_per_channel // max(1, 4 * tokens * tokens))  # windows per sample
+        return ("attention", tokens, rows, min((k for _, k in rec.out_deps), default=rec.out_channels))
+    if rec.type == "embed":
+        return ("embed", module.num_embeddings, tuple(input_shape))
+    if isinstance(module, nn.LayerNorm):  # channels last, or first (timm's LayerNorm2d): the same elements
+        lead = input_shape[:-1] if input_shape and input_shape[-1] == rec.out_channels else spatial
+        return ("layernorm", tuple(lead))
+    if isinstance(module, nn.GroupNorm):
+        return ("groupnorm", module.num_groups, spatial)
     return (rec.type, type(module).__name__, spatial)
+
+
+class _AttentionCore(nn.Module):
+    """``softmax(q k^T) v`` of ``rows`` windows of ``tokens`` tokens, heads of ``head`` channels (q = k = v)."""
+
+    def __init__(self, tokens: int, rows: int, head: int) -> None:
+        super().__init__()
+        self.tokens, self.rows, self.head = tokens, rows, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0] * self.rows, self.tokens, -1, self.head).transpose(1, 2)
+        return F.scaled_dot_product_attention(x, x, x)
+
+
+class _MhaCore(nn.Module):
+    """Self-attention through ``nn.MultiheadAttention`` (batch first)."""
+
+    def __init__(self, width: int, heads: int, bias: bool) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(width, heads, bias=bias, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+class _EmbedCore(nn.Module):
+    """An embedding lookup of the input's (float) ids."""
+
+    def __init__(self, num: int, out: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x.long().clamp(0, self.embed.num_embeddings - 1))
+
+
+class _ParamCore(nn.Module):
+    """The element-wise use of a bare parameter (a token, a position embedding, a layer scale)."""
+
+    def __init__(self, out: int, per: int) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(out, per))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.value
 
 
 def standalone_module(config: tuple, out: int, inp: int) -> tuple[nn.Module, tuple[int, ...]]:
@@ -113,6 +179,21 @@ def standalone_module(config: tuple, out: int, inp: int) -> tuple[nn.Module, tup
     if kind == "linear":
         _, bias, lead = config
         return nn.Linear(inp, out, bias=bias), (*lead, inp)
+    if kind == "mha":
+        _, heads, bias, shape = config
+        return _MhaCore(out, heads, bias), (*shape[:-1], out)
+    if kind == "attention":
+        _, tokens, rows, head = config
+        return _AttentionCore(tokens, rows, head), (rows * tokens, out)
+    if kind == "embed":
+        _, num, ids = config
+        return _EmbedCore(num, out), tuple(ids)
+    if kind == "param":
+        return _ParamCore(out, config[1]), (out, config[1])
+    if kind == "layernorm":
+        return nn.LayerNorm(out), (*config[1], out)
+    if kind == "groupnorm":
+        return nn.GroupNorm(config[1], out), (out, *config[2])
     _, cls_name, spatial = config
     module = getattr(nn, cls_name)(out)
     return module, (out, *spatial)

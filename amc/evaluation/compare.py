@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torch.utils.flop_counter import FlopCounterMode
 
 from amc.cost import timing
+from amc.graph.probe import counting_flops
 from amc.evaluation.metrics import accuracy
 
 
@@ -71,7 +71,7 @@ def compare_models(models: dict[str, nn.Module], test: Dataset, *, batches: tupl
                                                  min_run_time=min_run_time) for b in batches}
     stats = []
     for name, model in cpu.items():
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with counting_flops() as counter, torch.no_grad():
             model(torch.zeros(1, *shape))
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)

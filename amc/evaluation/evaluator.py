@@ -23,7 +23,7 @@ from amc.device import model_device
 from amc.errors import ConfigError, DataError
 from amc.graph.discover import LayerGraph
 from amc.pruning.policy import Policy
-from amc.pruning.pruner import check_criterion, prune_model
+from amc.pruning.pruner import Pruner, check_criterion, prune_model
 from amc.evaluation.metrics import validate
 from amc.evaluation.scores import Score, parse_score
 from amc.data.streaming import take
@@ -54,6 +54,10 @@ class EvalConfig:
             four times cheaper, for the callers (tests, benchmarks) that rank candidates before fine-tuning.
         reconstruct_images, reconstruct_points: Training images and (at most) output positions per image
             the ``reconstruct`` score fits on (AMC: 60 and 10; more positions fit better, see amc.evaluation.reconstruct).
+        reuse_base: Do what depends on the base model only once per evaluator: the criterion's statistics
+            and the traced dependency graph (:class:`~amc.pruning.pruner.Pruner`), the base model's outputs
+            for ``reconstruct``, which also refits in one pass. False redoes them for every candidate (the
+            same results, slower: kept for the overhead benchmark and the tests that compare the two).
     """
 
     criterion: str = "l1"
@@ -68,6 +72,7 @@ class EvalConfig:
     score: str | Score = "bn"
     reconstruct_images: int = 60
     reconstruct_points: int = 1000
+    reuse_base: bool = True
 
     def __post_init__(self) -> None:
         check_criterion(self.criterion, self.granularity)
@@ -203,6 +208,7 @@ class PolicyEvaluator:
                             f"labels must be class indices in [0, {data.num_classes - 1}]")
         self._val = (x_val.to(device), y_val.to(device))
         self._cache: dict[tuple[int, ...], EvalResult] = {}
+        self._pruner: Pruner | None = None  # built at the first candidate (config.reuse_base)
 
     @property
     def val_set(self) -> tuple[Tensor, Tensor]:
@@ -254,13 +260,21 @@ class PolicyEvaluator:
 
     def _pruned(self, ratios: list[float], kept: dict[str, list[int]]) -> nn.Module:
         """The base model pruned to ``ratios`` with this evaluator's criterion (``kept``: filled in)."""
+        if self.config.reuse_base:
+            if self._pruner is None:
+                self._pruner = Pruner(self.model, self.graph, criterion=self.config.criterion,
+                                      granularity=self.config.granularity, calibration=self._calibration)
+            return self._pruner.prune(ratios, seed=self.config.seed, kept=kept)
         return prune_model(self.model, self.graph, ratios, criterion=self.config.criterion,
                            granularity=self.config.granularity, calibration=self._calibration,
                            seed=self.config.seed, kept=kept)
 
     def forward_passes(self, pruned: nn.Module) -> tuple[float, float]:
-        """The forward passes an evaluation contains (BN recalibration + validation) on ``pruned``."""
+        """The passes an evaluation contains on ``pruned`` and nothing else: BN recalibration, the score's
+        own passes (:meth:`Score.passes`: e.g. ``reconstruct``'s calibration pass and second recalibration)
+        and validation. The floor of :meth:`evaluate`'s time; its (accuracy, loss) are not the score's."""
         recalibrate_bn(pruned, self._bn_batches)
+        self._score.passes(pruned, self, self._prepared)
         return validate(pruned, *self._val, batch_size=self.config.batch_size)
 
     def score(self, pruned: nn.Module, kept: dict[str, list[int]]) -> tuple[float, float]:

@@ -44,4 +44,21 @@ def finetune_steps(model: nn.Module, train_set: Dataset, *, steps: int, seed: in
         return train(model, samples, config, seed=seed, teacher=teacher, progress=False)
 
 
-__all__ = ["FINETUNE_BATCH", "FINETUNE_LR", "finetune_samples", "finetune_steps"]
+def training_passes(model: nn.Module, samples: TensorDataset, *, teacher: nn.Module | None = None) -> None:
+    """The forward and backward passes of :func:`finetune_steps` on ``samples`` alone (no optimiser, no
+    data loading): the floor of its cost, for the overhead benchmark. Leaves gradients in ``model``."""
+    import torch.nn.functional as F
+
+    device = model_device(model)
+    model.train()
+    inputs, labels = samples.tensors
+    for x, y in zip(inputs.split(FINETUNE_BATCH), labels.split(FINETUNE_BATCH)):
+        x, y = x.to(device), y.to(device)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher(x)
+        F.cross_entropy(model(x), y).backward()
+    model.eval()
+
+
+__all__ = ["FINETUNE_BATCH", "FINETUNE_LR", "finetune_samples", "finetune_steps", "training_passes"]

@@ -4,10 +4,16 @@ The numerics of the ``reconstruct`` candidate score (:class:`amc.evaluation.scor
 al. 2017 ("Channel pruning for accelerating very deep neural networks") refit each layer whose inputs lost
 channels so that, on sampled feature-map points, it reproduces the base model's output; AMC samples ~10
 points from each of 60 images. Here the fit is a ridge regression towards the layer's current weights.
+
+A candidate costs one forward pass of its calibration images: hooks refit each layer as the pass reaches
+it, so every layer sees its input after the refits before it (the result of one pass per refitted layer,
+which ``one_pass=False`` still runs). The base model's outputs do not depend on the candidate:
+:class:`BaseOutputs` computes them once per evaluator.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -15,6 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amc.graph.discover import LayerGraph
+
+log = logging.getLogger(__name__)
+
+BASE_OUTPUT_BYTES = 1 << 30  # base outputs kept for later candidates up to this size; beyond, recomputed
 
 
 def reconstruction_targets(graph: LayerGraph, kept: dict[str, list[int]], pruned: nn.Module) -> dict[str, list[int] | None]:
@@ -41,8 +51,36 @@ def reconstruction_targets(graph: LayerGraph, kept: dict[str, list[int]], pruned
     return targets
 
 
+class BaseOutputs:
+    """The base model's outputs of named layers on fixed images, computed once and kept (up to
+    :data:`BASE_OUTPUT_BYTES`; layers past that are recomputed when asked for).
+
+    Args:
+        base: The base model (only run, never modified).
+        images: The calibration images (N, C, H, W).
+    """
+
+    def __init__(self, base: nn.Module, images: Tensor) -> None:
+        self.base = base
+        self.images = images
+        self._kept: dict[str, Tensor] = {}
+        self._bytes = 0
+
+    def get(self, names: Sequence[str]) -> dict[str, Tensor]:
+        """Layer name -> the base model's output (N, C_base, ...) on :attr:`images`; one base pass for those not kept."""
+        missing = [n for n in names if n not in self._kept]
+        got = _outputs(self.base, missing, self.images) if missing else {}
+        for name, out in got.items():
+            size = out.numel() * out.element_size()
+            if self._bytes + size <= BASE_OUTPUT_BYTES:
+                self._kept[name] = out
+                self._bytes += size
+        return {n: self._kept[n] if n in self._kept else got[n] for n in names}
+
+
 def reconstruct(pruned: nn.Module, base: nn.Module, targets: Mapping[str, Sequence[int] | None], inputs: Tensor, *,
-                points: int = 1000, seed: int = 0, ridge: float = 1.0) -> list[str]:
+                points: int = 1000, seed: int = 0, ridge: float = 1.0, wanted: Mapping[str, Tensor] | None = None,
+                one_pass: bool = True) -> list[str]:
     """Refits ``targets`` of ``pruned`` in forward order so that each reproduces the base model's output.
 
     For a target layer (a conv with ``groups == 1`` or a linear), the pruned model's own input to it
@@ -56,21 +94,78 @@ def reconstruct(pruned: nn.Module, base: nn.Module, targets: Mapping[str, Sequen
     Args:
         targets: Layer name -> the base output channels the pruned layer kept (None: all of them).
         inputs: The images (N, C, H, W) both models see.
+        wanted: The base model's outputs of the targets on ``inputs`` (:class:`BaseOutputs`); None: computed here.
+        one_pass: Refit every target in one forward pass of ``pruned`` (hooks refit each layer as the pass
+            reaches it) and build the normal equations without copying the samples (:func:`_normal_equations`);
+            False runs one pass per target on the sampled rows, the computation this replaced (the same
+            result but for the order of float64 sums). Targets that the pass reaches out of ``targets``'
+            order are refitted one pass each, so the result does not depend on it.
 
     Returns:
         The names of the layers refitted.
     """
     generator = torch.Generator().manual_seed(seed)
-    wanted = _outputs(base, list(targets), inputs)  # name -> (N, C_base, ...) base outputs
-    done = []
-    for name, kept in targets.items():
+    if wanted is None:
+        wanted = _outputs(base, list(targets), inputs)  # name -> (N, C_base, ...) base outputs
+
+    def refit(name: str, x: Tensor) -> None:
+        kept = targets[name]
         layer = pruned.get_submodule(name)
-        x = _inputs(pruned, name, inputs)  # the pruned model's input to the layer, after earlier refits
-        y = wanted[name] if kept is None else wanted[name][:, list(kept)]
-        features, target = _samples(layer, x, y, points, generator)  # (S, F), (S, out)
-        _refit(layer, features, target, ridge)
+        # The kept output channels: dim 1 of a conv's (N, C, H, W), the last dim of a linear's (N, ..., C)
+        # (a transformer's linears see (N, tokens, C)).
+        y = wanted[name] if kept is None else wanted[name].index_select(
+            -1 if isinstance(layer, nn.Linear) else 1, torch.as_tensor(list(kept), device=wanted[name].device))
+        if one_pass:
+            _refit_normal(layer, *_normal_equations(layer, x, y, points, generator), ridge)
+        else:
+            features, target = _samples(layer, x, y, points, generator)  # (S, F), (S, out)
+            _refit(layer, features, target, ridge)
+
+    done = _refit_in_one_pass(pruned, list(targets), inputs, refit) if one_pass else []
+    for name in list(targets)[len(done):]:
+        refit(name, _inputs(pruned, name, inputs))  # the pruned model's input to the layer, after earlier refits
         done.append(name)
     return done
+
+
+def _refit_in_one_pass(model: nn.Module, order: list[str], inputs: Tensor, refit) -> list[str]:
+    """Refits the targets, in ``order``, as one forward pass of ``model`` reaches them; returns those refitted.
+
+    Stops refitting at the first target the pass reaches before one that precedes it in ``order`` (its
+    input would then differ from the one-pass-per-target result); the caller refits the rest.
+    """
+    done: list[str] = []
+    stopped = False
+    if not order:
+        return done
+
+    def hook(module: nn.Module, args: tuple, name: str) -> None:
+        nonlocal stopped
+        if stopped or name in done:
+            return  # a layer called again sees its refitted weights, as in a pass of its own
+        if order[len(done)] != name:
+            stopped = True
+            log.debug("reconstruction: %s runs before %s; refitting the rest one pass each", name, order[len(done)])
+            return
+        refit(name, args[0].detach())
+        done.append(name)
+        if len(done) == len(order):
+            raise _AllRefitted  # the rest of the pass changes nothing
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in order]
+    try:
+        with torch.no_grad():
+            model.eval()(inputs)
+    except _AllRefitted:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return done
+
+
+class _AllRefitted(Exception):
+    """Ends the refitting pass once its last target is refitted."""
 
 
 def _outputs(model: nn.Module, names: list[str], inputs: Tensor) -> dict[str, Tensor]:
@@ -110,6 +205,57 @@ def _samples(layer: nn.Module, x: Tensor, y: Tensor, points: int, generator) -> 
     return feats.permute(0, 2, 1).reshape(-1, patches.shape[1]), target.permute(0, 2, 1).reshape(-1, y.shape[1])
 
 
+def _normal_equations(layer: nn.Module, x: Tensor, y: Tensor, points: int, generator) -> tuple[Tensor, Tensor]:
+    """``(A^T A, A^T Y)`` in float64 of :func:`_samples`' rows ``A = [features | 1]`` (the ones column only
+    with a bias) and targets ``Y``, without materialising them: the same random draws, the patches summed
+    in place of gathered when every position is sampled (the sums do not depend on the rows' order), the
+    float64 copy made in one pass from the unfolded layout."""
+    if isinstance(layer, nn.Linear):
+        feats, target = x.reshape(-1, x.shape[-1]).T, y.reshape(-1, y.shape[-1]).T  # (F, S), (out, S)
+    else:
+        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
+                           stride=layer.stride)  # (N, F, L)
+        n, f, positions = patches.shape
+        pick = torch.stack([torch.randperm(positions, generator=generator)[:points] for _ in range(n)])  # (N, P)
+        target = y.flatten(2)  # (N, out, L)
+        if points < positions:
+            pick = pick.to(x.device)
+            patches = patches.gather(2, pick[:, None, :].expand(-1, f, -1))  # (N, F, P)
+            target = target.gather(2, pick[:, None, :].expand(-1, y.shape[1], -1))  # (N, out, P)
+        feats, target = _rows_last(patches), _rows_last(target)  # (F, S), (out, S)
+    feats, target = feats.double(), target.double()
+    has_bias = layer.bias is not None
+    size = len(feats) + has_bias
+    normal = feats.new_empty(size, size)
+    normal[: len(feats), : len(feats)] = feats @ feats.T
+    rhs = torch.cat([feats @ target.T, target.sum(1)[None]]) if has_bias else feats @ target.T  # (F+1, out)
+    if has_bias:
+        sums = feats.sum(1)
+        normal[-1, :-1], normal[:-1, -1], normal[-1, -1] = sums, sums, feats.shape[1]
+    return normal, rhs
+
+
+def _rows_last(t: Tensor) -> Tensor:
+    """(N, C, P) -> (C, N * P) float64, in one copy."""
+    out = torch.empty(t.shape[1], t.shape[0], t.shape[2], dtype=torch.float64, device=t.device)
+    out.copy_(t.transpose(0, 1))
+    return out.view(t.shape[1], -1)
+
+
+def _refit_normal(layer: nn.Module, normal: Tensor, rhs: Tensor, ridge: float) -> None:
+    """:func:`_refit` from the normal equations ``A^T A``, ``A^T Y`` (float64)."""
+    weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # (out, F)
+    w0 = torch.cat([weight, layer.bias.detach()[:, None]], 1) if layer.bias is not None else weight  # (out, F+1)
+    w64 = w0.double()
+    lam = ridge * float(normal.diagonal().mean()) + 1e-12
+    solved = torch.linalg.solve(normal + lam * torch.eye(len(normal), dtype=torch.float64, device=normal.device),
+                                rhs + lam * w64.T).T.to(weight.dtype)  # (out, F+1)
+    with torch.no_grad():
+        layer.weight.copy_(solved[:, : weight.shape[1]].reshape(layer.weight.shape))
+        if layer.bias is not None:
+            layer.bias.copy_(solved[:, -1])
+
+
 def _refit(layer: nn.Module, features: Tensor, target: Tensor, ridge: float) -> None:
     """Ridge regression of ``[W | b]`` towards its current value: (A^T A + l I)^-1 (A^T Y + l W0)."""
     weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # (out, F)
@@ -127,4 +273,4 @@ def _refit(layer: nn.Module, features: Tensor, target: Tensor, ridge: float) -> 
             layer.bias.copy_(solved[:, -1])
 
 
-__all__ = ["reconstruct", "reconstruction_targets"]
+__all__ = ["BASE_OUTPUT_BYTES", "BaseOutputs", "reconstruct", "reconstruction_targets"]

@@ -54,6 +54,7 @@ class ScoreSettings(Protocol):
     seed: int
     reconstruct_images: int
     reconstruct_points: int
+    reuse_base: bool
 
 
 class ScoreInputs(Protocol):
@@ -117,6 +118,10 @@ class Score(ABC):
         """What the score gathers once per evaluator (e.g. its training samples); given to every :meth:`refine`."""
         return None
 
+    def passes(self, pruned: nn.Module, inputs: ScoreInputs, prepared: Any) -> None:
+        """Runs the forward (and backward) passes :meth:`refine` contains on ``pruned``, and nothing else: the
+        floor of its cost, which the overhead benchmark compares it with (``pruned`` may change)."""
+
     @abstractmethod
     def refine(self, pruned: nn.Module, kept: dict[str, list[int]], inputs: ScoreInputs, prepared: Any) -> None:
         """Turns ``pruned`` (BatchNorm already recalibrated) into the model that is validated, in place.
@@ -176,15 +181,26 @@ class Reconstruct(Score):
 
     name = "reconstruct"
 
-    def prepare(self, inputs: ScoreInputs) -> Tensor:
-        return inputs.training_images(inputs.config.reconstruct_images)
+    def prepare(self, inputs: ScoreInputs) -> Any:
+        """The calibration images with the base model's outputs on them (kept for every candidate)."""
+        from amc.evaluation.reconstruct import BaseOutputs
 
-    def refine(self, pruned: nn.Module, kept: dict[str, list[int]], inputs: ScoreInputs, prepared: Tensor) -> None:
+        return BaseOutputs(inputs.model, inputs.training_images(inputs.config.reconstruct_images))
+
+    def refine(self, pruned: nn.Module, kept: dict[str, list[int]], inputs: ScoreInputs, prepared: Any) -> None:
         from amc.evaluation.reconstruct import reconstruct, reconstruction_targets
 
         targets = reconstruction_targets(inputs.graph, kept, pruned)
-        reconstruct(pruned, inputs.model, targets, prepared, points=inputs.config.reconstruct_points,
-                    seed=inputs.config.seed)
+        fast = inputs.config.reuse_base  # False: the base outputs and one pass per layer, every candidate
+        reconstruct(pruned, inputs.model, targets, prepared.images, points=inputs.config.reconstruct_points,
+                    seed=inputs.config.seed, wanted=prepared.get(list(targets)) if fast else None, one_pass=fast)
+        inputs.recalibrate(pruned)
+
+    def passes(self, pruned: nn.Module, inputs: ScoreInputs, prepared: Any) -> None:
+        import torch
+
+        with torch.no_grad():
+            pruned.eval()(prepared.images)
         inputs.recalibrate(pruned)
 
 
@@ -228,6 +244,11 @@ class Finetune(Score):
 
         finetune_steps(pruned, inputs.train_set, steps=self.steps, seed=inputs.config.seed,
                        teacher=inputs.model if self.distill else None, samples=prepared)
+
+    def passes(self, pruned: nn.Module, inputs: ScoreInputs, prepared: Any) -> None:
+        from amc.evaluation.finetune import training_passes
+
+        training_passes(pruned, prepared, teacher=inputs.model if self.distill else None)
 
     def __str__(self) -> str:
         return f"finetune:{self.steps}" + ("+kd" if self.distill else "")

@@ -17,12 +17,12 @@ from amc.graph.groups import Decision, ParamRef, module_type
 from amc.graph.probe import Probe
 from amc.graph.records import LayerGraph, LayerSpec, ModuleRecord, SkippedLayer, fingerprint
 
-_WEIGHTED = ("conv", "depthwise", "grouped", "linear")
+_WEIGHTED = ("conv", "depthwise", "grouped", "linear", "mha")
 
 
 def build_graph(model: nn.Module, example, order: list, shapes: dict, types: dict, names: dict,
                 decisions: list[Decision], round_to: int, seen: Probe, attentions: dict,
-                skipped: tuple[SkippedLayer, ...]) -> LayerGraph:
+                skipped: tuple[SkippedLayer, ...], verified: bool = False) -> LayerGraph:
     out_deps: dict = defaultdict(list)
     in_deps: dict = defaultdict(list)
     params: list[ParamRef] = []
@@ -32,7 +32,11 @@ def build_graph(model: nn.Module, example, order: list, shapes: dict, types: dic
             if isinstance(target, ParamRef):
                 if target not in params:
                     params.append(target)
-            elif types[target] in ("bn", "norm"):
+            elif types[target] == "mha":  # the stream's width is its input and output width alike
+                out_deps[target].append((index, per_unit))
+                in_deps[target].append((index, per_unit))
+                continue
+            elif types[target] in ("bn", "norm", "embed"):
                 is_out = True  # channel-wise: whichever way Torch-Pruning reaches them, their channels go
             elif types[target] == "depthwise" and not is_out:
                 continue  # a depthwise conv's inputs follow its outputs; counted once, as outputs
@@ -43,12 +47,13 @@ def build_graph(model: nn.Module, example, order: list, shapes: dict, types: dic
             out_deps[dec.attention.module].append((index, dec.unit))
 
     batch = example.shape[0]  # per sample: a layer may see more rows than samples (attention windows)
-    records = [_record(m, types[m], names[m], shapes[m], out_deps[m], in_deps[m], batch) for m in order]
-    attention_modules = {parts.module: parts for parts in attentions.values()}
-    for qkv, parts in attentions.items():
+    records = [_record(m, types[m], names[m], shapes[m], out_deps[m], in_deps[m], batch, seen) for m in order]
+    heads = {dec.attention.module for dec in decisions if dec.pattern == "head"}
+    attention_modules = {parts.module: parts for parts in attentions.values() if parts.module in heads}
+    for parts in attention_modules.values():
         flops = seen.own_flops.get(parts.module, 0)
         if not flops:
-            continue  # F.scaled_dot_product_attention on CPU: FlopCounterMode counts 0, and so do we
+            continue  # an attention whose matmuls FlopCounterMode does not count: 0, as measured
         width = parts.proj.in_features
         if flops % width:
             raise UnsupportedModelError(
@@ -62,8 +67,9 @@ def build_graph(model: nn.Module, example, order: list, shapes: dict, types: dic
         records.append(ModuleRecord(ref.name, "param", size, math.prod(ref.shape) // size, 1, 0, False,
                                     tuple(out_deps[ref]), ()))
 
-    other_flops = _constant_flops(seen, decisions, attention_modules, names)
-    measured = sum(seen.own_flops.values())
+    other_flops = _constant_flops(model, seen, decisions, attention_modules, attentions, names, verified)
+    other_flops += seen.constant_flops
+    measured = sum(seen.own_flops.values()) + seen.constant_flops
     modelled = sum(r.base_flops for r in records)
     if modelled + other_flops != measured:
         raise UnsupportedModelError(
@@ -86,10 +92,24 @@ def build_graph(model: nn.Module, example, order: list, shapes: dict, types: dic
     )
 
 
-def _record(module, kind, name, shape, outs, ins, batch: int) -> ModuleRecord:
+def _record(module, kind, name, shape, outs, ins, batch: int, seen: Probe) -> ModuleRecord:
     _, out_shape = shape
+    if kind == "mha":  # q/k/v and output projections (4 E x E), and the attention matmuls (linear in E)
+        width = module.embed_dim
+        tokens = math.prod(out_shape) // (batch * width)
+        matmuls = seen.own_flops.get(module, 0) - 8 * tokens * width * width
+        if matmuls < 0 or matmuls % width:
+            raise UnsupportedModelError(
+                f"{name!r} (MultiheadAttention) computes {seen.own_flops.get(module, 0)} FLOPs, not its projections' "
+                "plus attention matmuls that scale with its width; such attention is not supported"
+            )
+        return ModuleRecord(name, "mha", width, width, 4, tokens, module.in_proj_bias is not None, tuple(outs),
+                            tuple(ins), flops_per_channel=matmuls // width)
     if kind == "bn":
         return ModuleRecord(name, "bn", module.num_features, 0, 0, 0, module.affine, tuple(outs), ())
+    if kind == "embed":
+        return ModuleRecord(name, "embed", module.embedding_dim, 0, 0, 0, False, tuple(outs), (),
+                            params_per_channel=module.num_embeddings)
     if kind == "norm":
         width = module.normalized_shape[-1] if isinstance(module, nn.LayerNorm) else (
             module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features)
@@ -104,21 +124,32 @@ def _record(module, kind, name, shape, outs, ins, batch: int) -> ModuleRecord:
                         module.bias is not None, tuple(outs), tuple(ins))
 
 
-def _constant_flops(seen: Probe, decisions: list[Decision], attention_modules: dict, names: dict) -> int:
-    """FLOPs of modules whose own forward the records do not describe, when their width never changes."""
+def _constant_flops(model: nn.Module, seen: Probe, decisions: list[Decision], attention_modules: dict,
+                    attentions: dict, names: dict, verified: bool) -> int:
+    """FLOPs of modules whose own forward the records do not describe, when their width never changes.
+
+    With ``verified`` (the decisions are then tried on a pruned copy, which drops any that change these FLOPs),
+    so is a submodule none of whose layers a decision cuts the outputs of, such as PVT's spatial-reduction
+    attention (q and a fused kv Linear): a decision that changes its matmuls after all is dropped by the trial.
+    """
     touched = {target for dec in decisions for (target, _) in dec.counts if isinstance(target, nn.Module)}
+    cut_out = {target for dec in decisions for (target, is_out) in dec.counts if is_out}
+    fixed_heads = {parts.module for parts in attentions.values()
+                   if parts.module not in attention_modules and not cut_out.intersection(parts.projections)}
     other = 0
     for module, flops in seen.own_flops.items():
         if module_type(module) in _WEIGHTED or module in attention_modules:
             continue
-        if module not in touched and any(True for _ in module.parameters(recurse=False)):
-            other += flops  # e.g. nn.MultiheadAttention, which no decision touches: constant width
+        inner_fixed = verified and module is not model and not cut_out.intersection(module.modules())
+        if module in fixed_heads or inner_fixed or (
+                module not in touched and any(True for _ in module.parameters(recurse=False))):
+            other += flops  # e.g. nn.MultiheadAttention, or heads no decision prunes: constant width
             continue
         raise UnsupportedModelError(
             f"{names.get(module) or '<model>'!r} ({type(module).__name__}) computes {flops} FLOPs in its own "
             "forward (matmuls between activations), which the cost model cannot follow when channels are "
-            "pruned: move them into a Conv2d/Linear layer, or into an attention module with a num_heads "
-            "attribute, a fused qkv Linear and a proj Linear"
+            "pruned: move them into a Conv2d/Linear layer, or into an attention module (num_heads, a fused qkv "
+            "Linear and a proj Linear; or q/k/v Linears and an output Linear)"
         )
     return other
 

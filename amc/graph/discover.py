@@ -11,31 +11,39 @@ records, so a predicted cost equals the pruned model's measured cost exactly.
 Decisions come in three patterns:
 
 - ``channel``: any set of output channels;
-- ``head``: whole heads of a timm-style attention module (``num_heads``, fused ``qkv``, ``proj``),
-  grouped as Torch-Pruning groups them for ``prune_num_heads`` (rooted at ``proj``'s inputs); the
-  attention matmuls are costed as FlopCounterMode counts them (see :mod:`amc.graph.probe`);
+- ``head``: whole heads of an attention module (timm's fused ``qkv``, or Hugging Face's separate q/k/v
+  Linears, whole key/value groups under grouped-query attention: :mod:`amc.graph.attention`), rooted at
+  the output projection's inputs; the attention matmuls (explicit or ``F.scaled_dot_product_attention``)
+  are costed as FlopCounterMode counts them (see :mod:`amc.graph.probe`);
 - ``group``: a group that reaches a grouped conv or a GroupNorm loses the same channels in every group,
   so each group keeps the same width; the decision counts channels per group.
 
 Not decisions, keeping their width (with a warning naming each and why, listed in
 ``LayerGraph.skipped``): the classifier's output layer, and any group that touches a parameterised
 module whose cost is not modelled (``nn.MultiheadAttention``, an LSTM, ...) or that maps channels
-unevenly onto a grouped layer. A model that cannot be traced, that shuffles channels, or that computes
-FLOPs the cost model cannot follow is refused with one :class:`UnsupportedModelError` line.
+unevenly onto a grouped layer, or whose trial pruning on a copy breaks the model or its predicted cost
+(:mod:`amc.graph.verify`). A model that cannot be traced, that shuffles channels, that computes FLOPs the
+cost model cannot follow, or whose discovery outlasts its time budget (:mod:`amc.graph.budget`) is refused
+with one :class:`UnsupportedModelError` line; so is any other failure while discovering.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from amc.errors import ConfigError, UnsupportedModelError
+from amc.errors import AmcError, ConfigError, UnsupportedModelError
+from amc.graph.attention import find_attentions, rewire
+from amc.graph.budget import DEFAULT_SECONDS, Overtime, time_budget
 from amc.graph.build import build_graph
+from amc.graph.caches import release_caches
 from amc.graph.groups import Decision, channel_decision, heads_decision, module_type
-from amc.graph.probe import attention_parts, probe
+from amc.graph.probe import probe
+from amc.graph.verify import failing_decisions
 from amc.graph.records import (
     LayerGraph,
     LayerSpec,
@@ -45,6 +53,8 @@ from amc.graph.records import (
 )
 
 log = logging.getLogger(__name__)
+
+_TRUSTED = ("torch.nn.", "amc.models.")  # module types whose every decision the test suite prunes for real
 
 __all__ = ["LayerGraph", "LayerSpec", "ModuleRecord", "SkippedLayer", "discover", "fingerprint"]
 
@@ -59,7 +69,8 @@ def _forward_shapes(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Mo
         calls[module] = calls.get(module, 0) + 1
         if module not in shapes:
             order.append(module)
-            shapes[module] = (tuple(args[0].shape), tuple(output.shape))
+            out = output[0] if isinstance(output, tuple) else output  # nn.MultiheadAttention: (output, weights)
+            shapes[module] = (tuple(args[0].shape), tuple(out.shape))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if module_type(m) is not None]
     try:
@@ -82,7 +93,8 @@ def _forward_shapes(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Mo
     return order, shapes
 
 
-def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1) -> LayerGraph:
+def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1,
+             time_budget_s: float | None = DEFAULT_SECONDS, verify: bool | None = None) -> LayerGraph:
     """Finds the prunable decisions of ``model`` in forward order.
 
     Args:
@@ -90,16 +102,45 @@ def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1
         example_input: One batch shaped like the model's input, e.g. ``(1, C, H, W)``.
         round_to: Unit counts (channels, heads, channels per group) are rounded up to a multiple of
             this (AMC uses 8).
+        time_budget_s: Seconds discovery may take before it stops with a one-line refusal (None: no limit).
+        verify: Try the decisions on a pruned copy (:mod:`amc.graph.verify`) and leave those whose pruned
+            model fails or costs other than predicted at full width, with the reason. None: only for models
+            with a module from outside ``torch.nn`` and this project's models (timm, Hugging Face, yours).
 
     Returns:
         A :class:`LayerGraph`.
 
     Raises:
-        UnsupportedModelError: The model has no prunable layer, cannot be traced, shuffles channels, or
-            computes FLOPs that the cost model cannot follow when channels are pruned.
+        UnsupportedModelError: The model has no prunable layer, cannot be traced, shuffles channels,
+            computes FLOPs that the cost model cannot follow when channels are pruned, or takes longer
+            than ``time_budget_s`` to discover; always one line.
     """
     if round_to < 1:
         raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ConfigError(f"discovery time budget must be a positive number of seconds or None, got {time_budget_s!r}")
+    where = ["tracing the model"]
+    start = time.monotonic()
+    try:
+        with time_budget(time_budget_s):
+            return _discover(model, example_input, round_to, where, verify)
+    except Overtime:
+        raise UnsupportedModelError(
+            f"discovery of {type(model).__name__} stopped after {time.monotonic() - start:.0f} s (its time budget "
+            f"is {time_budget_s:g} s) while {where[0]}; pass a larger time budget to wait longer"
+        ) from None
+    except AmcError:
+        raise
+    except Exception as exc:  # whatever a user's model does to the tracers: one line, not a traceback
+        text = " ".join(str(exc).split())[:300]
+        raise UnsupportedModelError(
+            f"discovery of {type(model).__name__} failed while {where[0]} ({type(exc).__name__}: {text}); "
+            "such models are not supported"
+        ) from exc
+
+
+def _discover(model: nn.Module, example_input: torch.Tensor, round_to: int, where: list[str],
+              verify: bool) -> LayerGraph:
     was_training = model.training
     model.eval()
     try:
@@ -112,6 +153,7 @@ def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1
                 "straight through the view-transpose-reshape, so pruning would remove the wrong channels; "
                 "such models (ShuffleNet) are not supported"
             )
+        where[0] = "building Torch-Pruning's dependency graph"
         try:
             dg = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
         except Exception as exc:  # Torch-Pruning's tracer fails on some graphs (ZeroDivisionError, ...)
@@ -121,12 +163,22 @@ def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1
             ) from exc
     finally:
         model.train(was_training)
+        release_caches(model)  # what tracing with gradients left in caches would stop copy.deepcopy
     names = {module: name for name, module in model.named_modules()}
     param_names = {id(p): name for name, p in model.named_parameters()}
     types = {module: module_type(module) for module in order}
-    attentions = {parts.qkv: parts for m in model.modules() if (parts := attention_parts(m)) is not None}
+    attentions = find_attentions(model)
+    for parts in attentions.values():
+        if not parts.fused and all(m in dg.module2node for m in (*parts.projections, parts.proj)):
+            rewire(dg, parts)  # before any group walks through their reshapes and rotary embeddings
 
     output_modules = {m for m in order if m in dg.module2node and _feeds_output(dg, m)}
+    # Modules computing FLOPs of their own that no record describes: widths inside them must not change.
+    # (For an attention module: the widths of its q/k/v, which its matmuls read.)
+    projections = {parts.module: set(parts.projections) for parts in attentions.values()}
+    # (The model itself is not one: its own FLOPs refuse it with a hint when the records are built.)
+    opaque = {m: projections.get(m, set(m.modules()) - {m}) for m in seen.own_flops
+              if m is not model and module_type(m) not in ("conv", "linear", "depthwise", "grouped", "mha")}
     covered: set[nn.Module] = set()
     decisions: list[Decision] = []
     skipped: list[SkippedLayer] = []
@@ -137,15 +189,19 @@ def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1
             skipped.append(SkippedLayer(names[root], type(root).__name__, "Torch-Pruning's graph does not reach it"))
             continue
         parts = attentions.get(root)
+        where[0] = f"grouping the channels of {names[root]!r} ({type(root).__name__}) in Torch-Pruning"
         if parts is not None:
+            covered.update(parts.projections)  # k and v are never roots of their own
             decision = heads_decision(dg, parts, names, param_names, types, output_modules)
         else:
             decision = channel_decision(dg, root, names, param_names, types, output_modules)
         covered.update(t for (t, is_out) in decision.counts if is_out and isinstance(t, nn.Module))
+        if not decision.problem:
+            decision.problem = _inside_opaque(decision, opaque, names)
         if decision.problem:
             if not decision.is_output:
-                skipped.append(SkippedLayer(names[root] if parts is None else names[parts.module],
-                                            type(root).__name__ if parts is None else type(parts.module).__name__,
+                skipped.append(SkippedLayer(names[root] if parts is None else names[parts.owner],
+                                            type(root).__name__ if parts is None else type(parts.owner).__name__,
                                             decision.problem))
             log.debug("layer %s is not prunable: %s", names[root], decision.problem)
             continue
@@ -159,8 +215,38 @@ def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1
         )
     if skipped:
         log.warning("%d layer(s) keep their width: %s", len(skipped), "; ".join(map(str, skipped)))
+    where[0] = "building the layer records"
+    if verify is None:
+        verify = any(not type(m).__module__.startswith(_TRUSTED) for m in model.modules())
+    graph = build_graph(model, example_input, order, shapes, types, names, decisions, round_to, seen,
+                        attentions, tuple(skipped), verify)
+    if not verify:
+        return graph
+    failing = failing_decisions(model, example_input, graph, progress=lambda what: where.__setitem__(0, what))
+    if not failing:
+        return graph
+    dropped = [SkippedLayer(decisions[i].name, type(decisions[i].root).__name__, why) for i, why in failing.items()]
+    log.warning("%d decision(s) keep their width: %s", len(dropped), "; ".join(map(str, dropped)))
+    decisions = [d for i, d in enumerate(decisions) if i not in failing]
+    if not decisions:
+        raise UnsupportedModelError(f"found no prunable layer in {type(model).__name__}: {dropped[0]}")
+    where[0] = "building the layer records"
     return build_graph(model, example_input, order, shapes, types, names, decisions, round_to, seen,
-                       attentions, tuple(skipped))
+                       attentions, (*skipped, *dropped), verify)
+
+
+def _inside_opaque(decision: Decision, opaque: dict, names: dict) -> str | None:
+    """Why ``decision`` cannot be one: it cuts outputs of a layer inside a module that computes FLOPs of its own
+    on them (other than the attention module whose heads it prunes); None when it does not."""
+    own = decision.attention.module if decision.attention is not None else None
+    for (target, is_out) in decision.counts:
+        if not is_out or not isinstance(target, nn.Module):
+            continue
+        for module, inside in opaque.items():
+            if module is not own and target in inside:
+                return (f"it changes the width of {names.get(target)!r} inside {type(module).__name__} "
+                        f"{names.get(module) or '<model>'!r}, whose own FLOPs the cost model does not follow")
+    return None
 
 
 def _feeds_output(dg, module: nn.Module) -> bool:

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from amc.graph.probe import AttentionParts
+from amc.graph.attention import AttentionParts, rewire
 
 _BN = nn.modules.batchnorm._BatchNorm
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def module_type(module: nn.Module) -> str | None:
-    """The record type of a module: conv, depthwise, grouped, linear, bn, norm; None when not modelled."""
+    """The record type of a module: conv, depthwise, grouped, linear, mha, bn, norm, embed; None when not modelled."""
     if isinstance(module, nn.Conv2d):
         if module.groups == 1:
             return "conv"
@@ -27,10 +27,14 @@ def module_type(module: nn.Module) -> str | None:
         return "grouped"
     if isinstance(module, nn.Linear):
         return "linear"
+    if isinstance(module, nn.MultiheadAttention):
+        return "mha"
     if isinstance(module, _BN):
         return "bn"
     if isinstance(module, _NORMS):
         return "norm"
+    if isinstance(module, nn.Embedding):
+        return "embed"
     return None
 
 
@@ -75,19 +79,27 @@ def channel_decision(dg, root: nn.Module, names: dict, param_names: dict, types:
 
 def heads_decision(dg, parts: AttentionParts, names: dict, param_names: dict, types: dict,
                    output_modules: set) -> Decision:
-    """The decision over whole heads of ``parts``: Torch-Pruning's head group, rooted at ``proj``'s inputs."""
+    """The decision over whole heads of ``parts`` (whole key/value groups under grouped-query attention):
+    Torch-Pruning's head group, rooted at ``proj``'s inputs."""
     n = parts.proj.in_features
-    decision = Decision(parts.qkv, names[parts.module], n_units=parts.num_heads, unit=parts.head_dim,
+    decision = Decision(parts.root, names[parts.owner], n_units=parts.units, unit=parts.unit,
                         pattern="head", attention=parts)
     try:
+        rewire(dg, parts)
         group = dg.get_pruning_group(parts.proj, dg.get_pruner_of_module(parts.proj).prune_in_channels,
                                      list(range(n)))
     except Exception as exc:  # noqa: BLE001
         decision.problem = f"Torch-Pruning cannot group its heads ({type(exc).__name__}: {exc})"
         return decision
     decision.counts = _counts(dg, group, param_names)
-    if decision.counts.get((parts.qkv, True)) != 3 * n:
-        decision.problem = f"its heads do not reach {names[parts.qkv]!r} as q, k and v in Torch-Pruning's graph"
+    if parts.fused:
+        reached = decision.counts.get((parts.qkv, True)) == 3 * n
+    else:
+        kv = parts.k.out_features
+        reached = [decision.counts.get((m, True)) for m in parts.projections] == [n, kv, kv]
+    if not reached:
+        what = names[parts.qkv] if parts.fused else ", ".join(names[m] for m in parts.projections)
+        decision.problem = f"its heads do not reach {what!r} as q, k and v in Torch-Pruning's graph"
         return decision
     _check(decision, n, names, types, output_modules)
     if decision.pattern != "head" and decision.problem is None:
@@ -126,6 +138,10 @@ def _check(decision: Decision, n: int, names: dict, types: dict, output_modules:
         if kind is None:
             decision.problem = f"it touches {type(target).__name__} {names.get(target)!r}, whose cost is not modelled"
             return
+        if kind == "mha" and not (target._qkv_same_embed_dim and target.in_proj_weight is not None
+                                  and target.bias_k is None):
+            decision.problem = f"it touches MultiheadAttention {names.get(target)!r} with its own kdim/vdim or bias_k"
+            return
         if isinstance(target, nn.LayerNorm) and len(target.normalized_shape) > 1:
             decision.problem = f"it touches LayerNorm {names.get(target)!r} over {len(target.normalized_shape)} dims"
             return
@@ -134,7 +150,7 @@ def _check(decision: Decision, n: int, names: dict, types: dict, output_modules:
             decision.is_output = True
             return
         g = target.groups if kind == "grouped" else getattr(target, "num_groups", 1) if isinstance(
-            target, nn.GroupNorm) else 1
+            target, nn.GroupNorm) else target.num_heads if kind == "mha" else 1
         if g > 1:
             if count != n:
                 decision.problem = (f"its channels reach the grouped {type(target).__name__} {names.get(target)!r} "

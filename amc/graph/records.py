@@ -68,14 +68,17 @@ class ModuleRecord:
     divided by groups (1 for a depthwise conv, whose inputs follow its outputs).
 
     Types: ``conv``/``depthwise``/``linear`` (weights and FLOPs), ``bn`` and ``norm`` (LayerNorm,
-    GroupNorm, InstanceNorm: ``params_per_channel`` affine values per channel, no FLOPs), ``param`` (a
+    GroupNorm, InstanceNorm: ``params_per_channel`` affine values per channel, no FLOPs), ``embed`` (an
+    ``nn.Embedding`` cut along its embedding dimension: ``params_per_channel`` rows, no FLOPs), ``param`` (a
     bare parameter: ``out_channels`` along the pruned dimension times ``in_channels`` values each),
     ``attention`` (the matmuls of an attention module: ``flops_per_channel`` FLOPs per channel of its
-    heads, ``out_channels`` = heads x head width).
+    heads, ``out_channels`` = heads x head width), ``mha`` (an ``nn.MultiheadAttention`` on the channel stream:
+    ``kernel_numel`` 4 for its q/k/v and output E x E projections over ``positions`` tokens, and
+    ``flops_per_channel`` attention-matmul FLOPs per channel).
     """
 
     name: str
-    type: str  # "conv" | "depthwise" | "linear" | "bn" | "norm" | "param" | "attention"
+    type: str  # "conv" | "depthwise" | "linear" | "mha" | "bn" | "norm" | "embed" | "param" | "attention"
     out_channels: int
     in_channels: int  # per group
     kernel_numel: int
@@ -84,19 +87,24 @@ class ModuleRecord:
     out_deps: tuple[tuple[int, int], ...]
     in_deps: tuple[tuple[int, int], ...]
     flops_per_channel: int = 0  # attention only
-    params_per_channel: int = 0  # norm only
+    params_per_channel: int = 0  # norm and embed only
 
     @property
     def flops_coef(self) -> int:
         """FLOPs per (output channel x input channel) pair."""
-        if self.type in _WEIGHTED:
+        if self.type in _WEIGHTED or self.type == "mha":
             return 2 * self.positions * self.kernel_numel
         return self.flops_per_channel if self.type == "attention" else 0
 
     @property
+    def flops_linear(self) -> int:
+        """FLOPs per output channel that do not scale with the inputs (an ``nn.MultiheadAttention``'s matmuls)."""
+        return self.flops_per_channel if self.type == "mha" else 0
+
+    @property
     def weight_coef(self) -> int:
         """Parameters per (output channel x input channel) pair."""
-        if self.type in _WEIGHTED:
+        if self.type in _WEIGHTED or self.type == "mha":
             return self.kernel_numel
         return 1 if self.type == "param" else 0
 
@@ -105,17 +113,19 @@ class ModuleRecord:
         """Parameters per output channel that do not scale with the inputs (biases, affine norms)."""
         if self.type == "bn":
             return 2 * self.has_bias
-        if self.type == "norm":
+        if self.type in ("norm", "embed"):
             return self.params_per_channel
+        if self.type == "mha":
+            return 4 * self.has_bias  # in_proj_bias (3 per channel) and out_proj.bias
         return int(self.has_bias) if self.type in _WEIGHTED else 0
 
     @property
     def has_inputs(self) -> bool:
-        return self.type not in ("bn", "norm")
+        return self.type not in ("bn", "norm", "embed")
 
     @property
     def base_flops(self) -> int:
-        return self.flops_coef * self.out_channels * self.in_channels
+        return self.flops_coef * self.out_channels * self.in_channels + self.flops_linear * self.out_channels
 
     @property
     def weight_numel(self) -> int:

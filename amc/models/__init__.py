@@ -1,22 +1,22 @@
 """Built-in models (pure PyTorch) and the model registry.
 
-A model is named either by a built-in name (:data:`MODELS`) or as ``package.module:factory``. Factories
-are called with the keyword arguments among ``in_channels`` and ``num_classes`` that they accept.
+A model is named by a built-in name (:data:`MODELS`), by a source prefix (``timm:NAME``, ``hf:PATH``:
+:mod:`amc.models.sources`) or as ``package.module:factory``. Factories are called with the keyword arguments
+among ``in_channels`` and ``num_classes`` (and ``input_size``, when they name it) that they accept.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable
 
 from torch import nn
 
-from amc.errors import ModelError
+from amc.models import from_hf, from_timm  # noqa: F401 (register the hf: and timm: sources)
 from amc.models.cnn import cnn
 from amc.models.convnext import convnext
 from amc.models.mobilenetv2 import mobilenetv2
 from amc.models.resnet import resnet20, resnet56
+from amc.models.sources import SOURCES, ModelSpec, call_factory, resolve_factory, split_source
 from amc.models.vit import vit
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -29,59 +29,37 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _resolve_factory(name: str) -> Callable[..., nn.Module]:
-    if name in MODELS:
-        return MODELS[name]
-    if ":" not in name:
-        raise ModelError(
-            f"unknown model {name!r}: use one of {sorted(MODELS)} or 'package.module:factory' for your own"
-        )
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(
-            f"cannot import module {module_name!r} of model {name!r} ({exc}); check that it is on PYTHONPATH"
-        ) from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ModelError(f"{module_name!r} has no callable {attr!r} (model {name!r}); name a factory function")
-    return factory
-
-
-def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs: object) -> nn.Module:
-    """Builds a model by registry name or ``package.module:factory``.
+def build_model(name: str, *, in_channels: int, num_classes: int, input_size: tuple[int, int] | None = None,
+                **kwargs: object) -> nn.Module:
+    """Builds a model by registry name, ``timm:NAME``, ``hf:PATH`` or ``package.module:factory``.
 
     Args:
-        name: A key of :data:`MODELS` or ``package.module:factory``.
+        name: A key of :data:`MODELS`, ``prefix:REF`` of a source in :data:`amc.models.sources.SOURCES`, or
+            ``package.module:factory``.
         in_channels: Channels of the input images.
         num_classes: Number of output classes.
-        **kwargs: Extra factory arguments (e.g. ``width_mult`` for ``mobilenetv2``).
+        input_size: ``(height, width)`` of the input images (timm's ``img_size``; checked against a Hugging
+            Face image model's; None: unknown, e.g. token ids).
+        **kwargs: Extra factory arguments (e.g. ``width_mult`` for ``mobilenetv2``; ``timm.create_model``'s
+            or ``from_pretrained``'s for ``timm:`` and ``hf:``).
 
     Raises:
         ModelError: The name is unknown or the factory cannot be imported or does not return a module.
+        amc.models.sources.MissingPackageError: ``timm:`` or ``hf:`` without the package (names the extra).
     """
-    factory = _resolve_factory(name)
-    wanted = {"in_channels": in_channels, "num_classes": num_classes, **kwargs}
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"cannot inspect the factory of model {name!r} ({exc}); name a Python function") from exc
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    args = {k: v for k, v in wanted.items() if takes_any or k in params}
-    unused = set(kwargs) - set(args)
-    if unused:
-        raise ModelError(f"model {name!r} does not accept {sorted(unused)}; remove them")
-    try:
-        model = factory(**args)
-    except TypeError as exc:
-        raise ModelError(
-            f"calling the factory of model {name!r} with {sorted(args)} failed ({exc}); a factory takes "
-            "in_channels and/or num_classes keyword arguments"
-        ) from exc
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"factory of model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    spec = ModelSpec(in_channels=in_channels, num_classes=num_classes,
+                     input_size=None if input_size is None else (int(input_size[0]), int(input_size[1])))
+    found = None if name in MODELS else split_source(name)
+    if found is not None:
+        source, ref = found
+        return source.build(ref, spec, kwargs)
+    return call_factory(resolve_factory(name, MODELS), name, spec, kwargs)
 
 
-__all__ = ["MODELS", "build_model", "cnn", "convnext", "mobilenetv2", "resnet20", "resnet56", "vit"]
+def model_files(name: str) -> list[tuple[str, int, int]]:
+    """``(file, size, mtime_ns)`` of the files model ``name`` is read from (``hf:PATH``), else ``[]``."""
+    found = None if name in MODELS else split_source(name)
+    return found[0].files(found[1]) if found is not None else []
+
+
+__all__ = ["MODELS", "SOURCES", "build_model", "model_files", "cnn", "convnext", "mobilenetv2", "resnet20", "resnet56", "vit"]

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from amc.cost.analytic import make_cost_model
+from amc.graph.attention import set_heads
 from amc.graph.probe import attention_parts
 from amc.graph.records import LayerGraph
 from amc.graph.widths import rounded_channels
@@ -196,8 +197,9 @@ def _heads(model: nn.Module, graph: LayerGraph, example: Tensor, *, budget: floa
                          prune_head_dims=False, head_pruning_ratio=r)
         with torch.no_grad():
             pruner.step()
-        for a in parts:  # Torch-Pruning counts the heads; the module's forward reads its own attribute
-            a.module.num_heads = pruner.num_heads[a.qkv]
+        for a in parts:  # Torch-Pruning counts the heads; the module's forward reads its own attributes
+            heads = pruner.num_heads[a.qkv]
+            set_heads(a.module, heads, heads, a.head_dim)  # num_heads, and timm's attn_dim with it
         units, keep = _read_units(pruned, graph, pruner.DG)
         return pruned, units, keep
 

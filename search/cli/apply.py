@@ -138,7 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     except AmcError as exc:
         print(f"apply_policy.py: error: {exc}", file=sys.stderr)
         return 2
-    recorded = applied.policy.metrics.get("val_accuracy")
+    # The search's own score of the policy (with a deploy rung, val_accuracy is the score after its fine-tune).
+    recorded = applied.policy.metrics.get("search_val_accuracy", applied.policy.metrics.get("val_accuracy"))
     table = Table(title=f"policy {args.policy}")
     for col in ("", "val acc", "test acc", f"{applied.resource} ratio"):
         table.add_column(col, justify="right")

@@ -16,9 +16,12 @@ def _command(name: str, rest: list[str]) -> str:
 
 
 def _overhead(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.overhead import overhead_report
+    from search.bench.overhead import OverheadConfig, overhead_report
 
-    overhead_report(policies=args.policies, seed=args.seed, data_dir=args.data_dir, markdown=Path(args.markdown),
+    config = OverheadConfig(policies=args.policies, finetune_steps=args.finetune_steps, models=args.models,
+                            paths=args.paths, search_evaluations=args.search_evaluations, val_limit=args.val_limit,
+                            threads=args.threads, seed=args.seed, data_dir=args.data_dir)
+    overhead_report(config, root=Path(args.root), command=_command("overhead", rest), markdown=Path(args.markdown),
                     console=console)
     return 0
 
@@ -76,6 +79,34 @@ def _iterative(args: argparse.Namespace, console: Console, rest: list[str]) -> i
     return 0
 
 
+def _default_row(args: argparse.Namespace) -> dict:
+    """The default row's settings of ``headline`` and ``vit`` (None: scripts/search.py's default)."""
+    return dict(default_evaluations=args.default_evaluations, select=args.select, select_top_k=args.select_top_k,
+                select_samples=args.select_samples, select_lr=args.select_lr,
+                warm_start=tuple(args.warm_start) if args.warm_start else None,
+                baselines=False if args.no_baselines else None)
+
+
+def _add_default_row_options(p: argparse.ArgumentParser) -> None:
+    from search import values
+    from search.cli.common import int_at_least, number_in
+    from search.launch import argparse_type
+
+    p.add_argument("--default-evaluations", type=int_at_least(1), default=None,
+                   help="evaluations of the default row (scripts/search.py's default)")
+    p.add_argument("--select", type=argparse_type(values.select_recipe), default=None,
+                   help="the default row's deploy rung, finetune:EPOCHS or none (scripts/search.py's default)")
+    p.add_argument("--select-top-k", type=int_at_least(1), default=None,
+                   help="candidates the default row's deploy rung fine-tunes besides the baselines")
+    p.add_argument("--select-samples", type=int_at_least(1), default=None,
+                   help="training samples of each of the default row's deploy-rung fine-tunes")
+    p.add_argument("--select-lr", type=number_in(0, 10), default=None,
+                   help="learning rate of the default row's deploy-rung fine-tunes")
+    p.add_argument("--warm-start", nargs="+", default=None, metavar="PATH",
+                   help="policy.json files or run folders the default row starts from")
+    p.add_argument("--no-baselines", action="store_true", help="the default row evaluates no baselines first")
+
+
 def _headline(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     from search.bench.headline import HeadlineSettings, headline_report
 
@@ -83,7 +114,7 @@ def _headline(args: argparse.Namespace, console: Console, rest: list[str]) -> in
                                 oracle_factor=args.oracle_factor, workers=args.workers,
                                 finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples,
                                 score=args.score, ladder=tuple(args.ladder or ()), rows=args.rows,
-                                finetune_every_seed=args.finetune_every_seed)
+                                finetune_every_seed=args.finetune_every_seed, **_default_row(args))
     headline_report(Path(args.root), settings, threads=args.threads, data_dir=args.data_dir,
                     command=_command("headline", rest), markdown=Path(args.markdown), console=console)
     return 0
@@ -93,7 +124,8 @@ def _vit(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     from search.bench.vit import VitSettings, vit_report
 
     settings = VitSettings(budget=args.budget, seeds=args.seeds, evaluations=args.evaluations, workers=args.workers,
-                           finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples)
+                           finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples,
+                           finetune_every_seed=not args.finetune_once, **_default_row(args))
     vit_report(Path(args.root), settings, base_epochs=args.base_epochs, threads=args.threads, data_dir=args.data_dir,
                command=_command("vit", rest), markdown=Path(args.markdown), console=console)
     return 0
@@ -205,13 +237,39 @@ def main(argv: list[str] | None = None) -> int:
             raise argparse.ArgumentTypeError(f"unknown model {text!r}; use some of {', '.join(MODELS)}")
         return text
 
+    def _overhead_model(text: str) -> str:
+        from search.bench.overhead import MODELS
+
+        if text not in MODELS:
+            raise argparse.ArgumentTypeError(f"unknown model {text!r}; use some of {', '.join(MODELS)}")
+        return text
+
+    def _overhead_path(text: str) -> str:
+        from search.bench.overhead import PATHS
+
+        if text not in PATHS:
+            raise argparse.ArgumentTypeError(f"unknown path {text!r}; use some of {', '.join(PATHS)}")
+        return text
+
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = OneLineParser(prog="bench.py", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
-    p = sub.add_parser("overhead", help="evaluation time vs its bare forward passes")
-    p.add_argument("--policies", type=int, default=10)
+    p = sub.add_parser("overhead", help="evaluation time vs its bare passes, per score and criterion, before and "
+                                         "after the once-per-evaluator paths")
+    p.add_argument("--policies", type=int_at_least(1), default=5, help="random policies per row and path (5)")
+    p.add_argument("--finetune-steps", type=int_at_least(1), default=20, help="K of the finetune:K row (20)")
+    p.add_argument("--models", type=comma_list(_overhead_model), default=("resnet20", "mobilenetv2"),
+                   help="resnet20 and/or mobilenetv2, comma-separated (resnet20,mobilenetv2)")
+    p.add_argument("--paths", type=comma_list(_overhead_path), default=("before", "after"),
+                   help="before (EvalConfig(reuse_base=False): base-model work redone per candidate) and/or after "
+                        "(the default path), comma-separated, timed interleaved (before,after)")
+    p.add_argument("--search-evaluations", type=int_at_least(0), default=16,
+                   help="evaluations of each 2-worker Ray search (bn, reconstruct) on the first model; 0 skips (16)")
+    p.add_argument("--val-limit", type=int_at_least(1), default=1000, help="validation samples (1000)")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads of the timings (1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
+    p.add_argument("--root", default="runs/bench-overhead", help="the 2-worker searches' runs")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_overhead)
     p = sub.add_parser("env", help="environment steps per second with a stub evaluator")
@@ -294,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows to run, comma-separated (all: " + ",".join(HEADLINE_ROWS) + ")")
     p.add_argument("--finetune-every-seed", action="store_true",
                    help="fine-tune the deterministic rows (uniform, tp-global, sensitivity, oracle) with every seed")
+    _add_default_row_options(p)
     p.add_argument("--root", default="runs/bench-headline", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_headline)
@@ -308,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-samples", type=int_at_least(1), default=20000)
     p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads")
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
+    p.add_argument("--finetune-once", action="store_true",
+                   help="fine-tune the deterministic rows (uniform, tp-vit) with the first seed only")
+    _add_default_row_options(p)
     p.add_argument("--root", default="runs/bench-vit", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_vit)

@@ -44,7 +44,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="lottery.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="cnn", help="built-in model or package.module:factory (cnn)")
+    p.add_argument("--model", default="cnn", help="built-in model, timm:NAME, hf:PATH or package.module:factory (cnn)")
     p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, mnist or cifar10 (digits)")
     p.add_argument("--data-dir", default=None, help="folder of fashion-mnist / mnist / cifar10 files")
     p.add_argument("--rounds", type=int_at_least(1), default=5, help="pruning rounds after the dense round (5)")

@@ -5,12 +5,15 @@
     python scripts/serve.py --host 0.0.0.0 --token-file /etc/amc/token   # beyond loopback: a token file is required
     python scripts/serve.py --db postgresql://amc@dbhost/amc             # a shared database
     python scripts/serve.py --ray-address http://127.0.0.1:8265           # each search a Ray job on that cluster
+    python scripts/serve.py --models-dir /srv/models --allow-factory 'mypkg.*'  # hf: models there, mypkg's factories
 
 Every route but /healthz needs 'Authorization: Bearer <token>'. Without --token-file a token is
 generated at first start into <state-dir>/token (printed once). Stopping the server (Ctrl-C) stops the
 running searches after they write their best policy so far; they become 'interrupted' and continue
 with POST /v1/searches/<id>/resume. With --ray-address the searches are Ray jobs: they go on while the
-service is stopped, and the restarted service follows them again.
+service is stopped, and the restarted service follows them again. A request may name built-in models and
+timm:NAME; hf:PATH only under --models-dir, and package.module:factory (models, datasets) only where
+--allow-factory allows it: a factory runs whatever code its module holds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from search.cli.common import OneLineParser, int_at_least, number_in
 
@@ -40,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each search as a job on the Ray cluster whose job server (dashboard) is at this URL, "
                         "e.g. http://127.0.0.1:8265; the run folders must be on storage the head node shares "
                         "(default: a local process each)")
+    p.add_argument("--models-dir", dest="models_dir",
+                   help="folder of the save_pretrained folders a request may name as hf:PATH (default: no hf: model)")
+    p.add_argument("--allow-factory", dest="allow_factory", action="append", default=[], metavar="PATTERN",
+                   help="accept package.module:factory models and datasets matching this glob, e.g. 'mypkg.*' "
+                        "(repeatable; default: none, since a factory runs any code its module holds)")
     p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"), default="info")
     return p
 
@@ -60,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         token, generated = load_or_create_token(args.state_dir, args.token_file)
         config = ServiceConfig(token=token, state_dir=args.state_dir, db_url=args.db, host=args.host, port=args.port,
                                max_concurrent=args.max_concurrent, max_evaluations=args.max_evaluations,
-                               poll_interval=args.poll_interval, ray_address=args.ray_address)
+                               poll_interval=args.poll_interval, ray_address=args.ray_address,
+                               models_dir=str(Path(args.models_dir).resolve()) if args.models_dir else None,
+                               allow_factory=tuple(args.allow_factory))
         from search.service.app import create_app
 
         app = create_app(config)

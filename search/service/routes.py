@@ -66,7 +66,7 @@ def searches_router(settings_model: type[BaseModel]) -> APIRouter:
         """The settings are ``scripts/search.py``'s long options (``{"budget": 0.3, "strategy": "random"}``)."""
         config = request.app.state.config
         settings = validate_settings(body.model_dump(exclude_unset=True), max_evaluations=config.max_evaluations,
-                                     python=config.python, workdir=config.workdir)
+                                     python=config.python, workdir=config.workdir, names=config.names)
         digest = hashlib.sha256(json.dumps(settings.given, sort_keys=True).encode()).hexdigest()
         row, created = manager.submit(settings, idempotency_key=idempotency_key, request_hash=digest)
         if not created:

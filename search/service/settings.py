@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amc.errors import ConfigError
+from search.service.names import NamePolicy
 
 log = logging.getLogger(__name__)
 TOKEN_FILE = "token"
@@ -37,6 +38,9 @@ class ServiceConfig:
         workdir: Working folder of the search processes (relative ``checkpoint``/``data_dir`` start here).
         ray_address: The job server (dashboard) of a Ray cluster, e.g. ``http://127.0.0.1:8265``: each
             search runs there as a Ray job (:mod:`search.service.ray_jobs`); None: a local process each.
+        models_dir: The folder ``hf:`` models must lie in (None: no ``hf:`` model is accepted).
+        allow_factory: Glob patterns of the ``package.module:factory`` models and datasets accepted (none:
+            a request cannot name code to run).
     """
 
     token: str
@@ -53,6 +57,8 @@ class ServiceConfig:
     python: str = sys.executable
     workdir: str = "."
     ray_address: str | None = None
+    models_dir: str | None = None
+    allow_factory: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.token, str) or len(self.token) < 8:
@@ -75,6 +81,22 @@ class ServiceConfig:
                                              or any(c.isspace() for c in self.ray_address)):
             raise ConfigError(f"--ray-address must be the Ray job server's URL, e.g. http://127.0.0.1:8265 (the "
                               f"dashboard's address 'ray start --head' prints), got {self.ray_address!r}")
+
+        if self.models_dir is not None and not Path(self.models_dir).is_dir():
+            raise ConfigError(f"--models-dir {str(self.models_dir)!r} is not a folder: name the folder that holds "
+                              "the save_pretrained folders of the hf: models this service may load")
+        patterns = (self.allow_factory,) if isinstance(self.allow_factory, str) else self.allow_factory
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern or any(c.isspace() for c in pattern) \
+                    or not (":" in pattern or "*" in pattern):
+                raise ConfigError(f"--allow-factory {pattern!r} matches no package.module:factory name: give a glob "
+                                  "such as 'mypkg.*' or 'mypkg.models:build'")
+
+    @property
+    def names(self) -> NamePolicy:
+        """What the submitted settings may name beyond the built-ins (:func:`search.service.names.check_names`)."""
+        patterns = (self.allow_factory,) if isinstance(self.allow_factory, str) else tuple(self.allow_factory)
+        return NamePolicy(models_dir=self.models_dir, allow_factory=patterns)
 
     @property
     def database_url(self) -> str:

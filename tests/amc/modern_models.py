@@ -98,6 +98,11 @@ class ShuffleNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def shuffle_net(in_channels: int = 1, num_classes: int = 10) -> ShuffleNet:
+    """A factory of a model discovery refuses (channel shuffle)."""
+    return ShuffleNet(in_channels, num_classes)
+
+
 class MhaNet(nn.Module):
     """nn.MultiheadAttention on conv tokens: Torch-Pruning prunes its head width, not its heads."""
 

@@ -61,7 +61,9 @@ def test_factory_model_and_dataset_search_on_two_workers_and_the_policy_reapplie
                "--epochs", "2", "--evaluations", "4", "--workers", "2", "--device", "cpu", "--loader-workers", "1",
                "--out", str(out), "--quiet", "--threads", "1", cache=amc_cache, pythonpath=package)
     assert done.returncode == 0, done.stderr
-    assert len(history_rows(out / "history.csv")) == 4
+    rows = history_rows(out / "history.csv")
+    assert sum(r["origin"] == "search" and r["rung"] == "0" for r in rows) == 4  # then the baselines, the deploy rung
+    assert {r["origin"] for r in rows if r["rung"] == "1"} >= {"baseline:uniform", "baseline:tp-global"}
     policy = json.loads((out / "policy.json").read_text())
     context = policy["meta"]["context"]
     assert context["dataset"] == "mydata.factories:digit_splits" and context["dataset_kwargs"] == [["labelled", False]]

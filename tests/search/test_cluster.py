@@ -54,7 +54,8 @@ def test_search_through_ray_address_uses_both_nodes(cluster, tmp_path, amc_cache
            "OMP_NUM_THREADS": "1"}
     proc = forkserver.run(
         [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "random", "--evaluations", "10",
-         "--ray-address", cluster.address, "--out", str(out), "--quiet", "--no-export", "--score", "bn"],
+         "--ray-address", cluster.address, "--out", str(out), "--quiet", "--no-export", "--score", "bn",
+         "--no-baselines", "--select", "none"],  # the evaluations' rows only
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,7 +78,8 @@ def test_cli_with_two_workers_completes_and_leaves_no_ray_process(amc_cache, tmp
     env = {**os.environ, "AMC_CACHE_DIR": str(amc_cache), "OMP_NUM_THREADS": "1"}
     proc = forkserver.run(
         [sys.executable, "scripts/search.py", "--budget", "0.3", "--strategy", "optuna", "--workers", "2",
-         "--evaluations", "8", "--out", str(out), "--quiet", "--no-export", "--score", "bn"],
+         "--evaluations", "8", "--out", str(out), "--quiet", "--no-export", "--score", "bn",
+         "--no-baselines", "--select", "none"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

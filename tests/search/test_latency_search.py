@@ -36,7 +36,8 @@ def latency_dir(tmp_path_factory) -> Path:
 def _config(out: Path, amc_cache: Path, latency_dir: Path, **kwargs) -> SearchConfig:
     context = ContextConfig(cache_dir=str(amc_cache), resource="latency",
                             latency=dataclasses.replace(FAST, cache_dir=str(latency_dir)))
-    values = dict(budget=BUDGET, evaluations=6, warmup=2, out=str(out), progress=False, context=context)
+    values = dict(budget=BUDGET, evaluations=6, warmup=2, out=str(out), progress=False, context=context,
+                  baselines=False)  # the strategies' own rows (test_baselines.py: the baselines)
     values.update(kwargs)
     return SearchConfig(**values)
 

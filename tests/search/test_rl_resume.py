@@ -239,7 +239,8 @@ def test_killed_ddpg_search_resumes_its_agent(tmp_path: Path, tmp_path_factory, 
     out = tmp_path / "run"
     args = ["--budget", str(BUDGET), "--strategy", "ddpg", "--evaluations", str(N), "--warmup", str(WARMUP),
             "--out", str(out), "--quiet", "--threads", "1", "--no-export",
-            "--score", "bn"]  # the reference run's score (the CLI's default is reconstruct)
+            "--score", "bn",  # the reference run's score (the CLI's default is reconstruct)
+            "--no-baselines", "--select", "none"]  # as the reference run: the agent's own episodes only
     kill_search_when(args, out, amc_cache, lambda rows: len(rows) >= WARMUP + 1, timeout=120,
                      what=f"{WARMUP + 1} evaluations")
     before = (out / "history.csv").read_text().splitlines()

@@ -17,6 +17,7 @@ from search.history import COLUMNS, HistoryWriter, Record
 from search.service.db import close_database, open_database
 from search.service.executor import EXIT_FILE, Exit, Launch, LocalProcessExecutor, process_start_time
 from search.service.manager import SearchManager
+from search.service.names import NamePolicy
 from search.service.progress import HistoryTail
 from search.service.scheduler import Scheduler
 from search.service.settings import ServiceConfig, is_loopback, load_or_create_token
@@ -24,6 +25,8 @@ from search.service.validation import SettingsError, validate_settings
 from search.service.worker import main as worker_main
 from tests.search.helpers import REPO, subprocess_env
 from tests.search.service.helpers import TOKEN
+
+ANY_FACTORY = NamePolicy(allow_factory=("*",))  # factories are refused unless the operator allows them
 
 
 def _record(index: int, accuracy: float, cost: float = 1.0) -> Record:
@@ -166,16 +169,18 @@ def test_settings_are_refused_with_the_command_lines_reason(capsys: pytest.Captu
 def test_names_are_resolved_at_submission(values: dict, field: str, reason: str) -> None:
     """An unknown model, dataset or factory is refused at once (422), not accepted and then failed (issue 32)."""
     with pytest.raises(SettingsError) as caught:
-        validate_settings(values, python=sys.executable, workdir=str(REPO))
+        validate_settings(values, python=sys.executable, workdir=str(REPO), names=ANY_FACTORY)
     assert caught.value.field == field
     assert reason in caught.value.reason
     assert "\n" not in caught.value.reason
 
 
 def test_names_that_resolve_are_accepted() -> None:
-    settings = validate_settings({"model": "resnet20", "dataset": "amc.data.datasets:load_digits"}, workdir=str(REPO))
+    settings = validate_settings({"model": "resnet20", "dataset": "amc.data.datasets:load_digits"}, workdir=str(REPO),
+                                 names=ANY_FACTORY)
     assert settings.options["model"] == "resnet20"
-    assert validate_settings({"model": "amc.models:cnn"}, workdir=str(REPO)).given == {"model": "amc.models:cnn"}
+    assert validate_settings({"model": "amc.models:cnn"}, workdir=str(REPO),
+                             names=ANY_FACTORY).given == {"model": "amc.models:cnn"}
 
 
 def test_service_bounds_agree_with_the_options() -> None:

@@ -140,6 +140,8 @@ def watched(served):
     page.select_option("#f-strategy", SETTINGS["strategy"])
     page.fill("#f-budget", SETTINGS["budget"])
     page.fill("#f-evaluations", SETTINGS["evaluations"])
+    # No deploy rung (an advanced option, folded away): the search ends before the queued one below is handled.
+    page.locator("#f-select").evaluate("input => { input.value = \"none\"; }")
     page.check("#f-no_export")
     page.click("#submit")
     page.wait_for_url(re.compile(r"#/searches/[0-9a-f]{16}$"))
@@ -171,14 +173,17 @@ def test_submit_from_the_form_watch_progress_and_open_the_report(watched) -> Non
 
     server, _, page, search_id = watched
     search = httpx.get(f"{server}/v1/searches/{search_id}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert search["settings"] == {"strategy": "optuna", "budget": 0.5, "evaluations": 5, "no_export": True}
+    assert search["settings"] == {"strategy": "optuna", "budget": 0.5, "evaluations": 5, "select": "none",
+                                  "no_export": True}
     expect(page.locator("#s-percent")).to_have_text("100%")
     assert page.locator("#s-progress").evaluate("bar => bar.value") == 1
-    assert (page.text_content("#s-done"), page.text_content("#s-total")) == ("5", "5")
+    # The form's search runs with the defaults: its 5 evaluations after the two baselines (issue 31).
+    assert (page.text_content("#s-done"), page.text_content("#s-total")) == ("7", "7")
     assert page.text_content("#s-best-accuracy") == f"{search['best']['accuracy']:.4f}"
     # Every evaluation came through the event stream, newest first.
     rows = page.locator("#evaluations tbody tr")
-    assert [rows.nth(i).locator("td").first.text_content() for i in range(rows.count())] == ["4", "3", "2", "1", "0"]
+    assert [rows.nth(i).locator("td").first.text_content() for i in range(rows.count())] == \
+        ["6", "5", "4", "3", "2", "1", "0"]
     assert page.is_disabled("#cancel") and page.is_disabled("#resume")  # succeeded: neither applies
 
     with page.expect_popup() as popup_info:
@@ -219,7 +224,7 @@ def test_the_search_view_shows_the_curve_the_widths_and_the_comparison(watched) 
     best = search["best"]
     page.goto(f"{server}/#/searches/{search_id}")
     expect(page.locator("#s-state")).to_have_text("succeeded")
-    expect(page.locator("#curve svg .points circle")).to_have_count(5)  # one point per evaluation
+    expect(page.locator("#curve svg .points circle")).to_have_count(7)  # one point per candidate: 2 baselines + 5
     expect(page.locator("#curve svg polyline.best-line")).to_have_count(1)
     expect(page.locator("#curve svg circle.best-point")).to_have_count(1)
     layers = page.locator("#widths svg g.layer")

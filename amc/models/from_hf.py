@@ -1,0 +1,136 @@
+"""``--model hf:PATH``: a Hugging Face ``transformers`` model from a local ``save_pretrained`` folder.
+
+Loaded with ``local_files_only=True`` and never ``trust_remote_code`` (a config that needs remote code is
+refused), in float32, with ``attn_implementation="eager"`` (attention written as matmuls, which the cost
+model counts; ``--model-kwargs '{"attn_implementation": "sdpa"}'`` to keep PyTorch's fused kernel).
+``--model-kwargs`` go to ``from_pretrained`` (config overrides among them).
+
+- An image classifier (``*ForImageClassification``: ViT, DeiT, ResNet, ConvNeXt, ...), or an image encoder
+  saved without its head, is loaded as ``AutoModelForImageClassification`` and takes the dataset's images:
+  its ``num_channels`` (and ``image_size``, for models with position embeddings) must be the data's.
+- A text model (``*ForSequenceClassification``: BERT, Llama, ..., or their encoders) is loaded as
+  ``AutoModelForSequenceClassification``; its forward takes token ids ``(B, T)``. The datasets here are
+  images, so a search refuses it in one line; :func:`amc.models.build_model` without ``input_size`` builds it.
+
+A saved head of another size than the dataset's classes is replaced by a new one (logged); the base model is
+then trained (or ``--checkpoint`` loaded) as for any other model. The evaluator sees the logits:
+:class:`HFLogits` wraps the model so that ``forward(x)`` returns the ``logits`` tensor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from amc.data.streaming import one_line
+from amc.errors import ModelError
+from amc.models.sources import ModelSource, ModelSpec, register_source
+
+log = logging.getLogger(__name__)
+
+
+class HFLogits(nn.Module):
+    """``inner(pixel_values=x).logits`` (image models) or ``inner(input_ids=x).logits`` (text models)."""
+
+    def __init__(self, inner: nn.Module, text: bool = False) -> None:
+        super().__init__()
+        self.inner = inner
+        self.text = text
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.text:  # token ids; the pruner, latency timing and export feed float tensors: read them as ids
+            vocab = self.inner.config.vocab_size
+            return self.inner(input_ids=x.long().clamp(0, vocab - 1)).logits
+        return self.inner(pixel_values=x).logits
+
+
+class HFSource(ModelSource):
+    """``hf:PATH``: ``AutoModelFor{Image,Sequence}Classification.from_pretrained(PATH, local_files_only=True)``."""
+
+    prefix = "hf"
+    package = "transformers"
+    extra = "hf"  # not "models": timm's torchvision must match torch (a mismatched one breaks transformers too)
+    usage = "'hf:PATH'"
+
+    def build(self, ref: str, spec: ModelSpec, kwargs: Mapping[str, Any]) -> nn.Module:
+        transformers = self.require(ref)
+        path = Path(ref).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelError(f"--model hf:{ref}: {str(path)!r} is no save_pretrained folder (it has no config.json); "
+                             "save the model with model.save_pretrained(PATH) and pass --model hf:PATH")
+        try:
+            config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # noqa: BLE001 (a config transformers cannot read: one line, with the fix)
+            raise ModelError(f"--model hf:{ref}: transformers cannot read its config.json ({one_line(exc)}); "
+                             "models that need trust_remote_code are not loaded") from None
+        if type(config) in transformers.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
+            auto, text = transformers.AutoModelForImageClassification, False
+            _check_images(ref, config, spec)
+        elif type(config) in transformers.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+            auto, text = transformers.AutoModelForSequenceClassification, True
+            if spec.input_size is not None:
+                raise ModelError(f"--model hf:{ref} is a text model ({config.model_type}: its forward takes token "
+                                 "ids), and the datasets here are images: use an image classifier "
+                                 "(*ForImageClassification)")
+        else:
+            raise ModelError(f"--model hf:{ref} is a {config.model_type!r} model, for which transformers has no "
+                             "image or sequence classifier: save a *ForImageClassification or "
+                             "*ForSequenceClassification model")
+        options: dict[str, Any] = {"attn_implementation": "eager", "dtype": torch.float32, **kwargs}
+        if config.num_labels != spec.num_classes:
+            log.warning("hf:%s has %d labels, the data %d classes: its classifier head is new (random init)",
+                        ref, config.num_labels, spec.num_classes)
+            labels = {i: str(i) for i in range(spec.num_classes)}
+            options.update(num_labels=spec.num_classes, id2label=labels, label2id={v: k for k, v in labels.items()},
+                           ignore_mismatched_sizes=True)
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: ours say what runs
+        try:
+            model = auto.from_pretrained(path, local_files_only=True, trust_remote_code=False, **options)
+        except Exception as exc:  # noqa: BLE001 (missing or unreadable weights, bad kwargs: one line, with the fix)
+            raise ModelError(f"--model hf:{ref}: {auto.__name__}.from_pretrained failed ({one_line(exc)}); check "
+                             "the folder (config.json and model.safetensors) and --model-kwargs") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
+        return HFLogits(model, text=text)
+
+    def files(self, ref: str) -> list[tuple[str, int, int]]:
+        path = Path(ref).expanduser()
+        if not path.is_dir():
+            return []
+        return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file()]
+
+
+def _check_images(ref: str, config: Any, spec: ModelSpec) -> None:
+    """The data's channels (and size, for models with position embeddings) are the model's."""
+    channels = getattr(config, "num_channels", None)
+    if channels is not None and channels != spec.in_channels:
+        raise ModelError(f"--model hf:{ref} takes {channels}-channel images, the dataset has {spec.in_channels}: "
+                         f"save it with num_channels={spec.in_channels} or use a {channels}-channel dataset")
+    size = getattr(config, "image_size", None)
+    if spec.input_size is None or size is None or not _has_position_embeddings(config):
+        return
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if size != tuple(spec.input_size):
+        raise ModelError(f"--model hf:{ref} takes {size[0]}x{size[1]} images, the dataset's are "
+                         f"{spec.input_size[0]}x{spec.input_size[1]}: save it with image_size={spec.input_size[0]}")
+
+
+def _has_position_embeddings(config: Any) -> bool:
+    """The image model's forward interpolates position embeddings only when asked (ViT-like models)."""
+    import transformers
+
+    model_class = transformers.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
+    return "interpolate_pos_encoding" in inspect.signature(model_class.forward).parameters
+
+
+register_source(HFSource())
+
+__all__ = ["HFLogits", "HFSource"]
