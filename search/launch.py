@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None, *, prog: str = "search.py", description:
               + (", pruned.pt2" if wrote_program else "") + f" in {result.seconds:.1f} s"
               + (" (interrupted: best so far)" if result.interrupted else ""))
     if result.interrupted:  # the outputs are written, but the search did not finish: say so in the exit status
-        count = f"{result.evaluations} evaluation" + ("" if result.evaluations == 1 else "s")
+        own = result.policy.meta.get("evaluations", result.evaluations)  # the strategy's own, as --evaluations counts
+        count = f"{own} evaluation" + ("" if own == 1 else "s")
         print(f"{prog}: interrupted after {count}; continue with the same options plus --resume --out {result.out}",
               file=sys.stderr)
         return 130

@@ -29,7 +29,7 @@ from amc.evaluation.metrics import accuracy
 from amc.progress import progress_bar
 from search.strategies.uniform import uniform_keep
 from search.config import SearchConfig
-from search.history import SEARCH, Record, Start
+from search.history import Record, Start
 from search.problem import SearchProblem
 from search.selection import Verdict, deployed_baselines, verdict_rows
 from search.starts import UNIFORM
@@ -307,7 +307,8 @@ def _policy_record(config: SearchConfig, problem: SearchProblem, ratios: dict[st
     ).with_meta(
         strategy=config.strategy, sampler=config.sampler if config.strategy == "optuna" else None,
         seed=config.search_seed, model=config.context.model, dataset=config.context.dataset,
-        evaluations=sum(r.origin == SEARCH for r in problem.records), candidates=problem.count,
+        evaluations=problem.count - sum(r.origin in {s.origin for s in starts} for r in problem.records),
+        candidates=problem.count,  # evaluations: the strategy's own (--evaluations); candidates: with the starts
         best_evaluation=best.index, duration_s=round(seconds, 3),
         # val_accuracy is this score's (with a ladder: the highest rung the best candidate reached)
         score=best.score or config.context.eval.score, best_rung=best.rung, ladder=list(config.ladder),

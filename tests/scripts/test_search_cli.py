@@ -174,8 +174,9 @@ def test_an_interrupted_search_writes_its_best_policy_and_exits_130(tmp_path: Pa
     out = tmp_path / "run"
     args = ["--strategy", "random", "--budget", "0.5", "--evaluations", "5000", "--score", "bn", "--no-export",
             "--out", str(out), "--quiet", "--threads", "1"]
-    proc, stdout, stderr = _interrupt_search(args, amc_cache, lambda: len(read_history(out / "history.csv")) >= 2,
-                                             what="2 evaluations")
+    proc, stdout, stderr = _interrupt_search(  # 2 of the search's own evaluations, after the 2 baselines
+        args, amc_cache, lambda: sum(r.origin == "search" for r in read_history(out / "history.csv")) >= 2,
+        what="2 evaluations")
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     policy = json.loads((out / "policy.json").read_text())
