@@ -129,7 +129,8 @@ def summary_table(result):
         table.add_row(label, val, test, cost, *after)
 
     row("base model", f"{result.base_val_accuracy:.4f}", f"{result.base_test_accuracy:.4f}", "1.0000", None)
-    row(f"searched policy ({result.best.origin})", f"{result.best.accuracy:.4f}", f"{result.test_accuracy:.4f}",
+    searched_val = result.policy.metrics.get("search_val_accuracy", result.best.accuracy)  # the search's score, as uniform's
+    row(f"searched policy ({result.best.origin})", f"{searched_val:.4f}", f"{result.test_accuracy:.4f}",
         f"{result.best.cost_ratio:.4f}", "best")
     row("uniform policy", f"{result.uniform.accuracy:.4f}", f"{result.uniform_test_accuracy:.4f}",
         f"{result.uniform.cost_ratio:.4f}", "baseline:uniform")
