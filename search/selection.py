@@ -203,6 +203,10 @@ def search_verdict(problem: SearchProblem) -> Verdict:
     """The verdict without a deploy rung: on the rung the best policy reached, over the candidates scored there."""
     best = problem.best
     rows = problem.records if best.rung == 0 else [r for (_, rung), r in problem.rescored.items() if rung == best.rung]
+    sides = {r.is_baseline for r in rows}
+    if best.rung and sides != {True, False}:  # the ladder re-scored only one side: compare on the search's score
+        rows = problem.records
+        best = next(r for r in rows if r.index == best.index)  # the chosen policy, compared on that score
     return make_verdict(rows, best, noise=None, score=best.score or problem.score)
 
 

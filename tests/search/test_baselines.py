@@ -244,3 +244,14 @@ def build_context_once(amc_cache: Path):
     from amc.context import build_context
 
     return build_context(ContextConfig(cache_dir=str(amc_cache)), progress=False)
+
+
+def test_a_ladder_without_a_baseline_compares_on_the_search_score(tmp_path, amc_cache) -> None:
+    out = tmp_path / "ladder"
+    result = run_search(_config(out, amc_cache, evaluations=4, ladder=("finetune:2",), ladder_top_k=1))
+    assert result.best.rung == 1  # the ladder's one finalist: a baseline or the search's best
+    # Either way the verdict compares a baseline with a searched policy on one score: the
+    # search's own score when the ladder re-scored one side only (before: "no baselines were evaluated").
+    assert result.verdict.baseline is not None and result.verdict.searched is not None
+    assert result.verdict.baseline.rung == result.verdict.searched.rung
+    assert "no baselines" not in result.verdict.text()
