@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -230,26 +231,18 @@ def main(argv: list[str] | None = None) -> int:
             raise argparse.ArgumentTypeError(f"unknown row {text!r}; use some of {', '.join(HEADLINE_ROWS)}")
         return text
 
-    def _threads_model(text: str) -> str:
-        from search.bench.threads import MODELS
+    def _listed(module: str, attribute: str, what: str):
+        """A reader of one of ``module.attribute``'s names (imported when an argument is read)."""
+        def read(text: str) -> str:
+            names = getattr(importlib.import_module(module), attribute)
+            if text not in names:
+                raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; use some of {', '.join(names)}")
+            return text
+        return read
 
-        if text not in MODELS:
-            raise argparse.ArgumentTypeError(f"unknown model {text!r}; use some of {', '.join(MODELS)}")
-        return text
-
-    def _overhead_model(text: str) -> str:
-        from search.bench.overhead import MODELS
-
-        if text not in MODELS:
-            raise argparse.ArgumentTypeError(f"unknown model {text!r}; use some of {', '.join(MODELS)}")
-        return text
-
-    def _overhead_path(text: str) -> str:
-        from search.bench.overhead import PATHS
-
-        if text not in PATHS:
-            raise argparse.ArgumentTypeError(f"unknown path {text!r}; use some of {', '.join(PATHS)}")
-        return text
+    _threads_model = _listed("search.bench.threads", "MODELS", "model")
+    _overhead_model = _listed("search.bench.overhead", "MODELS", "model")
+    _overhead_path = _listed("search.bench.overhead", "PATHS", "path")
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = OneLineParser(prog="bench.py", description=__doc__)
