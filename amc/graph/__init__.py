@@ -8,4 +8,6 @@
 - :mod:`amc.graph.attention`: attention modules prunable by whole heads (timm's fused qkv, Hugging Face's
   separate q/k/v, grouped-query attention); :mod:`amc.graph.verify`: decisions tried on a pruned copy;
   :mod:`amc.graph.budget`: discovery's time budget; :mod:`amc.graph.caches`: caches that stop a deepcopy.
+- :mod:`amc.graph.blocks`: blocks wrapped by an identity skip, removable whole (depth pruning, with
+  :mod:`amc.pruning.depth`).
 """
