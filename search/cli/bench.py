@@ -132,6 +132,25 @@ def _vit(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from amc.errors import ConfigError
+    from search.bench.compare import compare_report, settings_of
+
+    try:
+        settings = settings_of(models=args.models, budgets=args.budgets, latency_budget=args.latency_budget,
+                               rows=args.rows, ddpg_models=args.ddpg_models, seeds=args.seeds,
+                               evaluations=args.evaluations,
+                               workers=args.workers, finetune_epochs=args.finetune_epochs,
+                               finetune_samples=args.finetune_samples, long_finetune_factor=args.long_finetune_factor,
+                               long_budget=args.long_budget, score=args.score)
+    except ConfigError as exc:
+        print(f"bench.py compare: error: {exc}", file=sys.stderr)
+        return 2
+    compare_report(Path(args.root), settings, threads=args.threads, data_dir=args.data_dir,
+                   command=_command("compare", rest), markdown=Path(args.markdown), console=console)
+    return 0
+
+
 def _fidelity(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     from search.bench.fidelity import FidelitySettings, fidelity_report
 
@@ -381,6 +400,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-fidelity", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=_fidelity)
+    p = sub.add_parser("compare", help="where the allocation pays: resnet20, mobilenetv2 and vit on fashion-mnist, "
+                                       "searches vs baselines per budget after the same fine-tune, resumable")
+    _compare_model = _listed("search.bench.compare", "MODELS", "model")
+    _compare_row = _listed("search.bench.compare", "ROWS", "row")
+    fraction = number_in(0, 1, meaning=" (fraction of the base)")
+    p.add_argument("--models", type=comma_list(_compare_model), default=None, help="(resnet20,mobilenetv2,vit)")
+    p.add_argument("--budgets", type=comma_list(fraction), default=None, help="FLOPs budgets (0.15,0.3,0.5)")
+    p.add_argument("--latency-budget", type=fraction, default=None,
+                   help="add a measured-latency budget (batch 1, this CPU), e.g. 0.5 (none)")
+    p.add_argument("--rows", type=comma_list(_compare_row), default=None,
+                   help="(uniform,tp-global,random,default,ddpg)")
+    p.add_argument("--ddpg-models", type=comma_list(_compare_model), default=None,
+                   help="models with a ddpg row (resnet20,mobilenetv2)")
+    p.add_argument("--seeds", type=comma_list(int_at_least(0)), default=None,
+                   help="search seeds of the searches, fine-tune seeds of every row (0,1,2)")
+    p.add_argument("--evaluations", type=int_at_least(1), default=None, help="of every search, default row too (100)")
+    p.add_argument("--workers", type=int_at_least(1), default=None, help="Ray workers of each search (2)")
+    p.add_argument("--finetune-epochs", type=int_at_least(1), default=None, help="(1)")
+    p.add_argument("--finetune-samples", type=int_at_least(1), default=None, help="(10000)")
+    p.add_argument("--long-finetune-factor", type=int_at_least(1), default=None,
+                   help="the longer fine-tune is this many times the epochs; 1: none (5)")
+    p.add_argument("--long-budget", type=fraction, default=None, help="the budget of the longer fine-tune (0.15)")
+    p.add_argument("--score", type=score_name, default=None, help="the searches' candidate score (reconstruct)")
+    p.add_argument("--threads", type=int_at_least(1), default=2, help="torch threads of the driver")
+    p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
+    p.add_argument("--root", default="runs/bench-compare", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=_compare)
     p = sub.add_parser("memory", help="driver peak RSS: fashion-mnist as 60,000+10,000 PNGs (streamed) vs in memory")
     p.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist", help="fashion-mnist IDX directory")
     p.add_argument("--evaluations", type=int_at_least(1), default=8)
