@@ -299,8 +299,8 @@ def protocol_text(settings: CompareSettings, run: CompareRun, *, command: str, m
     bases = ", ".join(f"{m} {BASE_EPOCHS.get(m, '?')} epochs ({100 * a:.2f}% test)"
                       for m, a in run.base_accuracy.items())
     latency = (f", and measured latency {settings.latency_budget:g} (batch 1, 1 thread, this CPU; the searches "
-               "and uniform meet it on the latency table, tp-global is Torch-Pruning's model at that fraction of the "
-               "FLOPs: its recipe knows no latency)" if settings.latency_budget is not None else "")
+               "and uniform meet it on the latency table; tp-global's global magnitude ranking stops at that "
+               "fraction of the table's latency)" if settings.latency_budget is not None else "")
     long_epochs = settings.finetune_epochs * settings.long_finetune_factor
     searches = ", ".join(r + (f" (on {', '.join(settings.ddpg_models)})" if r == "ddpg" else "")
                          for r in settings.rows if r not in BASELINES)

@@ -157,14 +157,15 @@ def tp_global_magnitude(model: nn.Module, example: torch.Tensor, budget: float, 
 
 
 def tp_pruned(ctx: Context, budget: float, *, min_keep: float, **kwargs):
-    """Torch-Pruning's own pruned model at a FLOPs ``budget`` (global magnitude, or its head recipe for
-    attention models) on the context's graph; ``kwargs`` go to :func:`~amc.pruning.global_pruning.global_pruning`.
+    """Torch-Pruning's own pruned model at ``budget`` of the context's resource (the headline's: FLOPs), by global
+    magnitude or its head recipe for attention models, on the context's graph; ``kwargs`` go to
+    :func:`~amc.pruning.global_pruning.global_pruning`.
 
     Raises:
         ConfigError: Torch-Pruning gives no model here (one line; the logged warning says why).
     """
     result = global_pruning(ctx.model, ctx.graph, ctx.example(2), budget=budget,
-                            ratio_of=ctx.cost_model("flops").ratio, min_keep=min_keep, **kwargs)
+                            ratio_of=ctx.cost_model().ratio, min_keep=min_keep, **kwargs)
     if result is None:
         raise ConfigError(f"Torch-Pruning's row at budget {budget:g}: it gives no pruned model (see the warning); "
                           "use a larger budget or a lower min_keep")
