@@ -2,7 +2,8 @@
 
 The policy's ``meta.context`` records the model, data split, seed and evaluation settings of the
 search, so applying it reproduces the recorded validation accuracy exactly (same pruned channels,
-same BatchNorm recalibration batches). Any of them can be overridden.
+same BatchNorm recalibration batches, the same dropped blocks for a ``--depth`` policy). Any of them can be
+overridden.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from amc.evaluation.evaluator import EvalConfig
 from amc.errors import ConfigError, PolicyError
 from amc.pruning.export import export_onnx, export_pt2
 from amc.cost.latency import LatencyConfig
+from amc.pruning.depth import DepthCost, drop_blocks, outermost
 from amc.pruning.policy import Policy
 from amc.evaluation.metrics import accuracy
 from amc.graph.records import fingerprint
@@ -78,6 +80,8 @@ def context_config_of(policy: Policy, **overrides: Any) -> ContextConfig:
     for name in ("model_kwargs", "dataset_kwargs"):
         values[name] = tuple(tuple(kv) for kv in values.get(name, ()))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if policy.dropped:  # its blocks are found (and checked) as the search found them
+        values["depth"] = True
     eval_fields = {f.name for f in dataclasses.fields(EvalConfig)}
     eval_values = {k: v for k, v in eval_saved.items() if k in eval_fields}
     eval_values.update(criterion=policy.criterion, granularity=policy.granularity)
@@ -203,6 +207,8 @@ def _iterative(ctx: Context, policy: Policy, *, steps: int, ramp: str, epochs: i
             current = prune_model(current, graph, relative, criterion=policy.criterion,
                                   calibration=evaluator.calibration, seed=ctx.config.seed)
             assert discover(current, example).channels([1.0] * len(graph)) == tuple(wanted)
+            if policy.dropped and i == steps - 1:  # the last round drops the blocks, then fine-tunes the rest
+                drop_blocks(current, policy.dropped, inplace=True)
         evaluator.recalibrate(current)
         log.info("round %d/%d: keep %s, %d epoch(s)", i + 1, steps, [round(k, 3) for k in keeps], round_epochs)
         if round_epochs:
@@ -264,6 +270,9 @@ def apply_policy(policy: Policy | str | os.PathLike, *, out: str | os.PathLike |
         cost = ctx.cost_model("latency", progress=progress)
     else:
         cost = make_cost_model(policy.resource, ctx.graph, granularity=policy.granularity)
+        if policy.dropped:  # ratios names them: the cost of the width-pruned model without those blocks
+            outermost(ctx.blocks, policy.dropped)  # a name that is no removable block: a one-line error
+            cost = DepthCost(cost, ctx.blocks)
     tuned_val = tuned_test = None
     config = TrainConfig(epochs=max(1, finetune_epochs), lr=finetune_lr, schedule="cosine",
                          batch_size=ctx.config.train.batch_size, shift=ctx.config.train.shift)

@@ -19,7 +19,10 @@ from amc.device import resolve_device
 from amc.errors import ConfigError
 from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
 from amc.cost.latency import LatencyConfig
+from amc.graph.blocks import Block, find_blocks, require_blocks
+from amc.graph.budget import DEFAULT_SECONDS
 from amc.graph.discover import LayerGraph, discover
+from amc.pruning.depth import DepthCost
 from amc.evaluation.metrics import accuracy
 from amc.train import TrainConfig, TrainResult, load_checkpoint, load_or_train
 
@@ -52,6 +55,12 @@ class ContextConfig:
         device: ``cpu``, ``cuda`` or ``cuda:N``: where the base model is trained and candidates are
             evaluated (checked when the config is made: a missing GPU is a :class:`ConfigError`).
         loader_workers: DataLoader worker processes that read a streamed (user) dataset.
+        discovery_seconds: Seconds layer discovery may take before the model is refused in one line
+            (:mod:`amc.graph.budget`; None: no limit).
+        depth: Depth and width together (``--depth``): besides the widths, each removable block
+            (:func:`amc.graph.blocks.find_blocks`) is a keep/drop decision; the cost model is then a
+            :class:`~amc.pruning.depth.DepthCost` (FLOPs or params). A model without a removable block is a
+            :class:`ConfigError`.
     """
 
     model: str = "cnn"
@@ -71,6 +80,8 @@ class ContextConfig:
     dataset_kwargs: tuple[tuple[str, object], ...] = ()
     device: str = "cpu"
     loader_workers: int = 2
+    discovery_seconds: float | None = DEFAULT_SECONDS
+    depth: bool = False
 
     def __post_init__(self) -> None:
         resolve_device(self.device)
@@ -82,6 +93,13 @@ class ContextConfig:
                 object.__setattr__(self, name, tuple(value.items()))
             elif not all(isinstance(kv, (tuple, list)) and len(kv) == 2 and isinstance(kv[0], str) for kv in value):
                 raise ConfigError(f"{name} must be (name, value) pairs or a dict, got {value!r}")
+        if not isinstance(self.depth, bool):
+            raise ConfigError(f"depth must be True or False, got {self.depth!r}")
+        if self.depth and self.resource == "latency":
+            raise ConfigError("--depth needs --resource flops or params: the latency table does not cover "
+                              "models with dropped blocks yet")
+        if self.depth and self.eval.granularity != "channel":
+            raise ConfigError("--depth needs --granularity channel: a dropped block removes whole layers")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"--round-to must be a positive integer, got {self.round_to!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -90,7 +108,10 @@ class ContextConfig:
 
 @dataclass
 class Context:
-    """A built evaluation context (not frozen: it holds a model and tensors)."""
+    """A built evaluation context (not frozen: it holds a model and tensors).
+
+    ``blocks``: the removable blocks (``config.depth``), in forward order; empty without ``--depth``.
+    """
 
     config: ContextConfig
     model: nn.Module
@@ -98,12 +119,15 @@ class Context:
     graph: LayerGraph
     evaluator: PolicyEvaluator
     base: TrainResult | None
+    blocks: list[Block] = field(default_factory=list)
     _costs: dict = field(default_factory=dict, repr=False)
 
     def cost_model(self, resource: str | None = None, *, progress: bool = True):
         """The cost model of ``resource`` (default: the configured one), built once per context.
 
-        ``"latency"`` loads the cached latency table or measures it here, on this machine.
+        ``"latency"`` loads the cached latency table or measures it here, on this machine. With ``--depth`` the
+        configured resource's model is a :class:`~amc.pruning.depth.DepthCost` (cost of keep ratios and
+        dropped blocks; everything else the width model's), and so is the other analytic resource's.
         """
         resource = resource or self.config.resource
         granularity = self.config.eval.granularity
@@ -119,7 +143,10 @@ class Context:
                     latency = dataclasses.replace(latency, cache_dir=self.config.cache_dir)
                 self._costs[resource] = build_latency_cost(self.model, self.graph, latency, progress=progress)
             else:
-                self._costs[resource] = make_cost_model(resource, self.graph, granularity=granularity)
+                cost = make_cost_model(resource, self.graph, granularity=granularity)
+                if self.blocks:  # FLOPs and params: both cost the dropped blocks
+                    cost = DepthCost(cost, self.blocks)
+                self._costs[resource] = cost
         return self._costs[resource]
 
     @property
@@ -137,16 +164,18 @@ class Context:
 
 
 def build_context(config: ContextConfig, *, progress: bool = True, state_dict: dict | None = None,
-                  graph: LayerGraph | None = None) -> Context:
+                  graph: LayerGraph | None = None, blocks: list[Block] | None = None) -> Context:
     """Loads data, loads or trains the base model, discovers its layers and builds the evaluator.
 
     ``state_dict`` (e.g. shipped to a Ray worker on another node) replaces the checkpoint/cache lookup.
     ``graph``, the layers discovered on the same model (shipped along with its weights), is used instead of
     discovering them again: a Ray worker then starts without the probe (and the ~1.5 s of ``torch._dynamo``
-    imports that ``FlopCounterMode`` brings).
+    imports that ``FlopCounterMode`` brings). ``blocks``, the removable blocks found on the same model
+    (``config.depth``), likewise replace finding them again.
 
     Raises:
-        ConfigError: ``graph`` names a layer the model does not have, or one of another width.
+        ConfigError: ``graph`` names a layer the model does not have, or one of another width; ``config.depth``
+            and the model has no removable block.
     """
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed, val_size=config.val_size,
@@ -169,17 +198,22 @@ def build_context(config: ContextConfig, *, progress: bool = True, state_dict: d
                                     device=device)
     model.cpu().eval()  # layers are discovered on the CPU, then the model moves to its device for good
     if graph is None:
-        graph = discover(model, data.example(1), round_to=config.round_to)
+        graph = discover(model, data.example(1), round_to=config.round_to, time_budget_s=config.discovery_seconds)
     else:
         if graph.round_to != config.round_to:
             raise ConfigError(f"the layer graph was discovered with round_to={graph.round_to}, the config has "
                               f"round_to={config.round_to}: pass a graph discovered with the config's, or none")
         _check_graph(graph, model)
+    if not config.depth:
+        blocks = []
+    elif blocks is None:  # found on the CPU model, like the layers
+        blocks = require_blocks(find_blocks(model, data.example(1), graph=graph), config.model)
+        log.info("depth: %d removable blocks (%s)", len(blocks), ", ".join(b.name for b in blocks))
     model.to(device)
     evaluator = PolicyEvaluator(model, graph, data, config.eval)
     log.info("context: %s on %s, %d decisions, device %s, pid %d", config.model, config.dataset, len(graph), device,
              os.getpid())
-    return Context(config=config, model=model, data=data, graph=graph, evaluator=evaluator, base=base)
+    return Context(config=config, model=model, data=data, graph=graph, evaluator=evaluator, base=base, blocks=blocks)
 
 
 def _check_graph(graph: LayerGraph, model: nn.Module) -> None:

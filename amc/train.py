@@ -69,6 +69,8 @@ def _shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
     if max_shift == 0:
         return x
     dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+    if x.dim() != 4:  # token ids (B, T) of a text dataset: no pixels to shift (drawn all the same, as replays do)
+        return x
     return torch.roll(F.pad(x, [max_shift] * 4), shifts=(dy, dx), dims=(2, 3))[
         ..., max_shift : max_shift + x.shape[2], max_shift : max_shift + x.shape[3]
     ]
@@ -221,7 +223,7 @@ def load_or_train(
 def _load_or_train(model_name: str, data: DataSplits, *, seed: int, config: TrainConfig,
                    cache_dir: str | os.PathLike | None, model_kwargs: dict, progress: bool,
                    device: torch.device | str) -> tuple[nn.Module, TrainResult]:
-    c, _, _ = data.input_shape
+    c = data.input_shape[0]
     model = build_model(model_name, in_channels=c, num_classes=data.num_classes, input_size=data.input_shape[1:],
                         **model_kwargs)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()

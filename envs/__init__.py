@@ -4,7 +4,7 @@
 base model on first use)::
 
     import envs
-    env = envs.make_env(model="cnn", dataset="digits", budget=0.3)   # max_episode_steps = #layers
+    env = envs.make_env(model="cnn", dataset="digits", budget=0.3)   # max_episode_steps = #layers (+ #blocks with depth=True)
 
 or with ``gymnasium.make("amc/ChannelPruning-v0", model="cnn", dataset="digits", budget=0.3,
 max_episode_steps=N)``, or from parts you built yourself
@@ -72,7 +72,7 @@ def make_env(**kwargs: Any) -> gym.Env:
     return gym.make(ENV_ID, graph=env.graph, cost_model=env.cost_model, evaluator=env.evaluator,
                     budget=env.budget, min_keep=env.min_keep, max_keep=env.max_keep, reward=env.reward_name,
                     clip=env.clip, criterion=env.criterion, granularity=env.granularity,
-                    max_episode_steps=env.n_layers)
+                    max_episode_steps=env.max_steps)
 
 
 if ENV_ID not in gym.registry:

@@ -6,6 +6,10 @@ Because the first layer starts from a reachable state and every step keeps it re
 projected policy meets the budget. The environment clips one step at a time; non-sequential strategies
 (Optuna, random search) call :meth:`BudgetProjector.project` on a whole policy, which runs the very
 same clipping in layer order.
+
+With ``--depth`` (a :class:`~amc.pruning.depth.DepthCost`) a policy also drops blocks: it is projected with
+:meth:`BudgetProjector.for_dropped`, the same clipping on the cost of the model with those blocks gone.
+A dropped block only lowers the cost, so a reachable state stays reachable whatever is dropped next.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 from amc.errors import BudgetError, ConfigError
 from amc.graph.widths import SLACK, rounded_channels
+from amc.pruning.depth import DepthCost, canonical, dropped_of, outermost
 
 
 def check_budget(budget: object, *, name: str = "budget") -> float:
@@ -67,6 +72,7 @@ class BudgetProjector:
                 "or a lower min_keep"
             )
         self.smallest_budget = smallest
+        self._dropped: dict[frozenset[str], BudgetProjector] = {}
         self._candidates = [self._layer_candidates(t, grid) for t in range(self.n_layers)]
         self._walks = bool(getattr(cost_model, "walks", False))
         if self._walks:  # what the layers still to decide take away at min_keep (clip_next's later layers)
@@ -137,8 +143,28 @@ class BudgetProjector:
         # The smallest candidate is always feasible when the prefix was produced by this projector.
         return float(candidates[below[-1]]) if len(below) else float(candidates[0])
 
+    def for_dropped(self, dropped: Sequence[str]) -> BudgetProjector:
+        """The projector of the model with the blocks ``dropped`` replaced by the identity (this one when none
+        is, or the cost model has no blocks): the same budget and keep range, built once per set."""
+        if not dropped or not isinstance(self.cost_model, DepthCost):
+            return self
+        names = frozenset(b.name for b in outermost(self.cost_model.blocks, dropped))
+        hit = self._dropped.get(names)
+        if hit is None:
+            hit = self._dropped[names] = BudgetProjector(self.cost_model.fixed(names), self.budget,
+                                                         min_keep=self.min_keep, max_keep=self.max_keep)
+        return hit
+
     def project(self, keep: Sequence[float]) -> list[float]:
-        """A feasible policy from any keep ratios: the environment's clipping, applied in layer order."""
+        """A feasible policy from any keep ratios: the environment's clipping, applied in layer order.
+
+        Keep ratios that drop blocks (a :class:`~amc.pruning.depth.DepthKeep`) are projected with their
+        :meth:`for_dropped` projector and come back canonical (:func:`~amc.pruning.depth.canonical`).
+        """
+        dropped = dropped_of(keep)
+        if dropped and isinstance(self.cost_model, DepthCost):
+            projected = self.for_dropped(dropped).project(list(keep))
+            return canonical(self.cost_model.graph, self.cost_model.blocks, projected, dropped=dropped)  # type: ignore[return-value]
         if len(keep) != self.n_layers:
             raise ConfigError(f"expected {self.n_layers} keep ratios (one per layer), got {len(keep)}")
         out = np.zeros(self.n_layers)
@@ -154,4 +180,7 @@ class BudgetProjector:
         return out.tolist()
 
     def feasible(self, keep: Sequence[float]) -> bool:
+        """Whether ``keep`` (and the blocks it drops, a :class:`~amc.pruning.depth.DepthKeep`) meets the budget."""
+        if dropped_of(keep) and isinstance(self.cost_model, DepthCost):
+            return self.cost_model.cost(list(keep), dropped_of(keep)) <= self.target * (1 + 1e-12)
         return self.cost_model.cost(list(keep)) <= self.target * (1 + 1e-12)

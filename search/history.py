@@ -6,6 +6,9 @@ starts, and :func:`read_history` restores them for ``--resume``.
 With a multi-fidelity ladder (``--ladder``) a candidate has one row per score it got: ``rung`` 0 is the
 search's own score (``--score``), rung ``r`` the ladder's ``r``-th; the rows of one candidate share its
 ``index`` and ``step``. The strategies see rung 0 only (one row per evaluation, as without a ladder).
+
+With ``--depth`` the ``dropped`` column lists the blocks a policy replaces by the identity (a JSON list,
+empty without depth); a file from before it reads as dropping none.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from typing import Any
 from pathlib import Path
 
 from amc.errors import ConfigError
+from amc.pruning.depth import DepthKeep, dropped_of
 
 COLUMNS = ("index", "strategy", "step", "accuracy", "loss", "cost", "cost_ratio", "reward", "cached",
-           "seconds", "wall_time", "keep", "rung", "score", "origin", "repeat")
-LADDER_COLUMNS = COLUMNS[:-2]  # before origins (every row read as origin "search")
-OLD_COLUMNS = COLUMNS[:-4]  # before the ladder's rows (read as rung 0)
+           "seconds", "wall_time", "keep", "dropped", "rung", "score", "origin", "repeat")
+ORIGIN_COLUMNS = tuple(c for c in COLUMNS if c != "dropped")  # before depth pruning (rows read as dropping none)
+LADDER_COLUMNS = ORIGIN_COLUMNS[:-2]  # before origins (every row read as origin "search")
+OLD_COLUMNS = ORIGIN_COLUMNS[:-4]  # before the ladder's rows (read as rung 0)
 # Older layouts are read as they are and rewritten with the current header when a run resumes.
-LAYOUTS = (COLUMNS, LADDER_COLUMNS, OLD_COLUMNS)
+LAYOUTS = (COLUMNS, ORIGIN_COLUMNS, LADDER_COLUMNS, OLD_COLUMNS)
 SEARCH = "search"  # origin of a strategy's own proposal
 BASELINE_PREFIX = "baseline:"  # origin of a baseline candidate: baseline:uniform, baseline:tp-global
 WARM_PREFIX = "warm:"  # origin of a policy transferred from an earlier run (--warm-start): warm:<source>
@@ -33,7 +38,11 @@ WARM_PREFIX = "warm:"  # origin of a policy transferred from an earlier run (--w
 
 @dataclass(frozen=True)
 class Record:
-    """One evaluated policy."""
+    """One evaluated policy.
+
+    ``keep`` is a :class:`~amc.pruning.depth.DepthKeep` when the policy drops blocks: the keep vector names
+    them (:attr:`dropped`), so whatever passes a record's ``keep`` on (the ladder, the deploy rung) keeps them.
+    """
 
     index: int
     strategy: str
@@ -53,14 +62,19 @@ class Record:
     repeat: int = 0  # 1: the same measurement again with another seed (the deploy rung's noise)
 
     @property
+    def dropped(self) -> tuple[str, ...]:
+        """The blocks this policy replaces by the identity (none without ``--depth``)."""
+        return dropped_of(self.keep)
+
+    @property
     def is_baseline(self) -> bool:
         return self.origin.startswith(BASELINE_PREFIX)
 
     def row(self) -> list[str]:
         return [str(self.index), self.strategy, str(self.step), repr(self.accuracy), repr(self.loss),
                 repr(self.cost), repr(self.cost_ratio), repr(self.reward), str(int(self.cached)),
-                f"{self.seconds:.4f}", f"{self.wall_time:.3f}", json.dumps(list(self.keep)), str(self.rung),
-                self.score, self.origin, str(self.repeat)]
+                f"{self.seconds:.4f}", f"{self.wall_time:.3f}", json.dumps(list(self.keep)),
+                json.dumps(list(self.dropped)), str(self.rung), self.score, self.origin, str(self.repeat)]
 
 
 @dataclass(frozen=True)
@@ -103,8 +117,8 @@ class HistoryWriter:
 
 
 def _upgrade(path: Path) -> None:
-    """Rewrites a history.csv of an older layout (no ``rung``, ``score``; no ``origin``, ``repeat``) in this one:
-    its rows as rung 0, origin ``search``, where the columns were missing."""
+    """Rewrites a history.csv of an older layout (no ``rung``, ``score``; no ``origin``, ``repeat``; no ``dropped``)
+    in this one: its rows as rung 0, origin ``search``, no dropped block, where the columns were missing."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open(newline="") as f:
@@ -152,9 +166,17 @@ def parse_row(row: Mapping[str, str | None]) -> Record:
         index=int(row["index"]), strategy=row["strategy"], step=int(row["step"]), accuracy=float(row["accuracy"]),
         loss=float(row["loss"]), cost=float(row["cost"]), cost_ratio=float(row["cost_ratio"]),
         reward=float(row["reward"]), cached=row["cached"] == "1", seconds=float(row["seconds"]),
-        wall_time=float(row["wall_time"]), keep=tuple(json.loads(row["keep"])), rung=int(row.get("rung") or 0),
+        wall_time=float(row["wall_time"]), keep=_keep(row), rung=int(row.get("rung") or 0),
         score=row.get("score") or "", origin=row.get("origin") or SEARCH, repeat=int(row.get("repeat") or 0),
     )
+
+
+def _keep(row: Mapping[str, str | None]) -> tuple[float, ...]:
+    keep = tuple(json.loads(row["keep"]))
+    dropped = json.loads(row.get("dropped") or "[]")
+    if not isinstance(dropped, list) or not all(isinstance(n, str) for n in dropped):
+        raise ValueError(f"dropped must be a JSON list of block names, got {row.get('dropped')!r}")
+    return DepthKeep(keep, dropped) if dropped else keep
 
 
 def rank(record: Record) -> tuple[bool, int, float, float, int]:

@@ -136,7 +136,9 @@ def summary_table(result):
         f"{result.uniform.cost_ratio:.4f}", "baseline:uniform")
     if "baseline:tp-global" in deployed:
         row("Torch-Pruning global", "", "", "", "baseline:tp-global")
-    layers = Table(title="per-layer keep ratios (channels)")
+    dropped = result.policy.dropped
+    layers = Table(title="per-layer keep ratios (channels)" + (f"; dropped blocks: {', '.join(dropped)}"
+                                                             if dropped else ""))
     layers.add_column("layer")
     layers.add_column("searched", justify="right")
     layers.add_column("uniform", justify="right")

@@ -100,6 +100,32 @@ _positive = v.int_at_least(1)
 _gpu_share = v.number_in(0, 64, low_closed=True, meaning=" (GPUs per worker; fractions share a GPU)")
 
 
+def _dataset_spec(value: str) -> str:
+    """A built-in dataset, ``imagefolder``, ``text:FILE`` (:data:`amc.data.names.PREFIXES`) or
+    ``package.module:factory``."""
+    from amc.data.names import DATASETS, PREFIXES
+
+    prefix, colon, ref = value.partition(":")
+    if colon and prefix in PREFIXES:
+        if not ref.strip():
+            raise v.OptionError(f"must name a file after {prefix}:, as in {PREFIXES[prefix]}, got {value!r}")
+        return value
+    try:
+        return v.dataset_name(value)
+    except v.OptionError:
+        raise v.OptionError(f"must be one of {', '.join(DATASETS)}, imagefolder (with --data-dir), "
+                            f"{', '.join(PREFIXES.values())} or package.module:factory for your own, got {value!r}"
+                            ) from None
+
+
+def _dataset_kwargs(dataset: str, model: str, kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``--dataset-kwargs``; a ``text:`` dataset's tokenizer is the ``hf:`` model's folder unless named."""
+    kwargs = dict(kwargs or {})
+    if dataset.startswith("text:") and model.startswith("hf:") and "tokenizer" not in kwargs:
+        kwargs["tokenizer"] = model.partition(":")[2]
+    return kwargs
+
+
 class SearchOptions(BaseModel):
     """Every option of a search, as ``scripts/search.py`` takes them (field order is ``--help``'s order).
 
@@ -124,14 +150,18 @@ class SearchOptions(BaseModel):
     checkpoint: str | None = _option(None, "trained state_dict of --model (default: train and cache one)")
     model_kwargs: dict[str, Any] | None = _option(
         None, "extra keyword arguments of the model factory, a JSON object (none)", v.json_object)
-    dataset: str = _option("digits", "digits, fashion-mnist, mnist, cifar10, imagefolder or package.module:factory "
-                                     "(digits)", v.dataset_name)
+    dataset: str = _option("digits", "digits, fashion-mnist, mnist, cifar10, imagefolder, text:FILE (.jsonl or .csv "
+                                     "with text and label, for hf: text models) or package.module:factory (digits)",
+                           _dataset_spec)
     data_dir: str | None = _option(
         None, "folder of fashion-mnist / mnist / cifar10 files, of an imagefolder, or a factory's data_dir")
     dataset_kwargs: dict[str, Any] | None = _option(
-        None, "imagefolder settings or dataset-factory arguments, a JSON object, e.g. '{\"size\": 64}'", v.json_object)
+        None, "imagefolder or text settings or dataset-factory arguments, a JSON object, e.g. '{\"size\": 64}' "
+              "('{\"length\": 64}': token ids per text)", v.json_object)
     loader_workers: int = _option(2, "DataLoader processes that read an imagefolder or factory dataset (2)",
                                   v.int_at_least(0), "integer")
+    discovery_budget: float = _option(300.0, "seconds layer discovery may take before the model is refused in one "
+                                             "line (300)", v.number_in(0, 86400, meaning=" (seconds)"), "number")
     device: str = _option("cpu", "cpu, cuda or cuda:N: base training, evaluation and latency timing (cpu)",
                           v.device_name)
     criterion: str = _choice("l1", "which channels go first (l1)", v.criterion_names)
@@ -162,6 +192,8 @@ class SearchOptions(BaseModel):
     select_lr: float = _option(0.01, "learning rate of the deploy rung's fine-tunes (SGD, cosine; 0.01)",
                                v.number_in(0, 10), "number")
     granularity: str = _choice("channel", "structured or unstructured (channel)", v.granularity_names)
+    depth: bool = _flag("depth and width together: each removable block (an identity skip around it: ResNet, "
+                        "MobileNetV2, ViT, ConvNeXt blocks) is also a keep/drop decision; needs --resource flops or params")
     seed: int = _option(0, "seed of data splits, training and search (0)", v.integer, "integer")
     out: str | None = _option(None, "run folder (runs/<timestamp>)")
     resume: bool = _flag("continue the run in --out")
@@ -218,8 +250,9 @@ class SearchOptions(BaseModel):
             model=self.model, dataset=self.dataset, data_dir=self.data_dir, checkpoint=self.checkpoint,
             seed=self.seed, resource=self.resource, round_to=self.round_to, val_size=self.val_size,
             train_limit=self.train_limit, model_kwargs=tuple((self.model_kwargs or {}).items()),
-            dataset_kwargs=tuple((self.dataset_kwargs or {}).items()), device=self.device,
-            loader_workers=self.loader_workers,
+            dataset_kwargs=tuple(_dataset_kwargs(self.dataset, self.model, self.dataset_kwargs).items()),
+            device=self.device,
+            loader_workers=self.loader_workers, discovery_seconds=self.discovery_budget, depth=self.depth,
             eval=EvalConfig(criterion=self.criterion, granularity=self.granularity, seed=self.seed, score=self.score,
                             val_limit=self.val_limit),
             train=TrainConfig(epochs=self.epochs),

@@ -135,7 +135,8 @@ def write_outputs(config: SearchConfig, out: Path, ctx: Context, problem: Search
             with phase(f"test accuracy of the best policy and the baselines after the deploy recipe ({config.select})"):
                 deployed_test = {"best": accuracy(pruned, ctx.data.test),
                                  **deployed_baselines(ctx, problem, recipe, config.search_seed)}
-        ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(list(best.keep)) for r in ("flops", "params")}
+        # best.keep names the dropped blocks (--depth): ctx's FLOPs and params models then cost them too
+        ratios = {f"{r}_ratio": ctx.cost_model(r).ratio(best.keep) for r in ("flops", "params")}
         exported = None
         if config.export:
             with phase("exporting pruned.pt2"):
@@ -354,6 +355,7 @@ def _write_reports(config: SearchConfig, out: Path, ctx: Context, problem: Searc
                 f"{acc.base_test:.4f} / {acc.test:.4f} / {acc.uniform_test:.4f}"),
                (f"{problem.cost_model.resource} ratio", f"{best.cost_ratio:.4f} (budget {config.budget:g})"),
                *latency_rows, *extra,
+               *([("dropped blocks", ", ".join(best.dropped) or "none")] if ctx.blocks else []),
                ("per-layer keep ratios", ", ".join(f"{n}: {k:.2f}" for n, k in zip(ctx.graph.names, best.keep))),
                ("duration", f"{seconds:.1f} s" + (" (interrupted)" if interrupted else ""))]
     with step("writing report.html"):

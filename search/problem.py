@@ -3,6 +3,11 @@
 :class:`SearchProblem` is itself an :class:`~amc.evaluation.evaluator.Evaluator`, so the Gymnasium environment
 (RL strategies) and whole-policy strategies (Optuna, random, uniform) go through the same recording
 path: every evaluation lands in ``history.csv`` at once and updates the best policy and progress bar.
+
+With ``--depth`` the cost model is a :class:`~amc.pruning.depth.DepthCost` and a candidate is keep ratios
+that name the blocks they drop (a :class:`~amc.pruning.depth.DepthKeep`): :meth:`SearchProblem.canonical`
+sets the widths inside dropped blocks to 1, so policies that differ only there are one candidate
+(:meth:`SearchProblem.key`) and cost one evaluation.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 from amc.evaluation.evaluator import EvalResult, Evaluator, StreamingEvaluator
 from amc.graph.discover import LayerGraph
+from amc.evaluation.evaluator import candidate_key
+from amc.pruning.depth import DepthCost, canonical
 from amc.pruning.policy import Policy
 from envs import BudgetProjector, RewardInput, get_reward
 from search.history import SEARCH, HistoryWriter, Record, rank
@@ -52,6 +59,8 @@ class SearchProblem:
         self.granularity = granularity
         self._reward = get_reward(reward, resource=cost_model.resource)
         self.score = score
+        # the removable blocks, in forward order, when the search also decides depth (--depth)
+        self.blocks = tuple(cost_model.blocks) if isinstance(cost_model, DepthCost) else ()
         # one per evaluation: what strategies see
         self.records: list[Record] = [r for r in previous if r.rung == 0 and not r.repeat]
         # (candidate index, rung) -> the ladder's (or the deploy rung's) re-score of that candidate (rung >= 1)
@@ -71,13 +80,29 @@ class SearchProblem:
     def count(self) -> int:
         return len(self.records)
 
-    def policy(self, keep: Sequence[float]) -> Policy:
-        return Policy.from_ratios(self.graph, list(keep), granularity=self.granularity, criterion=self.criterion,
+    @property
+    def depth(self) -> bool:
+        """Whether blocks are decisions too (``--depth``)."""
+        return bool(self.blocks)
+
+    def canonical(self, keep: Sequence[float], dropped: Sequence[str] | None = None) -> Sequence[float]:
+        """``keep`` as the one candidate it stands for: with dropped blocks (``dropped``, or those ``keep``
+        names) a :class:`~amc.pruning.depth.DepthKeep` whose widths inside them are 1; else ``keep`` itself."""
+        if not self.blocks or not (dropped if dropped is not None else getattr(keep, "dropped", ())):
+            return keep
+        return canonical(self.graph, self.blocks, keep, dropped=dropped)
+
+    def policy(self, keep: Sequence[float], dropped: Sequence[str] | None = None) -> Policy:
+        """The :class:`Policy` of ``keep`` (and the blocks it drops: ``dropped`` or those ``keep`` names)."""
+        keep = self.canonical(keep, dropped)
+        return Policy.from_ratios(self.graph, keep if getattr(keep, "dropped", ()) else list(keep),
+                                  granularity=self.granularity, criterion=self.criterion,
                                   resource=self.cost_model.resource, budget=self.budget)
 
-    def key(self, keep: Sequence[float]) -> tuple[int, ...]:
-        """What makes two keep-ratio vectors the same candidate (:meth:`LayerGraph.candidate_key`)."""
-        return self.graph.candidate_key(keep, self.granularity)
+    def key(self, keep: Sequence[float], dropped: Sequence[str] | None = None) -> tuple:
+        """What makes two candidates the same (:func:`~amc.evaluation.evaluator.candidate_key` of the canonical
+        keep ratios: :meth:`LayerGraph.candidate_key`, and the dropped blocks when there are any)."""
+        return candidate_key(self.graph, self.canonical(keep, dropped), self.granularity)
 
     # The Evaluator contract, for the environment.
     streams_results = False  # records arrive through evaluate_many's ``recorded``, not ``on_result``
@@ -158,14 +183,15 @@ class SearchProblem:
             rung += 1
         return out
 
-    def _record(self, keep: list[float], result: EvalResult, step: int, origin: str = SEARCH) -> Record:
-        cost = self.cost_model.cost(keep)
+    def _record(self, keep: Sequence[float], result: EvalResult, step: int, origin: str = SEARCH) -> Record:
+        cost = self.cost_model.cost(keep)  # a DepthCost reads the dropped blocks a DepthKeep names
         reward = self._reward(RewardInput(result.accuracy, cost, self.cost_model.base, self.budget,
                                           self.cost_model.resource))
         record = Record(
             index=self.count, strategy=self.strategy, step=step, accuracy=result.accuracy, loss=result.loss,
             cost=cost, cost_ratio=cost / self.cost_model.base, reward=reward, cached=result.cached,
-            seconds=result.seconds, wall_time=time.perf_counter() - self._start, keep=tuple(keep), score=self.score,
+            seconds=result.seconds, wall_time=time.perf_counter() - self._start,
+            keep=keep if getattr(keep, "dropped", ()) else tuple(keep), score=self.score,
             origin=origin,
         )
         self.records.append(record)

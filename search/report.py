@@ -15,7 +15,8 @@ from search.history import Record
 def write_report(path: Path, records: Sequence[Record], graph: LayerGraph, *, best: Record,
                  uniform_keep: Sequence[float] | None, budget: float, title: str) -> Path:
     """Three panels: reward per evaluation with the best so far; keep ratios (and channels) of the
-    best policy against the uniform one, AMC-style; accuracy against cost ratio of every policy."""
+    best policy against the uniform one, AMC-style (with ``--depth`` the layers of the blocks it drops hatched
+    red and the blocks named); accuracy against cost ratio of every policy."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
 
     fig = Figure(figsize=(17, 4.8))
@@ -38,7 +39,13 @@ def write_report(path: Path, records: Sequence[Record], graph: LayerGraph, *, be
     if uniform_keep is not None:
         ax.plot(x, graph.channels(list(uniform_keep)), "k_", markersize=14, mew=2, label="uniform policy")
     ax.set_xticks(list(x), [spec.name for spec in graph.layers], rotation=70, fontsize=7)
-    ax.set(ylabel="channels", title="per-layer widths")
+    widths_title = "per-layer widths"
+    if best.dropped:  # their layers are gone whatever their width says
+        gone = [t for t, spec in enumerate(graph.layers)
+                if any(spec.name == b or spec.name.startswith(b + ".") for b in best.dropped)]
+        ax.bar(gone, [base[t] for t in gone], color="none", edgecolor="C3", hatch="//", label="in a dropped block")
+        widths_title += "\ndropped blocks: " + ", ".join(best.dropped)
+    ax.set(ylabel="channels", title=widths_title)
     ax.legend(fontsize=8)
 
     ax = axes[2]

@@ -46,8 +46,8 @@ _RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward
 _NEW_KEYS = ("baselines", "warm_start", "warm_start_top_k", "select", "select_top_k", "select_samples", "select_lr")
 # Settings added later, absent from older runs' config.json: they had this (default) value then.
 _DEFAULTED = {"ladder": [], "ladder_top_k": 8, "pruner": "halving"}
-_DEFAULTED_CONTEXT = {"dataset_kwargs": []}
-_RESUME_IGNORED_CONTEXT = ("cache_dir", "data_dir", "device", "loader_workers")  # where things are or run, not what
+_DEFAULTED_CONTEXT = {"dataset_kwargs": [], "depth": False}
+_RESUME_IGNORED_CONTEXT = ("cache_dir", "data_dir", "device", "loader_workers", "discovery_seconds")  # where things are or run, not what
 
 
 def prepare_out(config: SearchConfig) -> Path:
@@ -157,6 +157,7 @@ def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evalua
 
 def make_pool(config: SearchConfig, ctx: Context):
     """The Ray evaluator pool for ``config`` (workers build the same context, with the driver's weights)."""
+    from amc.evaluation.evaluator import policy_key
     from search.parallel import RayEvaluatorPool, default_gpus_per_worker, init_ray
 
     workers = config.workers
@@ -180,7 +181,7 @@ def make_pool(config: SearchConfig, ctx: Context):
     state = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
     return RayEvaluatorPool(config.context, workers=workers or 1, threads_per_worker=config.threads_per_worker,
                             gpus_per_worker=gpus, address=config.ray_address, state_dict=state, graph=ctx.graph,
-                            key=lambda policy: ctx.graph.candidate_key(policy.ratios(ctx.graph), policy.granularity))
+                            key=lambda policy: policy_key(ctx.graph, policy))
 
 
 def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator | None, batch_size: int,

@@ -30,6 +30,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from amc.data.names import PREFIXES
 from amc.data.splits import DataSplits, default_val_size, limited, split_count, stratified_split
 from amc.errors import AmcError, ConfigError, DataError
 from amc.data.streaming import StreamedSplit, labels_of, one_line
@@ -151,7 +152,8 @@ def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
 def load_factory(spec: str, *, root: str | os.PathLike | None = None, kwargs: dict | None = None, seed: int = 0,
                  val_size: int | float | None = None, train_limit: int | None = None,
                  test_limit: int | None = None, workers: int = 0) -> DataSplits:
-    """The splits of ``--dataset package.module:factory`` (see the module docstring).
+    """The splits of ``--dataset package.module:factory`` (see the module docstring), or of a prefixed dataset
+    (:data:`amc.data.names.PREFIXES`: ``text:FILE``, :mod:`amc.data.text`).
 
     Raises:
         DataError: The factory cannot be imported or called, returns something else than datasets, or
@@ -159,6 +161,11 @@ def load_factory(spec: str, *, root: str | os.PathLike | None = None, kwargs: di
         ConfigError: Arguments it does not take, or ``val_size`` with a factory that returns a val split.
     """
     kwargs = dict(kwargs or {})
+    if spec.partition(":")[0] in PREFIXES:  # a prefixed dataset (``text:FILE``), not a factory
+        from amc.data.text import load_text
+
+        return load_text(spec, root=root, settings=kwargs, seed=seed, val_size=val_size, train_limit=train_limit,
+                         test_limit=test_limit)
     factory = _resolve(spec)
     args = _factory_args(factory, spec, root, seed, kwargs)
     try:

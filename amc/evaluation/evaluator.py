@@ -3,7 +3,9 @@
 Accuracy during search is measured on the validation split (carved from the training set), after
 re-estimating BatchNorm statistics on a few training batches: EagleEye's adaptive BN (Li et al., 2020),
 which ranks candidates far better than evaluating with the base model's statistics. Results are cached
-by the rounded channel counts (or kept-weight counts), so a repeated candidate costs nothing.
+by the rounded channel counts (or kept-weight counts) and the dropped blocks, so a repeated candidate costs
+nothing. A policy that drops blocks (``--depth``) is width-pruned first, then its blocks are replaced by the
+identity (:func:`amc.pruning.depth.drop_blocks`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from amc.data.datasets import DataSplits
 from amc.device import model_device
 from amc.errors import ConfigError, DataError
 from amc.graph.discover import LayerGraph
+from amc.pruning.depth import drop_blocks, dropped_of
 from amc.pruning.policy import Policy
 from amc.pruning.pruner import Pruner, check_criterion, prune_model
 from amc.evaluation.metrics import validate
@@ -100,7 +103,8 @@ class EvalResult:
     Attributes:
         accuracy: Validation top-1 accuracy of the pruned model.
         loss: Mean validation cross-entropy.
-        key: Channel counts (or kept-weight counts) the policy produces: the cache key.
+        key: Channel counts (or kept-weight counts) the policy produces, and the set of its dropped blocks when
+            it drops any: the cache key.
         seconds: Wall time of the evaluation (0 when served from the cache).
         forward_seconds: Part of ``seconds`` spent in forward passes (BN recalibration + validation).
         cached: True when the result came from the cache.
@@ -142,6 +146,21 @@ class StreamingEvaluator(Evaluator, Protocol):
 
     def evaluate_many(self, policies: Sequence[Policy], *,
                       on_result: Callable[[int, EvalResult], None] | None = None) -> list[EvalResult]: ...
+
+
+def candidate_key(graph: LayerGraph, ratios: Sequence[float], granularity: str,
+                  dropped: Sequence[str] | None = None) -> tuple:
+    """What makes two width + depth policies the same candidate: :meth:`LayerGraph.candidate_key` of the keep
+    ratios, then the frozen set of the dropped blocks when there are any (``dropped`` None: those ``ratios``
+    names). Widths inside a dropped block must already be canonical (:func:`amc.pruning.depth.canonical`)."""
+    key = graph.candidate_key(ratios, granularity)
+    dropped = dropped_of(ratios) if dropped is None else tuple(dropped)
+    return (*key, frozenset(dropped)) if dropped else key
+
+
+def policy_key(graph: LayerGraph, policy: Policy) -> tuple:
+    """:func:`candidate_key` of a policy (the key a Ray pool dedupes on)."""
+    return candidate_key(graph, policy.ratios(graph), policy.granularity, policy.dropped)
 
 
 def recalibrate_bn(model: nn.Module, batches: Sequence[Tensor]) -> None:
@@ -237,10 +256,11 @@ class PolicyEvaluator:
     def val_size(self) -> int:
         return len(self._val[1])
 
-    def key(self, ratios: Sequence[float]) -> tuple[int, ...]:
+    def key(self, ratios: Sequence[float], dropped: Sequence[str] | None = None) -> tuple:
         """The cache key of keep ratios: :meth:`~amc.graph.records.LayerGraph.candidate_key` (rounded channel
-        counts, or kept-weight counts)."""
-        return self.graph.candidate_key(ratios, self.config.granularity)
+        counts, or kept-weight counts), and the frozen set of the dropped blocks when there are any
+        (``dropped`` None: those ``ratios`` names, see :class:`~amc.pruning.depth.DepthKeep`)."""
+        return candidate_key(self.graph, ratios, self.config.granularity, dropped)
 
     def prune(self, policy: Policy | Sequence[float]) -> nn.Module:
         """The pruned copy of the base model for ``policy``, BatchNorm recalibrated."""
@@ -259,15 +279,23 @@ class PolicyEvaluator:
         return pruned.eval()
 
     def _pruned(self, ratios: list[float], kept: dict[str, list[int]]) -> nn.Module:
-        """The base model pruned to ``ratios`` with this evaluator's criterion (``kept``: filled in)."""
+        """The base model pruned to ``ratios`` with this evaluator's criterion (``kept``: filled in), then the
+        blocks ``ratios`` drops replaced by the identity."""
         if self.config.reuse_base:
             if self._pruner is None:
                 self._pruner = Pruner(self.model, self.graph, criterion=self.config.criterion,
                                       granularity=self.config.granularity, calibration=self._calibration)
-            return self._pruner.prune(ratios, seed=self.config.seed, kept=kept)
-        return prune_model(self.model, self.graph, ratios, criterion=self.config.criterion,
-                           granularity=self.config.granularity, calibration=self._calibration,
-                           seed=self.config.seed, kept=kept)
+            pruned = self._pruner.prune(list(ratios), seed=self.config.seed, kept=kept)
+        else:
+            pruned = prune_model(self.model, self.graph, list(ratios), criterion=self.config.criterion,
+                                 granularity=self.config.granularity, calibration=self._calibration,
+                                 seed=self.config.seed, kept=kept)
+        dropped = dropped_of(ratios)
+        if dropped:
+            drop_blocks(pruned, dropped, inplace=True)
+            for name in [n for n in kept if any(n == b or n.startswith(b + ".") for b in dropped)]:
+                del kept[name]  # its layers are gone: nothing of them to refit
+        return pruned
 
     def forward_passes(self, pruned: nn.Module) -> tuple[float, float]:
         """The passes an evaluation contains on ``pruned`` and nothing else: BN recalibration, the score's
@@ -303,7 +331,8 @@ class PolicyEvaluator:
     def evaluate_many(self, policies: Sequence[Policy | Sequence[float]]) -> list[EvalResult]:
         return [self.evaluate(p) for p in policies]
 
-    def _ratios(self, policy: Policy | Sequence[float]) -> list[float]:
+    def _ratios(self, policy: Policy | Sequence[float]) -> Sequence[float]:
+        """Keep ratios in graph order; a :class:`~amc.pruning.depth.DepthKeep` when the policy drops blocks."""
         if isinstance(policy, Policy):
             if policy.granularity != self.config.granularity or policy.criterion != self.config.criterion:
                 raise ConfigError(
@@ -313,4 +342,4 @@ class PolicyEvaluator:
             return policy.ratios(self.graph)
         ratios = [float(r) for r in policy]
         self.graph.channels(ratios)  # validates count and range
-        return ratios
+        return policy if dropped_of(policy) else ratios

@@ -40,7 +40,10 @@ def reconstruction_targets(graph: LayerGraph, kept: dict[str, list[int]], pruned
     for rec in graph.modules:
         if rec.type not in ("conv", "linear") or not any(d in pruned_decisions for d, _ in rec.in_deps):
             continue
-        module = pruned.get_submodule(rec.name)
+        try:
+            module = pruned.get_submodule(rec.name)
+        except AttributeError:  # inside a block the policy dropped (replaced by the identity): nothing to refit
+            continue
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             continue
         spec = owner.get(rec.name)

@@ -84,7 +84,9 @@ def _forward_shapes(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Mo
     finally:
         for handle in handles:
             handle.remove()
-    reused = [type(m).__name__ for m, n in calls.items() if n > 1]
+    names = {m: q for q, m in model.named_modules()}
+    found = [f"{names.get(m, '?')!r} ({type(m).__name__}, {n} calls)" for m, n in calls.items() if n > 1]
+    reused = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
     if reused:
         raise UnsupportedModelError(
             f"the model calls {reused} more than once per forward pass; shared layers cannot be pruned or "
@@ -127,7 +129,7 @@ def discover(model: nn.Module, example_input: torch.Tensor, *, round_to: int = 1
     except Overtime:
         raise UnsupportedModelError(
             f"discovery of {type(model).__name__} stopped after {time.monotonic() - start:.0f} s (its time budget "
-            f"is {time_budget_s:g} s) while {where[0]}; pass a larger time budget to wait longer"
+            f"is {time_budget_s:g} s) while {where[0]}; pass a larger --discovery-budget (seconds) to wait longer"
         ) from None
     except AmcError:
         raise

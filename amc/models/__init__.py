@@ -16,6 +16,7 @@ from amc.models.cnn import cnn
 from amc.models.convnext import convnext
 from amc.models.mobilenetv2 import mobilenetv2
 from amc.models.resnet import resnet20, resnet56
+from amc.errors import ModelError
 from amc.models.sources import SOURCES, ModelSpec, call_factory, resolve_factory, split_source
 from amc.models.vit import vit
 
@@ -47,9 +48,12 @@ def build_model(name: str, *, in_channels: int, num_classes: int, input_size: tu
         ModelError: The name is unknown or the factory cannot be imported or does not return a module.
         amc.models.sources.MissingPackageError: ``timm:`` or ``hf:`` without the package (names the extra).
     """
-    spec = ModelSpec(in_channels=in_channels, num_classes=num_classes,
-                     input_size=None if input_size is None else (int(input_size[0]), int(input_size[1])))
+    size = None if input_size is None else tuple(int(s) for s in input_size)
+    spec = ModelSpec(in_channels=in_channels, num_classes=num_classes, input_size=size)
     found = None if name in MODELS else split_source(name)
+    if size is not None and len(size) != 2 and (found is None or found[0].prefix != "hf"):
+        raise ModelError(f"model {name!r} takes images, and the dataset gives token ids (a text dataset): use an "
+                         "hf:PATH text classifier (*ForSequenceClassification)")
     if found is not None:
         source, ref = found
         return source.build(ref, spec, kwargs)

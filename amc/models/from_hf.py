@@ -9,8 +9,10 @@ model counts; ``--model-kwargs '{"attn_implementation": "sdpa"}'`` to keep PyTor
   saved without its head, is loaded as ``AutoModelForImageClassification`` and takes the dataset's images:
   its ``num_channels`` (and ``image_size``, for models with position embeddings) must be the data's.
 - A text model (``*ForSequenceClassification``: BERT, Llama, ..., or their encoders) is loaded as
-  ``AutoModelForSequenceClassification``; its forward takes token ids ``(B, T)``. The datasets here are
-  images, so a search refuses it in one line; :func:`amc.models.build_model` without ``input_size`` builds it.
+  ``AutoModelForSequenceClassification``; its forward takes token ids ``(B, T)``: a text dataset's
+  (``--dataset text:FILE``, :mod:`amc.data.text`, tokenized with the tokenizer saved in the same folder),
+  whose samples are ``(T,)`` (``input_size`` ``()``); an image dataset is refused in one line.
+  :func:`amc.models.build_model` without ``input_size`` builds either kind.
 
 A saved head of another size than the dataset's classes is replaced by a new one (logged); the base model is
 then trained (or ``--checkpoint`` loaded) as for any other model. The evaluator sees the logits:
@@ -36,7 +38,13 @@ log = logging.getLogger(__name__)
 
 
 class HFLogits(nn.Module):
-    """``inner(pixel_values=x).logits`` (image models) or ``inner(input_ids=x).logits`` (text models)."""
+    """``inner(pixel_values=x).logits`` (image models) or ``inner(input_ids=x, attention_mask=...).logits`` (text).
+
+    Text models take token ids as a float tensor ``(B, T)`` (the text dataset's, :mod:`amc.data.text`): the
+    pruner, latency timing and export feed float tensors, read here as ids clamped into the vocabulary. The
+    attention mask is derived from the ids (``ids != pad_token_id``), so the model keeps a single input and
+    padded positions are ignored; a model without ``pad_token_id`` attends to every position.
+    """
 
     def __init__(self, inner: nn.Module, text: bool = False) -> None:
         super().__init__()
@@ -44,10 +52,13 @@ class HFLogits(nn.Module):
         self.text = text
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.text:  # token ids; the pruner, latency timing and export feed float tensors: read them as ids
-            vocab = self.inner.config.vocab_size
-            return self.inner(input_ids=x.long().clamp(0, vocab - 1)).logits
-        return self.inner(pixel_values=x).logits
+        if not self.text:
+            return self.inner(pixel_values=x).logits
+        config = self.inner.config
+        ids = x.long().clamp(0, config.vocab_size - 1)  # (B, T)
+        pad = getattr(config, "pad_token_id", None)
+        mask = None if pad is None else (ids != pad).long()
+        return self.inner(input_ids=ids, attention_mask=mask).logits
 
 
 class HFSource(ModelSource):
@@ -69,15 +80,19 @@ class HFSource(ModelSource):
         except Exception as exc:  # noqa: BLE001 (a config transformers cannot read: one line, with the fix)
             raise ModelError(f"--model hf:{ref}: transformers cannot read its config.json ({one_line(exc)}); "
                              "models that need trust_remote_code are not loaded") from None
+        token_ids = spec.input_size is not None and len(spec.input_size) != 2  # (T,) samples: a text dataset
         if type(config) in transformers.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
             auto, text = transformers.AutoModelForImageClassification, False
+            if token_ids:
+                raise ModelError(f"--model hf:{ref} is an image model ({config.model_type}), and the dataset gives "
+                                 "token ids: use a text classifier (*ForSequenceClassification) or an image dataset")
             _check_images(ref, config, spec)
         elif type(config) in transformers.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
             auto, text = transformers.AutoModelForSequenceClassification, True
-            if spec.input_size is not None:
+            if spec.input_size is not None and not token_ids:
                 raise ModelError(f"--model hf:{ref} is a text model ({config.model_type}: its forward takes token "
-                                 "ids), and the datasets here are images: use an image classifier "
-                                 "(*ForImageClassification)")
+                                 "ids), and the datasets here are images: pass your text as --dataset text:FILE (a "
+                                 ".jsonl or .csv file with text and label columns)")
         else:
             raise ModelError(f"--model hf:{ref} is a {config.model_type!r} model, for which transformers has no "
                              "image or sequence classifier: save a *ForImageClassification or "

@@ -15,7 +15,8 @@ the block and keep their cost; what a block computes that no layer record descri
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Sequence
+import dataclasses
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 from torch import nn
@@ -25,6 +26,32 @@ from amc.cost.base import CostModel
 from amc.errors import ConfigError
 from amc.graph.blocks import Block
 from amc.graph.records import LayerGraph
+
+
+class DepthKeep(tuple):
+    """Keep ratios (one per width decision) that also name the blocks dropped: a width + depth candidate.
+
+    It is a tuple of floats like any keep vector, so code that passes keep vectors around (records, the
+    ladder, the deploy rung) carries the dropped blocks along; :attr:`dropped` is sorted, one name each.
+    """
+
+    dropped: tuple[str, ...]
+
+    def __new__(cls, keep: Iterable[float], dropped: Iterable[str] = ()) -> DepthKeep:
+        self = super().__new__(cls, (float(k) for k in keep))
+        self.dropped = tuple(sorted(set(dropped)))
+        return self
+
+    def __reduce__(self):
+        return DepthKeep, (tuple(self), self.dropped)
+
+    def __repr__(self) -> str:
+        return f"DepthKeep({tuple(self)!r}, dropped={self.dropped!r})"
+
+
+def dropped_of(keep: object) -> tuple[str, ...]:
+    """The blocks a keep vector drops: a :class:`DepthKeep`'s, none for a plain sequence."""
+    return tuple(getattr(keep, "dropped", ()))
 
 
 def outermost(blocks: Sequence[Block], dropped: Collection[str]) -> list[Block]:
@@ -87,6 +114,17 @@ def canonical_keep(graph: LayerGraph, blocks: Sequence[Block], keep: Sequence[fl
     return canonical
 
 
+def canonical(graph: LayerGraph, blocks: Sequence[Block], keep: Sequence[float], *,
+              dropped: Collection[str] | None = None) -> DepthKeep:
+    """The one candidate of a width + depth policy: :func:`canonical_keep`, the outermost dropped blocks only.
+
+    ``dropped`` None: the blocks ``keep`` names (a :class:`DepthKeep`).
+    """
+    dropped = dropped_of(keep) if dropped is None else dropped
+    names = [b.name for b in outermost(blocks, dropped)]
+    return DepthKeep(canonical_keep(graph, blocks, keep, dropped=names), names)
+
+
 class DepthCost(CostModel):
     """The exact cost of a width + depth policy, from an analytic (channel) cost model and the blocks.
 
@@ -113,9 +151,12 @@ class DepthCost(CostModel):
         self.base = cost_model.base
         names = [r.name for r in cost_model.graph.modules]
         self._alive = {b.name: np.array([0.0 if b.contains(n) else 1.0 for n in names]) for b in self.blocks}
+        self._fixed: dict[frozenset[str], AnalyticCost] = {}
 
-    def cost(self, keep: Sequence[float], dropped: Collection[str] = ()) -> float:
-        """Cost of the model ``keep`` gives with the blocks ``dropped`` replaced by the identity."""
+    def cost(self, keep: Sequence[float], dropped: Collection[str] | None = None) -> float:
+        """Cost of the model ``keep`` gives with the blocks ``dropped`` replaced by the identity (None: the
+        blocks a :class:`DepthKeep` names, none for plain keep ratios)."""
+        dropped = dropped_of(keep) if dropped is None else dropped
         self.cost_model.graph.channels(keep)  # validates every ratio
         walk = self.cost_model.prefix_walk()
         for k in keep:
@@ -127,9 +168,40 @@ class DepthCost(CostModel):
         constant = sum(b.other_flops if self.resource == "flops" else b.other_params for b in chosen)
         return self.cost_model.value_shapes(walk.out * alive, walk.inp * alive) - constant
 
-    def ratio(self, keep: Sequence[float], dropped: Collection[str] = ()) -> float:
+    def ratio(self, keep: Sequence[float], dropped: Collection[str] | None = None) -> float:
         """:meth:`cost` as a fraction of :attr:`base`."""
         return self.cost(keep, dropped) / self.base
 
+    def fixed(self, dropped: Collection[str]) -> AnalyticCost:
+        """The width-only cost model of the base model with ``dropped`` replaced by the identity (same base).
 
-__all__ = ["DepthCost", "canonical_keep", "drop_blocks", "irrelevant_decisions", "outermost"]
+        Its ``cost(keep)`` is ``self.cost(keep, dropped)``, and the budget projection walks it like any analytic
+        model: the coefficients of the layers inside are zero (a layer's cost is linear in its coefficients, so
+        zeroing them is zeroing its shapes) and what the blocks compute besides their layers leaves the constant.
+        """
+        chosen = outermost(self.blocks, dropped)
+        if not chosen:
+            return self.cost_model
+        names = frozenset(b.name for b in chosen)
+        hit = self._fixed.get(names)
+        if hit is None:
+            alive = np.prod([self._alive[b.name] for b in chosen], axis=0)
+            hit = copy.copy(self.cost_model)
+            for attr in ("_flops_coef", "_flops_lin", "_weight_coef", "_bias_coef"):
+                setattr(hit, attr, getattr(self.cost_model, attr) * alive)
+            graph = self.cost_model.graph
+            hit.graph = dataclasses.replace(graph, other_flops=graph.other_flops - sum(b.other_flops for b in chosen),
+                                            other_params=graph.other_params - sum(b.other_params for b in chosen))
+            hit._form, hit._coupling, hit._candidate_cache = None, None, {}
+            self._fixed[names] = hit
+        return hit
+
+    def __getattr__(self, name: str):
+        # What the budget projection and the environment read of a width model (graph, granularity, walks,
+        # costs_varying, ...) is the width model's: the model with no block dropped.
+        if name in ("cost_model", "_alive", "_fixed", "blocks") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.cost_model, name)
+
+
+__all__ = ["DepthCost", "DepthKeep", "canonical", "canonical_keep", "dropped_of", "drop_blocks", "irrelevant_decisions", "outermost"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +32,16 @@ from torch import Tensor, nn
 
 from amc.cost.analytic import make_cost_model
 from amc.graph.attention import set_heads
+from amc.graph.budget import Overtime, time_budget
 from amc.graph.probe import attention_parts
 from amc.graph.records import LayerGraph
 from amc.graph.widths import rounded_channels
 from amc.pruning.heads import group_root, kept_units
 
 log = logging.getLogger(__name__)
+# Torch-Pruning's graph walks can run for many minutes (a tiny Llama's grouped-query heads: 15+); a baseline
+# that takes longer than this is no baseline.
+TIME_BUDGET_S = 120.0
 
 RatioOf = Callable[[Sequence[float]], float]
 
@@ -71,7 +76,7 @@ class _Unsupported(Exception):
 
 def global_pruning(model: nn.Module, graph: LayerGraph, example: Tensor, *, budget: float, ratio_of: RatioOf,
                    min_keep: float = 0.2, p: int | None = None, steps: int = 200,
-                   iterations: int = 14) -> GlobalPruningResult | None:
+                   iterations: int = 14, seconds: float | None = TIME_BUDGET_S) -> GlobalPruningResult | None:
     """Torch-Pruning's global pruning of ``model``, stopped where ``ratio_of(keep) <= budget``.
 
     Args:
@@ -84,6 +89,8 @@ def global_pruning(model: nn.Module, graph: LayerGraph, example: Tensor, *, budg
         p: Norm of the magnitude importance (None: 2 for channels, 1 for heads, as Torch-Pruning's recipes).
         steps: Iterative steps of the channels recipe (each prunes about 1/steps of the channels).
         iterations: Bisection steps of the heads recipe.
+        seconds: Time budget (None: none). Torch-Pruning's graph walks can run for many minutes on some
+            models (a tiny Llama's grouped-query heads); past it there is no baseline, with a warning.
 
     Returns:
         The result, or None (with a warning naming why) where Torch-Pruning cannot prune the model or
@@ -95,14 +102,20 @@ def global_pruning(model: nn.Module, graph: LayerGraph, example: Tensor, *, budg
         units = tuple(spec.out_channels for spec in graph.layers)
         return GlobalPruningResult(keep=whole, units=units, ratio=float(ratio_of(whole)), steps=0,
                                    recipe="heads" if heads else "channels", model=copy.deepcopy(model).eval())
+    started = time.monotonic()
     try:
         example = example.to(next(model.parameters()).device)
-        if heads:
-            result = _heads(model, graph, example, budget=budget, ratio_of=ratio_of, min_keep=min_keep,
-                            p=1 if p is None else p, iterations=iterations)
-        else:
-            result = _channels(model, graph, example, budget=budget, ratio_of=ratio_of, min_keep=min_keep,
-                               p=2 if p is None else p, steps=steps)
+        with time_budget(seconds):
+            if heads:
+                result = _heads(model, graph, example, budget=budget, ratio_of=ratio_of, min_keep=min_keep,
+                                p=1 if p is None else p, iterations=iterations)
+            else:
+                result = _channels(model, graph, example, budget=budget, ratio_of=ratio_of, min_keep=min_keep,
+                                   p=2 if p is None else p, steps=steps)
+    except Overtime:
+        log.warning("Torch-Pruning's global pruning gives no baseline for %s: it did not finish within its time "
+                    "budget (%.0f s)", type(model).__name__, time.monotonic() - started)
+        return None
     except _Unsupported as exc:
         log.warning("Torch-Pruning's global pruning gives no baseline for %s: %s", type(model).__name__, exc)
         return None

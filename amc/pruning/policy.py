@@ -1,11 +1,13 @@
 """The pruning policy: what a search produces and a user exports and re-applies.
 
-JSON format ``amc-policy/1``::
+JSON format ``amc-policy/2``::
 
-    {"format": "amc-policy/1", "model_fingerprint": "...", "granularity": "channel", "criterion": "l1",
-     "resource": "flops", "budget": 0.3, "keep": {"features.0": 0.5, ...},
+    {"format": "amc-policy/2", "model_fingerprint": "...", "granularity": "channel", "criterion": "l1",
+     "resource": "flops", "budget": 0.3, "keep": {"features.0": 0.5, ...}, "dropped": ["layers.3", ...],
      "channels": {"features.0": 16, ...}, "metrics": {"val_accuracy": 0.97, ...}, "meta": {...}}
 
+``dropped`` names the removable blocks (:mod:`amc.graph.blocks`) replaced by the identity after width pruning
+(``--depth``); ``amc-policy/1`` files, written before depth pruning, have no such field and load with none.
 Loading is strict: unknown or missing fields, a wrong format version or an out-of-range value raise
 :class:`~amc.errors.PolicyError` naming the field.
 """
@@ -27,9 +29,10 @@ from amc.graph.discover import LayerGraph
 from amc.graph.widths import GRANULARITIES
 from amc.pruning.criteria import criterion_names
 
-FORMAT = "amc-policy/1"
+FORMAT = "amc-policy/2"
+FORMAT_V1 = "amc-policy/1"  # before depth pruning: no "dropped" (read as none)
 _REQUIRED = ("format", "model_fingerprint", "granularity", "criterion", "resource", "budget", "keep")
-_OPTIONAL = ("channels", "metrics", "meta")
+_OPTIONAL = ("channels", "metrics", "meta", "dropped")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class Policy:
             the channels from ``keep`` with the rounding rule, so an edited count has no effect).
         meta: Free-form provenance (strategy, seed, versions, ...). ``meta["unpruned"]`` maps each layer
             that keeps its width because it cannot be pruned to the reason (see ``LayerGraph.skipped``).
+        dropped: Qualified names of the blocks replaced by the identity after width pruning (sorted; empty
+            without ``--depth``).
     """
 
     keep: Mapping[str, float]
@@ -59,8 +64,12 @@ class Policy:
     metrics: Mapping[str, float] = field(default_factory=dict)
     channels: Mapping[str, int] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    dropped: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.dropped, str) or not all(isinstance(n, str) and n for n in self.dropped):
+            raise PolicyError(f"policy field 'dropped' must be a list of block names, got {self.dropped!r}")
+        object.__setattr__(self, "dropped", tuple(sorted(set(self.dropped))))
         if not isinstance(self.keep, Mapping) or not self.keep:
             raise PolicyError("policy field 'keep' is empty: give one keep ratio per layer")
         for name, ratio in self.keep.items():
@@ -80,7 +89,9 @@ class Policy:
 
     @classmethod
     def from_ratios(cls, graph: LayerGraph, ratios: Sequence[float], **kwargs: Any) -> Policy:
-        """A policy for ``graph`` from one ratio per decision, in graph order."""
+        """A policy for ``graph`` from one ratio per decision, in graph order (and the blocks ``ratios``
+        drops, when it is a :class:`~amc.pruning.depth.DepthKeep` and no ``dropped`` is given)."""
+        kwargs.setdefault("dropped", tuple(getattr(ratios, "dropped", ())))
         channels = graph.channels(list(ratios))
         kwargs.setdefault("model_fingerprint", graph.fingerprint)
         if graph.skipped:  # layers discovery could not prune keep their width: say which and why
@@ -89,7 +100,8 @@ class Policy:
                    channels=dict(zip(graph.names, channels)), **kwargs)
 
     def ratios(self, graph: LayerGraph) -> list[float]:
-        """Keep ratios in ``graph`` order, after checking the policy belongs to that model.
+        """Keep ratios in ``graph`` order, after checking the policy belongs to that model; with dropped
+        blocks a :class:`~amc.pruning.depth.DepthKeep` that names them.
 
         Raises:
             PolicyError: The fingerprint differs, or a layer is missing or unknown.
@@ -104,7 +116,12 @@ class Policy:
         if missing or unknown:
             raise PolicyError(f"policy field 'keep' does not match the model: missing layers {missing}, "
                               f"unknown layers {unknown}")
-        return [float(self.keep[n]) for n in graph.names]
+        ratios = [float(self.keep[n]) for n in graph.names]
+        if self.dropped:  # the keep vector names its dropped blocks (a tuple, like every DepthKeep)
+            from amc.pruning.depth import DepthKeep
+
+            return DepthKeep(ratios, self.dropped)  # type: ignore[return-value]
+        return ratios
 
     def with_metrics(self, **metrics: float) -> Policy:
         """A copy with ``metrics`` added (or overwritten)."""
@@ -117,14 +134,14 @@ class Policy:
     def _replace(self, **changes: Any) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in
                   ("keep", "granularity", "criterion", "model_fingerprint", "resource", "budget",
-                   "metrics", "channels", "meta")}
+                   "metrics", "channels", "meta", "dropped")}
         values.update(changes)
         return values
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "model_fingerprint": self.model_fingerprint, "granularity": self.granularity,
                 "criterion": self.criterion, "resource": self.resource, "budget": self.budget,
-                "keep": dict(self.keep), "channels": dict(self.channels), "metrics": dict(self.metrics),
+                "keep": dict(self.keep), "dropped": list(self.dropped), "channels": dict(self.channels), "metrics": dict(self.metrics),
                 "meta": dict(self.meta)}
 
     def to_json(self) -> str:
@@ -141,10 +158,11 @@ class Policy:
     def from_dict(cls, data: Any) -> Policy:
         if not isinstance(data, dict):
             raise PolicyError(f"a policy must be a JSON object, got {type(data).__name__}")
-        if data.get("format") != FORMAT:
-            raise PolicyError(f"policy field 'format' must be {FORMAT!r}, got {data.get('format')!r}")
+        if data.get("format") not in (FORMAT, FORMAT_V1):
+            raise PolicyError(f"policy field 'format' must be {FORMAT!r} (or {FORMAT_V1!r}), got {data.get('format')!r}")
         missing = [k for k in _REQUIRED if k not in data]
-        unknown = [k for k in data if k not in _REQUIRED + _OPTIONAL]
+        optional = _OPTIONAL if data["format"] == FORMAT else tuple(k for k in _OPTIONAL if k != "dropped")
+        unknown = [k for k in data if k not in _REQUIRED + optional]
         if missing:
             raise PolicyError(f"policy misses field(s) {missing}")
         if unknown:
@@ -152,6 +170,8 @@ class Policy:
         for name in ("keep", "channels", "metrics", "meta"):
             if name in data and not isinstance(data[name], dict):
                 raise PolicyError(f"policy field {name!r} must be a JSON object, got {type(data[name]).__name__}")
+        if not isinstance(data.get("dropped", []), list):
+            raise PolicyError(f"policy field 'dropped' must be a JSON list of block names, got {data['dropped']!r}")
         return cls(**{k: v for k, v in data.items() if k != "format"})
 
     @classmethod

@@ -67,7 +67,7 @@ def plan_policies(ctx: Context, budget: float, settings: FidelitySettings) -> li
     from search.bench.headline import tp_global_magnitude
 
     projector = BudgetProjector(FlopsCost(ctx.graph), budget, min_keep=settings.min_keep)
-    holder = type("Problem", (), {"projector": projector})  # what the baselines read of a SearchProblem
+    holder = type("Problem", (), {"projector": projector, "blocks": ()})  # what the baselines read of a SearchProblem
     tp_model, _, _ = tp_global_magnitude(ctx.model, ctx.data.val.tensors[0][:2], budget,
                                          round_to=ctx.graph.round_to, min_keep=settings.min_keep)
     widths = [_width(tp_model.get_submodule(spec.name)) for spec in ctx.graph.layers]

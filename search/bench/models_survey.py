@@ -109,6 +109,22 @@ TIMM_MODELS = ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch
                "coat_lite_tiny", "maxvit_tiny_tf_224", "tiny_vit_5m_224", "fastvit_t8", "efficientvit_b0")
 
 
+# torchvision's own classifiers (random init, weights=None): the MHA ViT, Swin's shifted windows, the
+# channel shuffle Torch-Pruning cannot map (refused), dense connections.
+TORCHVISION_MODELS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny",
+                      "squeezenet1_1", "densenet121", "shufflenet_v2_x0_5", "vit_b_16", "swin_t")
+
+
+def _torchvision(name: str) -> tuple[Callable[[], nn.Module], tuple]:
+    size = 224 if name in ("vit_b_16", "swin_t") else 64
+
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=5)
+    return build, (3, size, size)
+
+
 def _timm(name: str) -> tuple[Callable[[], nn.Module], tuple]:
     size = 224 if any(k in name for k in ("swin", "maxvit", "tiny_vit", "levit", "efficientformer")) else 64
 
@@ -195,12 +211,14 @@ def survey(name: str, build: Callable[[], nn.Module], shape: tuple, *, policies:
     return Row(name, "exact", seconds, **row)
 
 
-def models(hf: bool, timm: bool) -> dict[str, tuple[Callable[[], nn.Module], tuple]]:
+def models(hf: bool, timm: bool, torchvision: bool = False) -> dict[str, tuple[Callable[[], nn.Module], tuple]]:
     found: dict[str, tuple[Callable[[], nn.Module], tuple]] = {"mha-vit (torchvision layout)": (mha_vit, (3, 32, 32))}
     if hf:
         found.update(HF_MODELS)
     if timm:
         found.update({f"timm-{n}": _timm(n) for n in TIMM_MODELS})
+    if torchvision:
+        found.update({f"torchvision-{n}": _torchvision(n) for n in TORCHVISION_MODELS})
     return found
 
 
@@ -208,13 +226,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hf", action="store_true", help="Hugging Face models (needs transformers)")
     parser.add_argument("--timm", action="store_true", help="timm models (needs timm)")
+    parser.add_argument("--torchvision", action="store_true", help="torchvision models (needs torchvision)")
     parser.add_argument("--policies", type=int, default=3)
     parser.add_argument("--budget", type=float, default=300.0, help="discovery (and pruning) time budget, seconds")
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: discovery time then depends little on the machine's load)")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
     rows = []
-    for name, (build, shape) in models(args.hf, args.timm).items():
+    for name, (build, shape) in models(args.hf, args.timm, args.torchvision).items():
         if args.only and not any(o in name for o in args.only):
             continue
         row = survey(name, build, shape, policies=args.policies, budget=args.budget)

@@ -1,5 +1,10 @@
 """``optuna``: one ``suggest_float`` per layer, projected onto the budget by the env's routine.
 
+With ``--depth`` each removable block is first a ``suggest_categorical("drop:<block>", [False, True])`` (in
+forward order; a block inside a dropped one is not asked), and only the widths a drop leaves relevant are
+suggested: the others keep 1.0 (:func:`amc.pruning.depth.canonical`), so no trial spends an evaluation on
+widths that change nothing.
+
 Samplers: ``tpe`` (default), ``cmaes``, ``random``, and ``nsga2`` for a multi-objective run (maximise
 accuracy, minimise cost ratio) whose Pareto front goes to ``pareto.json``. The study lives in an Optuna
 RDB storage (SQLite in the run folder by default), so an interrupted run resumes where it stopped:
@@ -23,6 +28,7 @@ import numpy as np
 import optuna
 
 from amc.errors import ConfigError
+from amc.pruning.depth import DepthKeep, irrelevant_decisions
 from amc.evaluation.evaluator import Evaluator
 from search.history import Record
 from search.ladder import make_pruner, rung_evaluators, rung_step
@@ -146,9 +152,10 @@ class OptunaStrategy(Strategy):
             trials, keeps, batch_keys = [], [], set()
             while len(trials) < min(self.batch_size, remaining):
                 trial = study.ask()
-                raw = [trial.suggest_float(f"keep:{name}", p.min_keep, p.max_keep) for name in names]
-                keep = p.project(raw)
-                trial.set_user_attr("keep", keep)
+                keep = p.project(suggest(trial, problem))
+                trial.set_user_attr("keep", list(keep))
+                if problem.blocks:
+                    trial.set_user_attr("dropped", list(getattr(keep, "dropped", ())))
                 key = problem.key(keep)
                 if "step" in trial.user_attrs and key not in known:  # an enqueued record projected elsewhere
                     trial.set_user_attr("step", trial.number)
@@ -225,12 +232,11 @@ class OptunaStrategy(Strategy):
         missing = [r for r in problem.records if r.step not in finished and r.step not in waiting]
         if not missing:
             return
-        p = problem.projector
-        distributions = {f"keep:{n}": optuna.distributions.FloatDistribution(p.min_keep, p.max_keep)
-                         for n in problem.graph.names}
         for record in missing:
-            params = {f"keep:{n}": min(max(k, p.min_keep), p.max_keep) for n, k in zip(problem.graph.names, record.keep)}
+            params, distributions = trial_params(problem, record.keep)
             attrs = {"keep": list(record.keep), "step": record.step}
+            if problem.blocks:
+                attrs["dropped"] = list(record.dropped)
             rungs = problem.rungs(record)
             if self.ladder and len(rungs) <= len(self.ladder):
                 study.enqueue_trial(params, user_attrs=attrs)  # its ladder goes on (nothing scored twice)
@@ -244,6 +250,43 @@ class OptunaStrategy(Strategy):
 
     def _values(self, record: Record) -> float | list[float]:
         return [record.reward, record.cost_ratio] if self.sampler == "nsga2" else record.reward
+
+
+def suggest(trial: optuna.trial.Trial, problem: SearchProblem) -> list[float]:
+    """A trial's raw proposal: with ``--depth`` the drops first (a :class:`~amc.pruning.depth.DepthKeep`), then
+    the widths they leave relevant (the others 1.0); without, one keep ratio per layer."""
+    p = problem.projector
+    dropped: list[str] = []
+    for block in problem.blocks:  # forward order: outer before inner
+        if not any(problem_block(problem, d).contains(block.name) for d in dropped):
+            if trial.suggest_categorical(f"drop:{block.name}", [False, True]):
+                dropped.append(block.name)
+    skip = set(irrelevant_decisions(problem.graph, problem.blocks, dropped=dropped)) if dropped else set()
+    raw = [1.0 if d in skip else trial.suggest_float(f"keep:{name}", p.min_keep, p.max_keep)
+           for d, name in enumerate(problem.graph.names)]
+    return DepthKeep(raw, dropped) if dropped else raw  # type: ignore[return-value]
+
+
+def problem_block(problem: SearchProblem, name: str):
+    return next(b for b in problem.blocks if b.name == name)
+
+
+def trial_params(problem: SearchProblem, keep) -> tuple[dict, dict]:
+    """The parameters (and their distributions) of the trial that proposes ``keep`` as :func:`suggest` would."""
+    p = problem.projector
+    dropped = list(getattr(keep, "dropped", ()))
+    params: dict = {}
+    distributions: dict = {}
+    for block in problem.blocks:
+        if not any(problem_block(problem, d).contains(block.name) and d != block.name for d in dropped):
+            params[f"drop:{block.name}"] = block.name in dropped
+            distributions[f"drop:{block.name}"] = optuna.distributions.CategoricalDistribution([False, True])
+    skip = set(irrelevant_decisions(problem.graph, problem.blocks, dropped=dropped)) if dropped else set()
+    for d, (name, k) in enumerate(zip(problem.graph.names, keep)):
+        if d not in skip:
+            params[f"keep:{name}"] = min(max(k, p.min_keep), p.max_keep)
+            distributions[f"keep:{name}"] = optuna.distributions.FloatDistribution(p.min_keep, p.max_keep)
+    return params, distributions
 
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # each stands for one record

@@ -1,7 +1,9 @@
 """``random``: EagleEye-style random search (Li et al., 2020).
 
 Random per-layer keep ratios, scaled to use the budget, projected to be feasible, each evaluated with
-adaptive BN (the search's score).
+adaptive BN (the search's score). With ``--depth`` each sample first drops every removable block with
+probability ``q`` (``q`` drawn per sample, uniform in [0, 1/2]: samples range from no drop to many), then
+draws the widths of what is left the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from search.history import SEARCH
 from search.strategies.base import Strategy, register
+from amc.pruning.depth import DepthKeep, outermost
 from search.strategies.uniform import largest_feasible
 
 if TYPE_CHECKING:
@@ -21,13 +24,25 @@ if TYPE_CHECKING:
     from search.problem import SearchProblem
 
 
+def random_drops(problem: SearchProblem, rng: np.random.Generator) -> list[str]:
+    """The blocks a random sample drops (``--depth``; none without): each with one probability drawn per sample."""
+    if not problem.blocks:
+        return []
+    rate = rng.uniform(0.0, 0.5)
+    chosen = [b.name for b in problem.blocks if rng.uniform() < rate]
+    return [b.name for b in outermost(problem.blocks, chosen)]
+
+
 def random_keep(problem: SearchProblem, rng: np.random.Generator) -> list[float]:
-    """A random feasible policy that uses the budget: ``clip(s * u)`` with the largest feasible scale s."""
+    """A random feasible policy that uses the budget: ``clip(s * u)`` with the largest feasible scale s (with
+    ``--depth``: after :func:`random_drops`, a :class:`~amc.pruning.depth.DepthKeep` naming them)."""
     p = problem.projector
+    dropped = random_drops(problem, rng)
     u = rng.uniform(p.min_keep, p.max_keep, p.n_layers)
 
     def make(s: float) -> list[float]:
-        return np.clip(s * u, p.min_keep, p.max_keep).tolist()
+        keep = np.clip(s * u, p.min_keep, p.max_keep).tolist()
+        return DepthKeep(keep, dropped) if dropped else keep  # type: ignore[return-value]
 
     scale = largest_feasible(problem, make, 0.0, p.max_keep / p.min_keep)
     return p.project(make(scale))

@@ -178,3 +178,26 @@ def test_policy_refuses_bad_criterion_resource_budget(field: str, value: object)
 
     with pytest.raises(PolicyError, match=field):
         Policy(keep={"a": 0.5}, **{field: value})
+
+
+def test_a_layer_called_twice_is_refused_naming_the_module():
+    from torch import nn
+
+    from amc.errors import UnsupportedModelError
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.shared = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.shared(self.shared(self.stem(x)))
+            return self.head(x.mean((2, 3)))
+
+    with pytest.raises(UnsupportedModelError) as info:
+        discover(Twice(), torch.randn(1, 1, 8, 8))
+    message = str(info.value)
+    assert "'shared' (Conv2d, 2 calls)" in message and "\n" not in message
+    assert "give each use its own module" in message

@@ -107,3 +107,22 @@ def test_a_budget_the_base_model_meets_keeps_every_unit(small_model):
     graph = discover(model, example[:1])
     result = global_pruning(model, graph, example, budget=1.0, ratio_of=make_cost_model("flops", graph).ratio)
     assert result.keep == (1.0,) * len(graph) and result.steps == 0 and _widths(result.model) == _widths(model)
+
+
+def test_torch_pruning_past_its_time_budget_is_none_and_a_warning(caplog):
+    """A tiny Llama's grouped-query heads keep Torch-Pruning's dependency walk busy for many minutes: the
+    baseline stops at its time budget instead of hanging the search."""
+    pytest.importorskip("transformers")
+    import time
+
+    from tests.amc.hf_models import hf_llama, text_input
+
+    model, example = hf_llama(), text_input(batch=2)
+    graph = discover(model, example[:1])
+    cost = make_cost_model("flops", graph)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="amc.pruning.global_pruning"):
+        result = global_pruning(model, graph, example, budget=0.5, ratio_of=cost.ratio, seconds=2.0)
+    assert result is None
+    assert time.monotonic() - started < 60
+    assert "did not finish within its time budget" in caplog.text

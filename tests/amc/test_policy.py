@@ -76,8 +76,8 @@ def test_not_an_object() -> None:
 
 def test_wrong_format(policy: Policy) -> None:
     data = policy_dict(policy)
-    data["format"] = "amc-policy/2"
-    with pytest.raises(PolicyError, match=r"'format' must be 'amc-policy/1', got 'amc-policy/2'"):
+    data["format"] = "amc-policy/3"
+    with pytest.raises(PolicyError, match=r"'format' must be 'amc-policy/2' \(or 'amc-policy/1'\), got 'amc-policy/3'"):
         Policy.from_dict(data)
 
 

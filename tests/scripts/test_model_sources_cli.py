@@ -60,7 +60,9 @@ def test_hf_image_classifier_search_through_the_cli(tmp_path: Path, kind: str) -
     check_search(out, done, layer_prefix="inner.")
 
 
-def test_hf_text_model_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_hf_text_model_on_images_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A text classifier reads token ids: on an image dataset it is refused, naming ``--dataset text:FILE``
+    (tests/scripts/test_text_models_cli.py searches it on text)."""
     transformers = need("transformers")
     config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                      intermediate_size=64, max_position_embeddings=16, num_labels=10)
@@ -69,7 +71,8 @@ def test_hf_text_model_is_refused_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"search.py: error: --model hf:{tmp_path / 'bert'} is a text model (bert: its forward takes token ids), and "
-        "the datasets here are images: use an image classifier (*ForImageClassification)")
+        "the datasets here are images: pass your text as --dataset text:FILE (a .jsonl or .csv file with text and "
+        "label columns)")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed here")

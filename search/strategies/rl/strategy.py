@@ -29,6 +29,7 @@ from search.strategies.rl.checkpoint import (
     read_info,
 )
 from search.strategies.rl.vec_env import BatchedVecEnv, PrefetchEvaluator, ReplayEvaluator, replayed_result
+from amc.errors import ConfigError
 from amc.seeding import seeded
 
 if TYPE_CHECKING:
@@ -89,7 +90,13 @@ class RLStrategy(Strategy):
                               min_keep=self.min_keep, max_keep=self.max_keep, reward=self.reward,
                               criterion=problem.criterion, granularity=problem.granularity)
 
-        n_layers = len(problem.graph)
+        # Steps per episode, at most: one per width decision, one more per removable block with --depth (a
+        # dropped block's inner decisions take no step, so such episodes are shorter).
+        n_layers = len(problem.graph) + len(problem.blocks)
+        if problem.blocks and self.n_envs > 1:
+            raise ConfigError(f"--strategy {self.name} with --depth runs one environment (its episodes end at "
+                              f"different steps), got {self.n_envs} (one per worker); use --workers 1 or leave "
+                              "out --depth")
         self.resumed = info = self._checkpoint_to_resume(problem, n_layers)
         pending = list(problem.records[info.evaluations:]) if info else []  # rows the checkpoint has not seen
         if self.n_envs == 1:
@@ -117,6 +124,11 @@ class RLStrategy(Strategy):
             evaluations=lambda: problem.count - len(evaluator.pending))
         # SB3's default logger makes an empty /tmp/SB3-<date> folder at every learn(), even with verbose=0.
         agent.set_logger(Logger(folder=None, output_formats=[]))
+        if problem.blocks:  # episodes of varying length: stop after as many episodes as evaluations
+            from stable_baselines3.common.callbacks import CallbackList, StopTrainingOnMaxEpisodes
+
+            stop = StopTrainingOnMaxEpisodes(max_episodes=evaluations + len(pending))
+            callback = CallbackList([stop] if callback is None else [stop, callback])
         agent.learn(total_timesteps=(evaluations + len(pending)) * n_layers, callback=callback,
                     reset_num_timesteps=info is None)
 
@@ -159,10 +171,7 @@ def add_demonstrations(agent: Any, make_env, records: list[Record], *, n_envs: i
     for record in records:
         env = make_env(_Known(record))
         obs, _ = env.reset()
-        span = env.max_keep - env.min_keep
-        for keep in record.keep:
-            action = np.array([np.clip(2.0 * (keep - env.min_keep) / span - 1.0 if span > 0 else 1.0, -1.0, 1.0)],
-                              dtype=np.float32)
+        for action in env.actions_for(record.keep):  # with --depth a block's step drops it or keeps it
             next_obs, reward, terminated, _, _ = env.step(action)
             buffer.add(np.repeat(obs[None], n_envs, 0), np.repeat(next_obs[None], n_envs, 0),
                        np.repeat(action[None], n_envs, 0), np.full(n_envs, reward, dtype=np.float32),
