@@ -6,232 +6,28 @@ import argparse
 import importlib
 import logging
 import sys
-from pathlib import Path
 
 from rich.console import Console
 
-
-def _command(name: str, rest: list[str]) -> str:
-    """The command line of a benchmark section, as it was typed."""
-    return ("python scripts/bench.py " + name + " " + " ".join(rest)).strip()
-
-
-def _overhead(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.overhead import OverheadConfig, overhead_report
-
-    config = OverheadConfig(policies=args.policies, finetune_steps=args.finetune_steps, models=args.models,
-                            paths=args.paths, search_evaluations=args.search_evaluations, val_limit=args.val_limit,
-                            threads=args.threads, seed=args.seed, data_dir=args.data_dir)
-    overhead_report(config, root=Path(args.root), command=_command("overhead", rest), markdown=Path(args.markdown),
-                    console=console)
-    return 0
-
-
-def _env(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.env import env_report
-
-    env_report(model=args.model, steps=args.steps, markdown=Path(args.markdown), console=console)
-    return 0
-
-
-def _quality(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.quality import quality_report
-
-    quality_report(Path(args.root), budgets=tuple(float(b) for b in args.budgets.split(",")),
-                   seeds=tuple(int(s) for s in args.seeds.split(",")), evaluations=args.evaluations,
-                   threads=args.threads, command=_command("quality", rest), markdown=Path(args.markdown),
-                   console=console)
-    return 0
-
-
-def _scaling(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.scaling import scaling_report
-
-    scaling_report(Path(args.root), evaluations=args.evaluations, data_dir=args.data_dir, markdown=Path(args.markdown),
-                   console=console)
-    return 0
-
-
-def _latency(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.latency import latency_report
-
-    latency_report(models=tuple(args.models.split(",")), batches=tuple(int(b) for b in args.batches.split(",")),
-                   policies=args.policies, threads=args.threads, repeats=args.repeats, sample_time=args.sample_time,
-                   round_to=args.round_to, command=_command("latency", rest), markdown=Path(args.markdown),
-                   console=console)
-    return 0
-
-
-def _finetune(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.finetune import finetune_report
-
-    finetune_report(Path(args.root), budget=args.budget, evaluations=args.evaluations, epochs=args.epochs,
-                    round_to=args.round_to, threads=args.threads, data_dir=args.data_dir,
-                    command=_command("finetune", rest), markdown=Path(args.markdown), console=console)
-    return 0
-
-
-def _iterative(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.iterative import iterative_report
-
-    iterative_report(Path(args.root), budget=args.budget, seeds=tuple(int(s) for s in args.seeds.split(",")),
-                     epochs=args.epochs, steps=args.steps, threads=args.threads, command=_command("iterative", rest),
-                     markdown=Path(args.markdown), console=console)
-    return 0
-
-
-def _default_row(args: argparse.Namespace) -> dict:
-    """The default row's settings of ``headline`` and ``vit`` (None: scripts/search.py's default)."""
-    return dict(default_evaluations=args.default_evaluations, select=args.select, select_top_k=args.select_top_k,
-                select_samples=args.select_samples, select_lr=args.select_lr,
-                warm_start=tuple(args.warm_start) if args.warm_start else None,
-                baselines=False if args.no_baselines else None)
-
-
-def _add_default_row_options(p: argparse.ArgumentParser) -> None:
-    from search import values
-    from search.cli.common import int_at_least, number_in
-    from search.launch import argparse_type
-
-    p.add_argument("--default-evaluations", type=int_at_least(1), default=None,
-                   help="evaluations of the default row (scripts/search.py's default)")
-    p.add_argument("--select", type=argparse_type(values.select_recipe), default=None,
-                   help="the default row's deploy rung, finetune:EPOCHS or none (scripts/search.py's default)")
-    p.add_argument("--select-top-k", type=int_at_least(1), default=None,
-                   help="candidates the default row's deploy rung fine-tunes besides the baselines")
-    p.add_argument("--select-samples", type=int_at_least(1), default=None,
-                   help="training samples of each of the default row's deploy-rung fine-tunes")
-    p.add_argument("--select-lr", type=number_in(0, 10), default=None,
-                   help="learning rate of the default row's deploy-rung fine-tunes")
-    p.add_argument("--warm-start", nargs="+", default=None, metavar="PATH",
-                   help="policy.json files or run folders the default row starts from")
-    p.add_argument("--no-baselines", action="store_true", help="the default row evaluates no baselines first")
-
-
-def _headline(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.headline import HeadlineSettings, headline_report
-
-    settings = HeadlineSettings(budgets=args.budgets, seeds=args.seeds, evaluations=args.evaluations,
-                                oracle_factor=args.oracle_factor, workers=args.workers,
-                                finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples,
-                                score=args.score, ladder=tuple(args.ladder or ()), rows=args.rows,
-                                finetune_every_seed=args.finetune_every_seed, **_default_row(args))
-    headline_report(Path(args.root), settings, threads=args.threads, data_dir=args.data_dir,
-                    command=_command("headline", rest), markdown=Path(args.markdown), console=console)
-    return 0
-
-
-def _vit(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.vit import VitSettings, vit_report
-
-    settings = VitSettings(budget=args.budget, seeds=args.seeds, evaluations=args.evaluations, workers=args.workers,
-                           finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples,
-                           finetune_every_seed=not args.finetune_once, **_default_row(args))
-    vit_report(Path(args.root), settings, base_epochs=args.base_epochs, threads=args.threads, data_dir=args.data_dir,
-               command=_command("vit", rest), markdown=Path(args.markdown), console=console)
-    return 0
-
-
-def _compare(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from amc.errors import ConfigError
-    from search.bench.compare import compare_report, settings_of
-
-    try:
-        settings = settings_of(models=args.models, budgets=args.budgets, latency_budget=args.latency_budget,
-                               rows=args.rows, ddpg_models=args.ddpg_models, seeds=args.seeds,
-                               evaluations=args.evaluations,
-                               workers=args.workers, finetune_epochs=args.finetune_epochs,
-                               finetune_samples=args.finetune_samples, long_finetune_factor=args.long_finetune_factor,
-                               long_budget=args.long_budget, score=args.score)
-    except ConfigError as exc:
-        print(f"bench.py compare: error: {exc}", file=sys.stderr)
-        return 2
-    compare_report(Path(args.root), settings, threads=args.threads, data_dir=args.data_dir,
-                   command=_command("compare", rest), markdown=Path(args.markdown), console=console)
-    return 0
-
-
-def _fidelity(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.fidelity import FidelitySettings, fidelity_report
-
-    settings = FidelitySettings(budgets=args.budgets, policies=args.policies, scores=args.scores,
-                                finetune_samples=args.finetune_samples)
-    fidelity_report(Path(args.root), settings, threads=args.threads, data_dir=args.data_dir,
-                    command=_command("fidelity", rest), markdown=Path(args.markdown), console=console)
-    return 0
-
-
-def _deployed(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.common import BenchError
-    from search.bench.deployed import deployed_report
-
-    try:
-        deployed_report(Path(args.policy), processes=args.processes, batch=args.batch, threads=args.threads,
-                        repeats=args.repeats, sample_time=args.sample_time, export_again=args.export_again,
-                        console=console)
-    except (BenchError, RuntimeError) as exc:
-        print(f"bench.py deployed: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _memory(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.common import BenchError
-    from search.bench.memory import memory_report
-
-    try:
-        memory_report(Path(args.root).expanduser(), fashion_dir=Path(args.fashion_dir), evaluations=args.evaluations,
-                      epochs=args.epochs, model=args.model, val_limit=args.val_limit, threads=args.threads,
-                      loader_workers=args.loader_workers, command=_command("memory", rest),
-                      markdown=Path(args.markdown), console=console)
-    except BenchError as exc:
-        print(f"bench.py memory: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _gpu(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.common import BenchError
-    from search.bench.gpu import gpu_report
-
-    try:
-        gpu_report(Path(args.root), evaluations=args.evaluations, cpu_evaluations=args.cpu_evaluations,
-                   epochs=args.epochs, workers=args.workers, threads=args.threads, data_dir=args.data_dir,
-                   command=_command("gpu", rest), markdown=Path(args.markdown), console=console)
-    except BenchError as exc:
-        print(f"bench.py gpu: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _service_load(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.common import BenchError
-    from search.bench.service_load import LoadSettings, service_load_report
-
-    try:
-        settings = LoadSettings(searches=args.searches, max_concurrent=args.max_concurrent,
-                                evaluations=args.evaluations, strategy=args.strategy, seconds=args.poll_seconds,
-                                rate=args.rate, timeout=args.timeout)
-        service_load_report(settings, command=_command("service-load", rest), markdown=Path(args.markdown),
-                            console=console)
-    except BenchError as exc:
-        print(f"bench.py service-load: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _threads(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
-    from search.bench.common import BenchError
-    from search.bench.threads import threads_report
-
-    try:
-        threads_report(Path(args.root), models=args.models, threads=args.threads, evaluations=args.evaluations,
-                       cell_timeout=args.cell_timeout, command=_command("threads", rest),
-                       markdown=Path(args.markdown), console=console)
-    except BenchError as exc:
-        print(f"bench.py threads: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+from search.cli.bench_runs import (
+    run_overhead,
+    run_env,
+    run_quality,
+    run_scaling,
+    run_latency,
+    run_finetune,
+    run_iterative,
+    add_default_row_options,
+    run_headline,
+    run_vit,
+    run_compare,
+    run_fidelity,
+    run_deployed,
+    run_memory,
+    run_gpu,
+    run_service_load,
+    run_threads,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
     p.add_argument("--root", default="runs/bench-overhead", help="the 2-worker searches' runs")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_overhead)
+    p.set_defaults(run=run_overhead)
     p = sub.add_parser("env", help="environment steps per second with a stub evaluator")
     p.add_argument("--model", default="resnet56")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_env)
+    p.set_defaults(run=run_env)
     p = sub.add_parser("quality", help="strategies at equal evaluation counts (cnn/digits)")
     p.add_argument("--budgets", default="0.2,0.3")
     p.add_argument("--seeds", default="0,1,2")
@@ -296,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--root", default="runs/bench", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_quality)
+    p.set_defaults(run=run_quality)
     p = sub.add_parser("scaling", help="evaluations/s: local vs 1 and 2 Ray workers")
     p.add_argument("--evaluations", type=int, default=32)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--root", default="runs/bench-scaling")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_scaling)
+    p.set_defaults(run=run_scaling)
     p = sub.add_parser("latency", help="latency table: build time and predicted vs measured latency")
     p.add_argument("--models", default="resnet20,mobilenetv2")
     p.add_argument("--batches", default="1,64")
@@ -314,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds per sample")
     p.add_argument("--round-to", type=int_at_least(1), default=1)
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_latency)
+    p.set_defaults(run=run_latency)
     p = sub.add_parser("deployed", help="a searched policy's exported program timed against the base, per process")
     p.add_argument("policy", type=existing_file("pass the policy.json a search wrote"),
                    help="policy.json of a search (its pruned.pt2 is timed)")
@@ -324,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int_at_least(1), default=21, help="interleaved rounds per process")
     p.add_argument("--sample-time", type=number_in(0, 10, meaning=" (seconds per sample)"), default=0.1)
     p.add_argument("--export-again", action="store_true", help="time a fresh export instead of pruned.pt2")
-    p.set_defaults(run=_deployed)
+    p.set_defaults(run=run_deployed)
     p = sub.add_parser("finetune", help="resnet20/fashion-mnist: exported model's latency and fine-tuned accuracy")
     p.add_argument("--budget", type=float, default=0.3)
     p.add_argument("--evaluations", type=int, default=200)
@@ -334,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--root", default="runs/bench-finetune", help="search and fine-tuning results are kept here")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_finetune)
+    p.set_defaults(run=run_finetune)
     p = sub.add_parser("iterative", help="one-shot vs iterative pruning, same policy and fine-tuning epochs")
     p.add_argument("--budget", type=float, default=0.2)
     p.add_argument("--seeds", default="0,1,2")
@@ -343,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--root", default="runs/bench", help="policies (quality cells) and results are cached here")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_iterative)
+    p.set_defaults(run=run_iterative)
     p = sub.add_parser("headline", help="resnet20/fashion-mnist: every strategy vs uniform, Torch-Pruning and an oracle")
     p.add_argument("--budgets", type=comma_list(number_in(0, 1, meaning=" (fraction of the base FLOPs)")),
                    default=(0.3, 0.5), help="FLOPs budgets, comma-separated (0.3,0.5)")
@@ -364,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows to run, comma-separated (all: " + ",".join(HEADLINE_ROWS) + ")")
     p.add_argument("--finetune-every-seed", action="store_true",
                    help="fine-tune the deterministic rows (uniform, tp-global, sensitivity, oracle) with every seed")
-    _add_default_row_options(p)
+    add_default_row_options(p)
     p.add_argument("--root", default="runs/bench-headline", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_headline)
+    p.set_defaults(run=run_headline)
     p = sub.add_parser("vit", help="vit/fashion-mnist: searched heads and MLP widths vs uniform and Torch-Pruning's "
                                    "ViT pruning, before and after fine-tuning")
     p.add_argument("--budget", type=number_in(0, 1, meaning=" (fraction of the base FLOPs)"), default=0.5)
@@ -381,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
     p.add_argument("--finetune-once", action="store_true",
                    help="fine-tune the deterministic rows (uniform, tp-vit) with the first seed only")
-    _add_default_row_options(p)
+    add_default_row_options(p)
     p.add_argument("--root", default="runs/bench-vit", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_vit)
+    p.set_defaults(run=run_vit)
     p = sub.add_parser("fidelity", help="resnet20/fashion-mnist: each candidate score's rank correlation with the "
                                         "accuracy after fine-tuning")
     p.add_argument("--budgets", type=comma_list(number_in(0, 1, meaning=" (fraction of the base FLOPs)")),
@@ -399,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--root", default="runs/bench-fidelity", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_fidelity)
+    p.set_defaults(run=run_fidelity)
     p = sub.add_parser("compare", help="where the allocation pays: resnet20, mobilenetv2 and vit on fashion-mnist, "
                                        "searches vs baselines per budget after the same fine-tune, resumable")
     _compare_model = _listed("search.bench.compare", "MODELS", "model")
@@ -427,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
     p.add_argument("--root", default="runs/bench-compare", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_compare)
+    p.set_defaults(run=run_compare)
     p = sub.add_parser("memory", help="driver peak RSS: fashion-mnist as 60,000+10,000 PNGs (streamed) vs in memory")
     p.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist", help="fashion-mnist IDX directory")
     p.add_argument("--evaluations", type=int_at_least(1), default=8)
@@ -440,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="~/.cache/amc-search/bench-memory",
                    help="the PNG folder (outside the repo: 70,000 files), runs and results; a rerun skips finished runs")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_memory)
+    p.set_defaults(run=run_memory)
     p = sub.add_parser("gpu", help="resnet20 search with --device cuda against the CPU (needs a GPU)")
     p.add_argument("--evaluations", type=int_at_least(1), default=100, help="evaluations of the cuda searches")
     p.add_argument("--cpu-evaluations", type=int_at_least(1), default=20, help="evaluations of the CPU search")
@@ -450,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")
     p.add_argument("--root", default="runs/bench-gpu", help="runs, cache and results; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_gpu)
+    p.set_defaults(run=run_gpu)
     p = sub.add_parser("service-load", help="the search service on loopback: a burst of tiny searches through "
                                             "--max-concurrent, then open-loop status polling (latency percentiles)")
     p.add_argument("--searches", type=int_at_least(1), default=50, help="submitted at once (50)")
@@ -464,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=number_in(0, 7200, meaning=" (seconds)"), default=1800.0,
                    help="bound of the whole run, seconds (1800)")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_service_load)
+    p.set_defaults(run=run_service_load)
     p = sub.add_parser("threads", help="the default search by torch threads, idle and beside a busy loop "
                                         "(before and after the --threads default)")
     p.add_argument("--models", type=comma_list(_threads_model), default=("cnn", "resnet20"),
@@ -476,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a search running longer is stopped and shown as '> N s' (300)")
     p.add_argument("--root", default="runs/bench-threads", help="runs and results; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
-    p.set_defaults(run=_threads)
+    p.set_defaults(run=run_threads)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)
