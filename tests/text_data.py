@@ -63,8 +63,9 @@ def save_tokenizer(folder: Path, texts: list[str], *, vocab_size: int = 200):
 
 
 def save_text_model(folder: Path, kind: str, *, vocab_size: int, num_labels: int = 3, positions: int = 64) -> Path:
-    """A random-init ``BertForSequenceClassification`` or ``LlamaForSequenceClassification`` (grouped-query
-    attention: 4 query heads in 2 key/value groups), 2 layers of 32 wide, saved into ``folder``."""
+    """A random-init ``BertForSequenceClassification``, ``LlamaForSequenceClassification`` (grouped-query
+    attention: 4 query heads in 2 key/value groups) or ``GPT2ForSequenceClassification``, 2 layers of 32 wide,
+    saved into ``folder``."""
     import transformers
 
     common = {"vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -77,6 +78,10 @@ def save_text_model(folder: Path, kind: str, *, vocab_size: int, num_labels: int
         elif kind == "llama":
             model = transformers.LlamaForSequenceClassification(
                 transformers.LlamaConfig(num_key_value_heads=2, **common))
+        elif kind == "gpt2":  # its projections are transformers' Conv1D (weights stored transposed)
+            model = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+                vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=positions,
+                num_labels=num_labels, pad_token_id=0, bos_token_id=1, eos_token_id=1))
         else:
             raise ValueError(f"unknown text model kind {kind!r}")
     model.save_pretrained(folder)

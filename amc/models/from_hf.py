@@ -50,6 +50,9 @@ class HFLogits(nn.Module):
         super().__init__()
         self.inner = inner
         self.text = text
+        # A decoder (GPT-2, Llama, ...) builds a key/value cache by default: a classifier needs none, and its
+        # concatenations confuse Torch-Pruning's channel mapping.
+        self._no_cache = {"use_cache": False} if "use_cache" in inspect.signature(inner.forward).parameters else {}
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.text:
@@ -58,7 +61,28 @@ class HFLogits(nn.Module):
         ids = x.long().clamp(0, config.vocab_size - 1)  # (B, T)
         pad = getattr(config, "pad_token_id", None)
         mask = None if pad is None else (ids != pad).long()
-        return self.inner(input_ids=ids, attention_mask=mask).logits
+        return self.inner(input_ids=ids, attention_mask=mask, **self._no_cache).logits
+
+
+def conv1d_as_linear(model: nn.Module) -> nn.Module:
+    """``transformers``' ``Conv1D`` (GPT-2's projections: ``x @ W + b`` with ``W`` of shape ``(in, out)``) replaced
+    in place by the equivalent ``nn.Linear`` (``W`` transposed), which Torch-Pruning, the pruner and the cost
+    model know; the outputs are the same. A model saved back with ``save_pretrained`` would hold the transposed
+    weights, so pruned models are exported as programs (``torch.export``, ONNX), not as Hugging Face folders."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers without it: nothing to replace
+        return model
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            n_in, n_out = module.weight.shape
+            linear = nn.Linear(n_in, n_out, bias=module.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.t())
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            model.set_submodule(name, linear)
+    return model
 
 
 class HFSource(ModelSource):
@@ -114,7 +138,7 @@ class HFSource(ModelSource):
         finally:
             if bars:
                 transformers.utils.logging.enable_progress_bar()
-        return HFLogits(model, text=text)
+        return HFLogits(conv1d_as_linear(model), text=text)
 
     def files(self, ref: str) -> list[tuple[str, int, int]]:
         path = Path(ref).expanduser()

@@ -49,25 +49,14 @@ class Row:
     message: str = ""
 
 
-class Logits(nn.Module):
-    """A Hugging Face model as the evaluator sees it: ``forward(x) -> logits`` (text models get float ids)."""
-
-    def __init__(self, inner: nn.Module, text: bool = False) -> None:
-        super().__init__()
-        self.inner, self.text = inner, text
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.text:
-            return self.inner(input_ids=x.long().clamp(0, self.inner.config.vocab_size - 1)).logits
-        return self.inner(pixel_values=x).logits
-
-
 def _hf(config_name: str, model_name: str, text: bool = False, **config) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import transformers
 
+        from amc.models.from_hf import HFLogits, conv1d_as_linear
+
         cfg = getattr(transformers, config_name)(num_labels=5, **config)
-        return Logits(getattr(transformers, model_name)(cfg), text=text)
+        return HFLogits(conv1d_as_linear(getattr(transformers, model_name)(cfg)), text=text)  # as hf:PATH loads it
     return build
 
 

@@ -82,3 +82,29 @@ def test_costs_of_random_policies_are_exact_and_pruned_models_export(tmp_path: P
         onnx = export_onnx(pruned, x[:2], tmp_path / f"{kind}{i}.onnx")
         got = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
         assert np.abs(got - want.numpy()).max() < 1e-4
+
+
+def test_gpt2_conv1d_projections_load_as_linear_layers_with_the_same_outputs(tmp_path: Path) -> None:
+    """GPT-2's ``Conv1D`` projections become ``nn.Linear`` (Torch-Pruning and the cost model know those): the
+    loaded model computes what the saved one does, its MLP widths are decisions and their costs are exact."""
+    import transformers
+    from transformers.pytorch_utils import Conv1D
+
+    folder, path = td.text_setup(tmp_path, "gpt2")
+    data = load_dataset(f"text:{path}", kwargs={"tokenizer": str(folder), "length": 16})
+    model = build_model(f"hf:{folder}", in_channels=16, num_classes=3).eval()
+    x = data.val.tensors[0][:4]
+    assert (x == 0).any()
+    assert not any(isinstance(m, Conv1D) for m in model.modules())
+    saved = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
+    ids = x.long()
+    with torch.no_grad():
+        want = saved(input_ids=ids, attention_mask=(ids != 0).long(), use_cache=False).logits
+        torch.testing.assert_close(model(x), want, rtol=0, atol=1e-5)
+    graph = discover(model, x[:1])
+    assert [s.name for s in graph.layers] == ["inner.transformer.h.0.mlp.c_fc", "inner.transformer.h.1.mlp.c_fc"]
+    flops, params = FlopsCost(graph), ParamsCost(graph)
+    rng = random.Random(0)
+    for _ in range(20):
+        keep = [rng.uniform(0.01, 1.0) for _ in graph.layers]
+        assert (flops.cost(keep), params.cost(keep)) == measured(prune_model(model, graph, keep), x[:1]), keep
