@@ -36,6 +36,7 @@ BAD_ARGS: dict[str, tuple[list[str], str]] = {
     "epochs-zero": (["--epochs", "0", "--out", "{out}"], "--epochs"),
     "toml-unknown-key": (["--config", "{toml}", "--out", "{out}"], "nosuchkey"),
     "score": (["--score", "finetune:0", "--out", "{out}"], "finetune:0"),
+    "depth-without-blocks": (["--depth", "--out", "{out}"], "--depth"),
 }
 
 
@@ -75,7 +76,9 @@ def test_bad_argument_is_one_line_and_exit_code_2(case: str, bad_runs) -> None:
 
 
 @pytest.mark.parametrize(("case", "start"), [("model", "search.py: error: unknown model 'nosuchmodel'"),
-                                           ("budget-unreachable", "search.py: error: budget 0.01 is unreachable")])
+                                           ("budget-unreachable", "search.py: error: budget 0.01 is unreachable"),
+                                           ("depth-without-blocks",
+                                            "search.py: error: model cnn has no removable block")])
 def test_late_errors_fail_cleanly_apart_from_log_lines(case: str, start: str, bad_runs) -> None:
     """An error that comes after the context build: exit 2, the error alone, no folder left."""
     lines = _check_clean_failure(case, bad_runs)
