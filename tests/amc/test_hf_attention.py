@@ -22,8 +22,8 @@ from amc.errors import UnsupportedModelError
 from amc.graph.caches import release_caches
 from amc.graph.discover import discover
 from amc.graph.probe import counting_flops
-from amc.pruning.export import export_onnx, export_program
 from amc.pruning.pruner import prune_model
+from tests.export_checks import assert_exports
 
 pytest.importorskip("transformers")
 
@@ -107,20 +107,10 @@ def test_bert_head_counts_follow_pruning() -> None:
 
 @pytest.mark.parametrize("name", ["vit", "bert", "llama"])
 def test_pruned_models_export_with_torch_export_and_onnx(name: str, tmp_path: Path) -> None:
-    import onnxruntime as ort
-
     model = BUILDERS[name]()
     graph = discover(model, example(name))
     keep = np.random.default_rng(1).uniform(0.2, 0.9, len(graph)).tolist()
-    pruned = prune_model(model, graph, keep)
-    batch = example(name, 3)
-    with torch.no_grad():
-        want = pruned(batch)
-        program = export_program(pruned, example(name, 2)).module()
-        torch.testing.assert_close(program(batch), want, atol=1e-5, rtol=1e-4)
-    path = export_onnx(pruned, example(name, 2), tmp_path / "m.onnx")
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": batch.numpy()})[0]
-    assert np.abs(got - want.numpy()).max() < 1e-4
+    assert_exports(prune_model(model, graph, keep), example(name, 2), example(name, 3), tmp_path)
 
 
 def test_a_plain_conv_model_has_no_flops_of_its_own() -> None:

@@ -23,8 +23,8 @@ from amc.cost.analytic import FlopsCost, ParamsCost
 from amc.graph.discover import discover
 from amc.graph.probe import counting_flops
 from amc.models import build_model
-from amc.pruning.export import export_onnx, export_program
 from amc.pruning.pruner import prune_model
+from tests.export_checks import assert_exports
 from tests.optional import need
 
 need("timm")
@@ -121,17 +121,7 @@ def test_costs_are_exact_and_pruned_models_run(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_pruned_models_export_with_torch_export_and_onnx(name: str, tmp_path: Path) -> None:
-    import onnxruntime as ort
-
     model, size = build(name)
     graph = discover(model, images(size))
     keep = np.random.default_rng(1).uniform(0.2, 0.9, len(graph)).tolist()
-    pruned = prune_model(model, graph, keep)
-    batch = images(size, 3)
-    with torch.no_grad():
-        want = pruned(batch)
-        program = export_program(pruned, images(size, 2)).module()
-        torch.testing.assert_close(program(batch), want, atol=1e-5, rtol=1e-4)
-    path = export_onnx(pruned, images(size, 2), tmp_path / "m.onnx")
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": batch.numpy()})[0]
-    assert np.abs(got - want.numpy()).max() < 1e-4
+    assert_exports(prune_model(model, graph, keep), images(size, 2), images(size, 3), tmp_path)
