@@ -87,6 +87,8 @@ def train(
     description: str = "training",
     start_epoch: int = 0,
     on_epoch: Callable[[int, nn.Module, float], None] | None = None,
+    optimizer_state: dict | None = None,
+    on_optimizer: Callable[[int, torch.optim.Optimizer], None] | None = None,
 ) -> nn.Module:
     """Trains ``model`` in place and returns it (in eval mode).
 
@@ -103,6 +105,9 @@ def train(
             learning-rate steps are replayed without computing, so epoch ``k`` sees the batches and
             learning rate of the full run (the optimiser's momentum starts at zero). Used to rewind.
         on_epoch: Called with (epochs done, model, mean loss) after each epoch.
+        optimizer_state: An optimiser ``state_dict`` saved at ``start_epoch`` (momentum buffers): with it a
+            resumed run continues exactly where it stopped, for a model without dropout.
+        on_optimizer: Called with (epochs done, optimiser) after each epoch, after ``on_epoch``: to checkpoint.
     """
     from amc.data.streaming import batches
 
@@ -111,6 +116,8 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "cosine":
@@ -150,6 +157,8 @@ def train(
             bar.update(task, advance=1, status=f"loss {total_loss / n:.4f}")
             if on_epoch is not None:
                 on_epoch(epoch + 1, model, total_loss / n)
+            if on_optimizer is not None:
+                on_optimizer(epoch + 1, optimizer)
     return model.eval()
 
 
@@ -212,7 +221,9 @@ def load_or_train(
     """Returns a trained base model on ``device``, from the cache when the same model, data, seed and config exist.
 
     The cache file is ``<cache_dir>/<model>-<key>.pt`` (a ``state_dict`` saved from the CPU, loaded with
-    ``weights_only=True``); a corrupt or foreign file is retrained and overwritten, never trusted. The
+    ``weights_only=True``); a corrupt or foreign file is retrained and overwritten, never trusted. Each
+    finished epoch is saved beside it (``<model>-<key>.partial.pt``: weights, optimiser, generator): an
+    interrupted training resumes there, with the same weights as an uninterrupted one on the CPU. The
     key does not depend on ``device``: a model trained on a GPU is found again on the CPU.
     """
     with seeded(seed, device):  # initial weights and dropout draws: the seed's, the caller's generator untouched
@@ -238,15 +249,64 @@ def _load_or_train(model_name: str, data: DataSplits, *, seed: int, config: Trai
             return model, _result(model, data, time.perf_counter() - start, True, path)
         except ModelError as exc:
             log.warning("ignoring unusable cached model (%s); retraining", exc)
-    log.info("training %s on %s (seed %d, %d epochs)", model_name, data.name, seed, config.epochs)
-    model.to(device)
-    train(model, data.train, config, seed=seed, progress=progress, description=f"training {model_name}")
-    seconds = time.perf_counter() - start
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")  # two processes may train the same base at once
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
+    partial = path.with_suffix(".partial.pt")
+    start_epoch, optimizer_state = _resume_point(model, partial, config.epochs)
+    if start_epoch:
+        log.info("resuming the training of %s at epoch %d of %d from %s", model_name, start_epoch, config.epochs,
+                 partial)
+    else:
+        log.info("training %s on %s (seed %d, %d epochs)", model_name, data.name, seed, config.epochs)
+    model.to(device)
+
+    def save_partial(epochs_done: int, optimizer: torch.optim.Optimizer) -> None:
+        if epochs_done < config.epochs:  # the finished model goes to ``path`` below
+            _save_atomic({"epoch": epochs_done, "model": _cpu(model.state_dict()),
+                          "optimizer": _cpu(optimizer.state_dict()), "rng": torch.get_rng_state()}, partial)
+
+    train(model, data.train, config, seed=seed, progress=progress, description=f"training {model_name}",
+          start_epoch=start_epoch, optimizer_state=optimizer_state, on_optimizer=save_partial)
+    seconds = time.perf_counter() - start
+    _save_atomic(_cpu(model.state_dict()), path)
+    partial.unlink(missing_ok=True)
     return model, _result(model, data, seconds, False, path)
+
+
+def _cpu(state):
+    """``state`` (a state_dict, possibly nested as an optimiser's is) with every tensor moved to the CPU."""
+    if isinstance(state, Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _cpu(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_cpu(v) for v in state]
+    return state
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # two processes may train the same base at once
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
+
+
+def _resume_point(model: nn.Module, partial: Path, epochs: int) -> tuple[int, dict | None]:
+    """(epochs done, optimiser state) of an interrupted training saved at ``partial``, or (0, None).
+
+    The model's weights and the global CPU generator's state are loaded from it; an unreadable or foreign file is ignored (and trained over).
+    """
+    if not partial.is_file():
+        return 0, None
+    try:
+        saved = torch.load(partial, map_location="cpu", weights_only=True)
+        epoch = int(saved["epoch"])
+        if not 0 < epoch < epochs:
+            raise ValueError(f"epoch {epoch} is outside 1..{epochs - 1}")
+        model.load_state_dict(saved["model"])
+        torch.set_rng_state(saved["rng"])  # dropout's draws go on as in the uninterrupted run (CPU generator)
+        return epoch, saved["optimizer"]
+    except Exception as exc:  # torch and a foreign dict raise several types
+        log.warning("ignoring unusable partial training %s (%s); training from the start", partial, exc)
+        return 0, None
 
 
 def _result(model: nn.Module, data: DataSplits, seconds: float, cached: bool, path: Path) -> TrainResult:

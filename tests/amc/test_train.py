@@ -130,3 +130,51 @@ def test_resuming_the_schedule_at_an_epoch_replays_the_full_run(digits) -> None:
     other.load_state_dict(snapshots[2])
     train(other, digits.train, config, seed=3, progress=False, start_epoch=1)  # a wrong replay point
     assert not all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), other.state_dict().values()))
+
+
+def test_an_interrupted_training_resumes_at_its_last_epoch_with_the_same_weights(digits, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """Each epoch is checkpointed: a training killed after epoch 1 of 3 resumes at epoch 2, and ends with the
+    weights of an uninterrupted run (cnn has dropout: the generator's state is part of the checkpoint)."""
+    import amc.train as train_module
+
+    config = TrainConfig(epochs=3)
+    whole, _ = load_or_train("cnn", digits, config=config, cache_dir=tmp_path / "whole", progress=False)
+
+    real_train = train_module.train
+    epochs_seen: list[int] = []
+
+    def killed_after_one_epoch(*args, on_optimizer, **kwargs):
+        def save_then_die(done, optimizer):
+            on_optimizer(done, optimizer)
+            raise KeyboardInterrupt
+
+        return real_train(*args, on_optimizer=save_then_die, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", killed_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_train("cnn", digits, config=config, cache_dir=tmp_path / "cut", progress=False)
+    assert [p.name.endswith(".partial.pt") for p in (tmp_path / "cut").iterdir()] == [True]
+
+    def counting(*args, start_epoch, on_epoch=None, **kwargs):
+        def seen(done, model, loss):
+            epochs_seen.append(done)
+
+        return real_train(*args, start_epoch=start_epoch, on_epoch=seen, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", counting)
+    resumed, result = load_or_train("cnn", digits, config=config, cache_dir=tmp_path / "cut", progress=False)
+    assert epochs_seen == [2, 3]
+    assert not result.cached
+    assert states_equal(resumed, whole)
+    assert [p.name for p in (tmp_path / "cut").iterdir()] == [Path(result.checkpoint).name]  # partial removed
+
+
+def test_an_unreadable_partial_training_is_ignored(digits, tmp_path: Path) -> None:
+    _, first = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path / "a", progress=False)
+    partial = tmp_path / "b" / Path(first.checkpoint).with_suffix(".partial.pt").name
+    partial.parent.mkdir()
+    partial.write_bytes(b"not a checkpoint")
+    _, again = load_or_train("cnn", digits, config=QUICK, cache_dir=tmp_path / "b", progress=False)
+    assert not again.cached
+    assert not partial.exists()
