@@ -23,6 +23,7 @@ from amc.device import model_device
 from amc.evaluation.evaluator import EvalResult
 from amc.evaluation.metrics import tally
 from amc.pruning.policy import Policy
+from amc.seeding import seeded
 from amc.train import TrainConfig, train
 
 
@@ -68,7 +69,8 @@ def deploy_model(ctx: Context, policy: Policy | list[float], recipe: DeployRecip
     samples = samples if samples is not None else tune_set(ctx.data.train, recipe.samples)
     config = TrainConfig(epochs=recipe.epochs, lr=recipe.lr, schedule="cosine", batch_size=ctx.config.train.batch_size,
                          shift=ctx.config.train.shift)
-    train(model, samples, config, seed=seed, progress=False)
+    with seeded(seed, model_device(model)):  # dropout's draws: the seed's, whatever ran in this process before
+        train(model, samples, config, seed=seed, progress=False)
     return model.eval()
 
 

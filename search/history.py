@@ -25,12 +25,13 @@ from amc.errors import ConfigError
 from amc.pruning.depth import DepthKeep, dropped_of
 
 COLUMNS = ("index", "strategy", "step", "accuracy", "loss", "cost", "cost_ratio", "reward", "cached",
-           "seconds", "wall_time", "keep", "dropped", "rung", "score", "origin", "repeat")
-ORIGIN_COLUMNS = tuple(c for c in COLUMNS if c != "dropped")  # before depth pruning (rows read as dropping none)
+           "seconds", "wall_time", "keep", "dropped", "rung", "score", "origin", "repeat", "pid")
+PID_COLUMNS = COLUMNS[:-1]  # before the measuring process's pid (rows read as pid 0: not recorded)
+ORIGIN_COLUMNS = tuple(c for c in PID_COLUMNS if c != "dropped")  # before depth pruning (rows read as dropping none)
 LADDER_COLUMNS = ORIGIN_COLUMNS[:-2]  # before origins (every row read as origin "search")
 OLD_COLUMNS = ORIGIN_COLUMNS[:-4]  # before the ladder's rows (read as rung 0)
 # Older layouts are read as they are and rewritten with the current header when a run resumes.
-LAYOUTS = (COLUMNS, ORIGIN_COLUMNS, LADDER_COLUMNS, OLD_COLUMNS)
+LAYOUTS = (COLUMNS, PID_COLUMNS, ORIGIN_COLUMNS, LADDER_COLUMNS, OLD_COLUMNS)
 SEARCH = "search"  # origin of a strategy's own proposal
 BASELINE_PREFIX = "baseline:"  # origin of a baseline candidate: baseline:uniform, baseline:tp-global
 WARM_PREFIX = "warm:"  # origin of a policy transferred from an earlier run (--warm-start): warm:<source>
@@ -60,6 +61,7 @@ class Record:
     score: str = ""  # the candidate score this row measured (amc.evaluation.scores; "" in a file from before the ladder)
     origin: str = SEARCH  # search, baseline:<name> or warm:<source> (see the module docstring)
     repeat: int = 0  # 1: the same measurement again with another seed (the deploy rung's noise)
+    pid: int = 0  # the process that measured a ladder's or the deploy rung's re-score (a Ray worker's); 0: not recorded
 
     @property
     def dropped(self) -> tuple[str, ...]:
@@ -74,7 +76,7 @@ class Record:
         return [str(self.index), self.strategy, str(self.step), repr(self.accuracy), repr(self.loss),
                 repr(self.cost), repr(self.cost_ratio), repr(self.reward), str(int(self.cached)),
                 f"{self.seconds:.4f}", f"{self.wall_time:.3f}", json.dumps(list(self.keep)),
-                json.dumps(list(self.dropped)), str(self.rung), self.score, self.origin, str(self.repeat)]
+                json.dumps(list(self.dropped)), str(self.rung), self.score, self.origin, str(self.repeat), str(self.pid)]
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,9 @@ class HistoryWriter:
 
 
 def _upgrade(path: Path) -> None:
-    """Rewrites a history.csv of an older layout (no ``rung``, ``score``; no ``origin``, ``repeat``; no ``dropped``)
-    in this one: its rows as rung 0, origin ``search``, no dropped block, where the columns were missing."""
+    """Rewrites a history.csv of an older layout (no ``rung``, ``score``; no ``origin``, ``repeat``; no ``dropped``;
+    no ``pid``) in this one: its rows as rung 0, origin ``search``, no dropped block, pid 0, where the columns were
+    missing."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open(newline="") as f:
@@ -168,6 +171,7 @@ def parse_row(row: Mapping[str, str | None]) -> Record:
         reward=float(row["reward"]), cached=row["cached"] == "1", seconds=float(row["seconds"]),
         wall_time=float(row["wall_time"]), keep=_keep(row), rung=int(row.get("rung") or 0),
         score=row.get("score") or "", origin=row.get("origin") or SEARCH, repeat=int(row.get("repeat") or 0),
+        pid=int(row.get("pid") or 0),
     )
 
 

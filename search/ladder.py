@@ -12,7 +12,9 @@ Two forms, one record format (``history.csv`` rows with ``rung`` >= 1, see :mod:
 
 Either way the best policy is the best candidate of the highest rung reached (:func:`search.history.rank`).
 Each re-score is written to ``history.csv`` as soon as it is measured; ``--resume`` reads the rows back and
-scores only what is missing, so a killed ladder loses nothing and scores no candidate twice.
+scores only what is missing, so a killed ladder loses nothing and scores no candidate twice. With a Ray pool
+(``--workers N``) :func:`run_ladder`'s re-scores of a rung run on its workers at once, with the same scores
+as on the driver; each row's ``pid`` names the process that measured it.
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ def run_ladder(problem: SearchProblem, ctx: Context, scores: Sequence[str], *, t
     for rung, score in enumerate(scores, 1):
         todo = [r for r in candidates if problem.known_rescore(r, rung) is None]
 
-        def record(i: int, result: EvalResult, todo=todo, rung=rung, score=score) -> None:
-            problem.record_rescore(todo[i], rung, score, result)
+        def record(i: int, result: EvalResult, pid: int, todo=todo, rung=rung, score=score) -> None:
+            problem.record_rescore(todo[i], rung, score, result, pid=pid)
 
         pids = run_tasks(ctx, pool, RescoreTask(score), [problem.policy(r.keep) for r in todo], record)
         if pids:

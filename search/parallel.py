@@ -325,10 +325,11 @@ class RayEvaluatorPool:
         return results  # type: ignore[return-value]
 
     def map(self, task: Callable[[Any, Any], Any], items: Sequence[Any], *,
-            on_result: Callable[[int, Any], None] | None = None) -> set[int]:
+            on_result: Callable[[int, Any, int], None] | None = None) -> set[int]:
         """Runs ``task(context, item)`` for every item on the workers (a ladder's re-scores, the deploy rung's
-        fine-tunes), no caching; ``on_result(i, result)`` as each arrives. An actor that dies is replaced and
-        its item run again. Returns the pids of the workers that ran them.
+        fine-tunes), no caching; ``on_result(i, result, pid)`` as each arrives, ``pid`` the worker process that
+        ran it. An actor that dies is replaced and its item run again. Returns the pids of the workers that
+        ran them.
         """
         ray = self._ray
         todo, idle, pids = list(range(len(items))), list(range(len(self.actors))), set()
@@ -353,7 +354,7 @@ class RayEvaluatorPool:
             idle.append(slot)
             pids.add(pid)
             if on_result is not None:
-                on_result(i, result)
+                on_result(i, result, pid)
         return pids
 
     def _replace_dead(self, slot: int, exc: BaseException) -> None:

@@ -162,15 +162,17 @@ class SearchProblem:
         """The re-score of ``record`` at ``rung`` measured before (``repeat`` 1: its noise measurement), if any."""
         return (self.repeats if repeat else self.rescored).get((record.index, rung))
 
-    def record_rescore(self, record: Record, rung: int, score: str, result: EvalResult, *, repeat: int = 0) -> Record:
+    def record_rescore(self, record: Record, rung: int, score: str, result: EvalResult, *, repeat: int = 0,
+                       pid: int = 0) -> Record:
         """Records ``result`` as the ``rung``-th score of the candidate ``record`` (``repeat`` 1: the same
-        measurement with another seed, which never makes the candidate best) and writes its row."""
+        measurement with another seed, which never makes the candidate best; ``pid``: the process that measured
+        it) and writes its row."""
         reward = self._reward(RewardInput(result.accuracy, record.cost, self.cost_model.base, self.budget,
                                           self.cost_model.resource))
         rescored = dataclasses.replace(record, accuracy=result.accuracy, loss=result.loss, reward=reward,
                                        cached=result.cached, seconds=result.seconds,
                                        wall_time=time.perf_counter() - self._start, rung=rung, score=score,
-                                       repeat=repeat)
+                                       repeat=repeat, pid=pid)
         (self.repeats if repeat else self.rescored)[record.index, rung] = rescored
         self._keep(rescored)
         return rescored

@@ -42,28 +42,36 @@ _TUNE_SETS: dict[tuple[int, int], Any] = {}  # (id(context), samples) -> the rec
 
 @dataclass(frozen=True)
 class DeployTask:
-    """Fine-tune a candidate with ``recipe`` and ``seed``; its validation result (picklable, for Ray actors)."""
+    """Fine-tune a candidate with ``recipe`` and ``seed``; its validation result (picklable, for Ray actors).
+
+    The global generators (dropout's draws) are seeded with ``seed`` too, so a candidate's result is the same in
+    whichever process runs it, after whatever ran there before: a pool's workers give the serial path's scores.
+    """
 
     recipe: DeployRecipe
     seed: int
 
     def __call__(self, ctx: Context, policy) -> EvalResult:
         from amc.deploy import deploy_score, tune_set
+        from amc.device import model_device
+        from amc.seeding import seeded
 
         key = (id(ctx), self.recipe.samples)
         if key not in _TUNE_SETS:
             _TUNE_SETS[key] = tune_set(ctx.data.train, self.recipe.samples)
-        return deploy_score(ctx, policy, self.recipe, seed=self.seed, samples=_TUNE_SETS[key])
+        with seeded(self.seed, model_device(ctx.model)):
+            return deploy_score(ctx, policy, self.recipe, seed=self.seed, samples=_TUNE_SETS[key])
 
 
 def run_tasks(ctx: Context, pool: Any, task: Callable[[Context, Any], EvalResult], policies: Sequence[Any],
-              on_result: Callable[[int, EvalResult], None]) -> set[int]:
-    """Runs ``task`` on every policy, on the pool's workers when there is a pool (each result handed to
-    ``on_result`` as it arrives), else here in order; returns the pids of the processes that ran them."""
+              on_result: Callable[[int, EvalResult, int], None]) -> set[int]:
+    """Runs ``task`` on every policy, on the pool's workers when there is a pool (:meth:`RayEvaluatorPool.map`:
+    each result handed to ``on_result(i, result, pid)`` as it arrives), else here in order; ``pid`` is the
+    process that ran it. Returns the pids of the processes that ran them."""
     if pool is not None and hasattr(pool, "map"):
         return pool.map(task, list(policies), on_result=on_result)
     for i, policy in enumerate(policies):
-        on_result(i, task(ctx, policy))
+        on_result(i, task(ctx, policy), os.getpid())
     return {os.getpid()} if policies else set()
 
 
@@ -217,8 +225,8 @@ def _measure(problem: SearchProblem, ctx: Context, pool: Any, recipe: DeployReci
     if not todo:
         return set()
 
-    def record(i: int, result: EvalResult) -> None:
-        row = problem.record_rescore(todo[i], rung, recipe.label, result, repeat=repeat)
+    def record(i: int, result: EvalResult, pid: int) -> None:
+        row = problem.record_rescore(todo[i], rung, recipe.label, result, repeat=repeat, pid=pid)
         if on_result is not None:
             on_result(row)
 
@@ -226,14 +234,18 @@ def _measure(problem: SearchProblem, ctx: Context, pool: Any, recipe: DeployReci
 
 
 def deployed_baselines(ctx: Context, problem: SearchProblem, recipe: DeployRecipe, seed: int) -> dict[str, float]:
-    """Test accuracy of each baseline after the deploy recipe (the verdict on the test split)."""
+    """Test accuracy of each baseline after the deploy recipe (the verdict on the test split), each fine-tuned as
+    its deploy-rung row was (:class:`DeployTask`'s seeding)."""
     from amc.deploy import deploy_model
+    from amc.device import model_device
     from amc.evaluation.metrics import accuracy
+    from amc.seeding import seeded
 
     out = {}
     for record in problem.records:
         if record.is_baseline and record.origin not in out:
-            model = deploy_model(ctx, problem.policy(record.keep), recipe, seed=seed)
+            with seeded(seed, model_device(ctx.model)):
+                model = deploy_model(ctx, problem.policy(record.keep), recipe, seed=seed)
             out[record.origin] = accuracy(model, ctx.data.test)
     return out
 

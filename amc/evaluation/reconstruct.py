@@ -25,6 +25,7 @@ from amc.graph.discover import LayerGraph
 log = logging.getLogger(__name__)
 
 BASE_OUTPUT_BYTES = 1 << 30  # base outputs kept for later candidates up to this size; beyond, recomputed
+CHUNK_BYTES = 8 << 20  # float64 patch rows built per chunk of images: small enough to reuse freed memory (no page faults)
 
 
 def reconstruction_targets(graph: LayerGraph, kept: dict[str, list[int]], pruned: nn.Module) -> dict[str, list[int] | None]:
@@ -211,31 +212,91 @@ def _samples(layer: nn.Module, x: Tensor, y: Tensor, points: int, generator) -> 
 def _normal_equations(layer: nn.Module, x: Tensor, y: Tensor, points: int, generator) -> tuple[Tensor, Tensor]:
     """``(A^T A, A^T Y)`` in float64 of :func:`_samples`' rows ``A = [features | 1]`` (the ones column only
     with a bias) and targets ``Y``, without materialising them: the same random draws, the patches summed
-    in place of gathered when every position is sampled (the sums do not depend on the rows' order), the
-    float64 copy made in one pass from the unfolded layout."""
+    in place of gathered when every position is sampled (the sums do not depend on the rows' order).
+
+    A conv's features are built offset by offset (:func:`_offset_rows`: one float64 copy of the input per
+    kernel offset, no ``unfold``), and ``A^T A`` from its blocks on and above the diagonal (the rest is their
+    mirror): a 3x3 conv multiplies 45 of the 81 blocks."""
     if isinstance(layer, nn.Linear):
-        feats, target = x.reshape(-1, x.shape[-1]).T, y.reshape(-1, y.shape[-1]).T  # (F, S), (out, S)
-    else:
-        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
-                           stride=layer.stride)  # (N, F, L)
-        n, f, positions = patches.shape
-        pick = torch.stack([torch.randperm(positions, generator=generator)[:points] for _ in range(n)])  # (N, P)
-        target = y.flatten(2)  # (N, out, L)
-        if points < positions:
-            pick = pick.to(x.device)
-            patches = patches.gather(2, pick[:, None, :].expand(-1, f, -1))  # (N, F, P)
-            target = target.gather(2, pick[:, None, :].expand(-1, y.shape[1], -1))  # (N, out, P)
-        feats, target = _rows_last(patches), _rows_last(target)  # (F, S), (out, S)
-    feats, target = feats.double(), target.double()
-    has_bias = layer.bias is not None
-    size = len(feats) + has_bias
-    normal = feats.new_empty(size, size)
-    normal[: len(feats), : len(feats)] = feats @ feats.T
-    rhs = torch.cat([feats @ target.T, target.sum(1)[None]]) if has_bias else feats @ target.T  # (F+1, out)
-    if has_bias:
-        sums = feats.sum(1)
-        normal[-1, :-1], normal[:-1, -1], normal[-1, -1] = sums, sums, feats.shape[1]
-    return normal, rhs
+        feats, target = x.reshape(-1, x.shape[-1]).T.double(), y.reshape(-1, y.shape[-1]).T.double()  # (F, S), (out, S)
+        return _with_bias(feats @ feats.T, feats @ target.T, feats.sum(1), target.sum(1), feats.shape[1],
+                          layer.bias is not None)
+    n = len(x)
+    positions = y.shape[2] * y.shape[3]
+    pick = torch.stack([torch.randperm(positions, generator=generator)[:points] for _ in range(n)])  # (N, P)
+    pick = pick.to(x.device) if points < positions else None  # None: every position, in any order
+    (kh, kw), c, out = layer.kernel_size, x.shape[1], y.shape[1]
+    k, width = kh * kw, positions if pick is None else pick.shape[1]
+    gram = x.new_zeros(k * c, k * c, dtype=torch.float64)
+    rhs = x.new_zeros(k * c, out, dtype=torch.float64)
+    sums = x.new_zeros(k * c, dtype=torch.float64)
+    target_sums = x.new_zeros(out, dtype=torch.float64)
+    step = max(1, CHUNK_BYTES // (8 * k * c * width))  # images per chunk
+    for first in range(0, n, step):
+        chunk = slice(first, first + step)
+        feats = _offset_rows(layer, x[chunk], y.shape[2:], None if pick is None else pick[chunk])  # (K*C, s)
+        target = y[chunk].flatten(2)  # (s_n, out, L)
+        if pick is not None:
+            target = target.gather(2, pick[chunk, None, :].expand(-1, out, -1))  # (s_n, out, P)
+        target = _rows_last(target)  # (out, s)
+        for a in range(k):  # the blocks on and right of the diagonal, one row of blocks per product
+            gram[a * c:(a + 1) * c, a * c:].addmm_(feats[a * c:(a + 1) * c], feats[a * c:].T)
+        rhs.addmm_(feats, target.T)
+        sums += feats.sum(1)
+        target_sums += target.sum(1)
+    for a in range(1, k):  # the mirror below the diagonal
+        gram[a * c:(a + 1) * c, : a * c] = gram[: a * c, a * c:(a + 1) * c].T
+    # unfold's order is channel-major (feature c * K + k): reorder from offset-major (k * C + c)
+    gram = gram.view(k, c, k, c).permute(1, 0, 3, 2).reshape(c * k, c * k)
+    rhs = rhs.view(k, c, out).transpose(0, 1).reshape(c * k, out)
+    sums = sums.view(k, c).T.reshape(-1)
+    return _with_bias(gram, rhs, sums, target_sums, n * width, layer.bias is not None)
+
+
+def _with_bias(gram: Tensor, rhs: Tensor, sums: Tensor, target_sums: Tensor, samples: int,
+               has_bias: bool) -> tuple[Tensor, Tensor]:
+    """``(A^T A, A^T Y)`` with ``A``'s ones column appended when the layer has a bias."""
+    if not has_bias:
+        return gram, rhs
+    f = len(gram)
+    normal = gram.new_empty(f + 1, f + 1)
+    normal[:f, :f] = gram
+    normal[-1, :-1], normal[:-1, -1], normal[-1, -1] = sums, sums, samples
+    return normal, torch.cat([rhs, target_sums[None]])  # (F+1, F+1), (F+1, out)
+
+
+def _offset_rows(layer: nn.Conv2d, x: Tensor, out_hw: tuple[int, int], pick: Tensor | None) -> Tensor:
+    """``unfold``'s patch rows one kernel offset at a time, in float64: (K * C, S), where rows ``k * C`` to
+    ``(k + 1) * C`` (offset ``(i, j)``, ``k = i * kw + j``) hold the (padded) input each output position reads
+    there, at the ``pick``ed positions of each image (None: all)."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    ho, wo = out_hw
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    padded = F.pad(x, _padding(layer), mode=mode)  # (N, C, H + top + bottom, W + left + right), as the conv pads
+    n, c = x.shape[:2]
+    width = ho * wo if pick is None else pick.shape[1]
+    rows = torch.empty(kh * kw, c, n, width, dtype=torch.float64, device=x.device)
+    for i in range(kh):
+        for j in range(kw):
+            view = padded[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+            if pick is None:
+                rows[i * kw + j].view(c, n, ho, wo).copy_(view.transpose(0, 1))
+            else:
+                picked = view.reshape(n, c, ho * wo).gather(2, pick[:, None, :].expand(-1, c, -1))  # (N, C, P)
+                rows[i * kw + j].copy_(picked.transpose(0, 1))
+    return rows.view(kh * kw * c, n * width)
+
+
+def _padding(layer: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom): the padding ``layer`` applies to its input (``"same"``: the extra one on
+    the right and bottom, as torch pads)."""
+    if layer.padding == "valid":
+        return 0, 0, 0, 0
+    if layer.padding == "same":
+        (th, tw) = (d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size))
+        return tw // 2, tw - tw // 2, th // 2, th - th // 2
+    ph, pw = layer.padding
+    return pw, pw, ph, ph
 
 
 def _rows_last(t: Tensor) -> Tensor:

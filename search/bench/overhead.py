@@ -47,10 +47,12 @@ class OverheadConfig:
     Attributes:
         policies: Random policies (keep ratios 0.3-1.0) timed per row and path.
         finetune_steps: ``K`` of the ``finetune:K`` row.
-        models: Base models (fashion-mnist, untrained: timing only).
+        models: Base models (untrained: timing only).
+        dataset: The data set they see (fashion-mnist; digits for a quick check).
         paths: ``before``, ``after`` or both (interleaved).
         search_evaluations: Evaluations of each 2-worker search (``bn`` and ``reconstruct``); 0 skips them.
         val_limit: Validation samples per evaluation (the benchmark context's 1,000).
+        bn_batches: Adaptive BN batches of 128 (mobilenetv2: :data:`SMALLER`'s, when fewer).
         threads: Torch threads of the single-process timings.
         seed: Seeds the policies, the models and the evaluators.
         data_dir: The fashion-mnist IDX directory (None: the default).
@@ -62,6 +64,8 @@ class OverheadConfig:
     paths: tuple[str, ...] = PATHS
     search_evaluations: int = 16
     val_limit: int = 1000
+    bn_batches: int = 8
+    dataset: str = "fashion-mnist"
     threads: int = 1
     seed: int = 0
     data_dir: str | None = None
@@ -69,6 +73,8 @@ class OverheadConfig:
     def __post_init__(self) -> None:
         if self.policies < 1 or self.finetune_steps < 1 or self.search_evaluations < 0:
             raise ConfigError("--policies and --finetune-steps must be >= 1 and --search-evaluations >= 0")
+        if self.val_limit < 1 or self.bn_batches < 1:
+            raise ConfigError(f"--val-limit and --bn-batches must be >= 1, got {self.val_limit} and {self.bn_batches}")
         for path in self.paths:
             if path not in PATHS:
                 raise ConfigError(f"unknown path {path!r}: use some of {', '.join(PATHS)}")
@@ -117,7 +123,13 @@ class SearchRow:
 
 def _sizes(model_name: str, config: OverheadConfig) -> dict:
     """Validation samples, BN batches and policies of a model's rows."""
-    return {"val_limit": config.val_limit, "bn_batches": 8, "policies": config.policies, **SMALLER.get(model_name, {})}
+    sizes = {"val_limit": config.val_limit, "bn_batches": config.bn_batches, "policies": config.policies}
+    return {k: min(v, SMALLER.get(model_name, {}).get(k, v)) for k, v in sizes.items()}
+
+
+def _val_size(config: OverheadConfig) -> int | None:
+    """The validation split carved from fashion-mnist's training set (others: their default split)."""
+    return 5000 if config.dataset == "fashion-mnist" else None
 
 
 def _eval_config(score: str, criterion: str, path: str, config: OverheadConfig, model_name: str, *,
@@ -185,9 +197,9 @@ def search_rows(model_name: str, model: nn.Module, graph, setup: str, root: Path
     rows = []
     for score in ("bn", "reconstruct"):
         for path in config.paths:
-            context = ContextConfig(model=model_name, dataset="fashion-mnist", data_dir=config.data_dir,
-                                    seed=config.seed, val_size=5000, eval=_eval_config(score, "l1", path, config,
-                                                                                       model_name, cache=True))
+            context = ContextConfig(model=model_name, dataset=config.dataset, data_dir=config.data_dir,
+                                    seed=config.seed, val_size=_val_size(config),
+                                    eval=_eval_config(score, "l1", path, config, model_name, cache=True))
             ctx = build_context(context, progress=False, state_dict=state, graph=graph)
             out = root / f"{model_name}-{score}-{path}"
             shutil.rmtree(out, ignore_errors=True)
@@ -209,14 +221,15 @@ def overhead(config: OverheadConfig, root: Path) -> tuple[list[OverheadRow], lis
     from amc.graph.discover import discover
 
     torch.set_num_threads(config.threads)
-    data = load_dataset("fashion-mnist", root=config.data_dir, seed=config.seed, val_size=5000)
+    data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed,
+                        val_size=_val_size(config))
     rows: list[OverheadRow] = []
     searches: list[SearchRow] = []
     for i, name in enumerate(config.models):
         model = _base(name, data, config.seed)
         graph = discover(model, data.val.tensors[0][:1])
         sizes = _sizes(name, config)
-        setup = f"{name}/fashion-mnist (val {sizes['val_limit']}, BN {sizes['bn_batches']}x128)"
+        setup = f"{name}/{config.dataset} (val {sizes['val_limit']}, BN {sizes['bn_batches']}x128)"
         rows += time_rows(name, model, graph, data, setup, config)
         if i == 0 and config.search_evaluations:
             searches += search_rows(name, model, graph, setup, root, config)
@@ -224,10 +237,19 @@ def overhead(config: OverheadConfig, root: Path) -> tuple[list[OverheadRow], lis
     return rows, searches
 
 
-def _ratio(rows: list[OverheadRow], row: OverheadRow, score: str, criterion: str) -> str:
-    ref = next((r for r in rows if (r.setup, r.path, r.score, r.criterion) == (row.setup, row.path, score, criterion)),
-               None)
-    return f"{row.evaluate_ms / ref.evaluate_ms:.2f}x" if ref else "-"
+def _reference(rows: list[OverheadRow], row: OverheadRow) -> OverheadRow | None:
+    """The ``bn`` / l1 row of ``row``'s setup and path: what the other rows are compared with."""
+    return next((r for r in rows if (r.setup, r.path, r.score, r.criterion) == (row.setup, row.path, "bn", "l1")), None)
+
+
+def _ratios(rows: list[OverheadRow], row: OverheadRow) -> tuple[str, str]:
+    """(evaluation, floor) of ``row`` as multiples of its ``bn`` / l1 row's: the floor's multiple is the least
+    the evaluation's can be, with no overhead at all."""
+    ref = _reference(rows, row)
+    if ref is None:
+        return "-", "-"
+    suffix = "" if row.criterion == "l1" else " (of l1)"
+    return f"{row.evaluate_ms / ref.evaluate_ms:.2f}x{suffix}", f"{row.floor_ms / ref.floor_ms:.2f}x"
 
 
 def overhead_report(config: OverheadConfig, *, root: Path, command: str, markdown: Path, console: Console) -> None:
@@ -236,24 +258,25 @@ def overhead_report(config: OverheadConfig, *, root: Path, command: str, markdow
 
     rows, searches = overhead(config, root)
     cells = tuple((r.setup, r.score, r.criterion, r.path, f"{r.evaluate_ms:.0f}", f"{r.floor_ms:.0f}",
-                   f"{100 * r.overhead:.1f}%", _ratio(rows, r, "bn", "l1") if r.criterion == "l1"
-                   else _ratio(rows, r, "bn", "l1") + " (of l1)") for r in rows)
+                   f"{100 * r.overhead:.1f}%", *_ratios(rows, r)) for r in rows)
     table = ResultTable("one evaluation vs the passes it contains (median of the policies)",
                         ("setup", "score", "criterion", "path", "evaluation ms", "floor ms", "neither",
-                         "vs bn / l1"), cells)
+                         "vs bn / l1", "floor vs bn / l1"), cells)
     console.print(table.rich())
     lines = [f"Command: `{command}`  ",
              f"Machine: {machine()}; the whole machine was shared with other jobs, so compare rows of the same "
              "setup only (both paths ran interleaved, policy by policy).  ",
              f"Median of {config.policies} random policies (keep 0.3-1.0; mobilenetv2: "
              f"{SMALLER['mobilenetv2']['policies']}) after one warm-up evaluation; seeded, untrained base models on "
-             "fashion-mnist (1x28x28; timing does not depend on the weights; mobilenetv2, 6-7x slower per image, "
+             f"{config.dataset} (timing does not depend on the weights; mobilenetv2, 6-7x slower per image, "
              "on the smaller sets its setup names). 'floor' = the "
              "passes of the evaluation alone on the same pruned model (BN recalibration, the score's passes: "
              "reconstruct's 60 calibration images and second recalibration, finetune's forward+backward steps; "
              "validation); 'neither' = the rest: copying, tracing, the criterion's statistics, least squares. "
              "'before' = `EvalConfig(reuse_base=False)`: statistics, dependency graph and base outputs redone "
-             "per candidate, one forward per refitted layer; 'after' = the default.", "",
+             "per candidate, one forward per refitted layer; 'after' = the default. 'vs bn / l1' = the "
+             "evaluation's time over the bn / l1 row's on the same path; 'floor vs bn / l1' = the same for the "
+             "floors: the least that multiple can be (reconstruct's floor holds a second BN recalibration).", "",
              *table.markdown()]
     if searches:
         search_table = ResultTable("2-worker random search (Ray), evaluations per second",

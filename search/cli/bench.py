@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-evaluations", type=int_at_least(0), default=16,
                    help="evaluations of each 2-worker Ray search (bn, reconstruct) on the first model; 0 skips (16)")
     p.add_argument("--val-limit", type=int_at_least(1), default=1000, help="validation samples (1000)")
+    p.add_argument("--bn-batches", type=int_at_least(1), default=8, help="adaptive BN batches of 128 (8; mobilenetv2 at most 2)")
+    p.add_argument("--dataset", choices=("fashion-mnist", "digits"), default="fashion-mnist", help="data set (digits: a quick check)")
     p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads of the timings (1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="fashion-mnist IDX directory")

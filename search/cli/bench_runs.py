@@ -19,7 +19,8 @@ def run_overhead(args: argparse.Namespace, console: Console, rest: list[str]) ->
 
     config = OverheadConfig(policies=args.policies, finetune_steps=args.finetune_steps, models=args.models,
                             paths=args.paths, search_evaluations=args.search_evaluations, val_limit=args.val_limit,
-                            threads=args.threads, seed=args.seed, data_dir=args.data_dir)
+                            threads=args.threads, seed=args.seed, data_dir=args.data_dir, bn_batches=args.bn_batches,
+                            dataset=args.dataset)
     overhead_report(config, root=Path(args.root), command=_command("overhead", rest), markdown=Path(args.markdown),
                     console=console)
     return 0

@@ -21,6 +21,8 @@ from search.service.validation import MAX_TEXT, bounds, settable_options
 EVALUATION_DOCS = {
     "rung": "0: the search's own score; r >= 1: the ladder's r-th score of this candidate",
     "score": "the candidate score of this row (bn, reconstruct, finetune:K[+kd])",
+    "pid": "the process that measured a ladder or deploy-rung re-score (a Ray worker's with --workers N); "
+           "0 on the search's own rows",
 }
 BEST_DOCS = {
     "index": "evaluation number (the index column of history.csv)",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -182,19 +181,6 @@ def test_a_weak_search_ends_with_a_baseline_and_says_so(weak_strategy, tmp_path,
     assert result.policy.meta["verdict"]["paid"] is False
 
 
-def test_the_rungs_run_on_both_ray_workers(tmp_path, amc_cache) -> None:
-    out = tmp_path / "pool"
-    run_search(_config(out, amc_cache, evaluations=4, workers=2, ladder=("finetune:2",), ladder_top_k=4,
-                       select="finetune:1", select_top_k=2, select_samples=200))
-    log = (out / "run.log").read_text()
-    ladder = [line for line in log.splitlines() if "ladder rung 1:" in line and "re-scores in" in line]
-    deploy = [line for line in log.splitlines() if "deploy rung (" in line]
-    assert ladder and "in 2 process(es)" in ladder[0], log
-    assert deploy and "fine-tuned in 2 process(es)" in deploy[0], log
-    rows = read_history(out / "history.csv")
-    assert Counter(r.rung for r in rows if not r.repeat)[2] == 4  # two finalists and two baselines
-
-
 def test_history_of_an_older_layout_reads_as_search_rows(tmp_path) -> None:
     from search.history import LADDER_COLUMNS, HistoryWriter
 
@@ -204,7 +190,7 @@ def test_history_of_an_older_layout_reads_as_search_rows(tmp_path) -> None:
     (record,) = read_history(path)
     assert record.origin == "search" and record.repeat == 0 and not record.is_baseline
     HistoryWriter(path).close()  # a resumed run rewrites it with the current header
-    assert path.read_text().splitlines()[0].endswith(",origin,repeat")
+    assert path.read_text().splitlines()[0].endswith(",origin,repeat,pid")
     assert read_history(path) == [record]
     assert np.isclose(record.accuracy, 0.5) and json.loads(path.read_text().splitlines()[1].split('"')[1]) == [0.5, 0.25]
 
