@@ -17,6 +17,7 @@ from amc.models.convnext import convnext
 from amc.models.mobilenetv2 import mobilenetv2
 from amc.models.resnet import resnet20, resnet56
 from amc.errors import ModelError
+from amc.models.lm import LANGUAGE_MODELS, build_lm, tiny_lm  # decoder LMs: a registry of their own (ids in, logits out)
 from amc.models.sources import SOURCES, ModelSpec, call_factory, resolve_factory, split_source
 from amc.models.vit import vit
 
@@ -66,4 +67,4 @@ def model_files(name: str) -> list[tuple[str, int, int]]:
     return found[0].files(found[1]) if found is not None else []
 
 
-__all__ = ["MODELS", "SOURCES", "build_model", "model_files", "cnn", "convnext", "mobilenetv2", "resnet20", "resnet56", "vit"]
+__all__ = ["LANGUAGE_MODELS", "MODELS", "SOURCES", "build_lm", "build_model", "model_files", "cnn", "convnext", "mobilenetv2", "resnet20", "resnet56", "tiny_lm", "vit"]
