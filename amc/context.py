@@ -19,7 +19,7 @@ from amc.device import resolve_device
 from amc.errors import ConfigError
 from amc.evaluation.evaluator import EvalConfig, PolicyEvaluator
 from amc.cost.latency import LatencyConfig
-from amc.graph.blocks import Block, find_blocks, require_blocks
+from amc.graph.blocks import Block, find_blocks, has_blocks, require_blocks
 from amc.graph.budget import DEFAULT_SECONDS
 from amc.graph.discover import LayerGraph, discover
 from amc.pruning.depth import DepthCost
@@ -59,8 +59,8 @@ class ContextConfig:
             (:mod:`amc.graph.budget`; None: no limit).
         depth: Depth and width together (``--depth``): besides the widths, each removable block
             (:func:`amc.graph.blocks.find_blocks`) is a keep/drop decision; the cost model is then a
-            :class:`~amc.pruning.depth.DepthCost` (FLOPs or params). A model without a removable block is a
-            :class:`ConfigError`.
+            :class:`~amc.pruning.depth.DepthCost` (FLOPs, params or latency). A model without a removable block
+            is a :class:`ConfigError`, raised before any base model is trained.
     """
 
     model: str = "cnn"
@@ -95,9 +95,6 @@ class ContextConfig:
                 raise ConfigError(f"{name} must be (name, value) pairs or a dict, got {value!r}")
         if not isinstance(self.depth, bool):
             raise ConfigError(f"depth must be True or False, got {self.depth!r}")
-        if self.depth and self.resource == "latency":
-            raise ConfigError("--depth needs --resource flops or params: the latency table does not cover "
-                              "models with dropped blocks yet")
         if self.depth and self.eval.granularity != "channel":
             raise ConfigError("--depth needs --granularity channel: a dropped block removes whole layers")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
@@ -141,7 +138,8 @@ class Context:
                 latency = self.config.latency
                 if latency.cache_dir is None and self.config.cache_dir is not None:
                     latency = dataclasses.replace(latency, cache_dir=self.config.cache_dir)
-                self._costs[resource] = build_latency_cost(self.model, self.graph, latency, progress=progress)
+                cost = build_latency_cost(self.model, self.graph, latency, progress=progress, blocks=self.blocks)
+                self._costs[resource] = DepthCost(cost, self.blocks) if self.blocks else cost
             else:
                 cost = make_cost_model(resource, self.graph, granularity=granularity)
                 if self.blocks:  # FLOPs and params: both cost the dropped blocks
@@ -193,6 +191,8 @@ def build_context(config: ContextConfig, *, progress: bool = True, state_dict: d
             load_checkpoint(model, config.checkpoint)
         base = None
     else:
+        if config.depth and blocks is None:  # refuse a model without blocks before training it (same architecture)
+            _require_blocks_untrained(config, data, model_kwargs)
         model, base = load_or_train(config.model, data, seed=config.seed, config=config.train,
                                     cache_dir=config.cache_dir, model_kwargs=model_kwargs, progress=progress,
                                     device=device)
@@ -214,6 +214,17 @@ def build_context(config: ContextConfig, *, progress: bool = True, state_dict: d
     log.info("context: %s on %s, %d decisions, device %s, pid %d", config.model, config.dataset, len(graph), device,
              os.getpid())
     return Context(config=config, model=model, data=data, graph=graph, evaluator=evaluator, base=base, blocks=blocks)
+
+
+def _require_blocks_untrained(config: ContextConfig, data: DataSplits, model_kwargs: dict) -> None:
+    """The one-line ``--depth`` refusal of a model without a removable block, found on the untrained model
+    (blocks are a matter of architecture, not weights): before any base model is trained."""
+    from amc.models import build_model
+
+    model = build_model(config.model, in_channels=data.input_shape[0], num_classes=data.num_classes,
+                        input_size=data.input_shape[1:], **model_kwargs).eval()
+    if not has_blocks(model, data.example(1)):
+        require_blocks([], config.model)
 
 
 def _check_graph(graph: LayerGraph, model: nn.Module) -> None:

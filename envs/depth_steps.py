@@ -49,6 +49,13 @@ def episode_steps(graph: LayerGraph, blocks: Sequence[Block]) -> list[Step]:
     return steps
 
 
+def blocks_ahead(steps: Sequence[Step], i: int, blocks: Sequence[Block], skipped_blocks: set[int]) -> list[str]:
+    """Names of the blocks still to decide after step ``i`` (those a drop made skip left out): what the width
+    clipping takes as gone while widths alone cannot reach the budget
+    (:meth:`envs.projection.BudgetProjector.assumed_dropped`)."""
+    return [blocks[s.index].name for s in steps[i + 1:] if s.kind == BLOCK and s.index not in skipped_blocks]
+
+
 def _placed(steps: list[Step], block: int) -> bool:
     return any(s.kind == BLOCK and s.index == block for s in steps)
 
@@ -64,4 +71,4 @@ def skipped(graph: LayerGraph, blocks: Sequence[Block], dropped: Sequence[str]) 
     return widths, inner
 
 
-__all__ = ["BLOCK", "WIDTH", "Step", "episode_steps", "skipped"]
+__all__ = ["BLOCK", "WIDTH", "Step", "blocks_ahead", "episode_steps", "skipped"]

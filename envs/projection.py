@@ -10,6 +10,12 @@ same clipping in layer order.
 With ``--depth`` (a :class:`~amc.pruning.depth.DepthCost`) a policy also drops blocks: it is projected with
 :meth:`BudgetProjector.for_dropped`, the same clipping on the cost of the model with those blocks gone.
 A dropped block only lowers the cost, so a reachable state stays reachable whatever is dropped next.
+
+A budget that widths alone cannot reach (every layer at ``min_keep``) but dropping blocks can is accepted
+with depth (:attr:`BudgetProjector.widths_reach` False): :meth:`BudgetProjector.project` then drops more blocks
+(those that save the most first) until the budget is reachable, and a sequential episode clips its widths as
+if the blocks still ahead were dropped (:meth:`BudgetProjector.assumed_dropped`), keeping one only while the
+budget stays reachable with it (:meth:`BudgetProjector.reachable`).
 """
 
 from __future__ import annotations
@@ -44,8 +50,8 @@ class BudgetProjector:
 
     Raises:
         ConfigError: A bad budget or keep range.
-        BudgetError: The budget is below the cost of the model with every layer at ``min_keep``;
-            the message gives that smallest reachable budget.
+        BudgetError: The budget is below the cost of the model with every layer at ``min_keep`` (and, with
+            depth, every removable block dropped); the message gives that smallest reachable budget.
     """
 
     def __init__(self, cost_model, budget: float, *, min_keep: float = 0.2, max_keep: float = 1.0,
@@ -65,9 +71,13 @@ class BudgetProjector:
         self._limit = self.target * (1 + 1e-12)
         self._floor = np.full(self.n_layers, self.min_keep)
         smallest = cost_model.cost(self._floor.tolist()) / cost_model.base
+        self.widths_reach = smallest <= self.budget + 1e-12
+        if not self.widths_reach and isinstance(cost_model, DepthCost):  # dropping blocks may reach it
+            smallest = cost_model.cost(self._floor.tolist(), [b.name for b in cost_model.blocks]) / cost_model.base
         if smallest > self.budget + 1e-12:
+            every = " and every removable block dropped" if isinstance(cost_model, DepthCost) else ""
             raise BudgetError(
-                f"budget {budget} is unreachable: with every layer at min_keep={min_keep} the model keeps "
+                f"budget {budget} is unreachable: with every layer at min_keep={min_keep}{every} the model keeps "
                 f"{smallest:.4f} of its {cost_model.resource}; use a budget >= {math.ceil(smallest * 1e4) / 1e4} "
                 "or a lower min_keep"
             )
@@ -155,13 +165,48 @@ class BudgetProjector:
                                                          min_keep=self.min_keep, max_keep=self.max_keep)
         return hit
 
+    def assumed_dropped(self, dropped: Sequence[str], ahead: Sequence[str]) -> list[str]:
+        """The blocks a sequential episode's width clipping takes as gone: those ``dropped``, and while widths
+        alone cannot reach the budget (:attr:`widths_reach` False) the undecided blocks ``ahead`` too."""
+        return list(dropped) if self.widths_reach else [*dropped, *ahead]
+
+    def reachable(self, walk, dropped: Sequence[str]) -> bool:
+        """Whether the budget can still be met from ``walk``'s decided widths (later layers at ``min_keep``) with
+        the blocks ``dropped`` gone: an episode keeps a block only when this holds with the block kept (and the
+        blocks ahead of it dropped, :meth:`assumed_dropped`)."""
+        cost = self.cost_model.fixed(dropped) if isinstance(self.cost_model, DepthCost) else self.cost_model
+        t = walk.t
+        return cost.value_shapes(walk.out - self._floor_out[t], walk.inp - self._floor_in[t]) <= self._limit
+
+    def reaching(self, dropped: Sequence[str]) -> list[str]:
+        """``dropped`` and, when the budget is unreachable with only those blocks gone, more blocks (the one whose
+        drop lowers the cost at ``min_keep`` the most first) until it is reachable."""
+        if not isinstance(self.cost_model, DepthCost):
+            return list(dropped)
+        blocks = self.cost_model.blocks
+        chosen = [b.name for b in outermost(blocks, dropped)]
+        floor = self._floor.tolist()
+        cost = self.cost_model.cost(floor, chosen)
+        while cost > self._limit:
+            free = [b.name for b in outermost(blocks, [b.name for b in blocks])
+                    if not any(outer.contains(b.name) or b.contains(outer.name)
+                               for outer in outermost(blocks, chosen))]
+            if not free:  # cannot happen: the constructor checked every block dropped
+                break
+            cost, best = min((self.cost_model.cost(floor, [*chosen, name]), name) for name in free)
+            chosen.append(best)
+        return chosen
+
     def project(self, keep: Sequence[float]) -> list[float]:
         """A feasible policy from any keep ratios: the environment's clipping, applied in layer order.
 
         Keep ratios that drop blocks (a :class:`~amc.pruning.depth.DepthKeep`) are projected with their
-        :meth:`for_dropped` projector and come back canonical (:func:`~amc.pruning.depth.canonical`).
+        :meth:`for_dropped` projector and come back canonical (:func:`~amc.pruning.depth.canonical`). When
+        widths alone cannot reach the budget, more blocks are dropped first (:meth:`reaching`).
         """
         dropped = dropped_of(keep)
+        if isinstance(self.cost_model, DepthCost) and not self.widths_reach:
+            dropped = tuple(self.reaching(dropped))
         if dropped and isinstance(self.cost_model, DepthCost):
             projected = self.for_dropped(dropped).project(list(keep))
             return canonical(self.cost_model.graph, self.cost_model.blocks, projected, dropped=dropped)  # type: ignore[return-value]

@@ -15,7 +15,7 @@ from amc.evaluation.evaluator import Evaluator
 from amc.graph.discover import LayerGraph
 from amc.pruning.depth import DepthCost, DepthKeep
 from amc.pruning.policy import Policy
-from envs.depth_steps import BLOCK, episode_steps, skipped
+from envs.depth_steps import BLOCK, blocks_ahead, episode_steps, skipped
 from envs.projection import BudgetProjector
 from envs.rewards import RewardInput, get_reward
 
@@ -253,14 +253,18 @@ class PruningEnv(gym.Env):
         """With depth: takes the current step's action, then moves past the steps a drop makes skip."""
         value = self._action(action)
         step = self._steps[self._i]
+        # While widths alone cannot reach the budget, the clipping takes the blocks ahead as dropped, and a block
+        # is kept only when the budget stays reachable with it (envs.projection: assumed_dropped, reachable).
+        gone = self.projector.assumed_dropped(self._dropped, blocks_ahead(self._steps, self._i, self.blocks,
+                                                                          self._skips[1]))
         if step.kind == BLOCK:
-            if (value + 1.0) / 2.0 < 0.5:
+            if (value + 1.0) / 2.0 < 0.5 or (self.clip and not self.projector.reachable(self._walk, gone)):
                 self._dropped.append(self.blocks[step.index].name)
                 self._skips = skipped(self.graph, self.blocks, self._dropped)
         else:
             keep = self.keep_of_action(value)
             if self.clip:
-                keep = self.projector.for_dropped(self._dropped).clip_next(self._walk, keep)
+                keep = self.projector.for_dropped(gone).clip_next(self._walk, keep)
             self._keep[step.t] = keep
             self._walk.decide(keep)
         self._i += 1

@@ -193,7 +193,8 @@ class SearchOptions(BaseModel):
                                v.number_in(0, 10), "number")
     granularity: str = _choice("channel", "structured or unstructured (channel)", v.granularity_names)
     depth: bool = _flag("depth and width together: each removable block (an identity skip around it: ResNet, "
-                        "MobileNetV2, ViT, ConvNeXt blocks) is also a keep/drop decision; needs --resource flops or params")
+                        "MobileNetV2, ViT, ConvNeXt blocks) is also a keep/drop decision (any --resource; "
+                        "--granularity channel)")
     seed: int = _option(0, "seed of data splits, training and search (0)", v.integer, "integer")
     out: str | None = _option(None, "run folder (runs/<timestamp>)")
     resume: bool = _flag("continue the run in --out")

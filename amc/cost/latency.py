@@ -19,25 +19,29 @@ than a larger, aligned one, and the table keeps what it measured (the budget pro
 channel count asked for, so every clipped policy still meets the budget). ``gamma, alpha >= 0``.
 With ``round_to`` 8 every reachable count is aligned and, for small layers, timed exactly.
 
+Depth pruning (``--depth``): a removable block replaced by the identity takes its modules out of the forward
+pass, so the prediction of such a model leaves their table entries out (:meth:`LatencyCost.without_records`);
+the identity itself costs nothing. What the block ran besides its modules (its activations and its addition)
+goes with them through ``gamma``. Built with ``blocks``, the calibration also times models with dropped
+blocks, so the fit sees how the forward pass shrinks when whole blocks leave it.
+
 Tables are cached as JSON in the base-model cache, keyed by device, torch version, threads, batch size,
-model fingerprint, input shape and grid; a corrupt or foreign file is rebuilt, never trusted.
-The table's layout is :mod:`amc.cost.lookup`; the timers are :mod:`amc.cost.timing`.
+model fingerprint, input shape and grid (and the blocks the calibration dropped); a corrupt or foreign file
+is rebuilt, never trusted.
+The table's layout and its cache file are :mod:`amc.cost.lookup`; the timers are :mod:`amc.cost.timing`.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
-import math
 import os
 import re
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,17 +49,17 @@ from torch import nn
 
 from amc.cost import timing
 from amc.cost.base import ShapeCost
-from amc.cost.lookup import TableEntry, bilinear, standalone_module, table_entries
-from amc.cost.timing import device_name, freed_memory_kept, measure_model_latency
+from amc.cost.lookup import (TableEntry, _cache_key, _load, bilinear, cache_path, standalone_module,
+                             table_entries)
+from amc.cost.timing import freed_memory_kept, measure_model_latency
 from amc.errors import ConfigError
+from amc.graph.blocks import Block, records_alive
 from amc.graph.discover import LayerGraph
-from amc.paths import default_cache_dir
 from amc.progress import progress_bar
 from amc.pruning.pruner import prune_model
 
 log = logging.getLogger(__name__)
 
-FORMAT = "amc-latency/4"  # 4: fit through the base; 3: calibration spread over the passes; 2: medians; 1: minimums
 _CALLS = 10  # module calls per timed run of a table entry
 DEVICES = ("cpu", "cuda")
 TIMED = ("conv", "depthwise", "linear", "mha", "bn", "norm", "embed", "param", "attention")  # every record type
@@ -161,7 +165,22 @@ class LatencyCost(ShapeCost):
         self._lo_out, self._hi_out = np.array(lo_out, dtype=np.float64), np.array(hi_out, dtype=np.float64)
         self._lo_in, self._hi_in = np.array(lo_in, dtype=np.float64), np.array(hi_in, dtype=np.float64)
         self._strides = np.array(strides)
+        self._alive: np.ndarray | None = None  # (M,) 0 for a module of a dropped block (see without_records)
         super().__init__(graph)  # sets ``base`` from the tables above
+
+    def without_records(self, alive: np.ndarray) -> LatencyCost:
+        """This model with the modules where ``alive`` is 0 out of the forward pass (the modules of dropped
+        blocks, replaced by the identity): their table entries count nothing, whatever their widths.
+
+        ``base`` stays the unpruned model's prediction (ratios and budgets remain fractions of it).
+        """
+        alive = np.asarray(alive, dtype=np.float64)
+        if alive.shape != (len(self.graph.modules),):
+            raise ValueError(f"expected one weight per module record ({len(self.graph.modules)}), got {alive.shape}")
+        hit = copy.copy(self)
+        hit._alive = alive if self._alive is None else self._alive * alive
+        hit._form, hit._coupling, hit._candidate_cache = None, None, {}
+        return hit
 
     def value_shapes(self, out: np.ndarray, inp: np.ndarray) -> float:
         return float(self._curve(out[:, None], inp[:, None])[0])
@@ -170,7 +189,10 @@ class LatencyCost(ShapeCost):
         o = np.clip(np.rint(out), self._lo_out[:, None], self._hi_out[:, None]) - self._lo_out[:, None]
         i = np.clip(np.rint(inp), self._lo_in[:, None], self._hi_in[:, None]) - self._lo_in[:, None]
         index = self._offsets[:, None] + o.astype(np.int64) * self._strides[:, None] + i.astype(np.int64)
-        return self.gamma * self._dense[index].sum(0) + self.alpha
+        entries = self._dense[index]  # (M, N)
+        if self._alive is not None:
+            entries = entries * self._alive[:, None]
+        return self.gamma * entries.sum(0) + self.alpha
 
     def table_sum(self, channels: Sequence[int]) -> float:
         """Sum of the per-module table entries alone (no calibrated remainder)."""
@@ -221,14 +243,31 @@ def _measure_entries(entries: list[TableEntry], config: LatencyConfig, progress:
 
 class _Calibration:
     """The whole models the table's remainder is fitted on: the base model, uniformly pruned ones and a few
-    random ones, timed one interleaved round at a time (:meth:`round`); a model's median over rounds counts."""
+    random ones, timed one interleaved round at a time (:meth:`round`); a model's median over rounds counts.
 
-    def __init__(self, model: nn.Module, graph: LayerGraph, config: LatencyConfig) -> None:
+    With ``blocks`` (depth pruning) there are models with dropped blocks too: every outermost block dropped at
+    full width, and ``max(2, calibration_random // 2)`` random widths each dropping a random half of them.
+    """
+
+    def __init__(self, model: nn.Module, graph: LayerGraph, config: LatencyConfig, blocks: Sequence[Block] = ()) -> None:
+        from amc.pruning.depth import drop_blocks, outermost
+
         self.graph, self.config = graph, config
         rng = np.random.default_rng(0)
         self.policies = [[k] * len(graph) for k in (1.0, *config.calibration_keeps)]
         self.policies += rng.uniform(0.2, 1.0, (config.calibration_random, len(graph))).tolist()
-        self.models = [copy.deepcopy(model) if min(r) == 1.0 else prune_model(model, graph, r) for r in self.policies]
+        self.dropped: list[tuple[str, ...]] = [()] * len(self.policies)
+        self.blocks = list(blocks)
+        if self.blocks:
+            names = [b.name for b in outermost(self.blocks, [b.name for b in self.blocks])]
+            self.policies.append([1.0] * len(graph))
+            self.dropped.append(tuple(names))
+            for _ in range(max(2, config.calibration_random // 2)):
+                chosen = [n for n in names if rng.random() < 0.5] or [names[int(rng.integers(len(names)))]]
+                self.policies.append(rng.uniform(0.2, 1.0, len(graph)).tolist())
+                self.dropped.append(tuple(chosen))
+        self.models = [drop_blocks(copy.deepcopy(model) if min(r) == 1.0 else prune_model(model, graph, r), d,
+                                   inplace=True) for r, d in zip(self.policies, self.dropped)]
         self.samples: list[list[float]] = [[] for _ in self.models]
 
     def round(self, on_model=lambda: None) -> None:
@@ -244,11 +283,19 @@ class _Calibration:
         """Fits ``measured = gamma * table + alpha`` to the models' medians (call after the rounds)."""
         raw = LatencyCost(self.graph, {"modules": modules_table, "alpha": 0.0, "gamma": 1.0, "measured_base_ms": 0.0,
                                        "calibration": []}, config=self.config)
-        points = [{"keep": ratios, "measured_ms": statistics.median(values),
-                   "table_ms": raw.table_sum(self.graph.channels(ratios))}
-                  for ratios, values in zip(self.policies, self.samples)]
+        points = []
+        for ratios, dropped, values in zip(self.policies, self.dropped, self.samples):
+            table = raw.without_records(self._alive(dropped)) if dropped else raw
+            point = {"keep": ratios, "measured_ms": statistics.median(values),
+                     "table_ms": table.table_sum(self.graph.channels(ratios))}
+            if dropped:
+                point["dropped"] = list(dropped)
+            points.append(point)
         alpha, gamma = _fit_remainder(points)
         return {"alpha": alpha, "gamma": gamma, "measured_base_ms": points[0]["measured_ms"], "calibration": points}
+
+    def _alive(self, dropped: Sequence[str]) -> np.ndarray:
+        return np.array(records_alive(self.graph, [b for b in self.blocks if b.name in set(dropped)]))
 
 
 def _fit_remainder(points: list[dict]) -> tuple[float, float]:
@@ -274,74 +321,22 @@ def _fit_remainder(points: list[dict]) -> tuple[float, float]:
     return max(0.0, float(measured[0] - gamma * table[0])), float(gamma)
 
 
-def _cache_key(graph: LayerGraph, config: LatencyConfig, entries: list[TableEntry] | None = None) -> dict:
-    """What a table was measured for. With ``entries``, also every module's configuration (kernel, stride,
-    padding, groups, input size): models of equal parameter shapes that compute differently differ."""
-    key = _path_key(graph, config)
-    if entries is not None:
-        key["modules"] = hashlib.sha256(repr([(e.name, e.config) for e in entries]).encode()).hexdigest()[:16]
-    return key
-
-
-def _path_key(graph: LayerGraph, config: LatencyConfig) -> dict:
-    return {"format": FORMAT, "device": device_name(config.device), "torch": torch.__version__,
-            "threads": config.resolved_threads(), "batch_size": config.batch_size, "model": graph.fingerprint,
-            "input_shape": list(graph.input_shape), "round_to": graph.round_to, "grid": config.grid,
-            "min_run_time": config.min_run_time, "model_run_time": config.model_run_time,
-            "calibration_keeps": list(config.calibration_keeps), "calibration_random": config.calibration_random,
-            "passes": config.passes, "calibration_rounds": config.calibration_rounds}
-
-
-def cache_path(graph: LayerGraph, config: LatencyConfig) -> Path:
-    key = _path_key(graph, config)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    return root / f"latency-{digest}.json"
-
-
-def _load(path: Path, key: dict, entries: list[TableEntry]) -> dict | None:
-    """The cached table when it is intact and was measured for exactly this key; None otherwise."""
-    if not path.is_file():
-        return None
-    try:
-        table = json.loads(path.read_text())
-        if not isinstance(table, dict) or table.get("key") != key:
-            raise ValueError("it was measured for another device, model or setting")
-        modules = table["modules"]
-        if [m["name"] for m in modules] != [e.name for e in entries]:
-            raise ValueError("its modules do not match the model")
-        for m, e in zip(modules, entries):
-            if m["out_grid"] != list(e.out_grid) or m["in_grid"] != list(e.in_grid):
-                raise ValueError(f"the grid of {e.name!r} does not match")
-            ms = np.asarray(m["ms"], dtype=np.float64)
-            if ms.shape != (len(e.out_grid), len(e.in_grid)) or not np.all(np.isfinite(ms)) or np.any(ms <= 0):
-                raise ValueError(f"the entries of {e.name!r} are malformed")
-        for field in ("alpha", "gamma", "measured_base_ms"):
-            if not math.isfinite(float(table[field])):
-                raise ValueError(f"{field} is not a finite number")
-        if float(table["alpha"]) < 0 or float(table["gamma"]) <= 0 or float(table["measured_base_ms"]) <= 0 \
-                or not isinstance(table["calibration"], list):
-            raise ValueError("its calibration is malformed")
-        return table
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring latency table %s (%s); rebuilding it", path, exc)
-        return None
-
-
 def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfig = LatencyConfig(), *,
-                       progress: bool = True, use_cache: bool = True) -> LatencyCost:
+                       progress: bool = True, use_cache: bool = True, blocks: Sequence[Block] = ()) -> LatencyCost:
     """Loads the cached latency table of ``model`` or measures it (with a progress bar), then builds the cost.
 
     The model is timed as it is: call it on an otherwise idle machine, with the thread count and device
-    the pruned model will run with.
+    the pruned model will run with. ``blocks`` (depth pruning, :func:`~amc.graph.blocks.find_blocks`): the
+    calibration also times models with some of them dropped (cost such models with
+    :class:`~amc.pruning.depth.DepthCost`).
     """
     untimed = [f"{r.name!r} ({r.type})" for r in graph.modules if r.type not in TIMED]
     if untimed:
         raise ConfigError(f"latency tables time {', '.join(TIMED)} records, not {', '.join(untimed[:3])}"
                           f"{' ...' if len(untimed) > 3 else ''}: use --resource flops or params for this model")
     entries, _ = table_entries(model, graph, config.grid)
-    key = _cache_key(graph, config, entries)
-    path = cache_path(graph, config)
+    key = _cache_key(graph, config, entries, blocks)
+    path = cache_path(graph, config, blocks)
     table = _load(path, key, entries) if use_cache else None
     if table is not None:
         log.info("loaded latency table %s", path)
@@ -349,7 +344,7 @@ def build_latency_cost(model: nn.Module, graph: LayerGraph, config: LatencyConfi
     start = time.perf_counter()
     log.info("measuring the latency table of %s at batch %d with %d thread(s) on %s", graph.fingerprint,
              config.batch_size, config.resolved_threads(), key["device"])
-    calibration = _Calibration(model, graph, config)
+    calibration = _Calibration(model, graph, config, blocks)
     modules_table = _measure_entries(entries, config, progress, calibration)
     table = {"key": key, "modules": modules_table, **calibration.fit(modules_table)}
     table["seconds"] = time.perf_counter() - start

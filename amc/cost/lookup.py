@@ -1,5 +1,8 @@
 """The latency lookup table's layout: one entry per timed module, and how its grid is read.
 
+The table is cached as JSON (:func:`cache_path`), keyed by what it was measured for (:func:`_cache_key`);
+:func:`_load` reads a cached one back only when it is intact and of exactly that key.
+
 An entry is a module's configuration (what decides its latency besides channel counts: kernel, stride,
 input size, ...) and the grid of (output, input) channel counts it is timed at; modules of one configuration
 share measurements. :func:`standalone_module` builds the module that times a grid point, :func:`bilinear`
@@ -8,14 +11,28 @@ reads the grid between its points.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amc.cost.timing import device_name
+from amc.graph.blocks import Block
 from amc.graph.discover import LayerGraph, ModuleRecord
+from amc.paths import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+FORMAT = "amc-latency/4"  # 4: fit through the base; 3: calibration spread over the passes; 2: medians; 1: minimums
 
 
 @dataclass(frozen=True)
@@ -199,4 +216,68 @@ def standalone_module(config: tuple, out: int, inp: int) -> tuple[nn.Module, tup
     return module, (out, *spatial)
 
 
-__all__ = ["TableEntry", "bilinear", "channel_grid", "standalone_module", "table_entries"]
+def _cache_key(graph: LayerGraph, config: Any, entries: list[TableEntry] | None = None,
+               blocks: Sequence[Block] = ()) -> dict:
+    """What a table was measured for (``config``: a :class:`~amc.cost.latency.LatencyConfig`). With ``entries``,
+    also every module's configuration (kernel, stride, padding, groups, input size): models of equal parameter
+    shapes that compute differently differ."""
+    key = _path_key(graph, config, blocks)
+    if entries is not None:
+        key["modules"] = hashlib.sha256(repr([(e.name, e.config) for e in entries]).encode()).hexdigest()[:16]
+    return key
+
+
+def _path_key(graph: LayerGraph, config: Any, blocks: Sequence[Block] = ()) -> dict:
+    key = _width_key(graph, config)
+    if blocks:  # calibrated on block-dropped models too: another table (the width-only one keeps its key)
+        key["blocks"] = [b.name for b in blocks]
+    return key
+
+
+def _width_key(graph: LayerGraph, config: Any) -> dict:
+    return {"format": FORMAT, "device": device_name(config.device), "torch": torch.__version__,
+            "threads": config.resolved_threads(), "batch_size": config.batch_size, "model": graph.fingerprint,
+            "input_shape": list(graph.input_shape), "round_to": graph.round_to, "grid": config.grid,
+            "min_run_time": config.min_run_time, "model_run_time": config.model_run_time,
+            "calibration_keeps": list(config.calibration_keeps), "calibration_random": config.calibration_random,
+            "passes": config.passes, "calibration_rounds": config.calibration_rounds}
+
+
+def cache_path(graph: LayerGraph, config: Any, blocks: Sequence[Block] = ()) -> Path:
+    """Where the table of ``graph`` (calibrated with ``blocks`` dropped too, when given) is cached."""
+    key = _path_key(graph, config, blocks)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    return root / f"latency-{digest}.json"
+
+
+def _load(path: Path, key: dict, entries: list[TableEntry]) -> dict | None:
+    """The cached table when it is intact and was measured for exactly this key; None otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text())
+        if not isinstance(table, dict) or table.get("key") != key:
+            raise ValueError("it was measured for another device, model or setting")
+        modules = table["modules"]
+        if [m["name"] for m in modules] != [e.name for e in entries]:
+            raise ValueError("its modules do not match the model")
+        for m, e in zip(modules, entries):
+            if m["out_grid"] != list(e.out_grid) or m["in_grid"] != list(e.in_grid):
+                raise ValueError(f"the grid of {e.name!r} does not match")
+            ms = np.asarray(m["ms"], dtype=np.float64)
+            if ms.shape != (len(e.out_grid), len(e.in_grid)) or not np.all(np.isfinite(ms)) or np.any(ms <= 0):
+                raise ValueError(f"the entries of {e.name!r} are malformed")
+        for field in ("alpha", "gamma", "measured_base_ms"):
+            if not math.isfinite(float(table[field])):
+                raise ValueError(f"{field} is not a finite number")
+        if float(table["alpha"]) < 0 or float(table["gamma"]) <= 0 or float(table["measured_base_ms"]) <= 0 \
+                or not isinstance(table["calibration"], list):
+            raise ValueError("its calibration is malformed")
+        return table
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring latency table %s (%s); rebuilding it", path, exc)
+        return None
+
+
+__all__ = ["FORMAT", "TableEntry", "cache_path", "bilinear", "channel_grid", "standalone_module", "table_entries"]

@@ -17,6 +17,7 @@ their records inside), and the FLOPs and parameters of the block that no record 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -84,6 +85,11 @@ def require_blocks(blocks: list[Block], model: str) -> list[Block]:
     return blocks
 
 
+def records_alive(graph: LayerGraph, blocks: list[Block] | tuple[Block, ...]) -> list[float]:
+    """Per layer record of ``graph``: 0.0 when it lies inside one of ``blocks`` (gone with it), else 1.0."""
+    return [0.0 if any(b.contains(r.name) for b in blocks) else 1.0 for r in graph.modules]
+
+
 @dataclass
 class _Frame:
     """One module's forward in progress: the tensors on its input's stream."""
@@ -130,16 +136,37 @@ def find_blocks(model: nn.Module, example_input: Tensor, *, graph: LayerGraph | 
     """
     if graph is None:
         graph = discover(model, example_input[:1])
-    example = example_input[:1]
+    found, calls = _trace(model, example_input[:1], counting_flops())
+    names = {module: name for name, module in model.named_modules()}
+    blocks = [_block(graph, module, names[module], kind, flops) for module, kind, flops in found
+              if calls[module] == 1]
+    blocks = [b for b in blocks if b is not None]
+    order = {name: i for i, name in enumerate(names.values())}
+    return sorted(blocks, key=lambda b: order[b.name])
+
+
+def has_blocks(model: nn.Module, example_input: Tensor) -> bool:
+    """Whether ``model`` has a candidate removable block: one traced forward pass, no layer discovery and no
+    FLOP counting (a cheap check on an untrained model before its training; :func:`find_blocks` may still
+    leave a candidate out when its layer records do not add up)."""
+    found, calls = _trace(model, example_input[:1], None)
+    return any(calls[module] == 1 for module, _, _ in found)
+
+
+def _trace(model: nn.Module, example: Tensor, counter) -> tuple[list[tuple[nn.Module, str, int]], dict[nn.Module, int]]:
+    """The modules whose output is on their input's stream (module, kind, FLOPs inside when ``counter``
+    counts), in the order they finish, and how often each module was called."""
     frames: list[_Frame] = []
     found: list[tuple[nn.Module, str, int]] = []
     calls: dict[nn.Module, int] = {}
-    counter = counting_flops()
+
+    def flops() -> int:
+        return counter.get_total_flops() if counter is not None else 0
 
     def enter(module: nn.Module, args: tuple, kwargs: dict) -> None:
         calls[module] = calls.get(module, 0) + 1
         single = len(args) == 1 and not kwargs and isinstance(args[0], Tensor)
-        frame = _Frame(module, args[0] if single else None, counter.get_total_flops())
+        frame = _Frame(module, args[0] if single else None, flops())
         if single:
             frame.stream[id(args[0])] = (args[0], "input")
         if module_type(module) in _WEIGHTED:
@@ -159,7 +186,7 @@ def find_blocks(model: nn.Module, example_input: Tensor, *, graph: LayerGraph | 
             return
         if output.shape != x.shape:
             return
-        found.append((module, on_stream[1], counter.get_total_flops() - frame.flops_at_entry))
+        found.append((module, on_stream[1], flops() - frame.flops_at_entry))
 
     handles = []
     for module in model.modules():
@@ -168,18 +195,13 @@ def find_blocks(model: nn.Module, example_input: Tensor, *, graph: LayerGraph | 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), counter, _StreamWatch(frames):
+        with torch.no_grad(), counter if counter is not None else contextlib.nullcontext(), _StreamWatch(frames):
             model(example)
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    names = {module: name for name, module in model.named_modules()}
-    blocks = [_block(graph, module, names[module], kind, flops) for module, kind, flops in found
-              if calls[module] == 1]
-    blocks = [b for b in blocks if b is not None]
-    order = {name: i for i, name in enumerate(names.values())}
-    return sorted(blocks, key=lambda b: order[b.name])
+    return found, calls
 
 
 def _block(graph: LayerGraph, module: nn.Module, name: str, kind: str, flops: int) -> Block | None:
@@ -202,4 +224,4 @@ def _block(graph: LayerGraph, module: nn.Module, name: str, kind: str, flops: in
                  other_flops, other_params)
 
 
-__all__ = ["KINDS", "Block", "find_blocks", "no_blocks_message", "require_blocks"]
+__all__ = ["KINDS", "Block", "find_blocks", "has_blocks", "no_blocks_message", "records_alive", "require_blocks"]

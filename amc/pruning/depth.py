@@ -10,6 +10,8 @@ two policies that differ only there are one candidate).
 :class:`DepthCost` costs such a model with an analytic cost model: the layers of a dropped block cost what
 a layer of zero width costs, nothing; layers on the skip path (the residual stream's decision) are outside
 the block and keep their cost; what a block computes that no layer record describes is subtracted as measured.
+With the measured latency model the table entries of a dropped block's modules leave the sum
+(:meth:`~amc.cost.latency.LatencyCost.without_records`): the identity that replaces it costs nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from torch import nn
 
 from amc.cost.analytic import AnalyticCost
-from amc.cost.base import CostModel
+from amc.cost.base import CostModel, ShapeCost
 from amc.errors import ConfigError
 from amc.graph.blocks import Block
 from amc.graph.records import LayerGraph
@@ -125,6 +127,12 @@ def canonical(graph: LayerGraph, blocks: Sequence[Block], keep: Sequence[float],
     return DepthKeep(canonical_keep(graph, blocks, keep, dropped=names), names)
 
 
+def _masks(cost_model: object) -> bool:
+    """Whether ``cost_model`` leaves modules out itself (the measured latency model's
+    :meth:`~amc.cost.latency.LatencyCost.without_records`), rather than by zeroing analytic coefficients."""
+    return callable(getattr(cost_model, "without_records", None))
+
+
 class DepthCost(CostModel):
     """The exact cost of a width + depth policy, from an analytic (channel) cost model and the blocks.
 
@@ -132,19 +140,24 @@ class DepthCost(CostModel):
     width (zero FLOPs, zero parameters), less the block's FLOPs or parameters no record describes. It equals
     ``FlopCounterMode`` and the parameter count of ``drop_blocks(prune_model(model, graph, keep), dropped)``.
 
+    With a :class:`~amc.cost.latency.LatencyCost` it is the predicted latency of that model: the table entries
+    of the modules inside a dropped block count nothing (the identity costs nothing), the rest as predicted.
+
     Args:
         cost_model: A :class:`~amc.cost.analytic.FlopsCost` or :class:`~amc.cost.analytic.ParamsCost` with
-            ``granularity="channel"`` (latency needs a table measured on the dropped models).
+            ``granularity="channel"``, or a :class:`~amc.cost.latency.LatencyCost` (best built with the same
+            ``blocks``, so its calibration timed block-dropped models too).
         blocks: The model's removable blocks (:func:`~amc.graph.blocks.find_blocks`).
 
     Raises:
         ConfigError: Another kind of cost model.
     """
 
-    def __init__(self, cost_model: AnalyticCost, blocks: Sequence[Block]) -> None:
-        if not isinstance(cost_model, AnalyticCost) or cost_model.granularity != "channel":
-            raise ConfigError(f"depth pruning is costed with the analytic FLOPs or params model at channel "
-                              f"granularity, got {type(cost_model).__name__}; use --resource flops or params")
+    def __init__(self, cost_model: ShapeCost, blocks: Sequence[Block]) -> None:
+        analytic = isinstance(cost_model, AnalyticCost) and cost_model.granularity == "channel"
+        if not analytic and not _masks(cost_model):
+            raise ConfigError(f"depth pruning is costed with the FLOPs, params or latency model at channel "
+                              f"granularity, got {type(cost_model).__name__}; use --granularity channel")
         self.cost_model = cost_model
         self.blocks = tuple(blocks)
         self.resource = cost_model.resource
@@ -164,6 +177,8 @@ class DepthCost(CostModel):
         chosen = outermost(self.blocks, dropped)
         if not chosen:
             return walk.cost()
+        if _masks(self.cost_model):
+            return self.fixed([b.name for b in chosen]).value_shapes(walk.out, walk.inp)
         alive = np.prod([self._alive[b.name] for b in chosen], axis=0)
         constant = sum(b.other_flops if self.resource == "flops" else b.other_params for b in chosen)
         return self.cost_model.value_shapes(walk.out * alive, walk.inp * alive) - constant
@@ -172,7 +187,7 @@ class DepthCost(CostModel):
         """:meth:`cost` as a fraction of :attr:`base`."""
         return self.cost(keep, dropped) / self.base
 
-    def fixed(self, dropped: Collection[str]) -> AnalyticCost:
+    def fixed(self, dropped: Collection[str]) -> ShapeCost:
         """The width-only cost model of the base model with ``dropped`` replaced by the identity (same base).
 
         Its ``cost(keep)`` is ``self.cost(keep, dropped)``, and the budget projection walks it like any analytic
@@ -184,7 +199,10 @@ class DepthCost(CostModel):
             return self.cost_model
         names = frozenset(b.name for b in chosen)
         hit = self._fixed.get(names)
-        if hit is None:
+        if hit is None and _masks(self.cost_model):
+            alive = np.prod([self._alive[b.name] for b in chosen], axis=0)
+            hit = self._fixed[names] = self.cost_model.without_records(alive)
+        elif hit is None:
             alive = np.prod([self._alive[b.name] for b in chosen], axis=0)
             hit = copy.copy(self.cost_model)
             for attr in ("_flops_coef", "_flops_lin", "_weight_coef", "_bias_coef"):

@@ -20,6 +20,7 @@ from search.cli.bench_runs import (
     add_default_row_options,
     run_headline,
     run_vit,
+    run_depth,
     run_compare,
     run_fidelity,
     run_deployed,
@@ -29,6 +30,14 @@ from search.cli.bench_runs import (
     run_threads,
 )
 
+
+
+def _depth_model(text: str) -> str:
+    from search.bench.depth import MODELS
+
+    if text not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}: use one of {', '.join(MODELS)}")
+    return text
 
 def main(argv: list[str] | None = None) -> int:
     from search.bench import HEADLINE_ROWS
@@ -183,6 +192,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-vit", help="cells are cached here; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=run_vit)
+    p = sub.add_parser("depth", help="depth and width together under a measured-latency budget: width-only and "
+                                     "depth+width searches vs Torch-Pruning global and uniform, after the same fine-tune")
+    p.add_argument("--models", type=comma_list(_depth_model), default=("resnet20",), help="(resnet20; mobilenetv2,vit)")
+    p.add_argument("--budgets", type=comma_list(number_in(0, 1, meaning=" (fraction of the base latency)")),
+                   default=(0.4, 0.5))
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="latency batch size (1; 64 for the batch-64 cells)")
+    p.add_argument("--seeds", type=comma_list(int_at_least(0)), default=(0, 1, 2))
+    p.add_argument("--evaluations", type=int_at_least(1), default=120)
+    p.add_argument("--workers", type=int_at_least(1), default=1)
+    p.add_argument("--base-epochs", type=int_at_least(1), default=10)
+    p.add_argument("--finetune-epochs", type=int_at_least(1), default=3)
+    p.add_argument("--finetune-samples", type=int_at_least(1), default=20000)
+    p.add_argument("--processes", type=int_at_least(1), default=3, help="fresh processes timing each program (3)")
+    p.add_argument("--threads", type=int_at_least(1), default=1)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--root", default="runs/bench-depth", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=run_depth)
     p = sub.add_parser("fidelity", help="resnet20/fashion-mnist: each candidate score's rank correlation with the "
                                         "accuracy after fine-tuning")
     p.add_argument("--budgets", type=comma_list(number_in(0, 1, meaning=" (fraction of the base FLOPs)")),

@@ -131,6 +131,19 @@ def run_vit(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     return 0
 
 
+def run_depth(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from search.bench.depth import DepthSettings, depth_report
+
+    settings = DepthSettings(models=tuple(args.models), budgets=tuple(args.budgets), batch_size=args.batch,
+                             seeds=tuple(args.seeds), evaluations=args.evaluations, workers=args.workers,
+                             base_epochs=args.base_epochs, finetune_epochs=args.finetune_epochs,
+                             finetune_samples=args.finetune_samples, latency_processes=args.processes,
+                             threads=args.threads, data_dir=args.data_dir)
+    depth_report(Path(args.root), settings, command=_command("depth", rest), markdown=Path(args.markdown),
+                 console=console)
+    return 0
+
+
 def run_compare(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
     from amc.errors import ConfigError
     from search.bench.compare import compare_report, settings_of

@@ -9,8 +9,9 @@ import pytest
 from amc.cost.analytic import FlopsCost, ParamsCost
 from amc.graph.blocks import find_blocks
 from amc.graph.probe import counting_flops
-from amc.pruning.depth import DepthCost, irrelevant_decisions
-from envs import OBS_FEATURES, PruningEnv
+from amc.errors import BudgetError
+from amc.pruning.depth import DepthCost, DepthKeep, dropped_of, irrelevant_decisions
+from envs import OBS_FEATURES, BudgetProjector, PruningEnv
 from envs.depth_steps import BLOCK, WIDTH, episode_steps
 from tests.conftest import build_small_model
 from tests.envs.conftest import StubEvaluator
@@ -130,3 +131,49 @@ def test_actions_for_replays_a_depth_policy(resnet20) -> None:
         assert terminated == (i == len(actions) - 1)
     assert replayed["policy"].dropped == info["policy"].dropped
     assert replayed["policy"].channels == info["policy"].channels
+
+
+# ---------------------------------------------------------------- budgets only dropping blocks reaches
+
+def depth_only_budget(resnet20, cost=FlopsCost) -> tuple[DepthCost, float]:
+    """A budget between the smallest model of widths alone and the smallest with every block dropped."""
+    _, _, graph, blocks = resnet20
+    depth = DepthCost(cost(graph), blocks)
+    floor = [0.2] * len(graph)
+    widths_only, everything = depth.ratio(floor), depth.ratio(floor, [b.name for b in blocks])
+    assert everything < widths_only
+    return depth, (widths_only + everything) / 2
+
+
+def test_a_budget_only_drops_reach_is_accepted_and_projected_by_dropping(resnet20) -> None:
+    _, _, graph, blocks = resnet20
+    depth, budget = depth_only_budget(resnet20)
+    with pytest.raises(BudgetError, match="unreachable"):
+        BudgetProjector(FlopsCost(graph), budget)  # widths alone
+    projector = BudgetProjector(depth, budget)
+    assert not projector.widths_reach and projector.smallest_budget < budget
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        keep = rng.uniform(0.2, 1.0, len(graph)).tolist()
+        for proposal in (keep, DepthKeep(keep, [blocks[int(rng.integers(len(blocks)))].name])):
+            projected = projector.project(proposal)
+            assert isinstance(projected, DepthKeep) and set(dropped_of(proposal)) <= set(projected.dropped)
+            assert depth.cost(projected) <= budget * depth.base * (1 + 1e-12)
+            assert projector.feasible(projected)
+    with pytest.raises(BudgetError, match="every removable block dropped"):
+        BudgetProjector(depth, depth.ratio([0.2] * len(graph), [b.name for b in blocks]) * 0.9)
+
+
+def test_episodes_under_a_budget_only_drops_reach_stay_feasible(resnet20) -> None:
+    _, _, graph, blocks = resnet20
+    depth, budget = depth_only_budget(resnet20)
+    env = PruningEnv(graph, depth, StubEvaluator(), budget=budget)
+    rng = np.random.default_rng(1)
+    for episode in range(8):
+        env.reset(seed=episode)
+        terminated, keep_all = False, episode % 2 == 0  # half the episodes ask to keep every block
+        while not terminated:
+            action = np.array([1.0], dtype=np.float32) if keep_all else rng.uniform(-1, 1, 1).astype(np.float32)
+            _, _, terminated, _, info = env.step(action)
+        assert info["dropped"] and info["cost_ratio"] <= budget + 1e-9
+        assert info["cost"] == pytest.approx(depth.cost(info["keep"], info["dropped"]))

@@ -154,9 +154,40 @@ def test_a_model_without_blocks_says_so_in_one_line(cache_env) -> None:
     assert str(info.value) == no_blocks_message("cnn") and "\n" not in str(info.value)
 
 
-def test_depth_needs_an_analytic_channel_cost() -> None:
-    with pytest.raises(ConfigError, match="--depth needs --resource flops or params"):
-        ContextConfig(model="resnet20", resource="latency", depth=True)
+def test_a_model_without_blocks_is_refused_before_its_base_model_is_trained(cache_env, monkeypatch) -> None:
+    import amc.context
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the base model was trained before --depth was refused")
+
+    monkeypatch.setattr(amc.context, "load_or_train", no_training)
+    with pytest.raises(ConfigError) as info:
+        build_context(ContextConfig(model="cnn", dataset="digits", depth=True, eval=TINY_EVAL), progress=False)
+    assert str(info.value) == no_blocks_message("cnn")
+
+
+def test_depth_and_latency_search_runs_end_to_end(tmp_path, depth_config) -> None:
+    import dataclasses
+
+    from amc.cost.latency import LatencyConfig
+
+    fast = LatencyConfig(batch_size=8, passes=1, grid=3, min_run_time=0.001, model_run_time=0.005,
+                         calibration_keeps=(0.5,), calibration_random=2, calibration_rounds=2,
+                         cache_dir=str(tmp_path / "tables"))
+    context = dataclasses.replace(depth_config, resource="latency", latency=fast)
+    ctx = build_context(context, progress=False)
+    result = search(tmp_path / "run", ctx, "random", evaluations=6)
+    rows = read_history(tmp_path / "run" / "history.csv")
+    assert len(rows) == 6
+    cost = ctx.cost_model()
+    assert isinstance(cost, DepthCost) and cost.resource == "latency"
+    for row in rows:  # every candidate meets the predicted-latency budget, its dropped blocks counted
+        assert row.cost_ratio == pytest.approx(cost.ratio(row.keep)) and row.cost_ratio <= BUDGET + 1e-9
+    assert Policy.load(tmp_path / "run" / "policy.json").resource == "latency" and result.best is not None
+
+
+def test_depth_needs_channel_granularity() -> None:
+    ContextConfig(model="resnet20", resource="latency", depth=True)  # the latency table covers dropped blocks
     with pytest.raises(ConfigError, match="--depth needs --granularity channel"):
         ContextConfig(model="resnet20", depth=True, eval=EvalConfig(granularity="weight"))
 
