@@ -18,6 +18,7 @@ from search.values import (
 
 if TYPE_CHECKING:  # imported when a config is built: the CLI lists the choices without torch
     from amc.context import ContextConfig
+    from amc.lm_context import LMContextConfig
 
 
 def _default_context() -> ContextConfig:
@@ -41,7 +42,8 @@ class SearchConfig:
         out: Run folder.
         resume: Continue the run in ``out`` (keeps every evaluated result).
         storage: Optuna RDB URL (None: ``sqlite:///<out>/study.db``).
-        context: Model, data and evaluation settings.
+        context: Model, data and evaluation settings: a :class:`~amc.context.ContextConfig`, or for a language
+            model's per-unit sparsity search an :class:`~amc.lm_context.LMContextConfig` (:mod:`search.lm`).
         progress: Show progress bars.
         export: Write ``pruned.pt2`` for the best policy.
         report: Write ``report.png`` and ``report.html`` (whose comparison table times the base and the pruned
@@ -87,7 +89,7 @@ class SearchConfig:
     out: str = "runs/latest"
     resume: bool = False
     storage: str | None = None
-    context: ContextConfig = field(default_factory=_default_context)
+    context: ContextConfig | LMContextConfig = field(default_factory=_default_context)
     progress: bool = True
     export: bool = True
     report: bool = True
@@ -148,6 +150,9 @@ class SearchConfig:
         if self.context.resource == "latency" and self.context.eval.granularity != "channel":
             raise ConfigError("--resource latency needs --granularity channel: unstructured sparsity leaves "
                               "dense kernels as slow as before")
+        if self.language_model and (self.ladder or self.select):
+            raise ConfigError("a language model's sparsity search has no --ladder or --select (no fine-tuning rung "
+                              "for language models yet); drop them (--select none)")
         if not isinstance(self.evaluations, int) or self.evaluations < 1:
             raise ConfigError(f"--evaluations must be a positive integer, got {self.evaluations!r}")
         for name, value in (("--min-keep", self.min_keep), ("--max-keep", self.max_keep)):
@@ -178,6 +183,13 @@ class SearchConfig:
     def to_dict(self) -> dict:
         """The settings as JSON values (other objects as strings): what a run's ``config.json`` records."""
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @property
+    def language_model(self) -> bool:
+        """A language model's sparsity search (``context`` an :class:`~amc.lm_context.LMContextConfig`)."""
+        from amc.lm_context import LMContextConfig
+
+        return isinstance(self.context, LMContextConfig)
 
     @property
     def search_seed(self) -> int:

@@ -178,6 +178,10 @@ def main(argv: list[str] | None = None, *, prog: str = "search.py", description:
         print(interrupted_message(prog, resolved.out), file=sys.stderr)
         return 130
     out = Console()
+    if hasattr(result, "summary"):  # a language model's sparsity search (search.lm.LMSearchResult)
+        for item in result.summary():
+            out.print(item)
+        return 130 if result.interrupted else 0
     for table in summary_table(result):
         out.print(table)
     metrics = result.policy.metrics

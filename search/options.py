@@ -151,7 +151,9 @@ class SearchOptions(BaseModel):
     model_kwargs: dict[str, Any] | None = _option(
         None, "extra keyword arguments of the model factory, a JSON object (none)", v.json_object)
     dataset: str = _option("digits", "digits, fashion-mnist, mnist, cifar10, imagefolder, text:FILE (.jsonl or .csv "
-                                     "with text and label, for hf: text models) or package.module:factory (digits)",
+                                     "with text and label, for hf: text models), code (the installed standard "
+                                     "library's sources, for language models: tiny-lm or hf:PATH) or "
+                                     "package.module:factory (digits)",
                            _dataset_spec)
     data_dir: str | None = _option(
         None, "folder of fashion-mnist / mnist / cifar10 files, of an imagefolder, or a factory's data_dir")
@@ -164,10 +166,12 @@ class SearchOptions(BaseModel):
                                              "line (300)", v.number_in(0, 86400, meaning=" (seconds)"), "number")
     device: str = _option("cpu", "cpu, cuda or cuda:N: base training, evaluation and latency timing (cpu)",
                           v.device_name)
-    criterion: str = _choice("l1", "which channels go first (l1)", v.criterion_names)
+    criterion: str = _choice("l1", "which channels go first (l1); a language model's weights: magnitude, wanda or "
+                                   "sparsegpt (wanda)", v.criterion_names)
     score: str = _option("reconstruct", f"candidate score: {_one_of(score_choices())} (reconstruct: "
                                         "the cheapest score that ranks candidates as fine-tuning does; BENCHMARKS.md, "
-                                        "score fidelity)", v.score_name)
+                                        f"score fidelity); a language model's: {_one_of(v.lm_score_names())} (ppl)",
+                          v.score_name)
     ladder: tuple[str, ...] | None = _option(
         None, "costlier scores for the promising candidates, e.g. finetune:50: inside an Optuna study through "
               "--pruner, else re-ranking the best after the search (none)", v.comma_list(v.score_name), "list")
@@ -192,6 +196,8 @@ class SearchOptions(BaseModel):
     select_lr: float = _option(0.01, "learning rate of the deploy rung's fine-tunes (SGD, cosine; 0.01)",
                                v.number_in(0, 10), "number")
     granularity: str = _choice("channel", "structured or unstructured (channel)", v.granularity_names)
+    per: str = _choice("block", "a language model's sparsity decisions: one per transformer block or per linear layer "
+                                "(block)", v.per_names)
     depth: bool = _flag("depth and width together: each removable block (an identity skip around it: ResNet, "
                         "MobileNetV2, ViT, ConvNeXt blocks) is also a keep/drop decision (any --resource; "
                         "--granularity channel)")
@@ -246,8 +252,10 @@ class SearchOptions(BaseModel):
         from amc.evaluation.evaluator import EvalConfig
         from amc.train import TrainConfig
         from search.config import SearchConfig
+        from search.lm_options import lm_context, lm_select
 
-        context = ContextConfig(
+        lm = lm_context(self)  # a language model's sparsity search (search.lm_options), else None
+        context = lm or ContextConfig(
             model=self.model, dataset=self.dataset, data_dir=self.data_dir, checkpoint=self.checkpoint,
             seed=self.seed, resource=self.resource, round_to=self.round_to, val_size=self.val_size,
             train_limit=self.train_limit, model_kwargs=tuple((self.model_kwargs or {}).items()),
@@ -269,7 +277,8 @@ class SearchOptions(BaseModel):
             threads_per_worker=self.threads_per_worker, ray_address=self.ray_address,
             gpus_per_worker=self.gpus_per_worker, ladder=tuple(self.ladder or ()), ladder_top_k=self.ladder_top_k,
             pruner=self.pruner, baselines=not self.no_baselines, warm_start=tuple(self.warm_start or ()),
-            warm_start_top_k=self.warm_start_top_k, select=None if self.select == v.SELECT_NONE else self.select,
+            warm_start_top_k=self.warm_start_top_k,
+            select=lm_select(self) if lm else (None if self.select == v.SELECT_NONE else self.select),
             select_top_k=self.select_top_k, select_samples=self.select_samples, select_lr=self.select_lr,
         )
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from amc.context import ContextConfig
+from amc.lm_context import LMContextConfig
 from amc.graph.discover import LayerGraph
 from amc.errors import AmcError, ConfigError
 from amc.evaluation.evaluator import EvalResult
@@ -141,19 +142,23 @@ def _actor_class():
     class EvaluatorActor:
         """Builds the evaluation context once; then only evaluates policies."""
 
-        def __init__(self, config: ContextConfig, threads: int, state_dict: dict | None,
+        def __init__(self, config: ContextConfig | LMContextConfig, threads: int, state_dict: dict | None,
                      graph: LayerGraph | None = None) -> None:
             import dataclasses
 
             import torch
 
             from amc.context import build_context
+            from amc.lm_context import LMContextConfig, build_lm_context
 
             torch.set_num_threads(threads)
             if config.device.startswith("cuda") and ray.get_gpu_ids():
                 # Ray shows this actor only the GPU it was given (CUDA_VISIBLE_DEVICES): that one is cuda:0 here.
                 config = dataclasses.replace(config, device="cuda")
-            self.context = build_context(config, progress=False, state_dict=state_dict, graph=graph)
+            if isinstance(config, LMContextConfig):  # a language model: its token data from the driver's cache
+                self.context = build_lm_context(config, progress=False, state_dict=state_dict)
+            else:
+                self.context = build_context(config, progress=False, state_dict=state_dict, graph=graph)
             # Warm-up (allocator, kernels) before the first real policy, so it is not slower than the rest.
             self.context.evaluator.evaluate([1.0] * len(self.context.graph))
 
@@ -191,7 +196,7 @@ class RayEvaluatorPool:
 
     streams_results = True  # evaluate_many calls on_result as each result arrives (a StreamingEvaluator)
 
-    def __init__(self, config: ContextConfig, *, workers: int = 2, threads_per_worker: int = 1,
+    def __init__(self, config: ContextConfig | LMContextConfig, *, workers: int = 2, threads_per_worker: int = 1,
                  gpus_per_worker: float = 0.0, address: str | None = None,
                  key: Callable[[Policy], Any] | None = None, state_dict: dict | None = None,
                  graph: LayerGraph | None = None) -> None:

@@ -23,13 +23,17 @@ from pathlib import Path
 import torch
 
 from amc.context import Context, build_context
+from amc.cost.sparsity_cost import SparsityCost
 from amc.errors import AmcError, ConfigError
 from amc.evaluation.evaluator import Evaluator
+from amc.lm_context import LMContext, LMContextConfig, build_lm_context
 from amc.progress import progress_bar
 from envs import BudgetProjector
+from envs.sparsity_projection import SparsityProjector
 from search import strategies
 from search.config import SearchConfig
 from search.history import HistoryWriter, Record, read_history
+from search.lm import LMSearchResult, write_lm_outputs
 from search.ladder import run_ladder
 from search.outputs import SearchResult, write_outputs
 from search.problem import SearchProblem
@@ -102,9 +106,13 @@ def _comparable(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def run_search(config: SearchConfig, *, context: Context | None = None, evaluator: Evaluator | None = None,
-               batch_size: int = 1) -> SearchResult:
+def run_search(config: SearchConfig, *, context: Context | LMContext | None = None,
+               evaluator: Evaluator | None = None, batch_size: int = 1) -> SearchResult | LMSearchResult:
     """Runs one search and writes its outputs.
+
+    A language model's sparsity search (``config.context`` an :class:`~amc.lm_context.LMContextConfig`) runs the
+    same loop on its context: the exact-average projection, the uniform and OWL baselines, and
+    :func:`search.lm.write_lm_outputs` (an :class:`~search.lm.LMSearchResult`).
 
     Args:
         config: The run's settings.
@@ -138,10 +146,12 @@ def run_search(config: SearchConfig, *, context: Context | None = None, evaluato
         handler.close()
 
 
-def _run(config: SearchConfig, out: Path, ctx: Context | None, evaluator: Evaluator | None,
-         batch_size: int) -> SearchResult:
+def _run(config: SearchConfig, out: Path, ctx: Context | LMContext | None, evaluator: Evaluator | None,
+         batch_size: int) -> SearchResult | LMSearchResult:
     start = time.perf_counter()
     with seeded(config.search_seed, config.context.device, host_generators=True):
+        if ctx is None and isinstance(config.context, LMContextConfig):
+            ctx = build_lm_context(config.context, progress=config.progress)
         ctx = ctx or build_context(config.context, progress=config.progress)
         ctx.cost_model(progress=config.progress)  # a latency table is timed now, before workers load the CPUs
         pool = None
@@ -184,12 +194,14 @@ def make_pool(config: SearchConfig, ctx: Context):
                             key=lambda policy: policy_key(ctx.graph, policy))
 
 
-def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator | None, batch_size: int,
-            start: float) -> SearchResult:
+def _search(config: SearchConfig, out: Path, ctx: Context | LMContext, evaluator: Evaluator | None, batch_size: int,
+            start: float) -> SearchResult | LMSearchResult:
     if not (config.resume and (out / "config.json").exists()):  # a resumed run keeps the original record
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     cost = ctx.cost_model()
-    projector = BudgetProjector(cost, config.budget, min_keep=config.min_keep, max_keep=config.max_keep)
+    # A sparsity cost counts weights: its projection meets the target average exactly (envs.sparsity_projection).
+    projector_class = SparsityProjector if isinstance(cost, SparsityCost) else BudgetProjector
+    projector = projector_class(cost, config.budget, min_keep=config.min_keep, max_keep=config.max_keep)
     previous = read_history(out / "history.csv") if config.resume else []  # every rung
     strategy_class = strategies.get(config.strategy)  # what the loop needs to know of it, it declares
     history = HistoryWriter(out / "history.csv")
@@ -242,6 +254,8 @@ def _search(config: SearchConfig, out: Path, ctx: Context, evaluator: Evaluator 
             history.close()
     if problem.best is None:
         raise KeyboardInterrupt("interrupted before the first evaluation finished; nothing to write")
+    if isinstance(ctx, LMContext):
+        return write_lm_outputs(config, ctx, out, problem, started=start, interrupted=interrupted)
     return write_outputs(config, out, ctx, problem, started=start, interrupted=interrupted,
                          verdict=selection.verdict if selection is not None else search_verdict(problem),
                          starts=starts)

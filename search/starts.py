@@ -43,7 +43,14 @@ TP_GLOBAL = BASELINE_PREFIX + "tp-global"
 
 def baseline_starts(problem: SearchProblem, ctx: Context) -> list[Start]:
     """The uniform policy and Torch-Pruning's global-pruning widths at the problem's budget (the latter left
-    out, with a warning, for a model Torch-Pruning cannot prune)."""
+    out, with a warning, for a model Torch-Pruning cannot prune); for a language model's sparsity search,
+    uniform sparsity and OWL's layer ratios (:func:`search.lm_baselines.lm_baseline_starts`)."""
+    from amc.lm_context import LMContext
+
+    if isinstance(ctx, LMContext):
+        from search.lm_baselines import lm_baseline_starts
+
+        return lm_baseline_starts(problem, ctx)
     from search.strategies.tp_global import tp_global_keep
 
     starts = [Start(UNIFORM, tuple(uniform_keep(problem)))]

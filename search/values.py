@@ -23,6 +23,7 @@ from amc.graph.widths import GRANULARITIES
 
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")  # search.strategies.optuna_search.SAMPLERS, without Optuna
 PRUNERS = ("halving", "hyperband")  # what search.ladder.make_pruner builds (tests check they agree)
+LM_DATASETS = ("code",)  # amc.data.lm_tokens.LMData.name: the standard library's code corpus (language models)
 
 Reader = Callable[[str], Any]
 
@@ -61,10 +62,19 @@ def granularity_names() -> tuple[str, ...]:
 
 
 def criterion_names() -> tuple[str, ...]:
-    """The pruning criteria (``--criterion``): the registry of :mod:`amc.pruning.criteria`."""
+    """The pruning criteria (``--criterion``): the registry of :mod:`amc.pruning.criteria`, then a language
+    model's sparsity criteria (:data:`amc.sparsity.criteria.CRITERIA`)."""
     from amc.pruning.criteria import criterion_names as names
+    from amc.sparsity.criteria import CRITERIA
 
-    return names()
+    return names() + tuple(c for c in CRITERIA if c not in names())
+
+
+def per_names() -> tuple[str, ...]:
+    """A language model's sparsity decisions (``--per``): one per transformer block or per linear layer."""
+    from amc.sparsity.layers import PER
+
+    return tuple(PER)
 
 
 def reward_names() -> tuple[str, ...]:
@@ -75,10 +85,11 @@ def reward_names() -> tuple[str, ...]:
 
 
 def dataset_names() -> tuple[str, ...]:
-    """The built-in datasets (``--dataset`` also takes ``imagefolder`` and ``package.module:factory``)."""
+    """The built-in datasets, then the language models' (``--dataset`` also takes ``imagefolder`` and
+    ``package.module:factory``)."""
     from amc.data.names import DATASETS
 
-    return DATASETS
+    return DATASETS + LM_DATASETS
 
 
 def canonical_score(text: str) -> str:
@@ -172,10 +183,20 @@ def comma_list(item: Reader) -> Reader:
     return read
 
 
+def lm_score_names() -> tuple[str, ...]:
+    """A language model's candidate scores (:data:`amc.evaluation.lm_evaluator.SCORES`)."""
+    from amc.evaluation.lm_evaluator import SCORES
+
+    return SCORES
+
+
 def score_name(value: str) -> str:
-    """A candidate score (:mod:`amc.evaluation.scores`), in its canonical spelling."""
+    """A candidate score (:mod:`amc.evaluation.scores`), in its canonical spelling, or a language model's
+    (:func:`lm_score_names`)."""
     from amc.errors import ConfigError
 
+    if value in lm_score_names():
+        return value
     try:
         return canonical_score(value)
     except ConfigError as exc:

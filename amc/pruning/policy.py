@@ -28,11 +28,17 @@ from amc.errors import PolicyError
 from amc.graph.discover import LayerGraph
 from amc.graph.widths import GRANULARITIES
 from amc.pruning.criteria import criterion_names
+from amc.sparsity.criteria import CRITERIA as SPARSITY_CRITERIA
 
 FORMAT = "amc-policy/2"
 FORMAT_V1 = "amc-policy/1"  # before depth pruning: no "dropped" (read as none)
 _REQUIRED = ("format", "model_fingerprint", "granularity", "criterion", "resource", "budget", "keep")
 _OPTIONAL = ("channels", "metrics", "meta", "dropped")
+
+
+def policy_criteria() -> tuple[str, ...]:
+    """The criteria a policy may name: the pruning criteria, then the sparsity criteria of language models."""
+    return criterion_names() + tuple(c for c in SPARSITY_CRITERIA if c not in criterion_names())
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class Policy:
     Attributes:
         keep: ``LayerSpec.name`` -> fraction of channels (or weights) kept, in (0, 1].
         granularity: ``"channel"`` (structured) or ``"weight"`` (unstructured).
-        criterion: Which channels/weights go first (a name in :data:`amc.pruning.criteria.CRITERIA`).
+        criterion: Which channels/weights go first (a name in :data:`amc.pruning.criteria.CRITERIA`, or for a
+            language model's sparsity a name in :data:`amc.sparsity.criteria.CRITERIA`).
         model_fingerprint: :func:`amc.graph.discover.fingerprint` of the base model; refuses a foreign model.
         resource: ``"flops"``, ``"params"`` or ``"latency"``.
         budget: Fraction of the base model's resource the pruned model may keep.
@@ -78,8 +85,8 @@ class Policy:
                 raise PolicyError(f"policy field 'keep.{name}' must be a number in (0, 1], got {ratio!r}")
         if self.granularity not in GRANULARITIES:
             raise PolicyError(f"policy field 'granularity' must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if self.criterion not in criterion_names():
-            raise PolicyError(f"policy field 'criterion' must be one of {criterion_names()}, got {self.criterion!r}")
+        if self.criterion not in policy_criteria():
+            raise PolicyError(f"policy field 'criterion' must be one of {policy_criteria()}, got {self.criterion!r}")
         if self.resource not in RESOURCES:
             raise PolicyError(f"policy field 'resource' must be one of {RESOURCES}, got {self.resource!r}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0.0 < self.budget <= 1.0:

@@ -8,12 +8,14 @@ sparsity with Wanda; Optuna and random search of 10 evaluations each after the u
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
 import torch
 
 from amc.cost.sparsity_cost import SparsityCost
+from amc.errors import ConfigError
 from amc.data.lm_tokens import LMDataConfig, load_lm_data
 from amc.evaluation.lm_evaluator import LMEvalConfig, SparsityEvaluator
 from amc.lm_context import LMContextConfig, build_lm_context
@@ -23,7 +25,8 @@ from amc.sparsity import dense_weights, masked_per_layer
 from envs.sparsity_projection import SparsityProjector
 from search.config import SearchConfig
 from search.history import read_history
-from search.lm import OWL, run_lm_search
+from search.lm import OWL
+from search.runner import run_search
 from search.starts import UNIFORM
 
 BUDGET = 0.5
@@ -43,9 +46,14 @@ def ctx(tmp_path_factory):
     return build_lm_context(config, data=data, progress=False)
 
 
-def search_config(tmp_path, strategy: str, **kwargs) -> SearchConfig:
+def run_lm_search(config: SearchConfig, ctx):
+    """The product's own loop on the prebuilt context (what scripts/search.py runs for --dataset code)."""
+    return run_search(config, context=ctx)
+
+
+def search_config(tmp_path, strategy: str, ctx, **kwargs) -> SearchConfig:
     return SearchConfig(budget=BUDGET, strategy=strategy, evaluations=EVALUATIONS, out=str(tmp_path / strategy),
-                        progress=False, export=False, report=False, seed=0, **kwargs)
+                        progress=False, export=False, report=False, seed=0, context=ctx.config, **kwargs)
 
 
 def check_exact(ctx, keep) -> None:
@@ -72,7 +80,7 @@ def test_projection_is_exact_and_the_cost_is_the_masked_count(ctx) -> None:
 
 def test_random_search_records_exact_policies_beats_uniform_and_resumes(ctx, tmp_path) -> None:
     dense = dense_weights(ctx.model, ctx.layout)
-    result = run_lm_search(search_config(tmp_path, "random"), ctx)
+    result = run_lm_search(search_config(tmp_path, "random", ctx), ctx)
     rows = read_history(result.out / "history.csv")
     assert [r.origin for r in rows[:2]] == [UNIFORM, OWL]
     assert len(rows) == 2 + EVALUATIONS and [r.index for r in rows] == list(range(len(rows)))
@@ -91,24 +99,34 @@ def test_random_search_records_exact_policies_beats_uniform_and_resumes(ctx, tmp
         assert not hasattr(module, "weight_mask") and torch.equal(module.weight, weight)
     policy = Policy.load(result.out / "policy.json")
     assert policy.ratios(ctx.graph) == pytest.approx(list(result.best.keep))
-    assert policy.resource == "params" and policy.meta["sparsity_criterion"] == "wanda"
+    assert policy.resource == "params" and policy.criterion == policy.meta["sparsity_criterion"] == "wanda"
+    saved = json.loads((result.out / "config.json").read_text())["context"]
+    assert saved["model"] == "tiny-lm" and saved["eval"]["criterion"] == "wanda" and saved["per"] == "block"
+    table, units, wrote = result.summary()
+    assert result.dense_perplexity == pytest.approx(ctx.evaluator.perplexity([1.0] * len(ctx.graph)))
+    assert result.dense_perplexity < result.perplexity
+    assert table.row_count == 4 and units.row_count == len(ctx.graph) and "policy.json" in wrote
+    # a resume with other language-model settings is refused in one line
+    other = dataclasses.replace(ctx.config, eval=dataclasses.replace(ctx.config.eval, criterion="magnitude"))
+    with pytest.raises(ConfigError, match=r"context\.eval"):
+        run_lm_search(dataclasses.replace(search_config(tmp_path, "random", ctx, resume=True), context=other), ctx)
     # resume: nothing is evaluated again; more evaluations add only the new ones
-    again = run_lm_search(search_config(tmp_path, "random", resume=True), ctx)
+    again = run_lm_search(search_config(tmp_path, "random", ctx, resume=True), ctx)
     assert read_history(again.out / "history.csv") == rows
-    more = run_lm_search(dataclasses.replace(search_config(tmp_path, "random", resume=True),
+    more = run_lm_search(dataclasses.replace(search_config(tmp_path, "random", ctx, resume=True),
                                              evaluations=EVALUATIONS + 2), ctx)
     assert len(read_history(more.out / "history.csv")) == len(rows) + 2
 
 
 def test_optuna_search_starts_from_the_baselines_and_resumes(ctx, tmp_path) -> None:
-    result = run_lm_search(search_config(tmp_path, "optuna", sampler="tpe"), ctx)
+    result = run_lm_search(search_config(tmp_path, "optuna", ctx, sampler="tpe"), ctx)
     rows = read_history(result.out / "history.csv")
     assert [r.origin for r in rows[:2]] == [UNIFORM, OWL] and len(rows) == 2 + EVALUATIONS
     for row in rows:
         check_exact(ctx, row.keep)
     assert (result.out / "study.db").is_file()
     assert result.perplexity <= math.exp(rows[0].loss)
-    again = run_lm_search(search_config(tmp_path, "optuna", sampler="tpe", resume=True), ctx)
+    again = run_lm_search(search_config(tmp_path, "optuna", ctx, sampler="tpe", resume=True), ctx)
     assert read_history(again.out / "history.csv") == rows
     assert (again.best.index, again.best.keep) == (result.best.index, result.best.keep)
 
