@@ -40,7 +40,8 @@ def check_run(out: Path, done) -> list:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "held-out perplexity" in done.stdout and "Traceback" not in done.stderr
     rows = read_history(out / "history.csv")
-    assert [r.origin for r in rows[:2]] == [UNIFORM, OWL] and len(rows) == 2 + EVALUATIONS
+    # the baselines come first; on two workers in the order they finish
+    assert sorted(r.origin for r in rows[:2]) == sorted([UNIFORM, OWL]) and len(rows) == 2 + EVALUATIONS
     assert all(r.cost_ratio == pytest.approx(0.5, abs=1e-9) for r in rows)
     policy = Policy.load(out / "policy.json")
     assert (policy.criterion, policy.granularity, policy.resource) == ("wanda", "weight", "params")
