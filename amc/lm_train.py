@@ -34,7 +34,7 @@ from amc.models.lm import LANGUAGE_MODELS, build_lm
 from amc.paths import default_cache_dir
 from amc.progress import progress_bar
 from amc.seeding import seeded
-from amc.train import _cpu, _save_atomic, load_checkpoint
+from amc.train import _cpu, _save_atomic, load_checkpoint, read_partial
 
 log = logging.getLogger(__name__)
 
@@ -211,18 +211,10 @@ def load_or_train_lm(model_name: str, data: LMData, *, seed: int = 0, config: LM
 
 def _resume_point(model: nn.Module, partial: Path, steps: int) -> tuple[int, dict | None, torch.Tensor | None]:
     """(steps done, optimiser state, generator state) saved at ``partial`` (weights loaded), or (0, None, None)."""
-    if not partial.is_file():
+    saved = read_partial(model, partial, "step", steps)
+    if saved is None:
         return 0, None, None
-    try:
-        saved = torch.load(partial, map_location="cpu", weights_only=True)
-        step = int(saved["step"])
-        if not 0 < step < steps:
-            raise ValueError(f"step {step} is outside 1..{steps - 1}")
-        model.load_state_dict(saved["model"])
-        return step, saved["optimizer"], saved["generator"]
-    except Exception as exc:  # noqa: BLE001 (torch and a foreign dict raise several types)
-        log.warning("ignoring unusable partial training %s (%s); training from the start", partial, exc)
-        return 0, None, None
+    return int(saved["step"]), saved["optimizer"], saved["generator"]
 
 
 def _result(model: nn.Module, data: LMData, config: LMTrainConfig, train_loss: float, seconds: float,

@@ -289,24 +289,34 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
 
 
-def _resume_point(model: nn.Module, partial: Path, epochs: int) -> tuple[int, dict | None]:
-    """(epochs done, optimiser state) of an interrupted training saved at ``partial``, or (0, None).
+def read_partial(model: nn.Module, partial: Path, counter: str, total: int) -> dict | None:
+    """The interrupted training saved at ``partial`` (its weights loaded into ``model``), or None.
 
-    The model's weights and the global CPU generator's state are loaded from it; an unreadable or foreign file is ignored (and trained over).
+    ``saved[counter]`` (epochs or steps done) must lie in 1..total-1; an unreadable or foreign file is ignored
+    (and trained over), with a warning.
     """
     if not partial.is_file():
-        return 0, None
+        return None
     try:
         saved = torch.load(partial, map_location="cpu", weights_only=True)
-        epoch = int(saved["epoch"])
-        if not 0 < epoch < epochs:
-            raise ValueError(f"epoch {epoch} is outside 1..{epochs - 1}")
+        done = int(saved[counter])
+        if not 0 < done < total:
+            raise ValueError(f"{counter} {done} is outside 1..{total - 1}")
         model.load_state_dict(saved["model"])
-        torch.set_rng_state(saved["rng"])  # dropout's draws go on as in the uninterrupted run (CPU generator)
-        return epoch, saved["optimizer"]
+        return saved
     except Exception as exc:  # torch and a foreign dict raise several types
         log.warning("ignoring unusable partial training %s (%s); training from the start", partial, exc)
+        return None
+
+
+def _resume_point(model: nn.Module, partial: Path, epochs: int) -> tuple[int, dict | None]:
+    """(epochs done, optimiser state) of an interrupted training saved at ``partial``, or (0, None); the global
+    CPU generator's state is restored from it, so dropout's draws go on as in the uninterrupted run."""
+    saved = read_partial(model, partial, "epoch", epochs)
+    if saved is None:
         return 0, None
+    torch.set_rng_state(saved["rng"])
+    return int(saved["epoch"]), saved["optimizer"]
 
 
 def _result(model: nn.Module, data: DataSplits, seconds: float, cached: bool, path: Path) -> TrainResult:
