@@ -22,6 +22,7 @@ A search is a language model's when ``--dataset code`` (the installed standard l
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amc.errors import ConfigError
@@ -117,6 +118,8 @@ def lm_context_config(options: SearchOptions) -> LMContextConfig:
     evaluation = {k: kwargs.pop(k) for k in _EVAL_KEYS if k in kwargs}
     if model.startswith("hf:"):
         kwargs.setdefault("tokenizer", model.partition(":")[2])  # the model's own tokenizer reads the corpus
+    if kwargs.get("tokenizer") is not None:
+        check_tokenizer_folder(str(kwargs["tokenizer"]))
     kwargs.setdefault("seed", options.seed)
     try:
         data = LMDataConfig(**kwargs)
@@ -132,6 +135,25 @@ def lm_context_config(options: SearchOptions) -> LMContextConfig:
                            seed=options.seed, device=options.device)
 
 
+# A Hugging Face folder's tokenizer is in one of these (fast, byte-level BPE, SentencePiece, WordPiece). Without
+# any, AutoTokenizer can still build a tokenizer of the model's type with an empty vocabulary, which reads the
+# corpus as no tokens at all: refused here, by name, instead.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+
+
+def check_tokenizer_folder(folder: str) -> None:
+    """Refuses a model folder that exists but holds no tokenizer (a missing folder is the loaders' to name).
+
+    Raises:
+        ConfigError: ``folder`` has none of :data:`TOKENIZER_FILES`.
+    """
+    path = Path(folder).expanduser()
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"{str(path)!r} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the "
+                          "model's tokenizer there with tokenizer.save_pretrained(PATH), or name a folder that has "
+                          "one with --dataset-kwargs '{\"tokenizer\": \"PATH\"}'")
+
+
 def lm_select(options: SearchOptions) -> str | None:
     """``--select`` of a language model's search: off unless given (then :class:`SearchConfig` refuses it)."""
     from search.values import SELECT_NONE
@@ -139,4 +161,5 @@ def lm_select(options: SearchOptions) -> str | None:
     return options.select if "select" in options.model_fields_set and options.select != SELECT_NONE else None
 
 
-__all__ = ["check_image_options", "is_language_model", "lm_context", "lm_context_config", "lm_select"]
+__all__ = ["TOKENIZER_FILES", "check_image_options", "check_tokenizer_folder", "is_language_model", "lm_context",
+           "lm_context_config", "lm_select"]

@@ -24,12 +24,30 @@ from amc.sparsity.layers import SparsityLayout, conv1d_type
 
 
 def pretrained_of(model: nn.Module) -> nn.Module:
-    """The ``transformers`` model inside ``model`` (itself, or the first submodule with ``save_pretrained``)."""
-    for module in model.modules():
-        if callable(getattr(module, "save_pretrained", None)) and hasattr(module, "config"):
-            return module
-    raise ModelError(f"{type(model).__name__} holds no transformers model (nothing with save_pretrained): "
-                     "export it with export_onnx_lm instead")
+    """The ``transformers`` model inside ``model``: itself, or the first submodule that is a ``PreTrainedModel``
+    (a wrapper such as :class:`~amc.models.hf_causal.CausalLMLogits` forwards ``save_pretrained`` but is none)."""
+    found = next((m for m in model.modules() if _is_pretrained(m)), None)
+    if found is None:
+        raise ModelError(f"{type(model).__name__} holds no transformers model (no PreTrainedModel inside): "
+                         "export it with export_onnx_lm instead")
+    return found
+
+
+def _is_pretrained(module: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return False
+    return isinstance(module, PreTrainedModel)
+
+
+def _logits_program(model: nn.Module) -> nn.Module:
+    """``model`` as ``forward(input_ids) -> logits``: a ``transformers`` causal LM (bare, or inside the ``hf:``
+    loader's :class:`~amc.models.hf_causal.CausalLMLogits`) through :class:`_Logits`; any other model as it is."""
+    from amc.models.hf_causal import CausalLMLogits
+
+    inner = model.inner if isinstance(model, CausalLMLogits) else model
+    return _Logits(inner) if _is_pretrained(inner) else model
 
 
 def linear_as_conv1d(model: nn.Module) -> nn.Module:
@@ -96,7 +114,7 @@ def export_onnx_lm(model: nn.Module, layout: SparsityLayout, example: Tensor, pa
     length), output ``logits``. A ``transformers`` causal LM is called with ``input_ids``; any other module
     with ``forward(ids) -> logits``. Uses the TorchScript-based exporter (no onnxscript needed)."""
     baked = bake(copy.deepcopy(model), layout).cpu().eval()
-    program = _Logits(baked) if callable(getattr(baked, "save_pretrained", None)) else baked
+    program = _logits_program(baked)
     path = Path(path)
     tmp = path.with_suffix(".tmp.onnx")
     with warnings.catch_warnings():
@@ -113,7 +131,7 @@ def onnx_max_error(path: str | os.PathLike, model: nn.Module, ids: Tensor) -> fl
     import numpy as np
     import onnxruntime as ort
 
-    program = _Logits(model) if callable(getattr(model, "save_pretrained", None)) else model
+    program = _logits_program(model)
     with torch.no_grad():
         want = program(ids).float().cpu().numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

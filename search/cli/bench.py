@@ -28,6 +28,7 @@ from search.cli.bench_runs import (
     run_gpu,
     run_service_load,
     run_threads,
+    run_lm,
 )
 
 
@@ -302,6 +303,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/bench-threads", help="runs and results; a rerun skips finished cells")
     p.add_argument("--markdown", default="BENCHMARKS.md")
     p.set_defaults(run=run_threads)
+    p = sub.add_parser("lm", help="tiny-lm on the code corpus: held-out perplexity of uniform, OWL, random and the "
+                                  "default search at 50/60/70%% unstructured and 50%% N:M sparsity (issue 36)")
+    sparsity = number_in(0, 1, high_closed=False, meaning=" (average sparsity)")
+    p.add_argument("--sparsities", type=comma_list(sparsity), default=(0.5, 0.6, 0.7),
+                   help="average unstructured sparsities, comma-separated (0.5,0.6,0.7)")
+    p.add_argument("--nm-sparsities", type=comma_list(sparsity), default=(0.5,),
+                   help="average sparsities with N:M levels dense, 2:4, 1:4, comma-separated (0.5)")
+    p.add_argument("--no-nm", action="store_true", help="no N:M cells")
+    p.add_argument("--seeds", type=comma_list(int_at_least(0)), default=(0, 1, 2), help="search seeds (0,1,2)")
+    p.add_argument("--evaluations", type=int_at_least(1), default=100,
+                   help="of each search, random and default rows, besides the two baselines (100)")
+    p.add_argument("--train-steps", type=int_at_least(1), default=600,
+                   help="training steps of the cached tiny-lm (600)")
+    p.add_argument("--criterion", type=_listed("amc.sparsity", "CRITERIA", "criterion"), default="wanda",
+                   help="magnitude, wanda or sparsegpt (wanda)")
+    p.add_argument("--per", choices=("block", "layer"), default="block", help="one decision per block or linear layer")
+    p.add_argument("--heldout-windows", type=int_at_least(1), default=64,
+                   help="held-out windows the searches score (64)")
+    p.add_argument("--report-windows", type=int_at_least(1), default=128,
+                   help="the next held-out windows, unseen by the searches, that the table reports (128)")
+    p.add_argument("--calibration-windows", type=int_at_least(1), default=32,
+                   help="windows of the Wanda/SparseGPT/OWL statistics (32)")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="Ray workers of each search (1: none)")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads (1)")
+    p.add_argument("--root", default="runs/bench-lm", help="cells are cached here; a rerun skips finished cells")
+    p.add_argument("--markdown", default="BENCHMARKS.md")
+    p.set_defaults(run=run_lm)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)

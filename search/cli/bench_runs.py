@@ -244,3 +244,20 @@ def run_threads(args: argparse.Namespace, console: Console, rest: list[str]) -> 
         print(f"bench.py threads: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_lm(args: argparse.Namespace, console: Console, rest: list[str]) -> int:
+    from amc.evaluation.lm_evaluator import LMEvalConfig
+    from amc.lm_train import LMTrainConfig
+    from search.bench.lm import LMBenchSettings, lm_report
+
+    settings = LMBenchSettings(sparsities=tuple(args.sparsities),
+                               nm_sparsities=() if args.no_nm else tuple(args.nm_sparsities),
+                               seeds=tuple(args.seeds), evaluations=args.evaluations, workers=args.workers,
+                               report_windows=args.report_windows, per=args.per, threads=args.threads,
+                               train=LMTrainConfig(steps=args.train_steps),
+                               eval=LMEvalConfig(criterion=args.criterion, heldout_windows=args.heldout_windows,
+                                                 calibration_windows=args.calibration_windows))
+    lm_report(Path(args.root), settings, command=_command("lm", rest), markdown=Path(args.markdown), console=console)
+    return 0
+

@@ -34,6 +34,8 @@ ARTIFACTS = {
     "report.png": "image/png", "pruned.pt2": "application/octet-stream", "pruned.onnx": "application/octet-stream",
     "config.json": "application/json", "pareto.json": "application/json",
     "run.log": "text/plain", "service.log": "text/plain",
+    # a language-model search's sparse model (tiny-lm weights with their zeros) and its tokenizer
+    "pruned.pt": "application/octet-stream", "tokenizer.json": "application/json",
 }
 
 

@@ -3,7 +3,8 @@ the operator lets a token holder run.
 
 A model is accepted when it is
 
-- a built-in model, a key of :data:`amc.models.MODELS` (what :func:`amc.models.build_model` builds);
+- a built-in model, a key of :data:`amc.models.MODELS` (what :func:`amc.models.build_model` builds) or of
+  :data:`amc.models.lm.LANGUAGE_MODELS` (``tiny-lm``: a language model's sparsity search);
 - ``timm:NAME``, a model timm has in the search processes' interpreter (``pretrained=False`` always);
 - ``hf:PATH``, a ``save_pretrained`` folder (with its ``config.json``) under the operator's models folder
   (``scripts/serve.py --models-dir``; relative paths start at the searches' working folder, as the run's do,
@@ -109,10 +110,13 @@ def check_names(options: dict[str, Any], *, python: str | None = None, workdir: 
     if isinstance(model, str):
         prefix, colon, ref = model.partition(":")
         if not colon:
-            from amc.models import MODELS  # the registry build_model reads
+            # the registries build_model and build_lm (a language model's sparsity search) read
+            from amc.models import MODELS
+            from amc.models.lm import LANGUAGE_MODELS
 
-            if model not in MODELS:
-                raise SettingsError("model", f"unknown model {model!r}: use one of {', '.join(sorted(MODELS))}, "
+            if model not in MODELS and model not in LANGUAGE_MODELS:
+                raise SettingsError("model", f"unknown model {model!r}: use one of "
+                                             f"{', '.join(sorted([*MODELS, *LANGUAGE_MODELS]))}, "
                                              "timm:NAME, hf:PATH or package.module:factory for your own")
         elif prefix == "timm":
             _check_in_child("model", _TIMM_CHECK, ref, python=python, workdir=workdir,

@@ -145,11 +145,13 @@ def validate_settings(values: dict[str, Any], *, max_evaluations: int = LIMITS["
             parsed = parse_score(score)
             if isinstance(parsed, Finetune) and parsed.steps > MAX_FINETUNE_STEPS:
                 raise SettingsError(key, f"{score!r}: at most finetune:{MAX_FINETUNE_STEPS} on this service")
+    # The names first: a path the operator does not accept (hf: outside the models folder) is refused before
+    # the configs' checks read anything there (a language model's tokenizer folder, search.lm_options).
+    check_names(resolved, python=python, workdir=workdir, names=names)
     try:  # the run folder is a placeholder: the service sets the real one at launch
         checked.model_copy(update={"out": "runs/service-check"}).to_config()
     except (AmcError, ValueError) as exc:
         raise SettingsError(_named_field(str(exc), settable), str(exc)) from None
-    check_names(resolved, python=python, workdir=workdir, names=names)
     for key in SERVICE_OWNED:
         resolved.pop(key, None)
     if resolved.get("ladder") is not None:

@@ -14,10 +14,21 @@ export const ARTIFACTS = {
   "report.html": "text/html", "policy.json": "text/plain", "history.csv": "text/plain", "report.png": "image/png",
   "config.json": "text/plain", "pareto.json": "text/plain", "run.log": "text/plain",
   "service.log": "text/plain", "pruned.pt2": "download", "pruned.onnx": "download",
+  "pruned.pt": "download", "tokenizer.json": "text/plain",
 };
 
 // What the view holds of the shown search: its evaluations (from the event stream) and its best one.
-const view = { id: null, rows: [], bestIndex: null, drawn: false, strategy: null };
+// `asked` and `shown` order the reads of its state: a reply to a request sent before the one shown last is stale
+// (a GET still in flight when cancel answered must not show the state from before the cancel).
+const view = { id: null, rows: [], bestIndex: null, drawn: false, strategy: null, asked: 0, shown: 0 };
+
+// Renders a search read by the request numbered `ticket`, unless a later request's reply is already shown.
+function renderFresh(search, ticket) {
+  if (ticket < view.shown || search.id !== view.id) return false;
+  view.shown = ticket;
+  render(search);
+  return true;
+}
 
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
@@ -104,7 +115,7 @@ function renderTable() {
 function onEvent(event) {
   const data = event.data;
   if (event.event === "state") {
-    showState(data.state);
+    // The state itself is read by refresh() (watch), in request order: an event can be older than an action.
   } else if (event.event === "evaluation") {
     setProgress(data.count, data.total, data.total ? Math.min(1, data.count / data.total) : 0);
     view.rows.push({ index: data.index, accuracy: data.accuracy, cost_ratio: data.cost_ratio, reward: data.reward });
@@ -195,8 +206,9 @@ function parseEvent(block) {
 
 async function refresh(searchId) {
   try {
+    const ticket = ++view.asked;
     const search = await apiJson(`/v1/searches/${searchId}`);
-    render(search);
+    if (!renderFresh(search, ticket)) return search;
     await refreshDetails(searchId, search.state);
     return search;
   } catch (error) {
@@ -279,7 +291,8 @@ async function openArtifact(searchId, name) {
 async function act(searchId, action, state, signal) {
   $("action-error").textContent = "";
   try {
-    render(await apiJson(`/v1/searches/${searchId}/${action}`, { method: "POST" }));
+    const ticket = ++view.asked;
+    renderFresh(await apiJson(`/v1/searches/${searchId}/${action}`, { method: "POST" }), ticket);
     if (!state.watching && !signal.aborted) watch(searchId, signal, state); // a resumed search runs again
   } catch (error) {
     if (!(error instanceof Unauthorized)) $("action-error").textContent = error.message;
