@@ -24,6 +24,7 @@ from amc.graph.records import fingerprint
 from amc.lm_train import LMTrainConfig, LMTrainResult, load_or_train_lm
 from amc.models.lm import build_lm
 from amc.sparsity import SparsityBudget, SparsityLayout, discover_sparse, owl
+from amc.sparsity.criteria import parse_levels
 from amc.sparsity.layers import PER
 from amc.train import load_checkpoint
 
@@ -42,6 +43,8 @@ class LMContextConfig:
         corpus_root: Folder of ``.py`` files (None: the installed standard library).
         train: Training of a built-in model when no checkpoint is given (``steps=0``: the seeded init).
         per: One decision per transformer ``block`` or per linear ``layer``.
+        levels: The N:M levels a decision takes, e.g. ``("dense", "2:4", "1:4")`` (kept densest first); empty:
+            unstructured sparsity. A decision's keep ratio is then its level's (2:4 is 0.5).
         eval: How candidates are evaluated.
         seed: Seeds the built-in model's training.
         device: Where the model is evaluated.
@@ -55,6 +58,7 @@ class LMContextConfig:
     corpus_root: str | None = None
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
     per: str = "block"
+    levels: tuple[str, ...] = ()
     eval: LMEvalConfig = field(default_factory=LMEvalConfig)
     seed: int = 0
     device: str = "cpu"
@@ -64,6 +68,7 @@ class LMContextConfig:
         resolve_device(self.device)
         if isinstance(self.model_kwargs, dict):
             object.__setattr__(self, "model_kwargs", tuple(self.model_kwargs.items()))
+        object.__setattr__(self, "levels", tuple(str(v) for v in parse_levels(self.levels)))
         if self.per not in PER:
             raise ConfigError(f"per={self.per!r}: choose one of {PER} (one sparsity decision per block or layer)")
         if self.checkpoint is not None and self.model.startswith("hf:"):
@@ -146,11 +151,12 @@ def build_lm_context(config: LMContextConfig, *, data: LMData | None = None, mod
         model.load_state_dict(state_dict)
     model = model.to(device).eval()
     layout = discover_sparse(model, per=config.per)
-    graph = SparsityGraph(layout, fingerprint(model))
+    graph = SparsityGraph(layout, fingerprint(model), levels=config.levels)
     evaluator = SparsityEvaluator(model, graph, data, config.eval)
-    log.info("LM context: %s on %s, %d %s decisions over %d prunable weights, %s, score %s, device %s, pid %d",
-             config.model, data.name, len(graph), config.per, layout.total, config.eval.criterion, config.eval.score,
-             device, os.getpid())
+    log.info("LM context: %s on %s, %d %s decisions (%s) over %d prunable weights, %s, score %s, device %s, pid %d",
+             config.model, data.name, len(graph), config.per,
+             "N:M levels " + ", ".join(config.levels) if config.levels else "unstructured", layout.total,
+             config.eval.criterion, config.eval.score, device, os.getpid())
     return LMContext(config=config, model=model, data=data, layout=layout, graph=graph, evaluator=evaluator,
                      base=base)
 

@@ -113,7 +113,8 @@ class PruningEnv(gym.Env):
 
     def __init__(self, graph: LayerGraph, cost_model, evaluator: Evaluator, *, budget: float,
                  min_keep: float = 0.2, max_keep: float = 1.0, reward: str = "acc", clip: bool = True,
-                 criterion: str = "l1", granularity: str = "channel", render_mode: str | None = None) -> None:
+                 criterion: str = "l1", granularity: str = "channel", render_mode: str | None = None,
+                 projector: BudgetProjector | None = None) -> None:
         super().__init__()
         check_render_mode(render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
@@ -122,7 +123,8 @@ class PruningEnv(gym.Env):
         self.graph = graph
         self.cost_model = cost_model
         self.evaluator = evaluator
-        self.projector = BudgetProjector(cost_model, budget, min_keep=min_keep, max_keep=max_keep)
+        # The search problem's projector where it has one (a sparsity search's: exact, and onto N:M levels).
+        self.projector = projector or BudgetProjector(cost_model, budget, min_keep=min_keep, max_keep=max_keep)
         self.budget = self.projector.budget
         self.min_keep, self.max_keep = self.projector.min_keep, self.projector.max_keep
         self.reward_name = reward
@@ -308,6 +310,11 @@ class PruningEnv(gym.Env):
                 actions.append(width(keep[step.index]))
         return actions
 
+    def _final(self, keep: list[float]) -> list[float]:
+        """An episode's keep ratios; projected once more where the projector meets the budget exactly (a sparsity
+        search's, onto N:M levels too), so that every episode ends on the budget."""
+        return self.projector.project(keep) if getattr(self.projector, "exact", False) else keep
+
     def _policy(self, keep: list[float]) -> Policy:
         return Policy.from_ratios(self.graph, keep, granularity=self.granularity, criterion=self.criterion,
                                   resource=self.cost_model.resource, budget=self.budget)
@@ -322,7 +329,7 @@ class PruningEnv(gym.Env):
                      self._walk.t, self._walk.out.copy(), self._walk.inp.copy())
             try:
                 self._depth_apply(action)
-                return self._policy(self._depth_keep()) if self._i >= len(self._steps) else None
+                return self._policy(self._final(self._depth_keep())) if self._i >= len(self._steps) else None
             finally:
                 (self._keep, self._t, self._i, self._dropped, self._skips,
                  self._walk.t, self._walk.out, self._walk.inp) = saved
@@ -330,7 +337,7 @@ class PruningEnv(gym.Env):
             return None
         keep = self._keep.copy()
         keep[self._t] = self._keep_for(action)
-        return self._policy(keep.tolist())
+        return self._policy(self._final(keep.tolist()))
 
     def step(self, action):
         if self._steps is not None:
@@ -348,7 +355,7 @@ class PruningEnv(gym.Env):
         return self._finish()
 
     def _finish(self):
-        keep = self._depth_keep()
+        keep = self._final(self._depth_keep())
         cost = self.cost_model.cost(keep)  # a DepthCost reads the dropped blocks
         policy = self._policy(keep)
         result = self.evaluator.evaluate(policy)

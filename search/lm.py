@@ -109,7 +109,8 @@ def write_lm_outputs(config: SearchConfig, ctx: LMContext, out: Path, problem: S
         **({"uniform_heldout_perplexity": uniform_ppl} if uniform_ppl is not None else {}))
     policy = policy.with_meta(strategy=config.strategy, origin=best.origin, score=ctx.config.eval.score,
                               sparsity_criterion=ctx.config.eval.criterion, per=ctx.config.per,
-                              model=ctx.config.model, evaluations=problem.count)
+                              model=ctx.config.model, evaluations=problem.count,
+                              **({"levels": ctx.graph.level_names(best.keep)} if ctx.config.levels else {}))
     policy.save(out / "policy.json")
     log.info("best %s: held-out perplexity %.3f (uniform %s) at %.4f of the prunable weights", best.origin,
              perplexity, f"{uniform_ppl:.3f}" if uniform_ppl is not None else "not evaluated", best.cost_ratio)

@@ -126,6 +126,17 @@ def _dataset_kwargs(dataset: str, model: str, kwargs: dict[str, Any] | None) -> 
     return kwargs
 
 
+def _nm_level(value: str) -> str:
+    """An N:M level a language model's decision may take (``dense`` or ``N:M``), spelled as the context keeps it."""
+    from amc.sparsity.criteria import parse_level
+
+    try:
+        return str(parse_level(value))
+    except ConfigError:
+        raise v.OptionError(f"must be N:M levels such as dense,2:4,1:4 (N of every M weights kept, N <= M), "
+                            f"got {value!r}") from None
+
+
 class SearchOptions(BaseModel):
     """Every option of a search, as ``scripts/search.py`` takes them (field order is ``--help``'s order).
 
@@ -198,6 +209,9 @@ class SearchOptions(BaseModel):
     granularity: str = _choice("channel", "structured or unstructured (channel)", v.granularity_names)
     per: str = _choice("block", "a language model's sparsity decisions: one per transformer block or per linear layer "
                                 "(block)", v.per_names)
+    nm_levels: tuple[str, ...] | None = _option(
+        None, "a language model's N:M levels, one per block or layer, e.g. dense,2:4,1:4 (none: unstructured "
+              "sparsity)", v.comma_list(_nm_level), "list")
     depth: bool = _flag("depth and width together: each removable block (an identity skip around it: ResNet, "
                         "MobileNetV2, ViT, ConvNeXt blocks) is also a keep/drop decision (any --resource; "
                         "--granularity channel)")
@@ -255,6 +269,11 @@ class SearchOptions(BaseModel):
         from search.lm_options import lm_context, lm_select
 
         lm = lm_context(self)  # a language model's sparsity search (search.lm_options), else None
+        if self.nm_levels:
+            if lm is None:
+                raise ConfigError(f"--nm-levels {','.join(self.nm_levels)} is a language model's: use it with "
+                                  "--dataset code and --model tiny-lm or hf:PATH, or drop it for this model")
+            lm = dataclasses.replace(lm, levels=self.nm_levels)
         context = lm or ContextConfig(
             model=self.model, dataset=self.dataset, data_dir=self.data_dir, checkpoint=self.checkpoint,
             seed=self.seed, resource=self.resource, round_to=self.round_to, val_size=self.val_size,

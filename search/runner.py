@@ -50,7 +50,7 @@ _RESUME_KEYS = ("budget", "strategy", "sampler", "min_keep", "max_keep", "reward
 _NEW_KEYS = ("baselines", "warm_start", "warm_start_top_k", "select", "select_top_k", "select_samples", "select_lr")
 # Settings added later, absent from older runs' config.json: they had this (default) value then.
 _DEFAULTED = {"ladder": [], "ladder_top_k": 8, "pruner": "halving"}
-_DEFAULTED_CONTEXT = {"dataset_kwargs": [], "depth": False}
+_DEFAULTED_CONTEXT = {"dataset_kwargs": [], "depth": False, "levels": []}
 _RESUME_IGNORED_CONTEXT = ("cache_dir", "data_dir", "device", "loader_workers", "discovery_seconds")  # where things are or run, not what
 
 

@@ -13,6 +13,12 @@ model* (what a candidate keeps). Here:
   (:func:`~amc.sparsity.budget.layer_counts`), so a policy's recorded cost is the masked model's, exactly.
   Its base is every prunable weight, so a cost ratio is the fraction of prunable weights kept, and a budget
   of 0.5 is an average sparsity of 50%.
+
+With N:M levels (:attr:`SparsityGraph.levels`, e.g. dense, 2:4 and 1:4) a decision is still a keep ratio, read
+as the unit's nearest allowed level (:meth:`SparsityGraph.unit_levels`: 0.5 is 2:4, 0.25 is 1:4); the search's
+projection (:class:`~envs.sparsity_projection.SparsityProjector`) only proposes the levels' own ratios, so a
+recorded keep ratio *is* its level. Weights are then counted per level (:func:`~amc.sparsity.budget.nm_counts`),
+the masks' count exactly.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import numpy as np
 
 from amc.errors import ConfigError
 from amc.graph.records import LayerSpec
-from amc.sparsity.budget import layer_counts
+from amc.sparsity.budget import SparsityBudget, layer_counts, nm_counts
+from amc.sparsity.criteria import NM, parse_levels
 from amc.sparsity.layers import SparsityLayout, SparsityUnit
 
 RESOURCE = "params"  # the prunable weights kept: what a policy.json's resource says
@@ -40,12 +47,18 @@ class SparsityGraph:
         layout: The prunable layers and units (:func:`~amc.sparsity.layers.discover_sparse`).
         fingerprint: :func:`amc.graph.records.fingerprint` of the dense model (a policy of another model is
             refused, as for channels).
+        levels: The N:M levels a decision takes (``("dense", "2:4", "1:4")`` or :class:`~amc.sparsity.NM`
+            patterns, kept densest first); empty: unstructured sparsity.
     """
 
     layout: SparsityLayout
     fingerprint: str
     round_to: int = 1  # what a layer graph's readers expect; weights are counted one by one
     skipped: tuple = ()
+    levels: tuple[NM, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", parse_levels(self.levels))
 
     def __len__(self) -> int:
         return len(self.layout.units)
@@ -90,8 +103,53 @@ class SparsityGraph:
             out.append(min(max(1.0 - float(k), 0.0), 1.0))
         return out
 
+    @cached_property
+    def allowed_levels(self) -> tuple[tuple[NM, ...], ...]:
+        """Per unit, the levels it can take, densest first (a level whose M does not divide a member's inputs is
+        left out: :meth:`~amc.sparsity.budget.SparsityBudget.allowed_levels`); empty without levels."""
+        if not self.levels:
+            return ()
+        return tuple(SparsityBudget(self.layout, 1.0, levels=self.levels).allowed_levels())
+
+    @cached_property
+    def level_keeps(self) -> tuple[np.ndarray, ...]:
+        """Per unit, the keep ratios of :attr:`allowed_levels`."""
+        return tuple(np.array([v.keep / v.group for v in a]) for a in self.allowed_levels)
+
+    def _nearest(self, t: int, keep: np.ndarray) -> np.ndarray:
+        """Index into unit ``t``'s allowed levels of the level nearest each keep ratio (a tie: the sparser)."""
+        ratios = self.level_keeps[t]
+        distance = np.abs(np.asarray(keep, dtype=np.float64)[..., None] - ratios)  # (..., levels)
+        return len(ratios) - 1 - np.argmin(distance[..., ::-1], axis=-1)
+
+    def snapped(self, t: int, keep: np.ndarray) -> np.ndarray:
+        """Unit ``t``'s keep ratios as its levels keep them (themselves without levels)."""
+        return self.level_keeps[t][self._nearest(t, keep)] if self.levels else np.asarray(keep, dtype=np.float64)
+
+    def unit_levels(self, keep: Sequence[float]) -> list[NM]:
+        """The N:M level of each unit: the allowed level nearest its keep ratio.
+
+        Raises:
+            ConfigError: The graph has no levels, or bad keep ratios.
+        """
+        if not self.levels:
+            raise ConfigError("this search's decisions are unstructured sparsities, not N:M levels: build the "
+                              "context with levels, e.g. LMContextConfig(levels=('dense', '2:4', '1:4'))")
+        self.sparsities(keep)  # validates count and range
+        return [self.allowed_levels[t][int(self._nearest(t, float(k)))] for t, k in enumerate(keep)]
+
+    def level_names(self, keep: Sequence[float]) -> dict[str, str]:
+        """Unit name -> its level (``"2:4"``, ``"dense"``), what a policy records beside the keep ratios."""
+        return {unit.name: str(level) for unit, level in zip(self.layout.units, self.unit_levels(keep))}
+
+    def decisions(self, keep: Sequence[float]) -> list[float] | list[NM]:
+        """What :func:`~amc.sparsity.apply.sparsify` takes: unit sparsities, or with levels the units' levels."""
+        return self.unit_levels(keep) if self.levels else self.sparsities(keep)
+
     def removed(self, keep: Sequence[float]) -> dict[str, int]:
         """Weights each layer loses under ``keep`` (the counts :func:`~amc.sparsity.apply.sparsify` masks)."""
+        if self.levels:
+            return nm_counts(self.layout, self.unit_levels(keep))
         return layer_counts(self.layout, self.sparsities(keep))
 
     def channels(self, keep: Sequence[float]) -> tuple[int, ...]:
@@ -140,10 +198,13 @@ class SparsityCost:
         return self.cost(keep) / self.base
 
     def costs_varying(self, state: np.ndarray, t: int, candidates: np.ndarray) -> np.ndarray:
-        """The (continuous) cost of ``state`` with unit ``t`` at each of ``candidates``."""
+        """The (continuous) cost of ``state`` with unit ``t`` at each of ``candidates`` (with levels, each keep
+        ratio at its nearest level: the exact count)."""
         state = np.asarray(state, dtype=np.float64)
+        if self.graph.levels:
+            state = np.array([float(self.graph.snapped(i, k)) for i, k in enumerate(state)])
         rest = float(self.numel @ state) - self.numel[t] * state[t]
-        return rest + self.numel[t] * np.asarray(candidates, dtype=np.float64)
+        return rest + self.numel[t] * self.graph.snapped(t, candidates)
 
     def removed_target(self, budget: float) -> int:
         """Weights a policy at ``budget`` removes: ``round((1 - budget) * base)`` (what the exact projection

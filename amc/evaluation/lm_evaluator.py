@@ -5,7 +5,8 @@ the dense model is done once, when the evaluator is built: the calibration stati
 (Wanda's input norms, SparseGPT's Hessians: :func:`~amc.sparsity.calibrate.calibrate`), a copy of the dense
 weights, and for the ``kl`` score the dense model's next-token distributions. A candidate is then one
 :func:`~amc.sparsity.apply.sparsify` of the model in place (no copy of the model), one scoring pass, and one
-:func:`~amc.sparsity.apply.restore`.
+:func:`~amc.sparsity.apply.restore`. With N:M levels (the graph's) a candidate's keep ratios are its units' levels
+(:meth:`~amc.cost.sparsity_cost.SparsityGraph.decisions`) and the masks are N:M patterns.
 
 The score is reported the way the search machinery reads an image model's (higher ``accuracy`` is better,
 ``loss`` is the cross-entropy-like figure):
@@ -124,10 +125,11 @@ class SparsityEvaluator:
 
     @contextmanager
     def sparsified(self, policy: Policy | Sequence[float]) -> Iterator[nn.Module]:
-        """The model with ``policy``'s masks, for the ``with`` block; dense again afterwards."""
-        sparsities = self.graph.sparsities(self._ratios(policy))
+        """The model with ``policy``'s masks (unstructured, or the N:M levels of a graph with levels), for the
+        ``with`` block; dense again afterwards."""
+        decisions = self.graph.decisions(self._ratios(policy))
         try:
-            sparsify(self.model, self.layout, sparsities, criterion=self.config.criterion, stats=self.stats)
+            sparsify(self.model, self.layout, decisions, criterion=self.config.criterion, stats=self.stats)
             yield self.model
         finally:
             restore(self.model, self.layout, self.dense)

@@ -13,18 +13,27 @@ A policy gives each unit (block or layer, :class:`~amc.sparsity.layers.SparsityU
   sparsities to the nearest allowed level, then moves units one level sparser (the one furthest below what it
   asked for first) until the average sparsity reaches the target, and back denser where the target still holds.
   The average is at least the target (levels are discrete; it is exact only when the levels allow it).
+  :meth:`SparsityBudget.project_levels_exact` is the search's projection: the levels nearest to what was asked
+  (size-weighted L2) among those that remove the fewest weights at or above the target, exactly the target
+  whenever some choice of levels makes it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from amc.errors import BudgetError, ConfigError
 from amc.sparsity.criteria import DENSE, NM, parse_level
 from amc.sparsity.layers import SparsityLayout
+
+log = logging.getLogger(__name__)
+EXACT_STATES = 2_000_000  # project_levels_exact's table (units x reachable totals) above which it falls back
 
 
 def _fraction(value: object, name: str, *, low_open: bool, high_open: bool) -> float:
@@ -165,6 +174,58 @@ class SparsityBudget:
                     moved = True
                     break
         return [a[j] for a, j in zip(allowed, pick)]
+
+
+    def project_levels_exact(self, sparsities: Sequence[float | NM]) -> list[NM]:
+        """One level per unit, nearest to the wanted sparsities (size-weighted L2), among the choices that remove
+        the fewest weights at or above the target: exactly the target whenever the levels can make it.
+
+        An exact knapsack over the weights each unit removes at each level (counted as
+        :func:`nm_counts` counts them), in steps of their greatest common divisor. Where that table would exceed
+        :data:`EXACT_STATES` entries (layer sizes with no large common factor), :meth:`project_levels` decides
+        instead (at least the target), with a warning.
+
+        Raises:
+            BudgetError: Even the sparsest allowed level everywhere misses the target.
+        """
+        wanted = [x.sparsity if isinstance(x, NM) else float(x) for x in self._checked(sparsities)]
+        allowed = self.allowed_levels()
+        layers = {x.name: x for x in self.layout.layers}
+        removed = [[sum(layers[m].numel - layers[m].numel // v.group * v.keep for m in unit.members) for v in a]
+                   for unit, a in zip(self.layout.units, allowed)]
+        total = self.layout.total
+        need = max(0, math.ceil(self.target * total - 1e-9 * total))
+        if sum(max(r) for r in removed) < need:
+            return self.project_levels(wanted)  # raises: the budget is unreachable with these levels
+        step = math.gcd(*(r for rs in removed for r in rs)) or 1
+        states = -(-(need + max(max(r) for r in removed)) // step) + 1  # some total in [need, need + max) is reachable
+        if states * len(removed) > EXACT_STATES:
+            log.warning("N:M levels: %d units x %d totals is too fine a table for the exact projection; levels "
+                        "chosen by project_levels (average sparsity at least the target)", len(removed), states)
+            return self.project_levels(wanted)
+        cost = np.full(states, np.inf)
+        cost[0] = 0.0
+        choice = np.zeros((len(removed), states), dtype=np.int16)
+        for i, (levels, counts) in enumerate(zip(allowed, removed)):
+            new = np.full(states, np.inf)
+            for j, (level, count) in enumerate(zip(levels, counts)):
+                shift = count // step
+                if shift >= states:
+                    continue
+                candidate = cost[: states - shift] + self.sizes[i] * (level.sparsity - wanted[i]) ** 2
+                better = candidate < new[shift:]
+                new[shift:][better] = candidate[better]
+                choice[i, shift:][better] = j
+            cost = new
+        first = -(-need // step)
+        reached = np.nonzero(np.isfinite(cost[first:]))[0]
+        t = first + int(reached[0])
+        pick = []
+        for i in range(len(removed) - 1, -1, -1):  # back from the total reached
+            j = int(choice[i, t])
+            pick.append(allowed[i][j])
+            t -= removed[i][j] // step
+        return pick[::-1]
 
 
 def layer_levels(layout: SparsityLayout, levels: Sequence[NM]) -> dict[str, NM]:

@@ -68,6 +68,23 @@ def parse_level(text: str | NM) -> NM:
     return NM(int(match.group(1)), int(match.group(2)))
 
 
+def parse_levels(levels) -> tuple[NM, ...]:
+    """Levels a unit may take (``("dense", "2:4", "1:4")``) as :class:`NM` patterns, densest first; ``()`` stays
+    empty (unstructured sparsity).
+
+    Raises:
+        ConfigError: A text that is no level, or two levels with the same sparsity (a decision would not say which).
+    """
+    if isinstance(levels, (str, NM)):
+        levels = (levels,)
+    parsed = sorted({parse_level(x) for x in levels}, key=lambda x: (x.sparsity, x.group))
+    for a, b in zip(parsed, parsed[1:]):
+        if math.isclose(a.sparsity, b.sparsity):
+            raise ConfigError(f"N:M levels {a} and {b} remove the same share of weights: keep one of them "
+                              "(a unit's decision is its fraction of weights kept)")
+    return tuple(parsed)
+
+
 def split_count(count: int, sizes: list[int] | tuple[int, ...]) -> list[int]:
     """``count`` split over parts of the given sizes in proportion (largest remainders, earlier parts first)."""
     total = sum(sizes)

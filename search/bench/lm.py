@@ -212,6 +212,8 @@ def run_cell(root: Path, ctx: LMContext, settings: LMBenchSettings, report: Tens
         found = searched(settings, ctx, run=run, strategy=row, budget=1.0 - sparsity, seed=seed,
                          evaluations=settings.evaluations)
         decisions = found.policy.ratios(ctx.graph)
+        if ctx.config.levels:  # an N:M search's keep ratios are its units' levels: recorded as such (2:4, ...)
+            decisions = ctx.graph.unit_levels(decisions)
         search_seconds, evaluations, chosen = found.search_seconds, found.evaluations, found.chosen
     unseen, scored, average = _measured(ctx, report, decisions)
     cell = LMCell(kind=kind, sparsity=sparsity, row=row, seed=seed, heldout_perplexity=unseen,

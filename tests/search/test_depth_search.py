@@ -47,8 +47,8 @@ def ctx(depth_config):
     return build_context(depth_config, progress=False)
 
 
-def search(out: Path, ctx, strategy: str, evaluations: int = 10, **kwargs):
-    config = SearchConfig(budget=BUDGET, strategy=strategy, evaluations=evaluations, out=str(out), progress=False,
+def search(out: Path, ctx, strategy: str, evaluations: int = 10, budget: float = BUDGET, **kwargs):
+    config = SearchConfig(budget=budget, strategy=strategy, evaluations=evaluations, out=str(out), progress=False,
                           context=ctx.config, baselines=False, report=False, export=False, **kwargs)
     return run_search(config, context=ctx)
 
@@ -176,13 +176,16 @@ def test_depth_and_latency_search_runs_end_to_end(tmp_path, depth_config) -> Non
                          cache_dir=str(tmp_path / "tables"))
     context = dataclasses.replace(depth_config, resource="latency", latency=fast)
     ctx = build_context(context, progress=False)
-    result = search(tmp_path / "run", ctx, "random", evaluations=6)
+    # The reachable floor of a measured latency table depends on the machine and its load (0.40 on a busy one):
+    # the budget sits well above it, the test is about the search running end to end on a depth+latency model.
+    budget = 0.7
+    result = search(tmp_path / "run", ctx, "random", evaluations=6, budget=budget)
     rows = read_history(tmp_path / "run" / "history.csv")
     assert len(rows) == 6
     cost = ctx.cost_model()
     assert isinstance(cost, DepthCost) and cost.resource == "latency"
     for row in rows:  # every candidate meets the predicted-latency budget, its dropped blocks counted
-        assert row.cost_ratio == pytest.approx(cost.ratio(row.keep)) and row.cost_ratio <= BUDGET + 1e-9
+        assert row.cost_ratio == pytest.approx(cost.ratio(row.keep)) and row.cost_ratio <= budget + 1e-9
     assert Policy.load(tmp_path / "run" / "policy.json").resource == "latency" and result.best is not None
 
 

@@ -88,7 +88,8 @@ class RLStrategy(Strategy):
         def make_env(evaluator) -> PruningEnv:
             return PruningEnv(problem.graph, problem.cost_model, evaluator, budget=problem.budget,
                               min_keep=self.min_keep, max_keep=self.max_keep, reward=self.reward,
-                              criterion=problem.criterion, granularity=problem.granularity)
+                              criterion=problem.criterion, granularity=problem.granularity,
+                              projector=problem.projector if getattr(problem.projector, "exact", False) else None)
 
         # Steps per episode, at most: one per width decision, one more per removable block with --depth (a
         # dropped block's inner decisions take no step, so such episodes are shorter).
