@@ -81,7 +81,7 @@ class SearchConfig:
     budget: float = 0.3
     strategy: str = "optuna"
     sampler: str = "tpe"
-    evaluations: int = 300
+    evaluations: int = 100  # the cheapest count that kept the headline's verdicts (BENCHMARKS.md, issue 31)
     warmup: int | None = None
     min_keep: float = 0.2
     max_keep: float = 1.0

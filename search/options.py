@@ -154,7 +154,7 @@ class SearchOptions(BaseModel):
     strategy: str = _choice("optuna", "search strategy (optuna: best in BENCHMARKS.md; ddpg is AMC's agent)",
                             v.strategy_names)
     sampler: str = _choice("tpe", "Optuna sampler (tpe)", v.sampler_names)
-    evaluations: int = _option(300, "policies to evaluate (300)", _positive, "integer")
+    evaluations: int = _option(100, "policies to evaluate (100)", _positive, "integer")
     warmup: int | None = _option(None, "RL warm-up episodes (a quarter of --evaluations, at most 100)", v.integer,
                                  "integer")
     model: str = _option("cnn", "built-in model, timm:NAME, hf:PATH or package.module:factory (cnn)")
