@@ -18,13 +18,14 @@ export const ARTIFACTS = {
 };
 
 // What the view holds of the shown search: its evaluations (from the event stream) and its best one.
-// `asked` and `shown` order the reads of its state: a reply to a request sent before the one shown last is stale
-// (a GET still in flight when cancel answered must not show the state from before the cancel).
-const view = { id: null, rows: [], bestIndex: null, drawn: false, strategy: null, asked: 0, shown: 0 };
+// `asked` and `shown` order the reads of its state: a reply to a request sent before the one shown last is stale.
+// `barrier` is the number taken when an action's reply arrived: the server had committed the action then, so a
+// read sent before it may hold the state from before the action (a GET in flight while cancel or resume ran).
+const view = { id: null, rows: [], bestIndex: null, drawn: false, strategy: null, asked: 0, shown: 0, barrier: 0 };
 
-// Renders a search read by the request numbered `ticket`, unless a later request's reply is already shown.
+// Renders a search read by the request numbered `ticket`, unless it is stale (see `view`).
 function renderFresh(search, ticket) {
-  if (ticket < view.shown || search.id !== view.id) return false;
+  if (ticket < view.shown || ticket < view.barrier || search.id !== view.id) return false;
   view.shown = ticket;
   render(search);
   return true;
@@ -253,8 +254,10 @@ async function watch(searchId, signal, state) {
         break;
       }
     }
-    const search = await refresh(searchId);
-    if (search && !ACTIVE.has(search.state)) break;
+    await refresh(searchId);
+    // The state shown, not this read's: a resume answered meanwhile shows an active state, and this loop goes on.
+    const shown = $("s-state").textContent;
+    if (shown && !ACTIVE.has(shown)) break;
     $("s-stream").textContent = "reconnecting";
     await sleep(retry, signal);
   }
@@ -291,8 +294,9 @@ async function openArtifact(searchId, name) {
 async function act(searchId, action, state, signal) {
   $("action-error").textContent = "";
   try {
-    const ticket = ++view.asked;
-    renderFresh(await apiJson(`/v1/searches/${searchId}/${action}`, { method: "POST" }), ticket);
+    const search = await apiJson(`/v1/searches/${searchId}/${action}`, { method: "POST" });
+    view.barrier = ++view.asked;
+    renderFresh(search, view.barrier);
     if (!state.watching && !signal.aborted) watch(searchId, signal, state); // a resumed search runs again
   } catch (error) {
     if (!(error instanceof Unauthorized)) $("action-error").textContent = error.message;
