@@ -1,15 +1,14 @@
-"""``scripts/bench.py headline`` refuses bad options on one line, before any work starts."""
+"""``scripts/bench.py headline`` refuses bad options on one line, before any work starts.
+
+In-process (:func:`search.cli.bench.main`, what the script runs): each case in a fresh process paid Python and
+torch's start-up, ~3 s, for an argument check; the script's own start is tested in ``test_bench_deployed``.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.search.helpers import REPO
-
-BENCH = REPO / "scripts" / "bench.py"
+from tests.search.helpers import refusal
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -19,12 +18,10 @@ BENCH = REPO / "scripts" / "bench.py"
     (["--seeds", "0,x"], "argument --seeds: must be an integer >= 0, got 'x' (in '0,x')"),
     (["--evaluations", "0"], "argument --evaluations: must be an integer >= 1, got '0'"),
 ])
-def test_headline_refuses_bad_options(args, expected, tmp_path):
-    done = subprocess.run([sys.executable, str(BENCH), "headline", *args, "--root", str(tmp_path / "root")],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], done.stderr
+def test_headline_refuses_bad_options(args, expected, tmp_path, capsys):
+    code, lines = refusal(["headline", *args, "--root", str(tmp_path / "root")], capsys)
+    assert code == 2
+    assert len(lines) == 1 and expected in lines[0], lines
     assert not (tmp_path / "root").exists()  # nothing started
 
 
@@ -40,13 +37,11 @@ def test_comma_list_parses_every_item():
     (["--repeats", "0"], "argument --repeats: must be an integer >= 1, got '0'"),
     (["--round-to", "x"], "argument --round-to: must be an integer >= 1, got 'x'"),
 ])
-def test_latency_bench_refuses_bad_options(args, expected, tmp_path):
+def test_latency_bench_refuses_bad_options(args, expected, tmp_path, capsys):
     markdown = tmp_path / "B.md"
-    done = subprocess.run([sys.executable, str(BENCH), "latency", *args, "--markdown", str(markdown)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], done.stderr
+    code, lines = refusal(["latency", *args, "--markdown", str(markdown)], capsys)
+    assert code == 2
+    assert len(lines) == 1 and expected in lines[0], lines
     assert not markdown.exists()  # nothing started
 
 

@@ -26,6 +26,18 @@ def run_script(script: Path, *args: str, cache: Path, timeout: float = 300) -> s
                           capture_output=True, text=True, timeout=timeout)
 
 
+def refusal(argv: list[str], capsys) -> tuple[int, list[str]]:
+    """``scripts/bench.py ARGV`` run in this process (:func:`search.cli.bench.main`): its exit status and stderr
+    lines. For argument checks: a fresh process would pay Python and torch's start-up, ~3 s, per case."""
+    from search.cli import bench
+
+    try:
+        code = bench.main(argv)
+    except SystemExit as exit_:  # argparse's refusals exit
+        code = exit_.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
 def history_rows(path: Path) -> list[dict[str, str]]:
     with Path(path).open(newline="") as f:
         return list(csv.DictReader(f))

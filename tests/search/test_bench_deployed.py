@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -12,7 +10,7 @@ from amc.context import ContextConfig, build_context
 from amc.pruning.export import export_pt2
 from amc.pruning.policy import Policy
 from search.bench.deployed import MODELS, deployed_latency
-from tests.search.helpers import REPO, run_script
+from tests.search.helpers import REPO, refusal, run_script
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 BENCH = REPO / "scripts" / "bench.py"
@@ -81,13 +79,10 @@ def test_cli_times_in_fresh_processes_and_compares_with_the_budget(run_dir, amc_
     (["no/such/policy.json"], "argument policy: no file 'no/such/policy.json': pass the policy.json a search wrote"),
     (["{policy}", "--processes", "0"], "argument --processes: must be an integer >= 1, got '0'"),
 ])
-def test_cli_refuses_a_missing_policy_and_bad_options(args, expected, run_dir):
-    args = [a.format(policy=run_dir / "policy.json") for a in args]
-    done = subprocess.run([sys.executable, str(BENCH), "deployed", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], done.stderr
+def test_cli_refuses_a_missing_policy_and_bad_options(args, expected, run_dir, capsys):
+    code, lines = refusal(["deployed", *(a.format(policy=run_dir / "policy.json") for a in args)], capsys)
+    assert code == 2
+    assert len(lines) == 1 and expected in lines[0], lines
 
 
 def test_a_failing_timing_process_is_named(tmp_path):
@@ -98,11 +93,9 @@ def test_a_failing_timing_process_is_named(tmp_path):
         in_fresh_processes(tmp_path / "missing.json", 1, repeats=1)
 
 
-def test_cli_refuses_a_file_that_is_not_a_policy(tmp_path):
+def test_cli_refuses_a_file_that_is_not_a_policy(tmp_path, capsys):
     bad = tmp_path / "policy.json"
     bad.write_text("not json")
-    done = subprocess.run([sys.executable, str(BENCH), "deployed", str(bad)], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
+    code, lines = refusal(["deployed", str(bad)], capsys)
+    assert code == 2
     assert len(lines) == 1 and f"{bad} is not a policy file" in lines[0] and "pass the policy.json" in lines[0]
