@@ -266,7 +266,8 @@ def depth_markdown(cells: list[DepthCell], settings: DepthSettings, *, command: 
         f"{', '.join(map(str, settings.seeds))}. Measured: the exported program (torch.export) against the base "
         f"exported alike, median of {settings.latency_processes} fresh processes. min_keep {settings.min_keep:g}, "
         f"round_to {settings.round_to}. A row whose decisions cannot reach the budget searches at the smallest "
-        "budget they reach (budget searched). Whole benchmark: {sum(c.seconds for c in cells) / 60:.0f} min of cell time.",
+        "budget they reach (budget searched). Whole benchmark: "
+        f"{sum(c.seconds for c in cells) / 60:.0f} min of cell time ({len(cells)} cells).",
         "",
     ]
     for model in settings.models:
@@ -290,8 +291,49 @@ def depth_markdown(cells: list[DepthCell], settings: DepthSettings, *, command: 
             lines += markdown_table(("row", "val acc %", "test acc %", "test acc % after fine-tune",
                                      "predicted latency ratio", "measured latency ratio", "FLOPs ratio",
                                      "blocks dropped", "budget searched", "search s"), rows)
-            lines.append("")
+            lines += ["", *verdict_lines(group), ""]
     return "\n".join(lines)
+
+
+LATENCY_TOLERANCE = 0.05  # issue 34: the depth row's measured ratio within 5% of the budget
+TP_MARGIN = 1.0  # points of fine-tuned test accuracy above tp-global (mean over seeds)
+
+
+def verdict_lines(group: list[DepthCell]) -> list[str]:
+    """Issue 34's targets on one (model, budget, batch) group, from its cells: the depth row's measured latency
+    against the budget (and how close width-only gets), and its fine-tuned accuracy against tp-global and width."""
+    by_row = {row: [c for c in group if c.row == row] for row, *_ in ROWS}
+    depth, width, tp = by_row["depth"], by_row["width"], by_row["tp-global"]
+    if not depth:
+        return []
+    budget = depth[0].budget
+    acc = {row: 100 * statistics.mean(c.finetuned_test_accuracy for c in cells)
+           for row, cells in by_row.items() if cells}
+    measured = {row: statistics.mean(c.measured_ratio for c in cells) for row, cells in by_row.items() if cells}
+    seeds = len(depth)
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    off = measured["depth"] / budget - 1
+    lines = [f"- Latency: depth+width measures {measured['depth']:.3f} of the base's latency, {100 * off:+.1f}% "
+             f"from the budget {budget:g} (target within {100 * LATENCY_TOLERANCE:.0f}%): "
+             f"{verdict(abs(off) <= LATENCY_TOLERANCE)}"
+             + ("" if "width" not in measured else f"; width-only measures {measured['width']:.3f} "
+                f"({100 * (measured['width'] / budget - 1):+.1f}%)")
+             + (f". The depth row searched at {max(c.searched_budget for c in depth):.3f} of the table's latency, "
+                "the smallest its decisions reach (min_keep and round_to bound the widths; the stem, the "
+                "downsampling blocks and each forward's fixed cost stay)"
+                if any(c.searched_budget > budget for c in depth) else "") + "."]
+    if tp:
+        gain = acc["depth"] - acc["tp-global"]
+        lines.append(f"- Against tp-global (measured {measured['tp-global']:.3f}): {gain:+.2f} points after the "
+                     f"fine-tune, mean of {seeds} seed(s) (target at least +{TP_MARGIN:g}): "
+                     f"{verdict(gain >= TP_MARGIN)}.")
+    if width:
+        gain = acc["depth"] - acc["width"]
+        lines.append(f"- Against width-only search: {gain:+.2f} points (target at least 0): {verdict(gain >= 0)}.")
+    return lines
 
 
 def depth_report(root: Path, settings: DepthSettings, *, command: str, markdown: Path, console: Console) -> None:
@@ -311,5 +353,5 @@ def depth_report(root: Path, settings: DepthSettings, *, command: str, markdown:
                                                   f"(batch {settings.batch_size})")
 
 
-__all__ = ["MODELS", "ROWS", "DepthCell", "DepthSettings", "depth_bench", "depth_context", "depth_markdown",
-           "depth_report", "measured_ratio", "plan", "run_cell"]
+__all__ = ["LATENCY_TOLERANCE", "MODELS", "ROWS", "TP_MARGIN", "DepthCell", "DepthSettings", "depth_bench",
+           "depth_context", "depth_markdown", "depth_report", "measured_ratio", "plan", "run_cell", "verdict_lines"]

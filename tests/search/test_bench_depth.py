@@ -59,3 +59,34 @@ def test_depth_bench_writes_its_cells_and_table_and_resumes(tmp_path, monkeypatc
     seen = []
     again, _ = depth_bench(tmp_path / "bench", TINY, progress=False, on_cell=lambda c, cached: seen.append(cached))
     assert again == cells and seen == [True] * len(ROWS) and len(timed) == len(ROWS)
+
+
+def _cell(row: str, seed: int, finetuned: float, measured: float, searched: float = 0.4):
+    from search.bench.depth import DepthCell
+
+    return DepthCell(model="resnet20", batch_size=1, budget=0.4, row=row, seed=seed, val_accuracy=0.5,
+                     test_accuracy=0.5, finetuned_test_accuracy=finetuned, predicted_ratio=searched,
+                     measured_ratio=measured, flops_ratio=0.3, dropped=("layers.2",) if row == "depth" else (),
+                     searched_budget=searched, search_seconds=1.0, evaluations=3, seconds=2.0)
+
+
+def test_verdicts_are_the_issue_targets_computed_from_the_cells() -> None:
+    from search.bench.depth import verdict_lines
+
+    met = [_cell("depth", s, 0.92 + 0.001 * s, 0.41) for s in (0, 1, 2)]
+    met += [_cell("width", s, 0.91, 0.47, searched=0.6) for s in (0, 1, 2)]
+    met += [_cell("tp-global", s, 0.905, 0.47, searched=0.6) for s in (0, 1, 2)]
+    lines = verdict_lines(met)
+    assert len(lines) == 3 and all("**met**" in line for line in lines), lines
+    assert "measures 0.410 of the base's latency, +2.5% from the budget 0.4" in lines[0]
+    assert "width-only measures 0.470 (+17.5%)" in lines[0]
+    assert "+1.60 points after the fine-tune, mean of 3 seed(s)" in lines[1]  # mean(92.0, 92.1, 92.2) - 90.5
+
+    # The depth row stuck above the budget, under 1 point above tp-global and below width-only: each missed.
+    missed = [_cell("depth", 0, 0.9, 0.47, searched=0.505), _cell("width", 0, 0.91, 0.47, searched=0.6),
+              _cell("tp-global", 0, 0.895, 0.47, searched=0.6)]
+    lines = verdict_lines(missed)
+    assert all("**missed**" in line for line in lines), lines
+    assert "+17.5% from the budget" in lines[0] and "searched at 0.505" in lines[0]
+    assert "+0.50 points" in lines[1] and "-1.00 points" in lines[2]
+    assert verdict_lines(missed[1:]) == []  # no depth row, nothing to judge
