@@ -190,14 +190,24 @@ def run_cell(root: Path, contexts: dict[bool, Context], settings: DepthSettings,
 def reachable_budget(ctx: Context, budget: float, min_keep: float) -> float:
     """``budget``, or the smallest the row's decisions reach when it is below (widths alone at batch 1 often
     cannot reach 0.4 of the latency: the per-operator overhead stays); the cell records which it searched."""
-    from envs.projection import BudgetProjector
-
-    smallest = BudgetProjector(ctx.cost_model(), 1.0, min_keep=min_keep).smallest_budget
+    smallest = smallest_budget(ctx, min_keep)
     if smallest <= budget:
         return budget
     log.warning("%s: latency budget %g is out of reach of its decisions (smallest %.4f): searching at %.4f",
                 ctx.config.model, budget, smallest, smallest * 1.001)
     return min(1.0, smallest * 1.001)
+
+
+def smallest_budget(ctx: Context, min_keep: float) -> float:
+    """The least cost ratio the context's decisions reach: every width at ``min_keep`` and, with depth, every
+    removable block dropped (the projector accepts a budget that only dropping reaches)."""
+    from amc.pruning.depth import DepthCost
+
+    cost = ctx.cost_model()
+    floor = [min_keep] * len(ctx.graph.layers)
+    if isinstance(cost, DepthCost):
+        return cost.cost(floor, [b.name for b in cost.blocks]) / cost.base
+    return cost.cost(floor) / cost.base
 
 
 def _predicted(ctx: Context, policy: Policy) -> float:
@@ -354,4 +364,5 @@ def depth_report(root: Path, settings: DepthSettings, *, command: str, markdown:
 
 
 __all__ = ["LATENCY_TOLERANCE", "MODELS", "ROWS", "TP_MARGIN", "DepthCell", "DepthSettings", "depth_bench",
-           "depth_context", "depth_markdown", "depth_report", "measured_ratio", "plan", "run_cell", "verdict_lines"]
+           "depth_context", "depth_markdown", "depth_report", "measured_ratio", "plan", "reachable_budget", "run_cell",
+           "smallest_budget", "verdict_lines"]

@@ -7,6 +7,7 @@ costed and rebuilt, never which weights training produced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -253,3 +254,18 @@ def test_reconstruct_score_skips_the_layers_of_dropped_blocks(depth_config) -> N
     keep = problem.projector.project(DepthKeep([0.6] * len(rctx.graph), [rctx.blocks[2].name, rctx.blocks[5].name]))
     (result,) = problem.evaluate_keeps([keep])
     assert 0.0 <= result.accuracy <= 1.0 and result.dropped == (rctx.blocks[2].name, rctx.blocks[5].name)
+
+
+def test_the_depth_bench_searches_at_the_budget_that_dropping_reaches(ctx, depth_config) -> None:
+    """``bench.py depth`` raises a budget only to the smallest its row's decisions reach: with depth, every width at
+    min_keep and every block dropped (it used to raise the depth row to the widths' floor)."""
+    from search.bench.depth import reachable_budget, smallest_budget
+
+    widths = build_context(dataclasses.replace(depth_config, depth=False), progress=False)
+    width_floor, depth_floor = smallest_budget(widths, 0.2), smallest_budget(ctx, 0.2)
+    assert depth_floor < width_floor
+    assert depth_floor == pytest.approx(BudgetProjector(ctx.cost_model(), depth_floor * 1.0001).smallest_budget)
+    between = (width_floor + depth_floor) / 2
+    assert reachable_budget(ctx, between, 0.2) == between  # dropping reaches it: searched as given
+    assert reachable_budget(widths, between, 0.2) == pytest.approx(width_floor * 1.001)
+    assert reachable_budget(ctx, depth_floor / 2, 0.2) == pytest.approx(depth_floor * 1.001)
